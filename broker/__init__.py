@@ -1,0 +1,1 @@
+"""The closed-network MQTT broker: amqtt with chargeline's plugins."""

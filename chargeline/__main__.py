@@ -1,0 +1,5 @@
+import sys
+
+from chargeline.cli import main
+
+sys.exit(main())

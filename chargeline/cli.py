@@ -1,0 +1,138 @@
+"""``chargeline``: one command, a subcommand per process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from chargeline import runner, settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chargeline", description=__doc__)
+    parser.add_argument(
+        "--config", type=Path, help="TOML settings file (environment variables win)"
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    broker = sub.add_parser("broker", help="run the embedded MQTT broker")
+    broker.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:1883)")
+
+    edge = sub.add_parser("edge", help="run an edge agent (simulated outlets)")
+    edge.add_argument("--controller-id", required=True)
+    edge.add_argument(
+        "--minutes", type=int, help="stop once this many minute frames are acknowledged"
+    )
+    edge.add_argument(
+        "--autoplay", action="store_true", default=None, help="simulated residents charge cars"
+    )
+
+    sub.add_parser("ingest", help="run the ingest worker")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations")
+    db_sub.add_parser("url", help="print the database URL (starts the embedded server if needed)")
+
+    registry = sub.add_parser("registry", help="sites, controllers and outlets")
+    reg_sub = registry.add_subparsers(dest="registry_command", required=True)
+    imp = reg_sub.add_parser(
+        "import", help="import a registry file (TOML or YAML); re-importing is safe"
+    )
+    imp.add_argument("file", type=Path)
+
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline on one machine with simulated controllers"
+    )
+    demo.add_argument("--controllers", type=int, default=3)
+    demo.add_argument("--outlets", type=int, default=8)
+    demo.add_argument("--duration", type=float, help="real seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per second")
+    demo.add_argument("--fresh", action="store_true", help="start from an empty data directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.config is not None:
+        if not args.config.is_file():
+            print(f"chargeline: no settings file at {args.config}", file=sys.stderr)
+            return 2
+        settings.CONFIG_FILE.set(args.config)
+    try:
+        return _dispatch(args)
+    except ValidationError as exc:
+        print(f"chargeline: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from chargeline import services  # heavy imports only once the arguments are good
+
+    common = settings.load(settings.CommonSettings, log_level=args.log_level)
+    runner.configure_logging(common.log_level)
+
+    if args.command == "broker":
+        from broker.server import serve
+
+        return runner.run(serve(settings.load(settings.BrokerSettings, broker_bind=args.bind)))
+    if args.command == "edge":
+        edge = settings.load(
+            settings.EdgeSettings,
+            controller_id=args.controller_id,
+            minutes=args.minutes,
+            sim_autoplay=args.autoplay,
+        )
+        return runner.run(services.run_edge(edge))
+    if args.command == "ingest":
+        ingest = settings.load(settings.IngestSettings)
+        url = services.prepare_database(ingest)
+        return runner.run(services.run_ingest(ingest, url))
+    if args.command == "db":
+        ingest = settings.load(settings.IngestSettings)
+        if args.db_command == "url":
+            from chargeline.database import database_url
+
+            print(database_url(ingest.database_url, ingest.data_dir))
+            return 0
+        from ingest import migrations
+
+        url = services.prepare_database(ingest)
+        print(f"schema at version {migrations.current_version(url)}")
+        return 0
+    if args.command == "registry":
+        return _registry_import(args.file)
+    if args.command == "demo":
+        from chargeline import demo
+
+        return demo.main(args)
+    raise AssertionError(args.command)
+
+
+def _registry_import(path: Path) -> int:
+    from chargeline import services
+    from ingest.registry import import_registry
+    from ingest.registry_file import RegistryFileError, parse
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"chargeline: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        registry = parse(text, source=str(path), suffix=path.suffix.lower())
+    except RegistryFileError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url = services.prepare_database(settings.load(settings.IngestSettings))
+    print(f"{path}: {import_registry(url, registry)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

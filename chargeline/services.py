@@ -1,0 +1,45 @@
+"""Starting each process's service from its settings (shared by the CLI and the demo)."""
+
+from __future__ import annotations
+
+import logging
+
+from chargeline.database import database_url
+from chargeline.settings import EdgeSettings, IngestSettings
+from edge_agent.agent import EdgeAgent
+from edge_agent.clock import ScaledClock
+from edge_agent.simulated import SimulatedSite
+from ingest import migrations
+from ingest.worker import Ingest
+
+log = logging.getLogger(__name__)
+
+
+def prepare_database(settings: IngestSettings) -> str:
+    """Resolve the database (embedded if unset) and bring its schema up to date."""
+    url = database_url(settings.database_url, settings.data_dir)
+    applied = migrations.upgrade(url)
+    if applied:
+        log.info("database schema upgraded: %s", ", ".join(applied))
+    return url
+
+
+async def run_ingest(settings: IngestSettings, url: str) -> None:
+    async with Ingest(settings, database_url=url) as ingest:
+        await ingest.run()
+
+
+def simulated_agent(settings: EdgeSettings) -> EdgeAgent:
+    clock = ScaledClock(settings.time_scale)
+    site = SimulatedSite(
+        outlets=settings.outlets,
+        seed=settings.sim_seed if settings.sim_seed is not None else settings.controller_id,
+        autoplay=settings.sim_autoplay,
+        start=clock.now(),
+    )
+    return EdgeAgent(settings, meter=site, breakers=site, clock=clock)
+
+
+async def run_edge(settings: EdgeSettings) -> None:
+    async with simulated_agent(settings) as agent:
+        await agent.run()

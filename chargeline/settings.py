@@ -1,0 +1,156 @@
+"""Typed settings, read once at start: environment (``CHARGELINE_…``), then an optional TOML file.
+
+Each process has its own settings class; they share ``CommonSettings``. A bad value stops
+the process at start with pydantic's message naming the variable, never later.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.topics import DEFAULT_ROOT, Topics, is_controller_id
+
+#: The TOML file given with ``--config`` (set by the CLI before settings are built).
+CONFIG_FILE: ContextVar[Path | None] = ContextVar("CONFIG_FILE", default=None)
+
+S = TypeVar("S", bound="CommonSettings")
+
+
+class MqttUrl:
+    """``mqtt://user:pass@host:port`` split into what a client needs."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"MQTT URL {url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"MQTT URL {url!r} has no host")
+        self.tls = parts.scheme == "mqtts"
+        self.host: str = parts.hostname
+        self.port: int = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+
+    def __repr__(self) -> str:  # never print the password
+        user = f"{self.username}@" if self.username else ""
+        return f"MqttUrl('{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}')"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHARGELINE_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".chargeline"), description="state: buffers, embedded database"
+    )
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL; unset → embedded server"
+    )
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://user:pass@host:port")
+    topic_root: str = Field(default=DEFAULT_ROOT, description="root of every MQTT topic")
+    log_level: str = "INFO"
+    time_scale: float = Field(
+        default=1.0, gt=0, le=3600, description="simulated seconds per real second (demo, tests)"
+    )
+
+    _toml_sections: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        MqttUrl(value)
+        return value
+
+    @field_validator("topic_root")
+    @classmethod
+    def _check_root(cls, value: str) -> str:
+        Topics(value)
+        return value
+
+    @property
+    def mqtt(self) -> MqttUrl:
+        return MqttUrl(self.mqtt_url)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_root)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = CONFIG_FILE.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+class BrokerSettings(CommonSettings):
+    broker_bind: str = Field(
+        default="127.0.0.1:1883", description="host:port the broker listens on"
+    )
+    broker_max_packet_bytes: int = Field(default=512 * 1024, ge=1024)
+
+
+class EdgeSettings(CommonSettings):
+    controller_id: str = Field(default="", description="this controller's id (also its MQTT user)")
+    outlets: int = Field(default=8, ge=1, le=8)
+    sample_interval_s: float = Field(
+        default=1.0, gt=0, description="simulated seconds between samples"
+    )
+    max_frames_per_message: int = Field(default=60, ge=1, le=240)
+    ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="real seconds before unacked batches are resent"
+    )
+    buffer_max_frames: int = Field(
+        default=7 * 24 * 60, ge=10, description="frames kept while unacked"
+    )
+    firmware: str = "chargeline-edge/0.1"
+    sim_seed: int | None = None
+    sim_autoplay: bool = Field(
+        default=False, description="simulated residents switch breakers (demo)"
+    )
+    minutes: int | None = Field(
+        default=None, ge=1, description="stop after this many frames are acked"
+    )
+
+    @field_validator("controller_id")
+    @classmethod
+    def _check_controller_id(cls, value: str) -> str:
+        if value and not is_controller_id(value):
+            raise ValueError(f"{value!r} is not a controller id ([a-z0-9][a-z0-9-]{{0,62}})")
+        return value
+
+
+class IngestSettings(CommonSettings):
+    ingest_client_id: str = "chargeline-ingest"
+    flush_max_rows: int = Field(default=20_000, ge=1, description="readings per database write")
+    flush_max_delay_s: float = Field(
+        default=0.05, gt=0, description="longest a reading waits to be written"
+    )
+    max_pending_messages: int = Field(
+        default=20_000, ge=10, description="messages held in memory; beyond it reading stops"
+    )
+    registry_refresh_s: float = Field(default=10.0, gt=0)
+    share_group: str | None = Field(default=None, description="$share group (Mosquitto/EMQX only)")
+
+
+def load(cls: type[S], **overrides: Any) -> S:
+    """Build settings; keyword overrides (from command-line flags) win over everything."""
+    return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""The edge agent: drivers for meters and breakers, minute batches, store-and-forward."""

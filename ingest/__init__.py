@@ -1,0 +1,1 @@
+"""Ingest: MQTT edge traffic → validated rows in the timescale-compatible store."""

@@ -1,0 +1,184 @@
+"""Writing one ``Pending`` to PostgreSQL in one transaction.
+
+Readings take the fast path first: a binary COPY straight into the table inside a
+savepoint. Only when that hits a duplicate key (a redelivered batch) does the write fall
+back to COPY into a temporary staging table plus ``INSERT … ON CONFLICT DO NOTHING``. Fresh
+minutes, the common case, cost a plain COPY; replays are absorbed by the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors, sql
+
+from ingest.triage import Pending
+
+UTC = dt.UTC
+
+_OUTLET_COLUMNS = (
+    "controller_id",
+    "outlet_no",
+    "minute",
+    "energy_wh",
+    "voltage_v",
+    "current_a",
+    "breaker_on",
+)
+_OUTLET_TYPES = ("text", "int2", "timestamptz", "float8", "float4", "float4", "bool")
+_MAIN_COLUMNS = ("controller_id", "minute", "energy_wh")
+_MAIN_TYPES = ("text", "timestamptz", "float8")
+
+
+def _ts(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, UTC)
+
+
+class Store:
+    """Owns one async connection; ``write`` commits a Pending or raises psycopg errors."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self._staging_ready = False
+
+    @classmethod
+    async def connect(cls, url: str) -> Store:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+        return cls(conn)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def write(self, pending: Pending) -> None:
+        async with self.conn.transaction():
+            await self._readings(
+                "outlet_readings", _OUTLET_COLUMNS, _OUTLET_TYPES, pending.outlet_rows
+            )
+            await self._readings(
+                "main_meter_readings", _MAIN_COLUMNS, _MAIN_TYPES, pending.main_rows
+            )
+            await self._batches(pending)
+            await self._dead_letters(pending)
+            await self._events(pending)
+            await self._status(pending)
+
+    async def _readings(
+        self,
+        table: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if not rows:
+            return
+        try:
+            async with self.conn.transaction():  # savepoint: a duplicate undoes only this COPY
+                await self._copy(table, columns, types, rows)
+        except errors.UniqueViolation:
+            await self._ensure_staging()
+            stage = f"stage_{table}"
+            await self._copy(stage, columns, types, rows)
+            await self.conn.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
+                    sql.Identifier(table), sql.Identifier(stage)
+                )
+            )
+            await self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
+
+    async def _copy(
+        self,
+        table: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        async with self.conn.cursor().copy(statement) as copy:
+            copy.set_types(list(types))
+            for row in rows:
+                await copy.write_row(row)
+
+    async def _ensure_staging(self) -> None:
+        if self._staging_ready:
+            return
+        for table in ("outlet_readings", "main_meter_readings"):
+            await self.conn.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS"
+                ).format(sql.Identifier(f"stage_{table}"), sql.Identifier(table))
+            )
+        self._staging_ready = True
+
+    async def _batches(self, pending: Pending) -> None:
+        if not pending.batch_rows:
+            return
+        async with self.conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO meter_batches (controller_id, seq, frames, first_minute, last_minute)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                pending.batch_rows,
+            )
+
+    async def _dead_letters(self, pending: Pending) -> None:
+        if not pending.dead_letters:
+            return
+        async with self.conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO dead_letters (topic, controller_id, reason, payload) VALUES (%s, %s, %s, %s)",
+                [(d.topic, d.controller_id, d.reason, d.payload) for d in pending.dead_letters],
+            )
+
+    async def _events(self, pending: Pending) -> None:
+        if not pending.events:
+            return
+        async with self.conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO edge_events (controller_id, at, kind, outlet_no, generation, current_a,"
+                " breaker_on, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [
+                    (
+                        e.controller_id,
+                        _ts(e.at),
+                        e.kind.value,
+                        e.outlet,
+                        e.generation,
+                        e.current_a,
+                        e.breaker_on,
+                        e.detail,
+                    )
+                    for e in pending.events
+                ],
+            )
+
+    async def _status(self, pending: Pending) -> None:
+        async with self.conn.cursor() as cur:
+            if pending.presence:
+                await cur.executemany(
+                    "INSERT INTO controller_status (controller_id, online, presence_since, presence_at)"
+                    " VALUES (%s, %s, %s, now()) ON CONFLICT (controller_id) DO UPDATE SET"
+                    " online = excluded.online, presence_since = excluded.presence_since,"
+                    " presence_at = now()",
+                    [(p.controller_id, p.online, _ts(p.since)) for p in pending.presence.values()],
+                )
+            if pending.states:
+                await cur.executemany(
+                    "INSERT INTO controller_status (controller_id, firmware, started_at, outlets, state_at)"
+                    " VALUES (%s, %s, %s, %s, now()) ON CONFLICT (controller_id) DO UPDATE SET"
+                    " firmware = excluded.firmware, started_at = excluded.started_at,"
+                    " outlets = excluded.outlets, state_at = now()",
+                    [
+                        (
+                            s.controller_id,
+                            s.firmware,
+                            _ts(s.started_at),
+                            json.dumps([o._asdict() for o in s.outlets]),
+                        )
+                        for s in pending.states.values()
+                    ],
+                )

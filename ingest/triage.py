@@ -1,0 +1,148 @@
+"""Deciding what one MQTT message becomes: rows to store, an ack to send, or a dead letter.
+
+Pure: ``Triage.accept(topic, payload)`` adds to a ``Pending`` write and never raises for bad
+input. The runner (ingest/worker.py) owns the network and the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.registry import RegistrySnapshot
+from schemas.codec import CodecError, decode
+from schemas.messages import EdgeEvent, MeterBatch, Presence, ReportedState
+from schemas.topics import TopicKind, Topics
+
+UTC = dt.UTC
+OutletRow = tuple[str, int, dt.datetime, float, float, float, bool]
+MainRow = tuple[str, dt.datetime, float]
+BatchRow = tuple[str, int, int, dt.datetime, dt.datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    controller_id: str | None
+    reason: str
+    payload: bytes
+
+
+@dataclass
+class Pending:
+    """Everything received since the last database write."""
+
+    outlet_rows: list[OutletRow] = field(default_factory=list)
+    main_rows: list[MainRow] = field(default_factory=list)
+    batch_rows: list[BatchRow] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    events: list[EdgeEvent] = field(default_factory=list)
+    presence: dict[str, Presence] = field(default_factory=dict)
+    states: dict[str, ReportedState] = field(default_factory=dict)
+    acks: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    messages: int = 0
+
+    def __len__(self) -> int:
+        return self.messages
+
+    @property
+    def rows(self) -> int:
+        return len(self.outlet_rows) + len(self.main_rows)
+
+
+_minute_cache: dict[int, dt.datetime] = {}
+
+
+def minute_time(epoch: int) -> dt.datetime:
+    """Epoch seconds → aware datetime, cached (a batch's outlets share their minute)."""
+    value = _minute_cache.get(epoch)
+    if value is None:
+        if len(_minute_cache) > 100_000:
+            _minute_cache.clear()
+        value = _minute_cache[epoch] = dt.datetime.fromtimestamp(epoch, UTC)
+    return value
+
+
+class Triage:
+    def __init__(self, topics: Topics, registry: RegistrySnapshot) -> None:
+        self.topics = topics
+        self.registry = registry
+        #: (controller, seq) of unregistered batches already dead-lettered: the edge resends
+        #: them until it is registered, and one copy is enough.
+        self._unregistered_seen: set[tuple[str, int]] = set()
+
+    def accept(self, pending: Pending, topic: str, payload: bytes) -> None:
+        pending.messages += 1
+        parsed = self.topics.parse(topic)
+        if parsed is None:
+            pending.dead_letters.append(DeadLetter(topic, None, "not a chargeline topic", payload))
+            return
+        cid = parsed.controller_id
+        try:
+            message: Any = decode(parsed.kind, payload)
+        except CodecError as exc:
+            pending.dead_letters.append(DeadLetter(topic, cid, str(exc), payload))
+            return
+        if message.controller_id != cid:
+            reason = (
+                f"payload names controller {message.controller_id!r} but came on {cid!r}'s topic"
+            )
+            pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+            return
+        if not self.registry.knows(cid):
+            self._unregistered(pending, topic, cid, message, payload)
+            return
+        if parsed.kind is TopicKind.METER:
+            self._meter(pending, topic, message, payload)
+        elif parsed.kind is TopicKind.EVENT:
+            pending.events.append(message)
+        elif parsed.kind is TopicKind.PRESENCE:
+            pending.presence[cid] = message
+        elif parsed.kind is TopicKind.STATE:
+            pending.states[cid] = message
+        else:
+            reason = f"{parsed.kind.value} messages are not for ingest"
+            pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+
+    def _unregistered(
+        self, pending: Pending, topic: str, cid: str, message: Any, payload: bytes
+    ) -> None:
+        # Not acknowledged: the edge keeps the data and delivers it once registered.
+        if isinstance(message, MeterBatch):
+            key = (cid, message.seq)
+            if key in self._unregistered_seen:
+                return
+            if len(self._unregistered_seen) > 100_000:
+                self._unregistered_seen.clear()
+            self._unregistered_seen.add(key)
+        reason = f"controller {cid!r} is not registered"
+        pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+
+    def _meter(self, pending: Pending, topic: str, batch: MeterBatch, payload: bytes) -> None:
+        cid = batch.controller_id
+        known = self.registry.outlets[cid]
+        unknown: set[int] = set()
+        outlet_rows = pending.outlet_rows
+        for frame in batch.frames:
+            minute = minute_time(frame.minute)
+            pending.main_rows.append((cid, minute, frame.main_energy_wh))
+            for r in frame.outlets:
+                if r.outlet in known:
+                    outlet_rows.append(
+                        (cid, r.outlet, minute, r.energy_wh, r.voltage_v, r.current_a, r.breaker_on)
+                    )
+                else:
+                    unknown.add(r.outlet)
+        if unknown:
+            reason = (
+                f"outlets {sorted(unknown)} are not registered for controller {cid!r}; "
+                "the batch's other readings were stored"
+            )
+            pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+        minutes = [frame.minute for frame in batch.frames]
+        pending.batch_rows.append(
+            (cid, batch.seq, len(minutes), minute_time(min(minutes)), minute_time(max(minutes)))
+        )
+        pending.acks[cid].append(batch.seq)

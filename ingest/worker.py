@@ -1,0 +1,250 @@
+"""The ingest process: ``async with Ingest(settings, url) as ingest: await ingest.run()``.
+
+Three tasks share one ``Pending`` buffer:
+
+* **receive** reads MQTT messages and triages them into the buffer. When the buffer holds
+  ``max_pending_messages`` it stops reading; aiomqtt's own queue is bounded too, so a slow
+  or absent database costs bounded memory. Messages dropped at that point were never
+  acknowledged to the edge, which resends them (the edge keeps every batch until acked).
+* **flush** swaps the buffer out when it has ``flush_max_rows`` readings or its oldest
+  message is ``flush_max_delay_s`` old, writes it in one transaction (retrying the same
+  buffer until the database takes it), and only then publishes ``meter/ack``.
+* **registry** reloads the registry on NOTIFY from the database, or periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+import psycopg
+
+from chargeline import mqtt
+from chargeline.settings import IngestSettings
+from ingest.registry import RegistrySnapshot
+from ingest.store import Store
+from ingest.triage import Pending, Triage
+from schemas.codec import encode
+from schemas.messages import MAX_ACK_SEQS, MeterAck
+from schemas.topics import TopicKind
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBED = (TopicKind.METER, TopicKind.EVENT, TopicKind.STATE, TopicKind.PRESENCE)
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.messages = 0
+        self.readings = 0
+        self.batches = 0
+        self.dead_letters = 0
+        self.writes = 0
+        self.write_failures = 0
+        self.acks = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Ingest:
+    def __init__(self, settings: IngestSettings, *, database_url: str) -> None:
+        self.settings = settings
+        self.url = database_url
+        self.topics = settings.topics
+        self.counters = Counters()
+        self.pending = Pending()
+        self._pending_since: float | None = None
+        self._has_data = asyncio.Event()
+        self._full = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._client: aiomqtt.Client | None = None
+        self._store: Store | None = None
+        self._triage: Triage | None = None
+        self.ready = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        self._store = await self._connect_store()
+        async with await psycopg.AsyncConnection.connect(self.url) as conn:
+            self._triage = Triage(self.topics, await RegistrySnapshot.load(conn))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._receive_forever(), name="ingest-receive")
+            tasks.create_task(self._flush_forever(), name="ingest-flush")
+            tasks.create_task(self._registry_forever(), name="ingest-registry")
+            tasks.create_task(self._report_forever(), name="ingest-report")
+
+    # --- receive -----------------------------------------------------------------------
+    async def _receive_forever(self) -> None:
+        delays = mqtt.backoff()
+        settings = self.settings
+        while True:
+            try:
+                async with mqtt.client(
+                    settings.mqtt,
+                    identifier=settings.ingest_client_id,
+                    clean_session=True,
+                    max_queued_incoming_messages=settings.max_pending_messages,
+                    max_inflight_messages=1000,
+                ) as client:
+                    for kind in SUBSCRIBED:
+                        topic = (
+                            self.topics.shared(settings.share_group, kind)
+                            if settings.share_group
+                            else self.topics.all_controllers(kind)
+                        )
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    delays = mqtt.backoff()
+                    log.info(
+                        "ingest connected to %r, subscribed below %s",
+                        settings.mqtt,
+                        self.topics.root,
+                    )
+                    self.ready.set()
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                delay = next(delays)
+                log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        assert self._triage is not None
+        accept = self._triage.accept
+        limit_rows = self.settings.flush_max_rows
+        limit_messages = self.settings.max_pending_messages
+        async for message in client.messages:
+            while len(self.pending) >= limit_messages:
+                self._space.clear()
+                self._full.set()
+                await self._space.wait()
+            pending = self.pending
+            if not pending.messages:
+                self._pending_since = time.monotonic()
+                self._has_data.set()
+            payload = message.payload
+            accept(
+                pending,
+                message.topic.value,
+                payload if isinstance(payload, bytes) else bytes(payload or b""),
+            )
+            if pending.rows >= limit_rows:
+                self._full.set()
+
+    # --- flush -------------------------------------------------------------------------
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._has_data.wait()
+            since = self._pending_since or time.monotonic()
+            remaining = self.settings.flush_max_delay_s - (time.monotonic() - since)
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), remaining)
+            batch, self.pending = self.pending, Pending()
+            self._has_data.clear()
+            self._full.clear()
+            self._space.set()
+            await self._write(batch)
+            await self._send_acks(batch)
+
+    async def _write(self, batch: Pending) -> None:
+        delays = mqtt.backoff(first=0.2, cap=5.0)
+        while True:
+            try:
+                if self._store is None:
+                    self._store = await self._connect_store()
+                await self._store.write(batch)
+                break
+            except psycopg.Error as exc:
+                self.counters.write_failures += 1
+                delay = next(delays)
+                log.warning(
+                    "database write of %d readings failed (%s); retrying in %.1f s",
+                    batch.rows,
+                    exc,
+                    delay,
+                )
+                if self._store is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await self._store.close()
+                    self._store = None
+                await asyncio.sleep(delay)
+        c = self.counters
+        c.writes += 1
+        c.messages += batch.messages
+        c.readings += len(batch.outlet_rows)
+        c.batches += len(batch.batch_rows)
+        c.dead_letters += len(batch.dead_letters)
+        for letter in batch.dead_letters:
+            log.warning(
+                "dead letter from %s on %s: %s", letter.controller_id, letter.topic, letter.reason
+            )
+
+    async def _connect_store(self) -> Store:
+        delays = mqtt.backoff(first=0.2, cap=5.0)
+        while True:
+            try:
+                return await Store.connect(self.url)
+            except psycopg.OperationalError as exc:
+                delay = next(delays)
+                log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _send_acks(self, batch: Pending) -> None:
+        client = self._client
+        if client is None or not batch.acks:
+            return  # unacked batches are resent by the edge after its ack timeout
+        publishes = []
+        for cid, seqs in batch.acks.items():
+            topic = self.topics.meter_ack(cid)
+            for start in range(0, len(seqs), MAX_ACK_SEQS):
+                chunk = tuple(seqs[start : start + MAX_ACK_SEQS])
+                publishes.append(client.publish(topic, encode(MeterAck(cid, chunk)), qos=1))
+        results = await asyncio.gather(*publishes, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        self.counters.acks += len(results) - len(failed)
+        if failed:
+            log.warning(
+                "%d meter acks not sent (%s); the edges will resend", len(failed), failed[0]
+            )
+
+    # --- registry ----------------------------------------------------------------------
+    async def _registry_forever(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute("LISTEN chargeline_registry")
+                    while True:
+                        assert self._triage is not None
+                        self._triage.registry = await RegistrySnapshot.load(conn)
+                        await self._wait_for_change(conn)
+            except psycopg.Error as exc:
+                log.debug("registry listener lost its connection (%s)", exc)
+                await asyncio.sleep(self.settings.registry_refresh_s)
+
+    async def _wait_for_change(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async for _ in conn.notifies(timeout=self.settings.registry_refresh_s, stop_after=1):
+            log.info("registry changed; reloading")
+
+    async def _report_forever(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            log.info("ingest totals: %s", self.counters.as_dict())

@@ -1,0 +1,209 @@
+"""msgpack codec: ``encode(message) -> bytes`` and ``decode(kind, bytes) -> message``.
+
+Wire form: a msgpack array ``[WIRE_VERSION, field, field, …]`` in the field order of the
+message's NamedTuple (schemas/messages.py); nested tuples are nested arrays.
+
+Decoding is the trust boundary for everything a device sends. It enforces, in order:
+
+1. payload size (``MAX_PAYLOAD_BYTES``) before anything is parsed;
+2. msgpack's own limits on declared lengths (strings, arrays, maps, binaries), so a
+   header that claims 4 GiB allocates nothing;
+3. the wire version;
+4. the message's shape and every field's range, through pydantic in strict mode
+   (no NaN/inf, no "12" for 12, outlets 1..8, …);
+5. cross-field rules pydantic cannot express (no duplicate outlets or minutes).
+
+Every failure is one ``CodecError`` whose ``reason`` says exactly what was wrong, with the
+path of the offending field (``frames[0].outlets[2].current_a``). Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from functools import cache
+from typing import Any, Final, NamedTuple, TypeVar
+
+import msgpack
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from schemas.messages import (
+    CommandAck,
+    DesiredState,
+    EdgeEvent,
+    Message,
+    MeterAck,
+    MeterBatch,
+    Presence,
+    ReportedState,
+    StatusRequest,
+)
+from schemas.topics import TopicKind
+
+WIRE_VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+MAX_ARRAY_LEN: Final = 1024
+MAX_STR_LEN: Final = 256
+
+MESSAGE_TYPES: Final[dict[TopicKind, type[Any]]] = {
+    TopicKind.METER: MeterBatch,
+    TopicKind.METER_ACK: MeterAck,
+    TopicKind.EVENT: EdgeEvent,
+    TopicKind.DESIRED: DesiredState,
+    TopicKind.ACK: CommandAck,
+    TopicKind.STATE: ReportedState,
+    TopicKind.PRESENCE: Presence,
+    TopicKind.REQUEST: StatusRequest,
+}
+
+M = TypeVar("M", bound=tuple[Any, ...])
+
+
+class CodecError(ValueError):
+    """A payload that is not a valid chargeline message. ``reason`` is for humans and logs."""
+
+    def __init__(self, reason: str, *, kind: str | None = None) -> None:
+        self.reason = reason
+        self.kind = kind
+        super().__init__(f"{kind} payload: {reason}" if kind else reason)
+
+
+def encode(message: Message) -> bytes:
+    """Pack a message as ``[WIRE_VERSION, *fields]``. Enums travel as their string value."""
+    return msgpack.packb((WIRE_VERSION, *message), use_bin_type=True)
+
+
+def decode(kind: TopicKind | type[M], payload: bytes) -> M:
+    """Decode and validate one payload; raise ``CodecError`` for anything wrong with it."""
+    cls: type[M] = MESSAGE_TYPES[kind] if isinstance(kind, TopicKind) else kind
+    name = cls.__name__
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CodecError(
+            f"{len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES} byte limit", kind=name
+        )
+    raw = _unpack(payload, name)
+    if not isinstance(raw, tuple) or not raw:
+        raise CodecError(f"expected an array [version, …], got {type(raw).__name__}", kind=name)
+    version, fields = raw[0], raw[1:]
+    if version != WIRE_VERSION or isinstance(version, bool):
+        raise CodecError(
+            f"unsupported wire version {version!r} (this side speaks {WIRE_VERSION})", kind=name
+        )
+    try:
+        message: M = _adapter(cls).validate_python(fields)
+    except ValidationError as exc:
+        raise CodecError(_describe(cls, exc), kind=name) from None
+    if isinstance(message, MeterBatch):
+        _check_batch(message)
+    return message
+
+
+def _unpack(payload: bytes, name: str) -> Any:
+    try:
+        return msgpack.unpackb(
+            payload,
+            use_list=False,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_STR_LEN,
+            max_bin_len=MAX_STR_LEN,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=16,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise CodecError("trailing bytes after the message", kind=name) from None
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+        # ValueError covers truncated input and declared lengths over the limits;
+        # UnicodeDecodeError (a ValueError) covers invalid UTF-8 in strings.
+        detail = str(exc) or type(exc).__name__
+        raise CodecError(f"not valid msgpack within limits ({detail})", kind=name) from None
+
+
+@cache
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    return TypeAdapter(cls, config=ConfigDict(strict=True))
+
+
+def _describe(cls: type[Any], exc: ValidationError) -> str:
+    """Turn pydantic's positional error locations into field paths."""
+    error = exc.errors(include_url=False)[0]
+    path = _field_path(cls, error["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    value = repr(error.get("input"))
+    if len(value) > 60:
+        value = value[:57] + "..."
+    where = path or "message"
+    return f"{where}: {error['msg']} (got {value}){more}"
+
+
+def _field_path(cls: Any, loc: tuple[int | str, ...]) -> str:
+    path = ""
+    current: Any = cls
+    for part in loc:
+        current = _strip(current)
+        if isinstance(part, int) and _is_namedtuple(current):
+            names = current._fields
+            if part >= len(names):
+                return f"{path}[{part}]" if path else f"field {part}"
+            name = names[part]
+            path = f"{path}.{name}" if path else name
+            current = typing.get_type_hints(current)[name]
+        elif isinstance(part, int):
+            path += f"[{part}]"
+            args = typing.get_args(current)
+            current = args[0] if args else Any
+        elif part in _field_names(current):
+            path = f"{path}.{part}" if path else str(part)
+            current = typing.get_type_hints(current)[part]
+        # other parts are pydantic's union/branch labels: not part of the data path
+    return path
+
+
+def _strip(tp: Any) -> Any:
+    """Unwrap Annotated[...] and Optional[...] to the type that has fields or items."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = non_none[0] if len(non_none) == 1 else tp
+            if len(non_none) != 1:
+                return tp
+        else:
+            return tp
+
+
+def _is_namedtuple(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+
+
+def _field_names(tp: Any) -> tuple[str, ...]:
+    return tp._fields if _is_namedtuple(tp) else ()
+
+
+def _check_batch(batch: MeterBatch) -> None:
+    minutes: set[int] = set()
+    for index, frame in enumerate(batch.frames):
+        if frame.minute in minutes:
+            raise CodecError(
+                f"frames[{index}].minute: minute {frame.minute} appears twice", kind="MeterBatch"
+            )
+        minutes.add(frame.minute)
+        numbers = [reading.outlet for reading in frame.outlets]
+        if len(set(numbers)) != len(numbers):
+            raise CodecError(
+                f"frames[{index}].outlets: outlet numbers repeat: {numbers}", kind="MeterBatch"
+            )
+
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "MESSAGE_TYPES",
+    "WIRE_VERSION",
+    "CodecError",
+    "NamedTuple",
+    "decode",
+    "encode",
+]
