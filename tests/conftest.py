@@ -1,0 +1,165 @@
+"""Fixtures: a real PostgreSQL and a real amqtt broker on loopback, shared per session;
+a fresh database, topic root and set of controller ids per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ingest import migrations
+from ingest.registry import import_registry
+from ingest.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
+from tests.helpers import Proc, free_port, wait_port
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """CHARGELINE_DATABASE_URL when set, else an embedded PostgreSQL for this session."""
+    configured = os.environ.get("CHARGELINE_DATABASE_URL")
+    if configured:
+        return configured
+    from chargeline.database import embedded_url
+
+    return embedded_url(tmp_path_factory.mktemp("pg"))
+
+
+def database_url_for(server_url: str, name: str) -> str:
+    return psycopg.conninfo.make_conninfo(server_url, dbname=name)
+
+
+@pytest.fixture
+def database(pg_url: str) -> Iterator[str]:
+    """A new, migrated database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(pg_url, name)
+    migrations.upgrade(url)
+    yield url
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _stop_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = len(Proc.registry)
+    yield
+    mine = Proc.registry[before:]
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for proc in mine:
+            print(f"\n----- {proc.name} log ({proc.log_path}) -----\n{proc.log()[-5000:]}")
+    for proc in reversed(mine):
+        proc.stop(timeout=10)
+    del Proc.registry[before:]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+class Broker:
+    def __init__(self, tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = Proc(
+            f"broker-{self.port}",
+            ["broker", "--bind", f"127.0.0.1:{self.port}"],
+            {"CHARGELINE_DATA_DIR": str(tmp)},
+            tmp,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> Broker:
+        self.proc.start()
+        wait_port(self.port)
+        return self
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The project's amqtt broker, one process for the whole session."""
+    b = Broker(tmp_path_factory.mktemp("broker")).start()
+    Proc.registry.remove(b.proc)  # outlives the per-test cleanup
+    yield b
+    b.proc.stop()
+
+
+@dataclass
+class Installation:
+    """One isolated chargeline installation: its own database, topic root and controllers."""
+
+    database: str
+    mqtt_url: str
+    tmp: Path
+    controllers: list[str]
+    outlets: int = 8
+    topic_root: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}/cl/v1")
+    time_scale: float = 120.0
+
+    def env(self, **extra: Any) -> dict[str, str]:
+        env = {
+            "CHARGELINE_DATABASE_URL": self.database,
+            "CHARGELINE_MQTT_URL": self.mqtt_url,
+            "CHARGELINE_TOPIC_ROOT": self.topic_root,
+            "CHARGELINE_DATA_DIR": str(self.tmp / "data"),
+            "CHARGELINE_TIME_SCALE": str(self.time_scale),
+            "CHARGELINE_LOG_LEVEL": "INFO",
+        }
+        env.update({f"CHARGELINE_{k.upper()}": str(v) for k, v in extra.items()})
+        return env
+
+    def ingest(self, **extra: Any) -> Proc:
+        extra.setdefault("registry_refresh_s", 1)
+        return Proc(f"ingest-{uuid.uuid4().hex[:4]}", ["ingest"], self.env(**extra), self.tmp)
+
+    def edge(self, cid: str, *, minutes: int, mqtt_url: str | None = None, **extra: Any) -> Proc:
+        extra.setdefault("sample_interval_s", 10)
+        extra.setdefault("ack_timeout_s", 2)
+        extra.setdefault("sim_autoplay", "true")
+        env = self.env(**extra)
+        if mqtt_url:
+            env["CHARGELINE_MQTT_URL"] = mqtt_url
+        return Proc(cid, ["edge", "--controller-id", cid, "--minutes", str(minutes)], env, self.tmp)
+
+
+def registry_for(controllers: list[str], outlets: int) -> Registry:
+    return Registry(
+        sites=[SiteEntry(id="test-site", name="Test site", contract_current_a=100, tariff_per_kwh=30)],
+        controllers=[
+            ControllerEntry(
+                id=cid,
+                site="test-site",
+                outlets=[OutletEntry(number=n, outlet_id=f"{cid}-{n}") for n in range(1, outlets + 1)],
+            )
+            for cid in controllers
+        ],
+    )
+
+
+@pytest.fixture
+def installation(database: str, broker: Broker, tmp_path: Path) -> Installation:
+    """Three registered controllers with eight outlets each, on the session broker."""
+    tag = uuid.uuid4().hex[:6]
+    controllers = [f"c{tag}-{i}" for i in range(1, 4)]
+    import_registry(database, registry_for(controllers, 8))
+    return Installation(database=database, mqtt_url=broker.url, tmp=tmp_path, controllers=controllers)

@@ -1,0 +1,210 @@
+"""Real processes and a real network for the tests: spawning chargeline, a cuttable TCP link."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    def is_open() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(is_open, timeout=timeout, what=f"port {port} to listen")
+
+
+class Proc:
+    """A chargeline subprocess whose output goes to a log file shown when a test fails."""
+
+    registry: list[Proc] = []
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.log_path = log_dir / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        Proc.registry.append(self)
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "chargeline", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up."""
+        if self.running():
+            assert self.popen is not None
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not go."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def wait(self, timeout: float) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class NetCut:
+    """A TCP relay between a client and a server that the test can cut and restore.
+
+    It stands in for the one thing a test cannot have: a network cable to pull.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.setblocking(False)
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.up = True
+        self._stop = False
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def cut(self) -> None:
+        with self._lock:
+            self.up = False
+            for a, b in self.pairs:
+                for s in (a, b):
+                    with contextlib.suppress(OSError):
+                        s.close()
+            self.pairs.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self.up = True
+
+    def close(self) -> None:
+        self._stop = True
+        self.cut()
+        self.thread.join(5)
+        self.listener.close()
+
+    def _run(self) -> None:
+        while not self._stop:
+            with self._lock:
+                self._accept()
+                sockets = [s for pair in self.pairs for s in pair]
+            if not sockets:
+                time.sleep(0.01)
+                continue
+            sel = selectors.DefaultSelector()
+            for s in sockets:
+                with contextlib.suppress(ValueError, OSError):
+                    sel.register(s, selectors.EVENT_READ)
+            events = sel.select(0.01)
+            with self._lock:
+                for key, _ in events:
+                    self._relay(key.fileobj)  # type: ignore[arg-type]
+            sel.close()
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if not self.up:
+            conn.close()
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=2)
+        except OSError:
+            conn.close()
+            return
+        for s in (conn, upstream):
+            s.setblocking(True)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pairs.append((conn, upstream))
+
+    def _relay(self, source: socket.socket) -> None:
+        for pair in self.pairs:
+            if source in pair:
+                other = pair[1] if source is pair[0] else pair[0]
+                try:
+                    data = source.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    other.sendall(data)
+                except OSError:
+                    for s in pair:
+                        with contextlib.suppress(OSError):
+                            s.close()
+                    self.pairs.remove(pair)
+                return
+
+
+def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params or None).fetchall()  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def dumped_logs_on_failure() -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for proc in Proc.registry:
+            print(f"----- {proc.name} ({proc.log_path}) -----\n{proc.log()[-6000:]}")
+        raise
