@@ -167,7 +167,12 @@ class EdgeAgent:
                 await asyncio.sleep(delay)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
+        ack_topic = self.topics.meter_ack(self.cid)
         async for message in client.messages:
+            if message.topic.value != ack_topic:
+                # amqtt has been seen delivering other controllers' retained topics here.
+                log.warning("%s: ignoring a message on %s, which it did not subscribe to", self.cid, message.topic)
+                continue
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
                 ack = decode(MeterAck, payload)
