@@ -171,7 +171,11 @@ class EdgeAgent:
         async for message in client.messages:
             if message.topic.value != ack_topic:
                 # amqtt has been seen delivering other controllers' retained topics here.
-                log.warning("%s: ignoring a message on %s, which it did not subscribe to", self.cid, message.topic)
+                log.warning(
+                    "%s: ignoring a message on %s, which it did not subscribe to",
+                    self.cid,
+                    message.topic,
+                )
                 continue
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:

@@ -47,7 +47,9 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str) -> Store:
-        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+        # autocommit: every write is exactly one explicit transaction, never a savepoint
+        # inside an implicit one that nobody commits
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5, autocommit=True)
         return cls(conn)
 
     async def close(self) -> None:

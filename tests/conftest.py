@@ -144,12 +144,16 @@ class Installation:
 
 def registry_for(controllers: list[str], outlets: int) -> Registry:
     return Registry(
-        sites=[SiteEntry(id="test-site", name="Test site", contract_current_a=100, tariff_per_kwh=30)],
+        sites=[
+            SiteEntry(id="test-site", name="Test site", contract_current_a=100, tariff_per_kwh=30)
+        ],
         controllers=[
             ControllerEntry(
                 id=cid,
                 site="test-site",
-                outlets=[OutletEntry(number=n, outlet_id=f"{cid}-{n}") for n in range(1, outlets + 1)],
+                outlets=[
+                    OutletEntry(number=n, outlet_id=f"{cid}-{n}") for n in range(1, outlets + 1)
+                ],
             )
             for cid in controllers
         ],
@@ -162,4 +166,6 @@ def installation(database: str, broker: Broker, tmp_path: Path) -> Installation:
     tag = uuid.uuid4().hex[:6]
     controllers = [f"c{tag}-{i}" for i in range(1, 4)]
     import_registry(database, registry_for(controllers, 8))
-    return Installation(database=database, mqtt_url=broker.url, tmp=tmp_path, controllers=controllers)
+    return Installation(
+        database=database, mqtt_url=broker.url, tmp=tmp_path, controllers=controllers
+    )

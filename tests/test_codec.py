@@ -1,0 +1,208 @@
+"""The wire contract: round trips, hard limits, and nothing but CodecError for bad bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.codec import MAX_PAYLOAD_BYTES, MESSAGE_TYPES, CodecError, decode, encode
+from schemas.messages import (
+    CommandAck,
+    CommandOutcome,
+    DesiredState,
+    EdgeEvent,
+    EdgeEventKind,
+    MeterAck,
+    MeterBatch,
+    MeterFrame,
+    OutletReading,
+    OutletState,
+    Presence,
+    ReportedState,
+    StatusRequest,
+)
+from schemas.topics import TopicKind
+
+cids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
+times = st.floats(min_value=946_684_800, max_value=4_102_444_800, allow_nan=False)
+minutes = st.integers(min_value=946_684_800 // 60 + 1, max_value=4_102_444_800 // 60).map(
+    lambda m: m * 60
+)
+energy = st.floats(min_value=0, max_value=1e13, allow_nan=False)
+readings = st.builds(
+    OutletReading,
+    st.integers(1, 8),
+    energy,
+    st.floats(0, 500, allow_nan=False),
+    st.floats(0, 100, allow_nan=False),
+    st.booleans(),
+)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> MeterFrame:
+    numbers = draw(st.lists(st.integers(1, 8), max_size=8, unique=True))
+    outlets = tuple(draw(readings)._replace(outlet=n) for n in numbers)
+    return MeterFrame(draw(minutes), draw(energy), outlets)
+
+
+batches = st.builds(
+    MeterBatch,
+    cids,
+    st.integers(1, 2**63 - 1),
+    st.lists(frames(), min_size=1, max_size=5, unique_by=lambda f: f.minute).map(tuple),
+)
+others = st.one_of(
+    st.builds(
+        MeterAck, cids, st.lists(st.integers(1, 2**63 - 1), min_size=1, max_size=20).map(tuple)
+    ),
+    st.builds(
+        EdgeEvent,
+        cids,
+        times,
+        st.sampled_from(EdgeEventKind),
+        st.integers(1, 8),
+        st.integers(0, 2**40),
+        st.floats(0, 100),
+        st.booleans(),
+        st.text(max_size=50),
+    ),
+    st.builds(
+        DesiredState,
+        cids,
+        st.integers(1, 8),
+        st.booleans(),
+        st.integers(0, 2**40),
+        st.none() | st.text(min_size=1, max_size=64),
+        st.none() | times,
+        times,
+    ),
+    st.builds(
+        CommandAck,
+        cids,
+        st.integers(1, 8),
+        st.integers(0, 2**40),
+        st.sampled_from(CommandOutcome),
+        st.booleans(),
+        times,
+    ),
+    st.builds(
+        ReportedState,
+        cids,
+        st.text(max_size=50),
+        times,
+        st.lists(
+            st.builds(OutletState, st.integers(1, 8), st.booleans(), st.integers(0, 9)), max_size=8
+        ).map(tuple),
+    ),
+    st.builds(Presence, cids, st.booleans(), times),
+    st.builds(StatusRequest, cids, st.text(max_size=50), times),
+)
+KIND_OF = {cls: kind for kind, cls in MESSAGE_TYPES.items()}
+
+
+@given(batches)
+def test_meter_batches_round_trip(batch: MeterBatch) -> None:
+    """Any valid meter batch decodes to exactly what was encoded."""
+    assert decode(TopicKind.METER, encode(batch)) == batch
+
+
+@given(others)
+def test_every_other_message_round_trips(message: tuple) -> None:  # type: ignore[type-arg]
+    """Every message type decodes to exactly what was encoded."""
+    assert decode(KIND_OF[type(message)], encode(message)) == message
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=2000), st.sampled_from(list(TopicKind)))
+def test_arbitrary_bytes_raise_only_codec_error(data: bytes, kind: TopicKind) -> None:
+    """Random bytes either decode or raise CodecError; nothing else escapes."""
+    try:
+        decode(kind, data)
+    except CodecError as exc:
+        assert exc.reason
+
+
+@settings(max_examples=300)
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats()
+        | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=4),
+        max_leaves=30,
+    )
+)
+def test_arbitrary_msgpack_structures_raise_only_codec_error(value: object) -> None:
+    """Well-formed msgpack of the wrong shape raises CodecError."""
+    with contextlib.suppress(CodecError):
+        decode(TopicKind.METER, msgpack.packb([1, value]))
+
+
+GOOD = MeterBatch(
+    "ctl-1", 7, (MeterFrame(1_767_225_600, 10.0, (OutletReading(1, 5.0, 200.0, 3.0, True),)),)
+)
+
+
+def tampered(path: tuple[int, ...], value: object) -> bytes:
+    raw = msgpack.unpackb(encode(GOOD))
+    target = raw
+    for index in path[:-1]:
+        target = target[index]
+    target[path[-1]] = value
+    return msgpack.packb(raw)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (
+            tampered((3, 0, 2, 0, 3), math.nan),
+            "frames[0].outlets[0].current_a: Input should be a finite number",
+        ),
+        (tampered((3, 0, 2, 0, 3), math.inf), "frames[0].outlets[0].current_a"),
+        (
+            tampered((3, 0, 2, 0, 0), 9),
+            "frames[0].outlets[0].outlet: Input should be less than or equal to 8",
+        ),
+        (tampered((3, 0, 2, 0, 2), 900.0), "frames[0].outlets[0].voltage_v"),
+        (tampered((3, 0, 2, 0, 1), -1.0), "frames[0].outlets[0].energy_wh"),
+        (tampered((3, 0, 0), 1_767_225_601), "frames[0].minute: Input should be a multiple of 60"),
+        (tampered((2,), "7"), "seq: Input should be a valid integer"),
+        (tampered((1,), "CTL_1"), "controller_id: String should match pattern"),
+        (tampered((0,), 2), "unsupported wire version 2"),
+        (tampered((3,), []), "frames: Tuple should have at least 1 item"),
+        (tampered((3, 0, 2), [[1, 5.0, 200.0, 3.0, True]] * 2), "outlet numbers repeat"),
+        (encode(GOOD)[:-3], "not valid msgpack"),
+        (encode(GOOD) + b"\x00", "trailing bytes"),
+        (b"\xdd\xff\xff\xff\xff", "exceeds max_array_len"),
+        (b"\xdb\x7f\xff\xff\xff", "not valid msgpack"),
+        (msgpack.packb({"version": 1}), "expected an array"),
+        (b"\x91" * 5000, "not valid msgpack"),
+        (b"\x00" * (MAX_PAYLOAD_BYTES + 1), "exceeds the 262144 byte limit"),
+    ],
+)
+def test_bad_payloads_name_what_is_wrong(payload: bytes, reason: str) -> None:
+    """Each kind of bad payload gets a CodecError that says precisely what is wrong."""
+    with pytest.raises(CodecError) as caught:
+        decode(TopicKind.METER, payload)
+    assert reason in str(caught.value)
+
+
+def test_array_shaped_payload_is_compact() -> None:
+    """A minute of 8 outlets fits in under 300 bytes."""
+    full = GOOD._replace(
+        frames=(
+            GOOD.frames[0]._replace(
+                outlets=tuple(OutletReading(n, 12345.678, 201.3, 15.9, True) for n in range(1, 9))
+            ),
+        )
+    )
+    assert len(encode(full)) < 300
