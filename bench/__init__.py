@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.<name> [--quick]``; each ends with one JSON line of figures."""

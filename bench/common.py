@@ -1,0 +1,134 @@
+"""What the benchmarks share: servers on loopback, a sample registry, batches, the JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ingest import migrations
+from ingest.registry import import_registry
+from ingest.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
+from schemas.messages import MeterBatch, MeterFrame, OutletReading
+from tests.helpers import free_port, wait_port
+
+MINUTE0 = 1_767_225_600
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--quick", action="store_true", help="a smaller run that finishes in under a minute")
+    return p
+
+
+def emit(name: str, figures: dict[str, Any]) -> None:
+    """The final line: one JSON object with the figures and the machine."""
+    figures = {"bench": name, **figures, "machine": machine()}
+    print(json.dumps(figures, sort_keys=False))
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="chargeline-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def database(tmp: Path, controllers: list[str]) -> str:
+    """A fresh migrated database with ``controllers`` registered (8 outlets each)."""
+    server = os.environ.get("CHARGELINE_DATABASE_URL")
+    if not server:
+        from chargeline.database import embedded_url
+
+        server = embedded_url(tmp)
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(server, dbname=name)
+    migrations.upgrade(url)
+    registry = Registry(
+        sites=[SiteEntry(id="bench", name="Bench", contract_current_a=1000, tariff_per_kwh=30)],
+        controllers=[
+            ControllerEntry(id=c, site="bench", outlets=[OutletEntry(number=n, outlet_id=f"{c}-{n}") for n in range(1, 9)])
+            for c in controllers
+        ],
+    )
+    import_registry(url, registry)
+    return url
+
+
+def batch(cid: str, seq: int, first_minute: int, frames: int) -> MeterBatch:
+    return MeterBatch(
+        cid,
+        seq,
+        tuple(
+            MeterFrame(
+                MINUTE0 + 60 * (first_minute + f),
+                1e6 + f,
+                tuple(OutletReading(n, 1000.0 + f * 50 + n, 200.0 + n / 10, 15.5, True) for n in range(1, 9)),
+            )
+            for f in range(frames)
+        ),
+    )
+
+
+@contextmanager
+def amqtt_broker(tmp: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "CHARGELINE_DATA_DIR": str(tmp / f"amqtt-{port}"), "CHARGELINE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "chargeline", "broker", "--bind", f"127.0.0.1:{port}"], env=env)
+    try:
+        wait_port(port)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def mosquitto_broker(tmp: Path) -> Iterator[str]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise SystemExit("mosquitto is not installed: apt-get install mosquitto")
+    port = free_port()
+    conf = tmp / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+        "max_queued_messages 1000000\nmax_inflight_messages 0\npersistence false\n"
+    )
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def rows(url: str, table: str = "outlet_readings") -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        return int(row[0]) if row else 0
+
+
+def now() -> float:
+    return time.perf_counter()
