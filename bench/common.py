@@ -30,7 +30,9 @@ MINUTE0 = 1_767_225_600
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc)
-    p.add_argument("--quick", action="store_true", help="a smaller run that finishes in under a minute")
+    p.add_argument(
+        "--quick", action="store_true", help="a smaller run that finishes in under a minute"
+    )
     return p
 
 
@@ -41,7 +43,11 @@ def emit(name: str, figures: dict[str, Any]) -> None:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 @contextmanager
@@ -68,7 +74,11 @@ def database(tmp: Path, controllers: list[str]) -> str:
     registry = Registry(
         sites=[SiteEntry(id="bench", name="Bench", contract_current_a=1000, tariff_per_kwh=30)],
         controllers=[
-            ControllerEntry(id=c, site="bench", outlets=[OutletEntry(number=n, outlet_id=f"{c}-{n}") for n in range(1, 9)])
+            ControllerEntry(
+                id=c,
+                site="bench",
+                outlets=[OutletEntry(number=n, outlet_id=f"{c}-{n}") for n in range(1, 9)],
+            )
             for c in controllers
         ],
     )
@@ -84,7 +94,10 @@ def batch(cid: str, seq: int, first_minute: int, frames: int) -> MeterBatch:
             MeterFrame(
                 MINUTE0 + 60 * (first_minute + f),
                 1e6 + f,
-                tuple(OutletReading(n, 1000.0 + f * 50 + n, 200.0 + n / 10, 15.5, True) for n in range(1, 9)),
+                tuple(
+                    OutletReading(n, 1000.0 + f * 50 + n, 200.0 + n / 10, 15.5, True)
+                    for n in range(1, 9)
+                ),
             )
             for f in range(frames)
         ),
@@ -94,8 +107,14 @@ def batch(cid: str, seq: int, first_minute: int, frames: int) -> MeterBatch:
 @contextmanager
 def amqtt_broker(tmp: Path) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "CHARGELINE_DATA_DIR": str(tmp / f"amqtt-{port}"), "CHARGELINE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "chargeline", "broker", "--bind", f"127.0.0.1:{port}"], env=env)
+    env = {
+        **os.environ,
+        "CHARGELINE_DATA_DIR": str(tmp / f"amqtt-{port}"),
+        "CHARGELINE_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargeline", "broker", "--bind", f"127.0.0.1:{port}"], env=env
+    )
     try:
         wait_port(port)
         yield f"mqtt://127.0.0.1:{port}"
@@ -115,7 +134,9 @@ def mosquitto_broker(tmp: Path) -> Iterator[str]:
         f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
         "max_queued_messages 1000000\nmax_inflight_messages 0\npersistence false\n"
     )
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_port(port)
         yield f"mqtt://127.0.0.1:{port}"

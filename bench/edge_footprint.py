@@ -31,9 +31,16 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     seconds = 30 if args.quick else 180
     with workdir() as tmp, amqtt_broker(tmp) as url:
-        env = {**os.environ, "CHARGELINE_MQTT_URL": url, "CHARGELINE_DATA_DIR": str(tmp),
-               "CHARGELINE_LOG_LEVEL": "WARNING", "CHARGELINE_SIM_AUTOPLAY": "true"}
-        agent = subprocess.Popen([sys.executable, "-m", "chargeline", "edge", "--controller-id", "footprint"], env=env)
+        env = {
+            **os.environ,
+            "CHARGELINE_MQTT_URL": url,
+            "CHARGELINE_DATA_DIR": str(tmp),
+            "CHARGELINE_LOG_LEVEL": "WARNING",
+            "CHARGELINE_SIM_AUTOPLAY": "true",
+        }
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "chargeline", "edge", "--controller-id", "footprint"], env=env
+        )
         try:
             time.sleep(5)  # imports and connection are start-up, not steady state
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
@@ -46,7 +53,14 @@ def main() -> None:
             agent.terminate()
             agent.wait(10)
     print(f"edge agent: {peak:.1f} MB resident, {cpu_share * 100:.2f}% of a core", file=sys.stderr)
-    emit("edge_footprint", {"seconds": seconds, "rss_mb": round(peak, 1), "cpu_percent_of_core": round(cpu_share * 100, 2)})
+    emit(
+        "edge_footprint",
+        {
+            "seconds": seconds,
+            "rss_mb": round(peak, 1),
+            "cpu_percent_of_core": round(cpu_share * 100, 2),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,21 @@ from ingest.worker import Ingest
 CONTROLLERS = 500
 
 
-def start_publisher(url: str, root: str, messages: int) -> subprocess.Popen[str]:
+def start_publisher(url: str, root: str, messages: int, frames: int = 1) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.publisher", url, root, str(CONTROLLERS), str(messages), "1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bench.publisher",
+            url,
+            root,
+            str(CONTROLLERS),
+            str(messages),
+            str(frames),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
@@ -45,7 +56,9 @@ def go(proc: subprocess.Popen[str]) -> float:
 
 async def bare(url: str, root: str, messages: int) -> float:
     total = CONTROLLERS * messages
-    async with mqtt.client(MqttUrl(url), identifier="bench-bare", max_inflight_messages=1000) as client:
+    async with mqtt.client(
+        MqttUrl(url), identifier="bench-bare", max_inflight_messages=1000
+    ) as client:
         await client.subscribe(f"{root}/ctl/+/meter", qos=1)
         publisher = start_publisher(url, root, messages)
         start = go(publisher)
@@ -59,15 +72,16 @@ async def bare(url: str, root: str, messages: int) -> float:
     return total * 8 / elapsed
 
 
-async def ingest(url: str, root: str, messages: int, db: str) -> float:
-    total_rows = CONTROLLERS * messages * 8
+async def ingest(url: str, root: str, messages: int, db: str, frames: int = 1) -> float:
+    """Readings/s from the publisher's first message until ingest has committed them all."""
+    total_rows = CONTROLLERS * messages * frames * 8
     settings = IngestSettings(mqtt_url=url, topic_root=root, database_url=db, log_level="WARNING")
     async with Ingest(settings, database_url=db) as worker:
         task = asyncio.create_task(worker.run())
         await worker.ready.wait()
-        publisher = start_publisher(url, root, messages)
+        publisher = start_publisher(url, root, messages, frames)
         start = go(publisher)
-        while worker.counters.readings < total_rows:
+        while worker.counters.readings < total_rows:  # noqa: ASYNC110 - polls a counter the worker updates
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - start
         task.cancel()
@@ -79,7 +93,11 @@ async def ingest(url: str, root: str, messages: int, db: str) -> float:
 def main() -> None:
     args = parser(__doc__).parse_args()
     messages = 4 if args.quick else 16  # per controller: 2,000 or 8,000 messages
-    figures: dict[str, object] = {"controllers": CONTROLLERS, "messages": CONTROLLERS * messages, "readings_per_message": 8}
+    figures: dict[str, object] = {
+        "controllers": CONTROLLERS,
+        "messages": CONTROLLERS * messages,
+        "readings_per_message": 8,
+    }
     with workdir() as tmp:
         for name, broker in (("mosquitto", mosquitto_broker), ("amqtt", amqtt_broker)):
             with broker(tmp) as url:
@@ -92,8 +110,11 @@ def main() -> None:
                     "bare_subscriber_readings_per_s": round(bare_rate),
                     "ratio": round(ingest_rate / bare_rate, 3),
                 }
-                print(f"{name}: ingest {ingest_rate:,.0f} readings/s, bare subscriber {bare_rate:,.0f} "
-                      f"(ratio {ingest_rate / bare_rate:.2f})", file=sys.stderr)
+                print(
+                    f"{name}: ingest {ingest_rate:,.0f} readings/s, bare subscriber {bare_rate:,.0f} "
+                    f"(ratio {ingest_rate / bare_rate:.2f})",
+                    file=sys.stderr,
+                )
     emit("ingest_live", figures)
 
 

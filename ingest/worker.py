@@ -220,7 +220,7 @@ class Ingest:
         client = self._client
         if client is None or not batch.acks:
             return  # unacked batches are resent by the edge after its ack timeout
-        paho = client._client  # noqa: SLF001 - see the docstring
+        paho = client._client  # private, on purpose: see the docstring
         sent = failed = 0
         for cid, seqs in batch.acks.items():
             topic = self.topics.meter_ack(cid)
