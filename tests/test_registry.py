@@ -116,22 +116,20 @@ def test_cli_import_reports_errors_and_exits_nonzero(tmp_path: Path, database: s
     bad = tmp_path / "site.toml"
     bad.write_text(GOOD.replace("number = 2", "number = 0"))
     env = {"CHARGELINE_DATABASE_URL": database, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "chargeline", "registry", "import", str(bad)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chargeline", "registry", "import", str(bad)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    result = run()
     assert result.returncode == 1
     assert f"{bad}:17: controllers.0.outlets.1.number" in result.stderr
     bad.write_text(GOOD)
-    result = subprocess.run(
-        [sys.executable, "-m", "chargeline", "registry", "import", str(bad)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    result = run()
     assert result.returncode == 0, result.stderr
     assert "2 outlets added" in result.stdout
