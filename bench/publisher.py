@@ -38,7 +38,9 @@ def main() -> None:
             done.set()
 
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    client.max_inflight_messages_set(1000)
+    # Unlimited in flight: each simulated controller has one message in flight at a time,
+    # and with a limit paho rescans its whole queue on every PUBACK (quadratic).
+    client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
     client.connect(mqtt.host, mqtt.port)

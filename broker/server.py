@@ -28,6 +28,21 @@ def amqtt_config(settings: BrokerSettings) -> dict[str, Any]:
     }
 
 
+class ChargelineBroker(Broker):  # type: ignore[misc]
+    """amqtt's broker with the fixes chargeline cannot wait for. Keep each one small."""
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        # amqtt 0.12.1 calls this on every CONNECT for every topic filter that *any* client
+        # subscribes to, so a connecting client received other clients' retained messages
+        # (a controller would get another controller's desired state). Only the session's
+        # own subscriptions may deliver retained messages. Belongs in amqtt's connect path.
+        topic_filter = subscription[0]
+        if any(s is session for s, _ in self._subscriptions.get(topic_filter, ())):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
+
 class EmbeddedBroker:
     """``async with EmbeddedBroker(settings): …`` runs the broker for the block's duration."""
 
@@ -36,7 +51,7 @@ class EmbeddedBroker:
         self._broker: Broker | None = None
 
     async def __aenter__(self) -> EmbeddedBroker:
-        self._broker = Broker(amqtt_config(self.settings))
+        self._broker = ChargelineBroker(amqtt_config(self.settings))
         await self._broker.start()
         log.info("broker listening on %s", self.settings.broker_bind)
         return self

@@ -144,6 +144,12 @@ class IngestSettings(CommonSettings):
     flush_max_delay_s: float = Field(
         default=0.05, gt=0, description="longest a reading waits to be written"
     )
+    ack_max_delay_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="acks for committed batches are merged per controller for up to this long",
+    )
     max_pending_messages: int = Field(
         default=20_000, ge=10, description="messages held in memory; beyond it reading stops"
     )

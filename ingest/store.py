@@ -1,6 +1,6 @@
 """Writing one ``Pending`` to PostgreSQL in one transaction.
 
-Readings take the fast path first: a binary COPY straight into the table inside a
+Readings and batch records take the fast path first: a binary COPY straight into the table inside a
 savepoint. Only when that hits a duplicate key (a redelivered batch) does the write fall
 back to COPY into a temporary staging table plus ``INSERT … ON CONFLICT DO NOTHING``. Fresh
 minutes, the common case, cost a plain COPY; replays are absorbed by the key.
@@ -32,6 +32,10 @@ _OUTLET_COLUMNS = (
 _OUTLET_TYPES = ("text", "int2", "timestamptz", "float8", "float4", "float4", "bool")
 _MAIN_COLUMNS = ("controller_id", "minute", "energy_wh")
 _MAIN_TYPES = ("text", "timestamptz", "float8")
+_BATCH_COLUMNS = ("controller_id", "seq", "frames", "first_minute", "last_minute")
+_BATCH_TYPES = ("text", "int8", "int2", "timestamptz", "timestamptz")
+#: Tables written by COPY, each with a staging twin for redeliveries.
+_COPIED = ("outlet_readings", "main_meter_readings", "meter_batches")
 
 
 def _ts(epoch: float) -> dt.datetime:
@@ -57,24 +61,27 @@ class Store:
 
     async def write(self, pending: Pending) -> None:
         async with self.conn.transaction():
-            await self._readings(
+            await self._insert_new(
                 "outlet_readings", _OUTLET_COLUMNS, _OUTLET_TYPES, pending.outlet_rows
             )
-            await self._readings(
+            await self._insert_new(
                 "main_meter_readings", _MAIN_COLUMNS, _MAIN_TYPES, pending.main_rows
             )
-            await self._batches(pending)
+            await self._insert_new(
+                "meter_batches", _BATCH_COLUMNS, _BATCH_TYPES, pending.batch_rows
+            )
             await self._dead_letters(pending)
             await self._events(pending)
             await self._status(pending)
 
-    async def _readings(
+    async def _insert_new(
         self,
         table: str,
         columns: Sequence[str],
         types: Sequence[str],
         rows: Sequence[tuple[Any, ...]],
     ) -> None:
+        """Insert ``rows``, skipping any whose key is already stored."""
         if not rows:
             return
         try:
@@ -84,9 +91,10 @@ class Store:
             await self._ensure_staging()
             stage = f"stage_{table}"
             await self._copy(stage, columns, types, rows)
+            names = sql.SQL(", ").join(map(sql.Identifier, columns))
             await self.conn.execute(
-                sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
-                    sql.Identifier(table), sql.Identifier(stage)
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+                    sql.Identifier(table), names, names, sql.Identifier(stage)
                 )
             )
             await self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(stage)))
@@ -109,23 +117,13 @@ class Store:
     async def _ensure_staging(self) -> None:
         if self._staging_ready:
             return
-        for table in ("outlet_readings", "main_meter_readings"):
+        for table in _COPIED:
             await self.conn.execute(
                 sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS"
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 ).format(sql.Identifier(f"stage_{table}"), sql.Identifier(table))
             )
         self._staging_ready = True
-
-    async def _batches(self, pending: Pending) -> None:
-        if not pending.batch_rows:
-            return
-        async with self.conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO meter_batches (controller_id, seq, frames, first_minute, last_minute)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                pending.batch_rows,
-            )
 
     async def _dead_letters(self, pending: Pending) -> None:
         if not pending.dead_letters:

@@ -2,13 +2,20 @@
 
 Three tasks share one ``Pending`` buffer:
 
-* **receive** reads MQTT messages and triages them into the buffer. When the buffer holds
-  ``max_pending_messages`` it stops reading; aiomqtt's own queue is bounded too, so a slow
-  or absent database costs bounded memory. Messages dropped at that point were never
-  acknowledged to the edge, which resends them (the edge keeps every batch until acked).
+* **receive** reads MQTT messages (``chargeline.paho_link``: the per-message cost decides
+  how many controllers one process serves) and triages each into the buffer. When the
+  buffer holds ``max_pending_messages`` it stops reading the socket, so a slow or absent
+  database costs bounded memory and TCP pushes back to the broker. Anything lost on the
+  way was never acknowledged to the edge, which resends it (it keeps every batch until
+  acked).
 * **flush** swaps the buffer out when it has ``flush_max_rows`` readings or its oldest
-  message is ``flush_max_delay_s`` old, writes it in one transaction (retrying the same
-  buffer until the database takes it), and only then publishes ``meter/ack``.
+  message is ``flush_max_delay_s`` old and writes it in one transaction, retrying the same
+  buffer until the database takes it. Only then are its batches due an acknowledgement.
+* **ack** publishes ``meter/ack``, merging per controller every batch committed within
+  ``ack_max_delay_s``: a controller catching up on a backlog sends many batches in a row,
+  and one ack for all of them spares the broker (with amqtt, an ack costs the broker about
+  as much as the batch it acknowledges). In steady operation a controller sends one batch
+  a minute, so each batch still gets its own ack, at most ``ack_max_delay_s`` later.
 * **registry** reloads the registry on NOTIFY from the database, or periodically.
 """
 
@@ -18,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from types import TracebackType
 from typing import Any, Self
 
-import aiomqtt
 import psycopg
 
 from chargeline import mqtt
+from chargeline.paho_link import PahoLink
 from chargeline.settings import IngestSettings
 from ingest.registry import RegistrySnapshot
 from ingest.store import Store
@@ -62,9 +70,9 @@ class Ingest:
         self._pending_since: float | None = None
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
-        self._client: aiomqtt.Client | None = None
+        self._link: PahoLink | None = None
+        self._unacked: defaultdict[str, list[int]] = defaultdict(list)
+        self._has_unacked = asyncio.Event()
         self._store: Store | None = None
         self._triage: Triage | None = None
         self.ready = asyncio.Event()
@@ -88,66 +96,51 @@ class Ingest:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive_forever(), name="ingest-receive")
             tasks.create_task(self._flush_forever(), name="ingest-flush")
+            tasks.create_task(self._ack_forever(), name="ingest-ack")
             tasks.create_task(self._registry_forever(), name="ingest-registry")
             tasks.create_task(self._report_forever(), name="ingest-report")
 
     # --- receive -----------------------------------------------------------------------
     async def _receive_forever(self) -> None:
-        delays = mqtt.backoff()
         settings = self.settings
-        while True:
-            try:
-                async with mqtt.client(
-                    settings.mqtt,
-                    identifier=settings.ingest_client_id,
-                    clean_session=True,
-                    max_queued_incoming_messages=settings.max_pending_messages,
-                    max_inflight_messages=1000,
-                ) as client:
-                    for kind in SUBSCRIBED:
-                        topic = (
-                            self.topics.shared(settings.share_group, kind)
-                            if settings.share_group
-                            else self.topics.all_controllers(kind)
-                        )
-                        await client.subscribe(topic, qos=1)
-                    self._client = client
-                    delays = mqtt.backoff()
-                    log.info(
-                        "ingest connected to %r, subscribed below %s",
-                        settings.mqtt,
-                        self.topics.root,
-                    )
-                    self.ready.set()
-                    await self._receive(client)
-            except aiomqtt.MqttError as exc:
-                self._client = None
-                delay = next(delays)
-                log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        assert self._triage is not None
-        accept = self._triage.accept
-        limit_rows = self.settings.flush_max_rows
-        limit_messages = self.settings.max_pending_messages
-        async for message in client.messages:
-            while len(self.pending) >= limit_messages:
-                self._space.clear()
-                self._full.set()
-                await self._space.wait()
-            pending = self.pending
-            if not pending.messages:
-                self._pending_since = time.monotonic()
-                self._has_data.set()
-            payload = message.payload
-            accept(
-                pending,
-                message.topic.value,
-                payload if isinstance(payload, bytes) else bytes(payload or b""),
+        subscriptions = [
+            (
+                self.topics.shared(settings.share_group, kind)
+                if settings.share_group
+                else self.topics.all_controllers(kind),
+                1,
             )
-            if pending.rows >= limit_rows:
-                self._full.set()
+            for kind in SUBSCRIBED
+        ]
+        self._link = PahoLink(
+            settings.mqtt,
+            client_id=settings.ingest_client_id,
+            subscriptions=subscriptions,
+            on_message=self._on_message,
+        )
+        await self._link.run(on_connected=self._on_connected)
+
+    def _on_connected(self) -> None:
+        log.info(
+            "ingest connected to %r, subscribed below %s", self.settings.mqtt, self.topics.root
+        )
+        self.ready.set()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """Triage one message into the pending buffer (runs on the event loop, per message)."""
+        assert self._triage is not None and self._link is not None
+        pending = self.pending
+        if not pending.messages:
+            self._pending_since = time.monotonic()
+            self._has_data.set()
+        self._triage.accept(pending, topic, payload)
+        if pending.rows >= self.settings.flush_max_rows:
+            self._full.set()
+        if len(pending) >= self.settings.max_pending_messages:
+            # Backpressure: stop reading until the flush swaps the buffer out. If that takes
+            # longer than the keepalive the broker drops the session; the edges resend.
+            self._link.pause_reading()
+            self._full.set()
 
     # --- flush -------------------------------------------------------------------------
     async def _flush_forever(self) -> None:
@@ -161,9 +154,13 @@ class Ingest:
             batch, self.pending = self.pending, Pending()
             self._has_data.clear()
             self._full.clear()
-            self._space.set()
+            if self._link is not None:
+                self._link.resume_reading()
             await self._write(batch)
-            await self._send_acks(batch)
+            for cid, seqs in batch.acks.items():
+                self._unacked[cid].extend(seqs)
+            if batch.acks:
+                self._has_unacked.set()
 
     async def _write(self, batch: Pending) -> None:
         delays = mqtt.backoff(first=0.2, cap=5.0)
@@ -208,26 +205,30 @@ class Ingest:
                 log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def _send_acks(self, batch: Pending) -> None:
-        """Publish ``meter/ack`` for every batch in a committed write, without awaiting each.
+    # --- ack ---------------------------------------------------------------------------
+    async def _ack_forever(self) -> None:
+        while True:
+            await self._has_unacked.wait()
+            await asyncio.sleep(self.settings.ack_max_delay_s)
+            unacked, self._unacked = self._unacked, defaultdict(list)
+            self._has_unacked.clear()
+            self._send_acks(unacked)
 
-        aiomqtt awaits every QoS 1 publish with a future and scans all pending calls on each
-        publish, which turns a few thousand acks per write into quadratic work (measured:
-        half of ingest's CPU in bench.ingest_live). An ack needs no awaiting: paho completes
-        the QoS 1 handshake in its own loop, and an ack that is lost only makes the edge
-        resend a batch the store's key absorbs. So acks go straight to paho.
+    def _send_acks(self, unacked: dict[str, list[int]]) -> None:
+        """Publish ``meter/ack`` (QoS 1) for committed batches, without awaiting each.
+
+        paho completes each QoS 1 handshake on its own, and an ack that is lost only makes
+        the edge resend a batch that the store's key absorbs.
         """
-        client = self._client
-        if client is None or not batch.acks:
+        link = self._link
+        if link is None:
             return  # unacked batches are resent by the edge after its ack timeout
-        paho = client._client  # private, on purpose: see the docstring
         sent = failed = 0
-        for cid, seqs in batch.acks.items():
+        for cid, seqs in unacked.items():
             topic = self.topics.meter_ack(cid)
             for start in range(0, len(seqs), MAX_ACK_SEQS):
                 chunk = tuple(seqs[start : start + MAX_ACK_SEQS])
-                info = paho.publish(topic, encode(MeterAck(cid, chunk)), qos=1)
-                if info.rc == 0:
+                if link.publish(topic, encode(MeterAck(cid, chunk)), qos=1):
                     sent += 1
                 else:
                     failed += 1

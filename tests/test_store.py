@@ -67,6 +67,10 @@ def test_redelivered_batches_are_stored_once(database: str) -> None:
         database, "SELECT count(*), count(DISTINCT (outlet_no, minute)) FROM outlet_readings"
     ) == [(40, 40)]
     assert query(database, "SELECT count(*) FROM main_meter_readings") == [(20,)]
+    assert query(database, "SELECT seq, frames FROM meter_batches ORDER BY seq") == [
+        (1, 10),
+        (2, 15),
+    ]
 
 
 def test_energy_views_count_each_watt_hour_once(database: str) -> None:
