@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 
 from bench.common import batch, database, emit, mosquitto_broker, parser, workdir
-from bench.ingest_live import ingest
+from bench.ingest_live import Workload, ingest
 from ingest.store import _OUTLET_COLUMNS, _OUTLET_TYPES
 from ingest.triage import minute_time
 
@@ -57,9 +57,10 @@ def bare_copy(db: str, messages: int) -> float:
 def main() -> None:
     args = parser(__doc__).parse_args()
     messages = 1 if args.quick else 4  # per controller: 240,000 or 960,000 readings
+    load = Workload(CONTROLLERS, messages, FRAMES)
     with workdir() as tmp, mosquitto_broker(tmp) as url:
-        db = database(Path(tmp), [f"b{c:04d}" for c in range(CONTROLLERS)])
-        rate = asyncio.run(ingest(url, "catchup", messages, db, frames=FRAMES))
+        db = database(Path(tmp), load.controller_ids())
+        rate = asyncio.run(ingest(url, "catchup", load, db)).readings_per_s
         copy_rate = bare_copy(db, messages)
     print(
         f"catch-up ingest {rate:,.0f} readings/s; bare COPY {copy_rate:,.0f} (ratio {rate / copy_rate:.2f})",
@@ -69,7 +70,7 @@ def main() -> None:
         "ingest_catchup",
         {
             "frames_per_message": FRAMES,
-            "readings": CONTROLLERS * messages * FRAMES * 8,
+            "readings": load.readings,
             "readings_per_s": round(rate),
             "bare_copy_readings_per_s": round(copy_rate),
             "ratio": round(rate / copy_rate, 3),

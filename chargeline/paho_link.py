@@ -61,10 +61,16 @@ class _BufferedClient(paho.Client):
 
     _rbuf = b""
     _rpos = 0
+    #: One socket read per readiness callback: under a flood, refilling the buffer for as
+    #: long as data arrives would starve every other task (the database writes included).
+    may_recv = False
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
+            if not self.may_recv:
+                raise BlockingIOError  # paho keeps the partial packet and resumes next time
+            self.may_recv = False
             buf = super()._sock_recv(READ_CHUNK)  # raises BlockingIOError when empty
             if not buf:
                 return buf  # the connection closed
@@ -258,10 +264,11 @@ class PahoLink:
             self._loop.remove_writer(sock)
 
     def _readable(self) -> None:
-        """Drain every complete packet the socket and the read buffer hold."""
+        """Read the socket once, then handle every complete packet in the read buffer."""
         client = self._client
         if client is None or self._paused:
             return
+        client.may_recv = True
         rc = client.loop_read()
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and client.buffered and not self._paused:
             rc = client.loop_read()

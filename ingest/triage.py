@@ -125,16 +125,18 @@ class Triage:
         known = self.registry.outlets[cid]
         unknown: set[int] = set()
         outlet_rows = pending.outlet_rows
+        main_rows = pending.main_rows
         for frame in batch.frames:
             minute = minute_time(frame.minute)
-            pending.main_rows.append((cid, minute, frame.main_energy_wh))
-            for r in frame.outlets:
-                if r.outlet in known:
+            main_rows.append((cid, minute, frame.main_energy_wh))
+            # Unpacking beats attribute access here: this loop runs once per reading.
+            for outlet, energy_wh, voltage_v, current_a, breaker_on in frame.outlets:
+                if outlet in known:
                     outlet_rows.append(
-                        (cid, r.outlet, minute, r.energy_wh, r.voltage_v, r.current_a, r.breaker_on)
+                        (cid, outlet, minute, energy_wh, voltage_v, current_a, breaker_on)
                     )
                 else:
-                    unknown.add(r.outlet)
+                    unknown.add(outlet)
         if unknown:
             reason = (
                 f"outlets {sorted(unknown)} are not registered for controller {cid!r}; "
