@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from chargeline.database import database_url
 from chargeline.settings import EdgeSettings, IngestSettings
@@ -30,13 +31,18 @@ async def run_ingest(settings: IngestSettings, url: str) -> None:
 
 
 def simulated_agent(settings: EdgeSettings) -> EdgeAgent:
-    clock = ScaledClock(settings.time_scale)
+    clock = ScaledClock(settings.time_scale, start=time.time() + settings.sim_clock_skew_s)
     site = SimulatedSite(
         outlets=settings.outlets,
         seed=settings.sim_seed if settings.sim_seed is not None else settings.controller_id,
         autoplay=settings.sim_autoplay,
         start=clock.now(),
     )
+    for spec in filter(None, settings.sim_cars.split(",")):
+        outlet, need_wh, max_a = spec.split(":")
+        site.plug_in(int(outlet), need_wh=float(need_wh), max_current_a=float(max_a))
+    for outlet in filter(None, settings.sim_failed_breakers.split(",")):
+        site.fail(int(outlet))
     return EdgeAgent(settings, meter=site, breakers=site, clock=clock)
 
 

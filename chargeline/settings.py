@@ -121,8 +121,21 @@ class EdgeSettings(CommonSettings):
     buffer_max_frames: int = Field(
         default=7 * 24 * 60, ge=10, description="frames kept while unacked"
     )
+    start_max_age_s: float = Field(
+        default=120.0, gt=0, description="an ON issued longer ago than this is refused"
+    )
+    overcurrent_a: float = Field(default=20.0, gt=0, description="trip above this current…")
+    overcurrent_s: float = Field(default=5.0, ge=0, description="…sustained this long")
     firmware: str = "chargeline-edge/0.1"
     sim_seed: int | None = None
+    sim_cars: str = Field(
+        default="",
+        description="simulation: cars plugged in at start, 'outlet:need_wh:max_a,…'",
+    )
+    sim_failed_breakers: str = Field(
+        default="", description="simulation: outlets whose breaker ignores commands, '3,5'"
+    )
+    sim_clock_skew_s: float = Field(default=0.0, description="simulation: edge clock error")
     sim_autoplay: bool = Field(
         default=False, description="simulated residents switch breakers (demo)"
     )

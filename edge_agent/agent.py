@@ -8,6 +8,13 @@ Tasks, over one MQTT connection that is re-established with growing, randomised 
   connect, then it sends every unacknowledged batch and listens for ``meter/ack``.
 * **resend** sends again any batch not acknowledged within ``ack_timeout_s`` (the broker may
   drop QoS 1 messages, ingest may have been down); the store's key makes resends harmless.
+
+Commands: the link also subscribes to each outlet's retained ``desired`` topic. Every
+decision about a breaker is made by ``edge_agent.reconciler`` (read its theory of
+operation); this module only executes the actions, persists the memory before it
+acknowledges, and queues acknowledgements and events while offline. At start every breaker
+is opened; the sampling loop also runs the reconciler's timer (``end_at``) and the
+over-current guard, so both work without the cloud.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from types import TracebackType
 from typing import Self
 
@@ -23,11 +31,17 @@ import aiomqtt
 
 from chargeline import mqtt
 from chargeline.settings import EdgeSettings
+from edge_agent import reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import ScaledClock
 from edge_agent.drivers import BreakerDriver, MeterReader, Sample
+from edge_agent.memory import CommandMemory
+from edge_agent.reconciler import Acknowledge, ClockOffset, Decision, Limits, Report, Switch
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import (
+    CommandAck,
+    DesiredState,
+    EdgeEvent,
     MeterAck,
     MeterBatch,
     MeterFrame,
@@ -77,8 +91,24 @@ class EdgeAgent:
         self.frames_made = 0
         self.connected = asyncio.Event()
         self._done = asyncio.Event()
+        self.memory_store = CommandMemory(
+            settings.data_dir / "edge" / f"{self.cid}.commands.sqlite"
+        )
+        self.outlet_numbers = range(1, settings.outlets + 1)
+        self.memory = self.memory_store.load(self.outlet_numbers)
+        self.cloud_clock = ClockOffset(self.memory_store.clock_offset())
+        self.limits = Limits(start_max_age_s=settings.start_max_age_s)
+        #: Outlets whose desired state has not been seen since boot (they stay OFF till then).
+        self._restoring = set(self.outlet_numbers)
+        self._over_since: dict[int, float] = {}
+        #: Acks and events waiting for the link: (topic, payload). Bounded; oldest go first.
+        self._outbox: deque[tuple[str, bytes]] = deque(maxlen=1000)
+        self._outbox_ready = asyncio.Event()
 
     async def __aenter__(self) -> Self:
+        # Safety rule 6: after a (re)boot every breaker is OFF until reconciled.
+        for n in self.outlet_numbers:
+            self.breakers.switch(n, False)
         return self
 
     async def __aexit__(
@@ -88,6 +118,7 @@ class EdgeAgent:
         tb: TracebackType | None,
     ) -> None:
         self.buffer.close()
+        self.memory_store.close()
 
     async def run(self) -> None:
         """Run until cancelled, or with ``minutes`` set, until that many frames are acked."""
@@ -96,6 +127,7 @@ class EdgeAgent:
                 tasks.create_task(self._sample_forever(), name=f"{self.cid}-sample"),
                 tasks.create_task(self._link_forever(), name=f"{self.cid}-link"),
                 tasks.create_task(self._resend_forever(), name=f"{self.cid}-resend"),
+                tasks.create_task(self._flush_outbox_forever(), name=f"{self.cid}-outbox"),
             ]
             await self._done.wait()
             for task in workers:
@@ -109,12 +141,12 @@ class EdgeAgent:
         next_minute = (int(self.clock.now()) // 60 + 1) * 60
         while limit is None or self.frames_made < limit:
             now = self.clock.now()
+            sample = self.meter.read(now)
+            self._guard(sample)
             if now >= next_minute:
-                sample = self.meter.read(now)
                 await self._new_frame(frame_from(sample, next_minute))
                 next_minute += 60
                 continue
-            self.meter.read(now)
             await self.clock.sleep(min(interval, next_minute - now))
 
     async def _new_frame(self, frame: MeterFrame) -> None:
@@ -122,6 +154,147 @@ class EdgeAgent:
         self.frames_made += 1
         if self.connected.is_set():
             await self._send_pending()
+
+    # --- commands ------------------------------------------------------------------------
+    def _guard(self, sample: Sample) -> None:
+        """Run the reconciler's timer and the over-current guard on every sample."""
+        cloud_now = self.cloud_clock.cloud(sample.at)
+        limit_a, hold_s = self.settings.overcurrent_a, self.settings.overcurrent_s
+        for o in sample.outlets:
+            memory = self.memory.get(o.outlet)
+            if memory is None:
+                continue
+            self._execute(reconciler.tick(memory, cloud_now=cloud_now))
+            if o.current_a > limit_a and o.breaker_on:
+                since = self._over_since.setdefault(o.outlet, sample.at)
+                if sample.at - since >= hold_s:
+                    self._over_since.pop(o.outlet, None)
+                    self._execute(
+                        reconciler.overcurrent(
+                            self.memory[o.outlet], current_a=o.current_a, limit_a=limit_a
+                        )
+                    )
+            else:
+                self._over_since.pop(o.outlet, None)
+
+    def _on_desired(self, outlet: int, payload: bytes, *, retained: bool) -> None:
+        try:
+            want = decode(DesiredState, payload)
+        except CodecError as exc:
+            log.warning("%s: ignoring a bad desired state for outlet %d: %s", self.cid, outlet, exc)
+            return
+        if want.controller_id != self.cid or want.outlet != outlet:
+            log.warning(
+                "%s: ignoring a desired state addressed to %s/%d on outlet %d's topic",
+                self.cid,
+                want.controller_id,
+                want.outlet,
+                outlet,
+            )
+            return
+        local_now = self.clock.now()
+        if not retained:  # delivered live: issued_at is (nearly) now in cloud time
+            self.cloud_clock.learn(want.issued_at, local_now)
+            self.memory_store.save_clock_offset(self.cloud_clock.offset)
+        restoring = outlet in self._restoring
+        self._restoring.discard(outlet)
+        decision = reconciler.desired(
+            self.memory[outlet],
+            want,
+            cloud_now=self.cloud_clock.cloud(local_now),
+            limits=self.limits,
+            restoring=restoring,
+        )
+        self._execute(decision)
+
+    def _execute(self, decision: Decision) -> None:
+        """Switch, persist, then acknowledge and report: in that order."""
+        memory = decision.memory
+        self._remember(memory)
+        for action in decision.actions:
+            if isinstance(action, Switch):
+                feedback = self.breakers.switch(action.outlet, action.on)
+                log.info(
+                    "%s: outlet %d breaker %s (feedback %s)",
+                    self.cid,
+                    action.outlet,
+                    "ON" if action.on else "OFF",
+                    "ON" if feedback else "OFF",
+                )
+                after = reconciler.switched(memory, action, feedback=feedback)
+                memory = after.memory
+                self._remember(memory)
+                self._execute(Decision(memory, after.actions))
+            elif isinstance(action, Acknowledge):
+                ack = CommandAck(
+                    self.cid,
+                    action.outlet,
+                    action.generation,
+                    action.outcome,
+                    self.breakers.breaker_on(action.outlet),
+                    self.cloud_clock.cloud(self.clock.now()),
+                )
+                self._send(self.topics.ack(self.cid), encode(ack))
+            elif isinstance(action, Report):
+                sample = self.meter.read(self.clock.now())
+                current = action.current_a
+                if current is None:
+                    current = next(o.current_a for o in sample.outlets if o.outlet == action.outlet)
+                event = EdgeEvent(
+                    self.cid,
+                    self.cloud_clock.cloud(sample.at),
+                    action.kind,
+                    action.outlet,
+                    action.generation,
+                    current,
+                    self.breakers.breaker_on(action.outlet),
+                    action.detail,
+                )
+                log.info(
+                    "%s: outlet %d %s: %s",
+                    self.cid,
+                    action.outlet,
+                    action.kind.value,
+                    action.detail,
+                )
+                self._send(self.topics.event(self.cid), encode(event))
+
+    def _remember(self, memory: reconciler.OutletMemory) -> None:
+        if self.memory.get(memory.outlet) != memory:
+            self.memory_store.save(memory)
+            self.memory[memory.outlet] = memory
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        """Queue an ack or event; the link publishes the queue whenever it is connected."""
+        if len(self._outbox) == self._outbox.maxlen:
+            log.warning("%s: outbox full; dropping the oldest ack or event", self.cid)
+        self._outbox.append((topic, payload))
+        self._outbox_ready.set()
+
+    async def _flush_outbox_forever(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            await self.connected.wait()
+            if await self._publish_outbox():
+                self._outbox_ready.clear()
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._publish_state()  # the retained state follows every change
+            else:
+                await asyncio.sleep(0.5)  # the link is reconnecting
+
+    async def _publish_outbox(self) -> bool:
+        """Publish queued acks and events in order; False when the link failed midway."""
+        while self._outbox:
+            client = self._client
+            if client is None:
+                return False
+            topic, payload = self._outbox[0]
+            try:
+                await client.publish(topic, payload, qos=1)
+            except aiomqtt.MqttError:
+                return False
+            self._outbox.popleft()
+        return True
 
     # --- the MQTT link -------------------------------------------------------------------
     async def _link_forever(self) -> None:
@@ -146,6 +319,8 @@ class EdgeAgent:
                 ) as client:
                     self._client = client
                     await client.subscribe(self.topics.meter_ack(self.cid), qos=1)
+                    for n in self.outlet_numbers:
+                        await client.subscribe(self.topics.desired(self.cid, n), qos=1)
                     await client.publish(
                         self.topics.presence(self.cid),
                         encode(Presence(self.cid, True, since)),
@@ -157,6 +332,7 @@ class EdgeAgent:
                     log.info("%s: connected to %r", self.cid, url)
                     self._sent_at.clear()
                     self.connected.set()
+                    self._outbox_ready.set()
                     await self._send_pending()
                     await self._listen(client)
             except aiomqtt.MqttError as exc:
@@ -168,20 +344,22 @@ class EdgeAgent:
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         ack_topic = self.topics.meter_ack(self.cid)
+        desired = {self.topics.desired(self.cid, n): n for n in self.outlet_numbers}
         async for message in client.messages:
-            if message.topic.value != ack_topic:
-                # amqtt has been seen delivering other controllers' retained topics here.
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic in desired:
+                self._on_desired(desired[topic], payload, retained=bool(message.retain))
+                continue
+            if topic != ack_topic:
                 log.warning(
-                    "%s: ignoring a message on %s, which it did not subscribe to",
-                    self.cid,
-                    message.topic,
+                    "%s: ignoring a message on %s, which it did not subscribe to", self.cid, topic
                 )
                 continue
-            payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
                 ack = decode(MeterAck, payload)
             except CodecError as exc:
-                log.warning("%s: ignoring bad message on %s: %s", self.cid, message.topic, exc)
+                log.warning("%s: ignoring bad message on %s: %s", self.cid, topic, exc)
                 continue
             freed = self.buffer.ack(ack.seqs)
             for seq in ack.seqs:
@@ -198,8 +376,8 @@ class EdgeAgent:
         if self._client is None:
             return
         outlets = tuple(
-            OutletState(o.outlet, self.breakers.breaker_on(o.outlet), 0)
-            for o in self.meter.read(self.clock.now()).outlets
+            OutletState(n, self.breakers.breaker_on(n), self.memory[n].applied_generation)
+            for n in self.outlet_numbers
         )
         state = ReportedState(self.cid, self.settings.firmware, self.started_at, outlets)
         await self._client.publish(self.topics.state(self.cid), encode(state), qos=1, retain=True)

@@ -132,14 +132,20 @@ class Installation:
         extra.setdefault("registry_refresh_s", 1)
         return Proc(f"ingest-{uuid.uuid4().hex[:4]}", ["ingest"], self.env(**extra), self.tmp)
 
-    def edge(self, cid: str, *, minutes: int, mqtt_url: str | None = None, **extra: Any) -> Proc:
+    def edge(
+        self, cid: str, *, minutes: int | None, mqtt_url: str | None = None, **extra: Any
+    ) -> Proc:
+        """An edge agent; with ``minutes`` it exits once that many frames are acknowledged."""
         extra.setdefault("sample_interval_s", 10)
         extra.setdefault("ack_timeout_s", 2)
         extra.setdefault("sim_autoplay", "true")
         env = self.env(**extra)
         if mqtt_url:
             env["CHARGELINE_MQTT_URL"] = mqtt_url
-        return Proc(cid, ["edge", "--controller-id", cid, "--minutes", str(minutes)], env, self.tmp)
+        args = ["edge", "--controller-id", cid]
+        if minutes is not None:
+            args += ["--minutes", str(minutes)]
+        return Proc(cid, args, env, self.tmp)
 
 
 def registry_for(controllers: list[str], outlets: int) -> Registry:

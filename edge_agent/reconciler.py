@@ -1,0 +1,223 @@
+"""Reconciling one outlet's breaker with the cloud's desired state: a pure state machine.
+
+Theory of operation
+-------------------
+The cloud publishes, per outlet, one retained ``DesiredState``: ON or OFF, a ``generation``
+that only grows, the ``charge_id``, an ``end_at`` and when it was ``issued_at``. The edge
+keeps, per outlet and on disk, an ``OutletMemory``: the last generation it applied, whether
+that left the breaker ON, and until when. Every decision is a function of that memory, the
+message, and the time; the agent executes the returned actions (switch, acknowledge,
+report, persist) and feeds back what the breaker's feedback contact says.
+
+Safety rules, in the order they are checked:
+
+1. **A generation applies once.** A desired state whose generation is ≤ the applied one is
+   stale or replayed: acknowledged as ``stale``, never acted on. A broker replaying an old
+   retained ON after a stop therefore cannot re-energise anything.
+2. **Nothing energises after ``end_at``.** An ON whose ``end_at`` has passed is ``expired``.
+3. **Nothing new starts late.** An ON issued more than ``start_max_age_s`` ago (the edge was
+   offline, or the message sat somewhere) is ``refused_offline``: the partner has long had
+   a "pending" or "failed" answer, and a car must not start charging an hour later.
+4. **Charges stop by the edge's own timer** at ``end_at``, whether or not the cloud is
+   reachable (``tick``).
+5. **Clock skew must not stretch a charge.** Times in messages are the cloud's. The edge
+   estimates the cloud clock as ``local + offset``, learning ``offset`` from desired
+   states delivered live (``ClockOffset``: retained deliveries may be old and teach
+   nothing, and one delayed message cannot pull the estimate back). ``end_at`` is compared with that estimate, and the
+   charge's length is capped by ``end_at − issued_at`` counted from receipt, so even an
+   unknown skew cannot make a charge longer than the cloud asked for.
+6. **After a reboot every breaker is OFF** until its desired state has been seen. The same
+   generation ON, still within ``end_at``, is restored (a power cut does not end a charge);
+   anything else stays OFF.
+7. **A breaker that does not move is reported**, never assumed: every ``Switch`` is followed
+   by ``switched`` with the feedback contact's answer, which decides the acknowledged
+   outcome (``applied`` or ``breaker_failed``) and records what is really there.
+8. **Sustained over-current trips locally** (``overcurrent``): OFF until a new generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from schemas.messages import CommandOutcome, DesiredState, EdgeEventKind
+
+
+@dataclass(frozen=True, slots=True)
+class OutletMemory:
+    """What one outlet has applied; persisted so it survives reboots."""
+
+    outlet: int
+    applied_generation: int = 0
+    on: bool = False
+    charge_id: str | None = None
+    #: When the breaker must open, in cloud time (the earlier of ``end_at`` and the cap).
+    stop_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """Command the breaker, then pass its feedback to ``switched``.
+
+    ``ack``: the generation and outcome to acknowledge once the feedback is known.
+    """
+
+    outlet: int
+    on: bool
+    ack: tuple[int, CommandOutcome] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledge:
+    """Publish a ``CommandAck``; ``breaker_on`` comes from the breaker's feedback."""
+
+    outlet: int
+    generation: int
+    outcome: CommandOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Publish an ``EdgeEvent`` (the breaker state comes from its feedback)."""
+
+    outlet: int
+    kind: EdgeEventKind
+    generation: int
+    detail: str
+    #: The current that caused the report; None: whatever the outlet draws when reported.
+    current_a: float | None = None
+
+
+Action = Switch | Acknowledge | Report
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    memory: OutletMemory
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    start_max_age_s: float = 120.0
+
+
+def desired(
+    memory: OutletMemory,
+    want: DesiredState,
+    *,
+    cloud_now: float,
+    limits: Limits = Limits(),
+    restoring: bool = False,
+) -> Decision:
+    """A desired state arrived. ``restoring``: the first one seen for this outlet since boot."""
+    n, gen = memory.outlet, want.generation
+    if gen < memory.applied_generation or (gen == memory.applied_generation and not restoring):
+        return Decision(memory, (Acknowledge(n, gen, CommandOutcome.STALE),))
+    if gen == memory.applied_generation:  # restoring after a reboot: same command again
+        if want.on and memory.on and (memory.stop_at is None or cloud_now < memory.stop_at):
+            return Decision(memory, (Switch(n, True),))
+        return Decision(replace(memory, on=False), ())
+    if not want.on:
+        stopped = OutletMemory(n, gen, False, want.charge_id, None)
+        return Decision(stopped, (Switch(n, False, (gen, CommandOutcome.APPLIED)),))
+    stop_at = _stop_at(want, cloud_now)
+    if stop_at is not None and stop_at <= cloud_now:  # end_at passed, or no time left at all
+        return _refuse(memory, gen, CommandOutcome.EXPIRED)
+    if cloud_now - want.issued_at > limits.start_max_age_s:
+        return _refuse(memory, gen, CommandOutcome.REFUSED_OFFLINE)
+    started = OutletMemory(n, gen, True, want.charge_id, stop_at)
+    return Decision(started, (Switch(n, True, (gen, CommandOutcome.APPLIED)),))
+
+
+def _refuse(memory: OutletMemory, gen: int, outcome: CommandOutcome) -> Decision:
+    """Record the generation as handled (it never comes back) and make sure we are OFF."""
+    off = OutletMemory(memory.outlet, gen, False, None, None)
+    return Decision(off, (Switch(memory.outlet, False, (gen, outcome)),))
+
+
+def _stop_at(want: DesiredState, cloud_now: float) -> float | None:
+    if want.end_at is None:
+        return None
+    # Never longer than the cloud asked for, counted from now, whatever our clock says.
+    return min(want.end_at, cloud_now + (want.end_at - want.issued_at))
+
+
+def tick(memory: OutletMemory, *, cloud_now: float) -> Decision:
+    """Time passed: stop a charge whose time is up, online or not."""
+    if memory.on and memory.stop_at is not None and cloud_now >= memory.stop_at:
+        return Decision(
+            replace(memory, on=False, stop_at=None),
+            (
+                Switch(memory.outlet, False),
+                Report(
+                    memory.outlet,
+                    EdgeEventKind.BREAKER_SWITCHED,
+                    memory.applied_generation,
+                    "end_at reached",
+                ),
+            ),
+        )
+    return Decision(memory)
+
+
+def switched(memory: OutletMemory, switch: Switch, *, feedback: bool) -> Decision:
+    """The breaker was told ``switch.on`` and its feedback contact says ``feedback``."""
+    actions: list[Action] = []
+    if switch.on != feedback:
+        detail = (
+            f"breaker told {'ON' if switch.on else 'OFF'} but reports {'ON' if feedback else 'OFF'}"
+        )
+        memory = replace(memory, on=feedback, stop_at=memory.stop_at if feedback else None)
+        actions.append(
+            Report(memory.outlet, EdgeEventKind.BREAKER_FAILED, memory.applied_generation, detail)
+        )
+    if switch.ack is not None:
+        generation, outcome = switch.ack
+        if switch.on != feedback and outcome is CommandOutcome.APPLIED:
+            outcome = CommandOutcome.BREAKER_FAILED
+        actions.insert(0, Acknowledge(memory.outlet, generation, outcome))
+    return Decision(memory, tuple(actions))
+
+
+def overcurrent(memory: OutletMemory, *, current_a: float, limit_a: float) -> Decision:
+    """Sustained current above ``limit_a``: open the breaker until a new generation."""
+    detail = f"{current_a:.1f} A sustained above the {limit_a:.1f} A limit"
+    return Decision(
+        replace(memory, on=False, stop_at=None),
+        (
+            Switch(memory.outlet, False),
+            Report(
+                memory.outlet,
+                EdgeEventKind.OVERCURRENT_TRIP,
+                memory.applied_generation,
+                detail,
+                current_a,
+            ),
+        ),
+    )
+
+
+class ClockOffset:
+    """The cloud clock as the edge sees it: ``local + offset``, learned from live commands.
+
+    Each live desired state gives a sample ``issued_at − local receipt time``, which is the
+    true offset minus however long the message took. A message that sat in a queue would
+    pull the estimate back and make a late command look fresh, so the estimate is the
+    largest of the last ``WINDOW`` samples (the least delayed one). A real jump of either
+    clock is accepted once ``WINDOW`` samples agree.
+    """
+
+    WINDOW = 5
+
+    def __init__(self, offset: float | None = None) -> None:
+        self._samples: list[float] = [] if offset is None else [offset]
+
+    @property
+    def offset(self) -> float:
+        return max(self._samples, default=0.0)
+
+    def learn(self, issued_at: float, received_local: float) -> None:
+        self._samples = [*self._samples, issued_at - received_local][-self.WINDOW :]
+
+    def cloud(self, local: float) -> float:
+        return local + self.offset
