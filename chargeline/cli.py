@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("file", type=Path)
 
+    clients = sub.add_parser("clients", help="partner applications (OAuth2 clients)")
+    clients_sub = clients.add_subparsers(dest="clients_command", required=True)
+    add = clients_sub.add_parser("add", help="register a client; prints its secret once")
+    add.add_argument("name")
+    add.add_argument("--scopes", nargs="+", required=True, help="e.g. charges:write charges:read")
+    add.add_argument("--webhook-url", help="where chargeline posts this client's events")
+
+    sub.add_parser("auth", help="run the OAuth2 authorization server")
+
     demo = sub.add_parser(
         "demo", help="run the whole pipeline on one machine with simulated controllers"
     )
@@ -107,6 +116,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "registry":
         return _registry_import(args.file)
+    if args.command == "clients":
+        return _clients_add(args)
+    if args.command == "auth":
+        return _serve_auth()
     if args.command == "demo":
         from chargeline import demo
 
@@ -131,6 +144,36 @@ def _registry_import(path: Path) -> int:
         return 1
     url = services.prepare_database(settings.load(settings.IngestSettings))
     print(f"{path}: {import_registry(url, registry)}")
+    return 0
+
+
+def _clients_add(args: argparse.Namespace) -> int:
+    from chargeline import services
+    from cloud_gateway.clients import add_client
+
+    url = services.prepare_database(settings.load(settings.IngestSettings))
+    try:
+        new = add_client(url, args.name, args.scopes, args.webhook_url)
+    except ValueError as exc:
+        print(f"chargeline: {exc}", file=sys.stderr)
+        return 2
+    print(f"client_id      {new.client_id}")
+    print(f"client_secret  {new.client_secret}")
+    print(f"webhook_secret {new.webhook_secret}")
+    print("The secrets are shown once; only a hash of the client secret is stored.")
+    return 0
+
+
+def _serve_auth() -> int:
+    import uvicorn
+
+    from chargeline import services
+    from cloud_gateway.auth_server import create_app
+
+    gateway = settings.load(settings.GatewaySettings)
+    url = services.prepare_database(settings.load(settings.IngestSettings))
+    host, _, port = gateway.auth_bind.rpartition(":")
+    uvicorn.run(create_app(gateway, url), host=host, port=int(port), log_level="warning")
     return 0
 
 

@@ -170,6 +170,26 @@ class IngestSettings(CommonSettings):
     share_group: str | None = Field(default=None, description="$share group (Mosquitto/EMQX only)")
 
 
+class GatewaySettings(CommonSettings):
+    auth_bind: str = Field(default="127.0.0.1:8001", description="authorization server host:port")
+    api_bind: str = Field(default="127.0.0.1:8000", description="partner API host:port")
+    issuer: str = Field(
+        default="http://127.0.0.1:8001", description="the authorization server's public URL"
+    )
+    audience: str = Field(default="chargeline-api", description="the API's token audience")
+    jwks_url: str | None = Field(default=None, description="unset: {issuer}/.well-known/jwks.json")
+    token_ttl_s: int = Field(default=600, ge=30, le=900, description="access token lifetime")
+    token_leeway_s: int = Field(default=30, ge=0, le=60, description="clock leeway on tokens")
+    token_rate_per_s: float = Field(default=20.0, gt=0, description="token requests per client")
+    token_burst: int = Field(default=40, ge=1)
+    api_rate_per_s: float = Field(default=200.0, gt=0, description="API requests per client")
+    api_burst: int = Field(default=400, ge=1)
+
+    @property
+    def jwks(self) -> str:
+        return self.jwks_url or f"{self.issuer.rstrip('/')}/.well-known/jwks.json"
+
+
 def load(cls: type[S], **overrides: Any) -> S:
     """Build settings; keyword overrides (from command-line flags) win over everything."""
     return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,178 @@
+"""The OAuth2 authorization server: client credentials → RFC 9068 JWT access tokens.
+
+``POST /oauth2/token`` (client_secret_basic or client_secret_post), the public keys at
+``/.well-known/jwks.json`` and RFC 8414 metadata at
+``/.well-known/oauth-authorization-server``. authlib runs the grant; tokens are ES256,
+``typ: at+jwt``, with ``iss``, ``aud``, ``sub``, ``client_id``, ``scope``, ``iat``, ``exp``
+(≤ 15 minutes) and ``jti``, and the signing key's ``kid`` in the header. It shares only
+the database (the clients table) with the API, which checks tokens through the JWKS alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import OAuth2Request
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc import jwt
+from joserfc.jwk import ECKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from chargeline.settings import GatewaySettings
+from cloud_gateway import keys
+from cloud_gateway.clients import SCOPES, SELECT_ACTIVE, PartnerClient, from_rows, load_clients
+from cloud_gateway.ratelimit import RateLimiter, retry_after
+
+log = logging.getLogger(__name__)
+
+
+class _TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
+    def __init__(self, key: ECKey, settings: GatewaySettings) -> None:
+        super().__init__(
+            issuer=settings.issuer,
+            alg=keys.ALGORITHM,
+            expires_generator=lambda client, grant_type: settings.token_ttl_s,
+        )
+        self.key, self.audience = key, settings.audience
+
+    def get_jwks(self) -> ECKey:
+        return self.key
+
+    def get_audiences(self, client: Any, user: Any, scope: Any) -> str:
+        return self.audience
+
+    def access_token_generator(self, client: Any, grant_type: str, user: Any, scope: str) -> str:
+        # authlib's generator leaves the key id out of the header; the API needs it to pick
+        # the key during a rotation. Same claims, signed here with the kid set.
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "exp": now + self._get_expires_in(client, grant_type),
+            "aud": self.audience,
+            "sub": client.get_client_id(),
+            "client_id": client.get_client_id(),
+            "iat": now,
+            "jti": self.get_jti(client, grant_type, user, scope),
+            "scope": scope,
+        }
+        header = {"alg": self.alg, "typ": "at+jwt", "kid": self.key.kid}
+        return jwt.encode(header, claims, self.key)
+
+
+class _Server(AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, clients: dict[str, PartnerClient]) -> None:
+        super().__init__(scopes_supported=list(SCOPES))
+        self.clients = clients
+
+    def query_client(self, client_id: str) -> PartnerClient | None:
+        return self.clients.get(client_id)
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        log.info("token issued to %s (scope %r)", request.client.client_id, token.get("scope"))
+
+    def create_oauth2_request(self, request: OAuth2Request) -> OAuth2Request:
+        return request  # built by the endpoint from Starlette's request
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> Response:
+        return JSONResponse(body, status_code=status, headers=dict(headers))
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _caller(request: Request, form: dict[str, str]) -> str:
+    """Rate-limit key: the client id the caller claims, else its address."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+    if form.get("client_id"):
+        return form["client_id"]
+    return request.client.host if request.client else "?"
+
+
+def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
+    key = keys.load_or_create(settings.data_dir / "keys" / "signing.jwk")
+    server = _Server({})
+    server.register_grant(ClientCredentialsGrant)
+    server.register_token_generator("default", _TokenGenerator(key, settings))
+    limiter = RateLimiter(settings.token_rate_per_s, settings.token_burst)
+    jwks = keys.public_jwks(key)
+    metadata = {
+        "issuer": settings.issuer,
+        "token_endpoint": f"{settings.issuer}/oauth2/token",
+        "jwks_uri": f"{settings.issuer}/.well-known/jwks.json",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": sorted(SCOPES),
+    }
+
+    async def token(request: Request) -> Response:
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        wait = limiter.take(_caller(request, form))
+        if wait:
+            return JSONResponse(
+                {"error": "slow_down", "error_description": "too many token requests"},
+                status_code=429,
+                headers={"Retry-After": retry_after(wait)},
+            )
+        oauth_request = OAuth2Request(request.method, str(request.url), headers=request.headers)
+        oauth_request.payload = BasicOAuth2Payload(form)
+        response: Response = server.create_token_response(oauth_request)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def keyset(request: Request) -> Response:
+        return JSONResponse(jwks, headers={"Cache-Control": "max-age=300"})
+
+    async def discovery(request: Request) -> Response:
+        return JSONResponse(metadata)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        with psycopg.connect(database_url) as conn:
+            server.clients = load_clients(conn)
+        watcher = asyncio.create_task(_watch_clients(database_url, server))
+        log.info("authorization server for %s; %d clients", settings.issuer, len(server.clients))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    return Starlette(
+        routes=[
+            Route("/oauth2/token", token, methods=["POST"]),
+            Route("/.well-known/jwks.json", keyset),
+            Route("/.well-known/oauth-authorization-server", discovery),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _watch_clients(url: str, server: _Server) -> None:
+    """Reload clients when the table changes (a new client, a revoked one)."""
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute("LISTEN chargeline_clients")
+                while True:
+                    cur = await conn.execute(SELECT_ACTIVE)
+                    server.clients = from_rows(await cur.fetchall())
+                    async for _ in conn.notifies(timeout=30, stop_after=1):
+                        log.info("clients changed; reloading")
+        except psycopg.Error as exc:
+            log.warning("client watcher lost the database (%s); retrying", exc)
+            await asyncio.sleep(2)

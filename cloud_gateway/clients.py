@@ -1,0 +1,118 @@
+"""Partner applications registered as OAuth2 clients (``chargeline clients add``).
+
+The secret is 256 random bits, shown once; the database keeps its SHA-256 only. A slow
+password hash protects secrets people choose; for a random 256-bit secret a fast hash is
+as safe and keeps the token endpoint fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from authlib.oauth2.rfc6749 import ClientMixin
+
+#: What a partner may be allowed to do.
+SCOPES = {
+    "charges:write": "start and stop charges",
+    "charges:read": "read charges",
+    "outlets:read": "read outlet status and request status notifications",
+    "usage:read": "read monthly usage",
+}
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True)
+class PartnerClient(ClientMixin):  # type: ignore[misc]
+    client_id: str
+    name: str
+    secret_sha256: bytes
+    scopes: frozenset[str]
+    webhook_url: str | None
+    webhook_secret: str
+
+    # --- what authlib asks of a client ---------------------------------------------------
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        """No scope asked: every scope granted to the client; else the granted subset."""
+        if not scope:
+            return " ".join(sorted(self.scopes))
+        return " ".join(s for s in scope.split() if s in self.scopes)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return hmac.compare_digest(_sha256(client_secret), self.secret_sha256)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == "client_credentials"
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client_id: str
+    client_secret: str
+    webhook_secret: str
+
+
+def add_client(url: str, name: str, scopes: list[str], webhook_url: str | None = None) -> NewClient:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; known: {sorted(SCOPES)}")
+    if not scopes:
+        raise ValueError("a client needs at least one scope")
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        raise ValueError(f"webhook URL {webhook_url!r} must start with http:// or https://")
+    new = NewClient(
+        client_id=f"cl_{secrets.token_hex(8)}",
+        client_secret=secrets.token_urlsafe(32),
+        webhook_secret=secrets.token_urlsafe(32),
+    )
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO oauth_clients (client_id, name, secret_sha256, scopes, webhook_url,"
+            " webhook_secret) VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                new.client_id,
+                name,
+                _sha256(new.client_secret),
+                sorted(set(scopes)),
+                webhook_url,
+                new.webhook_secret,
+            ),
+        )
+    return new
+
+
+#: The clients that may get tokens.
+SELECT_ACTIVE = (
+    "SELECT client_id, name, secret_sha256, scopes, webhook_url, webhook_secret"
+    " FROM oauth_clients WHERE disabled_at IS NULL"
+)
+
+
+def from_rows(rows: list[tuple[Any, ...]]) -> dict[str, PartnerClient]:
+    return {r[0]: PartnerClient(r[0], r[1], bytes(r[2]), frozenset(r[3]), r[4], r[5]) for r in rows}
+
+
+def load_clients(conn: psycopg.Connection[Any]) -> dict[str, PartnerClient]:
+    return from_rows(conn.execute(SELECT_ACTIVE).fetchall())

@@ -1,0 +1,119 @@
+"""Checking RFC 9068 access tokens at the API, through the published keys alone.
+
+A token passes only if: its header names an allowed algorithm (ES256: ``none``, HMAC and
+everything else are refused before any key is touched) and ``typ`` ``at+jwt``; its ``kid``
+is in the authorization server's JWKS (fetched from ``jwks_url``, cached, refetched at
+most every ``REFETCH_S`` when an unknown key id appears); the signature verifies; ``iss``
+and ``aud`` are ours; ``exp``, ``nbf`` and ``iat`` hold within the leeway; and its
+``scope`` includes what the endpoint needs. Every refusal says why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jws import extract_compact
+
+from cloud_gateway import keys
+
+ALLOWED_ALGORITHMS = [keys.ALGORITHM]
+
+
+class TokenError(Exception):
+    """A refused token: ``status`` 401 (``invalid_token``) or 403 (``insufficient_scope``)."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.description = status, error, description
+
+
+def _invalid(description: str) -> TokenError:
+    return TokenError(401, "invalid_token", description)
+
+
+@dataclass(frozen=True)
+class Caller:
+    client_id: str
+    scopes: frozenset[str]
+    claims: dict[str, Any]
+
+
+class TokenValidator:
+    REFETCH_S = 30.0
+
+    def __init__(
+        self, *, issuer: str, audience: str, jwks_url: str, leeway_s: int, http: httpx2.AsyncClient
+    ) -> None:
+        self.issuer, self.audience, self.jwks_url = issuer, audience, jwks_url
+        self.leeway_s, self.http = leeway_s, http
+        self._keys: KeySet | None = None
+        self._fetched_at = -1e9
+
+    async def check(self, authorization: str | None, scope: str) -> Caller:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise _invalid("missing bearer token (Authorization: Bearer <token>)")
+        token = authorization[7:].strip()
+        try:
+            header = extract_compact(token.encode()).protected
+        except (JoseError, ValueError) as exc:
+            raise _invalid(f"not a JWT: {exc}") from None
+        alg = header.get("alg")
+        if alg not in ALLOWED_ALGORITHMS:
+            raise _invalid(f"algorithm {alg!r} is not accepted (only {ALLOWED_ALGORITHMS})")
+        if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
+            raise _invalid(f"token type {header.get('typ')!r} is not an access token (at+jwt)")
+        keyset = await self._keyset(header.get("kid"))
+        try:
+            decoded = jwt.decode(token, keyset, algorithms=ALLOWED_ALGORITHMS)
+        except JoseError as exc:
+            raise _invalid(f"signature check failed: {exc.description or exc.error}") from None
+        claims = decoded.claims
+        self._check_claims(claims)
+        granted = frozenset(str(claims.get("scope", "")).split())
+        if scope not in granted:
+            raise TokenError(403, "insufficient_scope", f"this call needs the {scope!r} scope")
+        return Caller(str(claims["client_id"]), granted, claims)
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        now, leeway = time.time(), self.leeway_s
+        if claims.get("iss") != self.issuer:
+            raise _invalid(f"issuer {claims.get('iss')!r} is not {self.issuer!r}")
+        aud = claims.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        if self.audience not in audiences:
+            raise _invalid(f"audience {aud!r} does not include {self.audience!r}")
+        for name in ("exp", "iat", "client_id"):
+            if name not in claims:
+                raise _invalid(f"the {name!r} claim is missing")
+        if not isinstance(claims["exp"], int | float) or claims["exp"] < now - leeway:
+            raise _invalid("the token has expired")
+        for name in ("nbf", "iat"):
+            value = claims.get(name)
+            if value is not None and (not isinstance(value, int | float) or value > now + leeway):
+                raise _invalid(f"the token is not valid yet ({name} is in the future)")
+
+    async def _keyset(self, kid: object) -> KeySet:
+        if self._keys is None or (
+            not any(k.kid == kid for k in self._keys.keys)
+            and time.monotonic() - self._fetched_at > self.REFETCH_S
+        ):
+            try:
+                response = await self.http.get(self.jwks_url, timeout=5)
+                response.raise_for_status()
+                self._keys = KeySet.import_key_set(response.json())
+                self._fetched_at = time.monotonic()
+            except (httpx2.HTTPError, ValueError, JoseError) as exc:
+                if self._keys is None:
+                    raise TokenError(
+                        503, "temporarily_unavailable", f"cannot fetch signing keys: {exc}"
+                    ) from None
+        assert self._keys is not None
+        if not any(k.kid == kid for k in self._keys.keys):
+            raise _invalid(f"unknown signing key {kid!r}")
+        return self._keys

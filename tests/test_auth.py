@@ -1,0 +1,271 @@
+"""The authorization server as a real process, a partner using authlib's OAuth2 client, and
+the API's token check refusing every kind of bad token for its own reason."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from authlib.integrations.httpx_client import OAuth2Client
+from joserfc import jwt
+from joserfc.jwk import ECKey
+
+from cloud_gateway.clients import NewClient, add_client
+from cloud_gateway.tokens import Caller, TokenError, TokenValidator
+from tests.helpers import Proc, free_port, query, wait_port
+
+AUDIENCE = "chargeline-api"
+
+
+@dataclass
+class AuthServer:
+    url: str
+    database: str
+    data_dir: Path
+    writer: NewClient  # charges:write charges:read
+    reader: NewClient  # charges:read only
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/oauth2/token"
+
+    def signing_key(self) -> ECKey:
+        return ECKey.import_key(json.loads((self.data_dir / "keys" / "signing.jwk").read_text()))
+
+    def token_for(self, client: NewClient, **kwargs: Any) -> dict[str, Any]:
+        with OAuth2Client(client.client_id, client.client_secret) as oauth:
+            token: dict[str, Any] = oauth.fetch_token(
+                self.token_url, grant_type="client_credentials", **kwargs
+            )
+            return token
+
+    def check(self, token: str, scope: str = "charges:read") -> Caller:
+        async def run() -> Caller:
+            async with httpx2.AsyncClient() as http:
+                validator = TokenValidator(
+                    issuer=self.url,
+                    audience=AUDIENCE,
+                    jwks_url=f"{self.url}/.well-known/jwks.json",
+                    leeway_s=30,
+                    http=http,
+                )
+                return await validator.check(f"Bearer {token}", scope)
+
+        return asyncio.run(run())
+
+
+@pytest.fixture
+def auth(database: str, tmp_path: Path) -> Iterator[AuthServer]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    writer = add_client(database, "WeCharge", ["charges:write", "charges:read"], "http://x/hook")
+    reader = add_client(database, "Reports", ["charges:read"])
+    env = {
+        "CHARGELINE_DATABASE_URL": database,
+        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
+        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
+        "CHARGELINE_ISSUER": url,
+        "CHARGELINE_TOKEN_RATE_PER_S": "5",
+        "CHARGELINE_TOKEN_BURST": "10",
+    }
+    Proc("auth", ["auth"], env, tmp_path).start()
+    wait_port(port)
+    yield AuthServer(url, database, tmp_path / "data", writer, reader)
+
+
+def forge(server: AuthServer, *, header: dict[str, Any] | None = None, **claims: Any) -> str:
+    """A token signed with the server's real key, with chosen header fields and claims."""
+    key = server.signing_key()
+    now = int(time.time())
+    body = {
+        "iss": server.url,
+        "aud": AUDIENCE,
+        "sub": server.writer.client_id,
+        "client_id": server.writer.client_id,
+        "iat": now,
+        "exp": now + 300,
+        "jti": "forged",
+        "scope": "charges:read",
+        **claims,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    head = {"alg": "ES256", "typ": "at+jwt", "kid": key.kid, **(header or {})}
+    return jwt.encode(head, body, key)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def refused(server: AuthServer, token: str, scope: str = "charges:read") -> TokenError:
+    with pytest.raises(TokenError) as info:
+        server.check(token, scope)
+    return info.value
+
+
+def test_partner_gets_an_rfc9068_token_that_the_api_accepts(auth: AuthServer) -> None:
+    token = auth.token_for(auth.writer)
+    assert token["token_type"].lower() == "bearer" and token["expires_in"] <= 900
+    header = json.loads(base64.urlsafe_b64decode(token["access_token"].split(".")[0] + "=="))
+    assert header["typ"] == "at+jwt" and header["alg"] == "ES256" and header["kid"]
+    caller = auth.check(token["access_token"], "charges:write")
+    assert caller.client_id == auth.writer.client_id
+    assert caller.scopes == {"charges:write", "charges:read"}
+    claims = caller.claims
+    assert claims["iss"] == auth.url and claims["aud"] == AUDIENCE
+    assert claims["sub"] == auth.writer.client_id and claims["jti"]
+    assert 0 < claims["exp"] - claims["iat"] <= 900
+    jwks = httpx2.get(f"{auth.url}/.well-known/jwks.json").json()
+    assert [k["kid"] for k in jwks["keys"]] == [header["kid"]] and "d" not in jwks["keys"][0]
+    meta = httpx2.get(f"{auth.url}/.well-known/oauth-authorization-server").json()
+    assert meta["token_endpoint"] == auth.token_url and meta["issuer"] == auth.url
+
+
+def test_a_client_asking_for_less_gets_less_and_cannot_get_more(auth: AuthServer) -> None:
+    token = auth.token_for(auth.writer, scope="charges:read")
+    assert auth.check(token["access_token"]).scopes == {"charges:read"}
+    reader = auth.token_for(auth.reader)
+    error = refused(auth, reader["access_token"], "charges:write")
+    assert (error.status, error.error) == (403, "insufficient_scope")
+    assert "charges:write" in error.description
+
+
+@pytest.mark.parametrize(
+    ("secret", "client_id"),
+    [("wrong-secret", None), (None, "cl_unknown0000000")],
+    ids=["wrong secret", "unknown client"],
+)
+def test_bad_client_credentials_get_invalid_client(
+    auth: AuthServer, secret: str | None, client_id: str | None
+) -> None:
+    response = httpx2.post(
+        auth.token_url,
+        data={"grant_type": "client_credentials"},
+        auth=(client_id or auth.writer.client_id, secret or auth.writer.client_secret),
+    )
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_only_client_credentials_is_granted(auth: AuthServer) -> None:
+    response = httpx2.post(
+        auth.token_url,
+        data={"grant_type": "password", "username": "a", "password": "b"},
+        auth=(auth.writer.client_id, auth.writer.client_secret),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_grant_type"
+
+
+def test_every_bad_token_is_refused_for_its_own_reason(auth: AuthServer) -> None:
+    now = int(time.time())
+    real = auth.token_for(auth.writer)["access_token"]
+    head, body, signature = real.split(".")
+    public_pem = auth.signing_key().as_pem(private=False)
+    hs_head = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": "x"}).encode())
+    hs_mac = hmac.new(public_pem, f"{hs_head}.{body}".encode(), hashlib.sha256).digest()
+    flipped = signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")
+    cases = {
+        "expired": (forge(auth, exp=now - 120, iat=now - 900), "expired"),
+        "not yet valid": (forge(auth, nbf=now + 600), "not valid yet"),
+        "issued in the future": (forge(auth, iat=now + 600), "not valid yet"),
+        "wrong audience": (forge(auth, aud="someone-else"), "audience"),
+        "wrong issuer": (forge(auth, iss="http://evil.example"), "issuer"),
+        "alg none": (
+            f"{b64(json.dumps({'alg': 'none', 'typ': 'at+jwt'}).encode())}.{body}.",
+            "algorithm 'none'",
+        ),
+        "HS256 with the public key": (f"{hs_head}.{body}.{b64(hs_mac)}", "algorithm 'HS256'"),
+        "tampered signature": (f"{head}.{body}.{flipped}", "signature"),
+        "tampered claims": (f"{head}.{b64(b'{}')}.{signature}", "signature"),
+        "wrong typ": (forge(auth, header={"typ": "JWT"}), "token type"),
+        "unknown key": (forge(auth, header={"kid": "not-our-key"}), "unknown signing key"),
+        "no client_id": (forge(auth, client_id=None), "client_id"),
+        "not a JWT": ("hello", "not a JWT"),
+    }
+    for name, (token, reason) in cases.items():
+        error = refused(auth, token)
+        assert (error.status, error.error) == (401, "invalid_token"), name
+        assert reason in error.description, f"{name}: {error.description}"
+    assert forge(auth) and auth.check(forge(auth)).client_id == auth.writer.client_id
+
+
+def test_token_endpoint_is_rate_limited_with_retry_after(auth: AuthServer) -> None:
+    codes = []
+    for _ in range(30):
+        response = httpx2.post(
+            auth.token_url,
+            data={"grant_type": "client_credentials"},
+            auth=(auth.reader.client_id, auth.reader.client_secret),
+        )
+        codes.append(response.status_code)
+        if response.status_code == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+            assert response.json()["error"] == "slow_down"
+            break
+    assert codes[0] == 200 and codes[-1] == 429, codes
+    other = httpx2.post(
+        auth.token_url,
+        data={"grant_type": "client_credentials"},
+        auth=(auth.writer.client_id, auth.writer.client_secret),
+    )
+    assert other.status_code == 200, "one client's limit must not block another"
+
+
+def test_a_client_added_while_running_can_get_a_token(auth: AuthServer) -> None:
+    late = add_client(auth.database, "Late", ["usage:read"])
+    deadline = time.monotonic() + 10
+    while True:
+        response = httpx2.post(
+            auth.token_url,
+            data={"grant_type": "client_credentials"},
+            auth=(late.client_id, late.client_secret),
+        )
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert response.status_code == 200
+    assert auth.check(response.json()["access_token"], "usage:read").scopes == {"usage:read"}
+
+
+def test_cli_adds_a_client_showing_the_secret_once(database: str) -> None:
+    env = {"CHARGELINE_DATABASE_URL": database, "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chargeline", "clients", "add", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    bad = run("WeCharge", "--scopes", "charges:write", "everything")
+    assert bad.returncode == 2 and "unknown scopes ['everything']" in bad.stderr
+    good = run("WeCharge", "--scopes", "charges:write", "--webhook-url", "https://p.example/h")
+    assert good.returncode == 0, good.stderr
+    fields = dict(line.split(None, 1) for line in good.stdout.splitlines()[:3])
+    stored = query(database, "SELECT client_id, secret_sha256, webhook_url FROM oauth_clients")
+    assert stored == [
+        (
+            fields["client_id"],
+            hashlib.sha256(fields["client_secret"].encode()).digest(),
+            "https://p.example/h",
+        )
+    ]
+    assert (
+        fields["client_secret"].encode()
+        not in json.dumps(query(database, "SELECT * FROM oauth_clients"), default=str).encode()
+    )
