@@ -1,0 +1,245 @@
+"""One charge's life as a pure state machine: ``step(charge, event) → (charge, notices)``.
+
+::
+
+    requested ──ack applied──▶ on ──current rise──▶ drawing
+        │                       │                      │
+        │ ack failed/refused,   │ stop requested, end_at, over-current trip, car full
+        │ start timed out,      ▼                      ▼
+        │ controller offline   stopping ──ack applied / breaker opened──▶ stopped
+        ▼
+      failed
+
+Inputs come from the API (start, stop), the edge (command acks, breaker events), ingest
+(current rise, minute readings) and timers (start timeout). Each transition may produce
+``Notice`` values, which become the partner's webhooks: ``charge.started``,
+``charge.current_rise``, ``charge.stopped`` (energy in Wh and the reason) and
+``charge.failed`` (the reason). Anything that does not fit the current state changes
+nothing, so duplicated or late messages are harmless. ``charge.stopped`` goes out with
+the first minute reading at or after the stop (it closes the energy count), or on
+``ReadingsOverdue`` with what was counted.
+
+Energy is counted from the outlet's cumulative meter as the sum of the increases between
+consecutive minute readings while the charge runs. A missed minute only merges two
+increases; a meter that resets (a reading lower than the one before) contributes what it
+has counted since the reset, never a negative amount. The first and last readings used
+are kept on the charge so the figure can be audited.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from schemas.messages import CommandOutcome
+
+
+class State(enum.StrEnum):
+    REQUESTED = "requested"
+    ON = "on"
+    DRAWING = "drawing"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+ACTIVE = frozenset({State.REQUESTED, State.ON, State.DRAWING, State.STOPPING})
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    minute: float
+    energy_wh: float
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    charge_id: str
+    state: State
+    start_generation: int
+    stop_generation: int | None = None
+    started_at: float | None = None
+    rise_at: float | None = None
+    stopped_at: float | None = None
+    stop_reason: str | None = None
+    failure: str | None = None
+    first_reading: Reading | None = None
+    last_reading: Reading | None = None
+    energy_wh: float = 0.0
+    #: ``charge.stopped`` went out (it waits for the first reading after the stop).
+    reported: bool = False
+
+
+# --- inputs ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Acked:
+    generation: int
+    outcome: CommandOutcome
+    breaker_on: bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimedOut:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerOffline:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentRose:
+    at: float
+    current_a: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """The API asked, or a timer decided (``end_at`` reached, car full); OFF has generation."""
+
+    generation: int
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerOpened:
+    """The edge opened the breaker on its own (its ``end_at`` timer, an over-current trip)."""
+
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteReading:
+    minute: float
+    energy_wh: float
+    breaker_on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsOverdue:
+    """No reading after the stop arrived in time: report the energy counted so far."""
+
+    at: float
+
+
+Event = (
+    Acked
+    | StartTimedOut
+    | ControllerOffline
+    | CurrentRose
+    | StopRequested
+    | BreakerOpened
+    | MinuteReading
+    | ReadingsOverdue
+)
+
+
+# --- outputs --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Notice:
+    kind: str  # charge.started | charge.current_rise | charge.stopped | charge.failed
+    at: float
+    detail: str = ""
+
+
+def start(charge_id: str, generation: int) -> Charge:
+    return Charge(charge_id, State.REQUESTED, generation)
+
+
+def step(charge: Charge, event: Event) -> tuple[Charge, tuple[Notice, ...]]:
+    s = charge.state
+    if isinstance(event, MinuteReading):
+        charge = _count(charge, event)
+        if (
+            s is State.STOPPED
+            and charge.stopped_at is not None
+            and event.minute >= charge.stopped_at
+        ):
+            return _report_stop(charge, event.minute)
+        return charge, ()
+    if isinstance(event, ReadingsOverdue) and s is State.STOPPED:
+        return _report_stop(charge, event.at, " (no reading after the stop)")
+    if isinstance(event, Acked):
+        return _acked(charge, event)
+    if isinstance(event, StartTimedOut | ControllerOffline) and s is State.REQUESTED:
+        reason = "start timed out" if isinstance(event, StartTimedOut) else "controller offline"
+        return _fail(charge, reason, event.at)
+    if isinstance(event, CurrentRose) and s is State.ON:
+        return replace(charge, state=State.DRAWING, rise_at=event.at), (
+            Notice("charge.current_rise", event.at, f"{event.current_a:.1f} A"),
+        )
+    if isinstance(event, StopRequested) and s in (State.ON, State.DRAWING):
+        return replace(
+            charge,
+            state=State.STOPPING,
+            stop_generation=event.generation,
+            stop_reason=event.reason,
+        ), ()
+    if isinstance(event, StopRequested) and s is State.REQUESTED:
+        # Stopped before the breaker closed: nothing was delivered.
+        return _fail(charge, f"stopped before it started ({event.reason})", event.at)
+    if isinstance(event, BreakerOpened) and s in (State.ON, State.DRAWING, State.STOPPING):
+        reason = charge.stop_reason or event.reason
+        return _stop(replace(charge, stop_reason=reason), event.at)
+    return charge, ()
+
+
+def _acked(charge: Charge, ack: Acked) -> tuple[Charge, tuple[Notice, ...]]:
+    s = charge.state
+    if ack.generation == charge.start_generation and s is State.REQUESTED:
+        if ack.outcome is CommandOutcome.APPLIED and ack.breaker_on:
+            return replace(charge, state=State.ON, started_at=ack.at), (
+                Notice("charge.started", ack.at),
+            )
+        return _fail(charge, f"breaker command {ack.outcome.value}", ack.at)
+    if ack.generation == charge.stop_generation and s is State.STOPPING:
+        if not ack.breaker_on:
+            return _stop(charge, ack.at)
+        return charge, (Notice("charge.failed", ack.at, "breaker did not open"),)
+    return charge, ()
+
+
+def _fail(charge: Charge, reason: str, at: float) -> tuple[Charge, tuple[Notice, ...]]:
+    failed = replace(charge, state=State.FAILED, failure=reason, stopped_at=at)
+    return failed, (Notice("charge.failed", at, reason),)
+
+
+def _stop(charge: Charge, at: float) -> tuple[Charge, tuple[Notice, ...]]:
+    """The breaker is open; ``charge.stopped`` waits for the reading that closes the count."""
+    return replace(charge, state=State.STOPPED, stopped_at=at), ()
+
+
+def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tuple[Notice, ...]]:
+    if charge.reported:
+        return charge, ()
+    detail = f"{charge.stop_reason or 'stopped'}{note}"
+    return replace(charge, reported=True), (Notice("charge.stopped", at, detail),)
+
+
+def _count(charge: Charge, reading: MinuteReading) -> Charge:
+    """Track the baseline before the start, then add each minute's increase until the stop."""
+    if charge.state is State.FAILED:
+        return charge
+    now = Reading(reading.minute, reading.energy_wh)
+    first, last = charge.first_reading, charge.last_reading
+    before_start = charge.started_at is None or reading.minute <= charge.started_at
+    if before_start:
+        # The latest reading at or before the start is the baseline, as long as nothing
+        # has been counted on top of it yet.
+        if first is None or (first == last and reading.minute > first.minute):
+            return replace(charge, first_reading=now, last_reading=now)
+        return charge
+    if charge.stopped_at is not None and reading.minute > charge.stopped_at + 60:
+        return charge  # after the stop (the first minute after it still counts)
+    if last is None:
+        return replace(charge, first_reading=now, last_reading=now)
+    if reading.minute <= last.minute:
+        return charge  # duplicate or out of order: already counted
+    gained = reading.energy_wh - last.energy_wh
+    if gained < 0:  # the meter reset: it has counted reading.energy_wh since
+        gained = reading.energy_wh
+    return replace(charge, last_reading=now, energy_wh=charge.energy_wh + gained)

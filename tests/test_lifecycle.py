@@ -1,0 +1,136 @@
+"""The charge lifecycle: transitions, the notices they make, and energy counting."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ingest.lifecycle import (
+    Acked,
+    BreakerOpened,
+    Charge,
+    ControllerOffline,
+    CurrentRose,
+    Event,
+    MinuteReading,
+    Notice,
+    Reading,
+    ReadingsOverdue,
+    StartTimedOut,
+    State,
+    StopRequested,
+    start,
+    step,
+)
+from schemas.messages import CommandOutcome
+
+T0 = 1_800_000_000.0  # a minute boundary
+
+
+def run(events: list[Event], charge: Charge | None = None) -> tuple[Charge, list[Notice]]:
+    charge = charge or start("c-1", 1)
+    notices: list[Notice] = []
+    for event in events:
+        charge, out = step(charge, event)
+        notices.extend(out)
+    return charge, notices
+
+
+def kinds(notices: list[Notice]) -> list[str]:
+    return [n.kind for n in notices]
+
+
+ON = Acked(1, CommandOutcome.APPLIED, True, T0 + 10)
+
+
+def test_the_whole_flow_notifies_each_step_once_with_the_energy() -> None:
+    charge, notices = run(
+        [
+            MinuteReading(T0, 5000.0, False),  # the baseline: the minute holding the start
+            ON,
+            ON,  # a duplicated ack changes nothing
+            CurrentRose(T0 + 40, 15.8),
+            CurrentRose(T0 + 45, 15.9),
+            MinuteReading(T0 + 60, 5150.0, True),
+            MinuteReading(T0 + 120, 5350.0, True),
+            MinuteReading(T0 + 120, 5350.0, True),  # redelivered
+            StopRequested(2, "partner stopped", T0 + 150),
+            Acked(2, CommandOutcome.APPLIED, False, T0 + 151),
+            MinuteReading(T0 + 180, 5450.0, False),  # closes the count
+            MinuteReading(T0 + 240, 5450.0, False),
+        ]
+    )
+    assert kinds(notices) == ["charge.started", "charge.current_rise", "charge.stopped"]
+    assert charge.state is State.STOPPED and charge.energy_wh == 450.0
+    assert (charge.first_reading, charge.last_reading) == (
+        Reading(T0, 5000.0),
+        Reading(T0 + 180, 5450.0),
+    )
+    assert notices[-1].detail == "partner stopped" and notices[-1].at == T0 + 180
+
+
+def test_failures_before_the_breaker_closes() -> None:
+    cases: list[tuple[Event, str]] = [
+        (Acked(1, CommandOutcome.BREAKER_FAILED, False, T0), "breaker command breaker_failed"),
+        (Acked(1, CommandOutcome.REFUSED_OFFLINE, False, T0), "breaker command refused_offline"),
+        (StartTimedOut(T0), "start timed out"),
+        (ControllerOffline(T0), "controller offline"),
+    ]
+    for event, reason in cases:
+        charge, notices = run([event, ON])  # a late ack after the failure changes nothing
+        assert charge.state is State.FAILED and charge.failure == reason
+        assert [(n.kind, n.detail) for n in notices] == [("charge.failed", reason)]
+
+
+def test_the_edge_opening_the_breaker_stops_the_charge_with_its_reason() -> None:
+    charge, notices = run(
+        [ON, BreakerOpened("end_at reached", T0 + 3600), ReadingsOverdue(T0 + 3900)]
+    )
+    assert charge.state is State.STOPPED
+    assert [(n.kind, n.detail) for n in notices][-1] == (
+        "charge.stopped",
+        "end_at reached (no reading after the stop)",
+    )
+
+
+def test_a_stop_the_breaker_ignores_is_reported_as_a_failure() -> None:
+    _, notices = run(
+        [
+            ON,
+            StopRequested(2, "partner stopped", T0 + 60),
+            Acked(2, CommandOutcome.APPLIED, True, T0 + 61),
+        ]
+    )
+    assert kinds(notices)[-1] == "charge.failed" and notices[-1].detail == "breaker did not open"
+
+
+def test_a_meter_reset_and_a_missed_minute_do_not_lose_or_invent_energy() -> None:
+    charge, _ = run(
+        [
+            MinuteReading(T0, 9000.0, False),
+            ON,
+            MinuteReading(T0 + 60, 9100.0, True),
+            # T0 + 120 never arrived
+            MinuteReading(T0 + 180, 9400.0, True),
+            MinuteReading(T0 + 240, 50.0, True),  # the meter was replaced and reset
+            MinuteReading(T0 + 300, 150.0, True),
+        ]
+    )
+    assert charge.energy_wh == (9400.0 - 9000.0) + 50.0 + 100.0
+
+
+@given(
+    st.lists(st.floats(0, 500), min_size=1, max_size=30),  # Wh drawn in each minute
+    st.sets(st.integers(1, 29)),  # minutes whose reading is lost
+)
+def test_energy_is_the_meter_difference_whatever_minutes_are_missing(
+    drawn: list[float], lost: set[int]
+) -> None:
+    charge = step(start("c-1", 1), MinuteReading(T0, 1000.0, False))[0]
+    charge = step(charge, ON)[0]
+    meter = 1000.0
+    for i, wh in enumerate(drawn, start=1):
+        meter += wh
+        if i not in lost or i == len(drawn):
+            charge = step(charge, MinuteReading(T0 + 60 * i, meter, True))[0]
+    assert abs(charge.energy_wh - (meter - 1000.0)) < 1e-6
