@@ -1,0 +1,237 @@
+"""Webhooks to partners: the outbox table, and a deliverer that never loses or reorders one.
+
+Producers call ``enqueue`` inside the transaction that records the fact (a charge started,
+the current rose, …), so an event exists exactly when its fact does. The deliverer:
+
+* wakes on NOTIFY from the outbox (within ~100 ms of a commit) or when a retry is due;
+* posts each event as JSON to the client's webhook URL with three headers:
+  ``Webhook-Id`` (the event's public id: de-duplicate on it), ``Webhook-Timestamp`` (Unix
+  seconds) and ``Webhook-Signature: v1=<hex HMAC-SHA256(webhook secret,
+  "{id}.{timestamp}.{body}")>``;
+* counts any 2xx as delivered; anything else (an error status, a refused connection, a
+  timeout) is retried with exponential backoff and jitter, up to ``GIVE_UP_AFTER`` (72 h);
+* delivers one charge's events strictly in order: an event waits while an earlier one of
+  the same charge is undelivered. Different charges do not wait for each other.
+
+State lives in the table, so a restarted gateway carries on where it stopped; a delivery
+that succeeded just before a crash may be repeated, which ``Webhook-Id`` makes harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx2
+import psycopg
+
+log = logging.getLogger(__name__)
+
+GIVE_UP_AFTER = timedelta(hours=72)
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 600.0
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    *,
+    client_id: str,
+    kind: str,
+    data: dict[str, Any],
+    charge_id: str | None = None,
+) -> str:
+    """Add an event to the outbox in the caller's transaction; returns its public id."""
+    public_id = f"evt_{secrets.token_hex(12)}"
+    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
+    conn.execute(
+        "INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (public_id, client_id, charge_id, kind, json.dumps(body)),
+    )
+    return public_id
+
+
+def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return f"v1={mac.hexdigest()}"
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: int = 300) -> bool:
+    """What a partner runs on receipt (also in docs): signature and freshness."""
+    try:
+        timestamp = int(headers["webhook-timestamp"])
+        expected = sign(secret, headers["webhook-id"], timestamp, body)
+    except (KeyError, ValueError):
+        return False
+    fresh = abs(time.time() - timestamp) <= tolerance_s
+    return fresh and hmac.compare_digest(expected, headers.get("webhook-signature", ""))
+
+
+def backoff_s(attempts: int, first: float = FIRST_RETRY_S, cap: float = MAX_RETRY_S) -> float:
+    """Delay before retry ``attempts`` (1, 2, …): doubling, capped, with jitter."""
+    ceiling = min(cap, first * 2 ** (attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class _Due:
+    event_id: int
+    public_id: str
+    charge_id: str | None
+    body: bytes
+    url: str | None
+    secret: str
+    attempts: int
+    created_at: float
+
+
+_DUE = """
+SELECT o.event_id, o.public_id, o.charge_id, o.body::text, c.webhook_url, c.webhook_secret,
+       o.attempts, extract(epoch FROM o.created_at)::float8
+FROM webhook_outbox o JOIN oauth_clients c USING (client_id)
+WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.next_attempt_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM webhook_outbox p
+      WHERE p.charge_id = o.charge_id AND p.event_id < o.event_id
+        AND p.delivered_at IS NULL AND p.gave_up_at IS NULL)
+ORDER BY o.event_id
+LIMIT %s
+"""
+
+
+class Deliverer:
+    def __init__(
+        self,
+        url: str,
+        *,
+        http: httpx2.AsyncClient | None = None,
+        timeout_s: float = 10.0,
+        batch: int = 200,
+        first_retry_s: float = FIRST_RETRY_S,
+        max_retry_s: float = MAX_RETRY_S,
+    ) -> None:
+        self.url = url
+        self.http = http or httpx2.AsyncClient(timeout=timeout_s)
+        self.batch = batch
+        self.first_retry_s, self.max_retry_s = first_retry_s, max_retry_s
+        self.delivered = 0
+        self.failed_attempts = 0
+
+    async def run(self) -> None:
+        """Deliver until cancelled; survives database outages."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute("LISTEN chargeline_outbox")
+                    while True:
+                        await self._deliver_due(conn)
+                        await self._wait(conn)
+            except psycopg.Error as exc:
+                log.warning("webhook deliverer lost the database (%s); retrying", exc)
+                await asyncio.sleep(2)
+
+    async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cur = await conn.execute(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM webhook_outbox"
+            " WHERE delivered_at IS NULL AND gave_up_at IS NULL"
+        )
+        row = await cur.fetchone()
+        due_in = 30.0 if row is None or row[0] is None else max(0.05, float(row[0]))
+        async for _ in conn.notifies(timeout=min(due_in, 30.0), stop_after=1):
+            pass
+
+    async def _deliver_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            cur = await conn.execute(_DUE, (self.batch,))
+            due = [
+                _Due(r[0], r[1], r[2], r[3].encode(), r[4], r[5], r[6], r[7])
+                for r in await cur.fetchall()
+            ]
+            if not due:
+                return
+            by_charge: dict[str | None, list[_Due]] = defaultdict(list)
+            for event in due:
+                by_charge[event.charge_id or event.public_id].append(event)
+            results = await asyncio.gather(*(self._deliver_in_order(q) for q in by_charge.values()))
+            for outcomes in results:
+                for event, error in outcomes:
+                    await self._record(conn, event, error)
+            if all(error is not None for outcomes in results for _, error in outcomes):
+                return  # everything due failed: wait for the retries to come due
+
+    async def _deliver_in_order(self, events: list[_Due]) -> list[tuple[_Due, str | None]]:
+        """Post one charge's due events in order, stopping at the first failure."""
+        done: list[tuple[_Due, str | None]] = []
+        for event in events:
+            error = await self._post(event)
+            done.append((event, error))
+            if error is not None:
+                break
+        return done
+
+    async def _post(self, event: _Due) -> str | None:
+        if not event.url:
+            return "the client has no webhook URL"
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event.public_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(event.secret, event.public_id, timestamp, event.body),
+        }
+        try:
+            response = await self.http.post(event.url, content=event.body, headers=headers)
+        except httpx2.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+    async def _record(
+        self, conn: psycopg.AsyncConnection[Any], event: _Due, error: str | None
+    ) -> None:
+        if error is None:
+            self.delivered += 1
+            await conn.execute(
+                "UPDATE webhook_outbox SET delivered_at = now(), attempts = attempts + 1,"
+                " last_error = NULL WHERE event_id = %s",
+                (event.event_id,),
+            )
+            return
+        self.failed_attempts += 1
+        attempts = event.attempts + 1
+        give_up = time.time() - event.created_at > GIVE_UP_AFTER.total_seconds()
+        log.warning(
+            "webhook %s attempt %d failed (%s)%s",
+            event.public_id,
+            attempts,
+            error,
+            "; giving up after 72 h" if give_up else "",
+        )
+        await conn.execute(
+            "UPDATE webhook_outbox SET attempts = %s, last_error = %s,"
+            " next_attempt_at = now() + make_interval(secs => %s),"
+            " gave_up_at = CASE WHEN %s THEN now() END WHERE event_id = %s",
+            (
+                attempts,
+                error,
+                backoff_s(attempts, self.first_retry_s, self.max_retry_s),
+                give_up,
+                event.event_id,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.http.aclose()
