@@ -72,6 +72,7 @@ class Store:
             )
             await self._dead_letters(pending)
             await self._events(pending)
+            await self._command_acks(pending)
             await self._status(pending)
 
     async def _insert_new(
@@ -153,6 +154,28 @@ class Store:
                         e.detail,
                     )
                     for e in pending.events
+                ],
+            )
+
+    async def _command_acks(self, pending: Pending) -> None:
+        """Complete the audit trail; the first answer for a generation is the one kept."""
+        if not pending.command_acks:
+            return
+        async with self.conn.cursor() as cur:
+            await cur.executemany(
+                "UPDATE commands SET outcome = %s, breaker_on = %s, acked_at = %s"
+                " WHERE controller_id = %s AND outlet_no = %s AND generation = %s"
+                " AND outcome IS NULL",
+                [
+                    (
+                        a.outcome.value,
+                        a.breaker_on,
+                        _ts(a.at),
+                        a.controller_id,
+                        a.outlet,
+                        a.generation,
+                    )
+                    for a in pending.command_acks
                 ],
             )
 

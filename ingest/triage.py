@@ -13,7 +13,7 @@ from typing import Any
 
 from ingest.registry import RegistrySnapshot
 from schemas.codec import CodecError, decode
-from schemas.messages import EdgeEvent, MeterBatch, Presence, ReportedState
+from schemas.messages import CommandAck, EdgeEvent, MeterBatch, Presence, ReportedState
 from schemas.topics import TopicKind, Topics
 
 UTC = dt.UTC
@@ -41,6 +41,7 @@ class Pending:
     events: list[EdgeEvent] = field(default_factory=list)
     presence: dict[str, Presence] = field(default_factory=dict)
     states: dict[str, ReportedState] = field(default_factory=dict)
+    command_acks: list[CommandAck] = field(default_factory=list)
     acks: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     messages: int = 0
 
@@ -102,6 +103,8 @@ class Triage:
             pending.presence[cid] = message
         elif parsed.kind is TopicKind.STATE:
             pending.states[cid] = message
+        elif parsed.kind is TopicKind.ACK:
+            pending.command_acks.append(message)
         else:
             reason = f"{parsed.kind.value} messages are not for ingest"
             pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))

@@ -43,7 +43,13 @@ from schemas.topics import TopicKind
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBED = (TopicKind.METER, TopicKind.EVENT, TopicKind.STATE, TopicKind.PRESENCE)
+SUBSCRIBED = (
+    TopicKind.METER,
+    TopicKind.EVENT,
+    TopicKind.ACK,
+    TopicKind.STATE,
+    TopicKind.PRESENCE,
+)
 
 
 class Counters:

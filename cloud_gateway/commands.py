@@ -1,0 +1,118 @@
+"""Turning a decision about an outlet into a retained, versioned desired state.
+
+``issue`` allocates the outlet's next generation and records the command (who, when,
+what) in one transaction, then publishes the ``DesiredState`` retained with QoS 1. The
+generation only grows, so the edge can tell new commands from stale ones; the record is
+the audit trail, completed by ingest when the edge's ``CommandAck`` arrives.
+
+``AckWaiter`` lets an API call wait a short time for the edge's answer: it subscribes to
+the acknowledgements and resolves the future registered for (controller, outlet,
+generation). Ingest records the same acknowledgements durably; this is only the fast path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import aiomqtt
+import psycopg
+
+from schemas.codec import CodecError, decode, encode
+from schemas.messages import CommandAck, DesiredState
+from schemas.topics import TopicKind, Topics
+
+log = logging.getLogger(__name__)
+
+_NEXT_GENERATION = """
+INSERT INTO outlet_generations (controller_id, outlet_no, generation) VALUES (%s, %s, 1)
+ON CONFLICT (controller_id, outlet_no)
+DO UPDATE SET generation = outlet_generations.generation + 1
+RETURNING generation
+"""
+
+
+def _ts(epoch: float | None) -> dt.datetime | None:
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+async def record(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    controller_id: str,
+    outlet: int,
+    on: bool,
+    charge_id: str | None,
+    end_at: float | None,
+    issued_at: float,
+    issued_by: str,
+) -> DesiredState:
+    """Allocate the generation and write the audit row, in the caller's transaction."""
+    cur = await conn.execute(_NEXT_GENERATION, (controller_id, outlet))
+    row = await cur.fetchone()
+    assert row is not None
+    want = DesiredState(controller_id, outlet, on, int(row[0]), charge_id, end_at, issued_at)
+    await conn.execute(
+        "INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id,"
+        " end_at, issued_at, issued_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            controller_id,
+            outlet,
+            want.generation,
+            on,
+            charge_id,
+            _ts(end_at),
+            _ts(issued_at),
+            issued_by,
+        ),
+    )
+    return want
+
+
+async def publish(client: aiomqtt.Client, topics: Topics, want: DesiredState) -> None:
+    """Publish after the commit: retained, QoS 1 (the broker acknowledges receipt)."""
+    await client.publish(
+        topics.desired(want.controller_id, want.outlet), encode(want), qos=1, retain=True
+    )
+
+
+class AckWaiter:
+    """Futures for command acknowledgements, fed by an MQTT subscription to ``ack`` topics."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self._waiting: dict[tuple[str, int, int], asyncio.Future[CommandAck]] = {}
+
+    @property
+    def subscription(self) -> str:
+        return self.topics.all_controllers(TopicKind.ACK)
+
+    def expect(
+        self, controller_id: str, outlet: int, generation: int
+    ) -> asyncio.Future[CommandAck]:
+        """Register before publishing, so an instant answer is not missed."""
+        key = (controller_id, outlet, generation)
+        future = self._waiting.get(key)
+        if future is None:
+            future = self._waiting[key] = asyncio.get_running_loop().create_future()
+        return future
+
+    def forget(self, controller_id: str, outlet: int, generation: int) -> None:
+        self._waiting.pop((controller_id, outlet, generation), None)
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed is None or parsed.kind is not TopicKind.ACK:
+            return
+        try:
+            ack = decode(CommandAck, payload)
+        except CodecError as exc:
+            log.warning("bad command ack on %s: %s", topic, exc)  # ingest keeps it as a dead letter
+            return
+        if ack.controller_id != parsed.controller_id:
+            return
+        future = self._waiting.pop((ack.controller_id, ack.outlet, ack.generation), None)
+        if future is not None and not future.done():
+            future.set_result(ack)
