@@ -126,6 +126,10 @@ class EdgeSettings(CommonSettings):
     )
     overcurrent_a: float = Field(default=20.0, gt=0, description="trip above this current…")
     overcurrent_s: float = Field(default=5.0, ge=0, description="…sustained this long")
+    current_event_levels_a: list[float] = Field(
+        default=[1.0, 2.0, 4.0, 6.0, 10.0],
+        description="report at once when an outlet's current rises through one of these",
+    )
     firmware: str = "chargeline-edge/0.1"
     sim_seed: int | None = None
     sim_cars: str = Field(

@@ -42,6 +42,7 @@ from schemas.messages import (
     CommandAck,
     DesiredState,
     EdgeEvent,
+    EdgeEventKind,
     MeterAck,
     MeterBatch,
     MeterFrame,
@@ -101,6 +102,9 @@ class EdgeAgent:
         #: Outlets whose desired state has not been seen since boot (they stay OFF till then).
         self._restoring = set(self.outlet_numbers)
         self._over_since: dict[int, float] = {}
+        #: Per outlet, the current levels it is above (reported once each until it falls
+        #: below half of the level again).
+        self._levels_high: dict[int, set[float]] = {n: set() for n in self.outlet_numbers}
         #: Acks and events waiting for the link: (topic, payload). Bounded; oldest go first.
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=1000)
         self._outbox_ready = asyncio.Event()
@@ -176,6 +180,27 @@ class EdgeAgent:
                     )
             else:
                 self._over_since.pop(o.outlet, None)
+            self._report_crossing(o.outlet, o.current_a, o.breaker_on, cloud_now)
+
+    def _report_crossing(self, outlet: int, current_a: float, breaker_on: bool, at: float) -> None:
+        """The fast path for current rise: seconds instead of the next minute batch."""
+        high = self._levels_high[outlet]
+        high.difference_update({lv for lv in high if current_a < lv / 2})
+        crossed = {lv for lv in self.settings.current_event_levels_a if current_a >= lv} - high
+        if not crossed:
+            return
+        high.update(crossed)
+        event = EdgeEvent(
+            self.cid,
+            at,
+            EdgeEventKind.CURRENT_CROSSED,
+            outlet,
+            self.memory[outlet].applied_generation,
+            current_a,
+            breaker_on,
+            f"rose through {max(crossed):g} A",
+        )
+        self._send(self.topics.event(self.cid), encode(event))
 
     def _on_desired(self, outlet: int, payload: bytes, *, retained: bool) -> None:
         try:

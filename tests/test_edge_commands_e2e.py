@@ -146,7 +146,12 @@ def test_commands_apply_once_in_order_and_replays_are_ignored(installation: Inst
             start_edge(installation, cid)
             await cloud.edge_online()
             await cloud.send(3, True, 1)
-            assert (await cloud.ack_for(3, 1))[3:5] == (CommandOutcome.APPLIED, True)
+            ack = await cloud.ack_for(3, 1)
+            assert ack[3:5] == (CommandOutcome.APPLIED, True)
+            received, crossed = await cloud.event(EdgeEventKind.CURRENT_CROSSED, within=5)
+            assert crossed.outlet == 3 and crossed.current_a > 10 and crossed.breaker_on
+            assert crossed.detail == "rose through 10 A"
+            assert received - ack.at < 60, "the fast path took over a (simulated) minute"
             await cloud.breaker(3, True)
             await cloud.send(3, False, 2)
             assert (await cloud.ack_for(3, 2))[3:5] == (CommandOutcome.APPLIED, False)
