@@ -43,6 +43,20 @@ FIRST_RETRY_S = 1.0
 MAX_RETRY_S = 600.0
 
 
+_INSERT_EVENT = (
+    "INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def _event_row(
+    client_id: str, kind: str, data: dict[str, Any], charge_id: str | None
+) -> tuple[str, tuple[Any, ...]]:
+    public_id = f"evt_{secrets.token_hex(12)}"
+    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
+    return public_id, (public_id, client_id, charge_id, kind, json.dumps(body))
+
+
 def enqueue(
     conn: psycopg.Connection[Any],
     *,
@@ -52,13 +66,22 @@ def enqueue(
     charge_id: str | None = None,
 ) -> str:
     """Add an event to the outbox in the caller's transaction; returns its public id."""
-    public_id = f"evt_{secrets.token_hex(12)}"
-    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
-    conn.execute(
-        "INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)"
-        " VALUES (%s, %s, %s, %s, %s)",
-        (public_id, client_id, charge_id, kind, json.dumps(body)),
-    )
+    public_id, row = _event_row(client_id, kind, data, charge_id)
+    conn.execute(_INSERT_EVENT, row)
+    return public_id
+
+
+async def enqueue_async(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    client_id: str,
+    kind: str,
+    data: dict[str, Any],
+    charge_id: str | None = None,
+) -> str:
+    """``enqueue`` for an async connection."""
+    public_id, row = _event_row(client_id, kind, data, charge_id)
+    await conn.execute(_INSERT_EVENT, row)
     return public_id
 
 

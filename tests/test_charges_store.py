@@ -1,0 +1,104 @@
+"""Charges in PostgreSQL: lifecycle steps under a row lock, webhooks written with them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from cloud_gateway.clients import add_client
+from ingest import charges
+from ingest.lifecycle import Acked, Event, MinuteReading, State, StopRequested
+from ingest.registry import import_registry
+from schemas.messages import CommandOutcome
+from tests.conftest import registry_for
+from tests.helpers import query
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def setup(database: str) -> tuple[str, str]:
+    import_registry(database, registry_for(["ctl-a"], 2))
+    client = add_client(database, "WeCharge", ["charges:write"], "http://127.0.0.1:9/hooks")
+    return database, client.client_id
+
+
+async def _create(url: str, client_id: str, charge_id: str, generation: int = 1) -> None:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await charges.create(
+            conn,
+            charge_id=charge_id,
+            client_id=client_id,
+            outlet_id="ctl-a-1",
+            controller_id="ctl-a",
+            outlet_no=1,
+            end_at=T0 + 3600,
+            request_sha256=b"x" * 32,
+            generation=generation,
+        )
+
+
+async def _apply(url: str, charge_id: str, *events: Event) -> None:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        for event in events:
+            async with conn.transaction():
+                await charges.apply(conn, charge_id, event)
+
+
+def outbox(url: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (kind, json.loads(body) if isinstance(body, str) else body)
+        for kind, body in query(url, "SELECT kind, body FROM webhook_outbox ORDER BY event_id")
+    ]
+
+
+def test_a_charge_runs_its_course_with_one_webhook_per_step(setup: tuple[str, str]) -> None:
+    url, client_id = setup
+    on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10)
+
+    async def scenario() -> None:
+        await _create(url, client_id, "ch-1")
+        await _apply(url, "ch-1", MinuteReading(T0, 1000.0, False))
+        # The gateway's fast path and ingest apply the same ack at the same moment.
+        await asyncio.gather(_apply(url, "ch-1", on), _apply(url, "ch-1", on))
+        await _apply(
+            url,
+            "ch-1",
+            MinuteReading(T0 + 60, 1200.0, True),
+            StopRequested(2, "partner stopped", T0 + 90),
+            Acked(2, CommandOutcome.APPLIED, False, T0 + 91),
+            MinuteReading(T0 + 120, 1300.0, False),
+        )
+
+    asyncio.run(scenario())
+    events = outbox(url)
+    assert [kind for kind, _ in events] == ["charge.started", "charge.stopped"]
+    stopped = events[-1][1]["data"]
+    assert stopped["energy_wh"] == 300.0 and stopped["reason"] == "partner stopped"
+    assert stopped["meter"] == {
+        "first": {"minute": T0, "energy_wh": 1000.0},
+        "last": {"minute": T0 + 120, "energy_wh": 1300.0},
+    }
+    assert query(url, "SELECT state, energy_wh, reported FROM charges") == [
+        (State.STOPPED.value, 300.0, True)
+    ]
+
+
+def test_an_outlet_runs_one_charge_at_a_time(setup: tuple[str, str]) -> None:
+    url, client_id = setup
+
+    async def scenario() -> None:
+        await _create(url, client_id, "ch-1")
+        with pytest.raises(errors.UniqueViolation):
+            await _create(url, client_id, "ch-2", generation=2)
+        await _apply(url, "ch-1", Acked(1, CommandOutcome.BREAKER_FAILED, False, T0))
+        await _create(url, client_id, "ch-2", generation=2)  # the failed one freed the outlet
+
+    asyncio.run(scenario())
+    assert [kind for kind, _ in outbox(url)] == ["charge.failed"]
+    assert outbox(url)[0][1]["data"]["reason"] == "breaker command breaker_failed"
