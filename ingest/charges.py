@@ -11,6 +11,7 @@ each webhook is written once.
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from typing import Any
 
 import psycopg
@@ -18,6 +19,13 @@ import psycopg
 from cloud_gateway.webhooks import enqueue_async
 from ingest import lifecycle
 from ingest.lifecycle import Charge, Event, Notice, Reading, State
+from ingest.triage import Pending
+from schemas.messages import EdgeEventKind
+
+#: Edge events that mean the breaker opened by itself, ending a charge.
+_BREAKER_OPENED = (EdgeEventKind.BREAKER_SWITCHED, EdgeEventKind.OVERCURRENT_TRIP)
+
+OutletKey = tuple[str, int]
 
 _COLUMNS = (
     "charge_id, state, start_generation, stop_generation, started_at, rise_at, stopped_at,"
@@ -160,6 +168,57 @@ def webhook_data(
 
 def _reading_dict(reading: Reading | None) -> dict[str, float] | None:
     return None if reading is None else {"minute": reading.minute, "energy_wh": reading.energy_wh}
+
+
+async def open_charges(
+    conn: psycopg.AsyncConnection[Any],
+) -> dict[tuple[str, int], tuple[list[str], float]]:
+    """Outlets with charges that still take events: (controller, outlet) → (ids, threshold)."""
+    cur = await conn.execute(
+        "SELECT c.controller_id, c.outlet_no, array_agg(c.charge_id ORDER BY c.requested_at),"
+        " min(o.rise_threshold_a) FROM charges c JOIN outlets o USING (outlet_id)"
+        " WHERE c.state IN ('requested', 'on', 'drawing', 'stopping')"
+        "    OR (c.state = 'stopped' AND NOT c.reported)"
+        " GROUP BY c.controller_id, c.outlet_no"
+    )
+    return {(r[0], r[1]): (list(r[2]), float(r[3])) for r in await cur.fetchall()}
+
+
+def route(
+    pending: Pending, open_: dict[OutletKey, tuple[list[str], float]]
+) -> tuple[
+    defaultdict[str, list[tuple[float, Event]]], defaultdict[OutletKey, list[tuple[float, float]]]
+]:
+    """Which lifecycle inputs each open charge gets from one write, and the current
+    observations per outlet for the rise detector. Pure."""
+    feed: defaultdict[str, list[tuple[float, Event]]] = defaultdict(list)
+    currents: defaultdict[OutletKey, list[tuple[float, float]]] = defaultdict(list)
+
+    def to_charges(key: OutletKey, at: float, event: Event) -> None:
+        for charge_id in open_[key][0]:
+            feed[charge_id].append((at, event))
+
+    for ack in pending.command_acks:
+        key = (ack.controller_id, ack.outlet)
+        if key in open_:
+            to_charges(
+                key, ack.at, lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at)
+            )
+    for edge in pending.events:
+        key = (edge.controller_id, edge.outlet)
+        if key not in open_:
+            continue
+        if edge.kind is EdgeEventKind.CURRENT_CROSSED:
+            currents[key].append((edge.at, edge.current_a))
+        elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
+            to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at))
+    for cid, outlet, minute, energy_wh, _volts, current_a, breaker_on in pending.outlet_rows:
+        key = (cid, outlet)
+        if key in open_:
+            at = minute.timestamp()
+            to_charges(key, at, lifecycle.MinuteReading(at, energy_wh, breaker_on))
+            currents[key].append((at, current_a))
+    return feed, currents
 
 
 async def active_on(

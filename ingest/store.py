@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
+from ingest import charges, lifecycle
+from ingest.current_rise import RiseState, observe
 from ingest.triage import Pending
 
 UTC = dt.UTC
@@ -73,6 +75,7 @@ class Store:
             await self._dead_letters(pending)
             await self._events(pending)
             await self._command_acks(pending)
+            await self._charges(pending)
             await self._status(pending)
 
     async def _insert_new(
@@ -178,6 +181,50 @@ class Store:
                     for a in pending.command_acks
                 ],
             )
+
+    async def _charges(self, pending: Pending) -> None:
+        """Feed acks, edge events and readings to the charges they concern, in time order.
+
+        Same transaction as the facts: a charge's state, its webhooks and the readings
+        they come from commit together.
+        """
+        if not (pending.command_acks or pending.events or pending.outlet_rows):
+            return
+        open_ = await charges.open_charges(self.conn)
+        if not open_:
+            return
+        feed, currents = charges.route(pending, open_)
+        for key, observations in currents.items():
+            for at, current_a in await self._rises(key, observations, open_[key][1]):
+                for charge_id in open_[key][0]:
+                    feed[charge_id].append((at, lifecycle.CurrentRose(at, current_a)))
+        for charge_id, inputs in feed.items():
+            for _, step_input in sorted(inputs, key=lambda item: item[0]):
+                await charges.apply(self.conn, charge_id, step_input)
+
+    async def _rises(
+        self, key: tuple[str, int], observations: list[tuple[float, float]], threshold_a: float
+    ) -> list[tuple[float, float]]:
+        """Run the outlet's persisted current-rise detector over new observations."""
+        cur = await self.conn.execute(
+            "SELECT high, seen_at FROM outlet_current_state"
+            " WHERE controller_id = %s AND outlet_no = %s FOR UPDATE",
+            key,
+        )
+        row = await cur.fetchone()
+        state = RiseState(row[0], row[1]) if row else RiseState()
+        rose: list[tuple[float, float]] = []
+        for at, current_a in sorted(observations):
+            state, fired = observe(state, at=at, current_a=current_a, threshold_a=threshold_a)
+            if fired:
+                rose.append((at, current_a))
+        await self.conn.execute(
+            "INSERT INTO outlet_current_state VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (controller_id, outlet_no) DO UPDATE SET high = excluded.high,"
+            " seen_at = excluded.seen_at",
+            (*key, state.high, state.seen_at),
+        )
+        return rose
 
     async def _status(self, pending: Pending) -> None:
         async with self.conn.cursor() as cur:

@@ -14,9 +14,20 @@ from cloud_gateway.clients import add_client
 from ingest import charges
 from ingest.lifecycle import Acked, Event, MinuteReading, State, StopRequested
 from ingest.registry import import_registry
-from schemas.messages import CommandOutcome
+from schemas.codec import encode
+from schemas.messages import (
+    CommandAck,
+    CommandOutcome,
+    EdgeEvent,
+    EdgeEventKind,
+    MeterBatch,
+    MeterFrame,
+    OutletReading,
+)
+from schemas.topics import Topics
 from tests.conftest import registry_for
 from tests.helpers import query
+from tests.test_store import write
 
 T0 = 1_800_000_000.0
 
@@ -102,3 +113,49 @@ def test_an_outlet_runs_one_charge_at_a_time(setup: tuple[str, str]) -> None:
     asyncio.run(scenario())
     assert [kind for kind, _ in outbox(url)] == ["charge.failed"]
     assert outbox(url)[0][1]["data"]["reason"] == "breaker command breaker_failed"
+
+
+def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, str]) -> None:
+    """What ingest receives drives the charge: ack → started, current → rise, readings →
+    energy; a stop closes with the next reading. Redelivered messages change nothing."""
+    url, client_id = setup
+    topics = Topics()
+
+    def ack(generation: int, on: bool, at: float) -> tuple[str, bytes]:
+        outcome = CommandOutcome.APPLIED
+        return topics.ack("ctl-a"), encode(CommandAck("ctl-a", 1, generation, outcome, on, at))
+
+    def minute(m: int, energy: float, current: float, on: bool) -> tuple[str, bytes]:
+        frame = MeterFrame(
+            int(T0) + 60 * m,
+            5e5,
+            (
+                OutletReading(1, energy, 200.0, current, on),
+                OutletReading(2, 10.0, 200.0, 0.0, False),
+            ),
+        )
+        return topics.meter("ctl-a"), encode(MeterBatch("ctl-a", m + 1, (frame,)))
+
+    crossed = EdgeEvent(
+        "ctl-a", T0 + 20, EdgeEventKind.CURRENT_CROSSED, 1, 1, 15.5, True, "rose through 10 A"
+    )
+    first = [
+        minute(0, 1000.0, 0.0, False),
+        ack(1, True, T0 + 10),
+        (topics.event("ctl-a"), encode(crossed)),
+        minute(1, 1150.0, 15.5, True),
+    ]
+
+    async def stop() -> None:
+        async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+            await charges.apply(conn, "ch-1", StopRequested(2, "partner stopped", T0 + 100))
+
+    asyncio.run(_create(url, client_id, "ch-1"))
+    write(url, first)
+    write(url, first)  # redelivered
+    asyncio.run(stop())
+    write(url, [ack(2, False, T0 + 101), minute(2, 1250.0, 0.0, False)])
+    kinds = [kind for kind, _ in outbox(url)]
+    assert kinds == ["charge.started", "charge.current_rise", "charge.stopped"]
+    assert outbox(url)[-1][1]["data"]["energy_wh"] == 250.0
+    assert query(url, "SELECT state, rise_at IS NOT NULL FROM charges") == [("stopped", True)]

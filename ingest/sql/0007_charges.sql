@@ -31,3 +31,12 @@ CREATE TABLE charges (
 CREATE UNIQUE INDEX charges_one_active_per_outlet ON charges (outlet_id)
     WHERE state IN ('requested', 'on', 'drawing', 'stopping');
 CREATE INDEX charges_by_controller ON charges (controller_id, outlet_no, requested_at);
+
+-- ingest/current_rise.py's state per outlet, so a crossing fires once across restarts.
+CREATE TABLE outlet_current_state (
+    controller_id text NOT NULL,
+    outlet_no     smallint NOT NULL,
+    high          boolean NOT NULL,
+    seen_at       double precision NOT NULL,
+    PRIMARY KEY (controller_id, outlet_no)
+);
