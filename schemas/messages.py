@@ -40,8 +40,10 @@ EnergyWh = Annotated[float, Field(ge=0, le=1e13, allow_inf_nan=False)]
 Volts = Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)]
 #: Outlets are rated 16–32 A; 100 A leaves room for a fault current to be recorded.
 Amps = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
-ShortText = Annotated[str, Field(max_length=200)]
-ChargeId = Annotated[str, Field(min_length=1, max_length=64)]
+#: No control characters: PostgreSQL text cannot hold NUL, and logs should not hold the rest.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+ShortText = Annotated[str, Field(max_length=200, pattern=PRINTABLE)]
+ChargeId = Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
 
 
 class OutletReading(NamedTuple):

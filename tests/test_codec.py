@@ -57,6 +57,9 @@ batches = st.builds(
     st.integers(1, 2**63 - 1),
     st.lists(frames(), min_size=1, max_size=5, unique_by=lambda f: f.minute).map(tuple),
 )
+#: Text the wire accepts: anything but control characters.
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=50)
+
 others = st.one_of(
     st.builds(
         MeterAck, cids, st.lists(st.integers(1, 2**63 - 1), min_size=1, max_size=20).map(tuple)
@@ -70,7 +73,7 @@ others = st.one_of(
         st.integers(0, 2**40),
         st.floats(0, 100),
         st.booleans(),
-        st.text(max_size=50),
+        texts,
     ),
     st.builds(
         DesiredState,
@@ -78,7 +81,7 @@ others = st.one_of(
         st.integers(1, 8),
         st.booleans(),
         st.integers(0, 2**40),
-        st.none() | st.text(min_size=1, max_size=64),
+        st.none() | texts.filter(bool),
         st.none() | times,
         times,
     ),
@@ -94,14 +97,14 @@ others = st.one_of(
     st.builds(
         ReportedState,
         cids,
-        st.text(max_size=50),
+        texts,
         times,
         st.lists(
             st.builds(OutletState, st.integers(1, 8), st.booleans(), st.integers(0, 9)), max_size=8
         ).map(tuple),
     ),
     st.builds(Presence, cids, st.booleans(), times),
-    st.builds(StatusRequest, cids, st.text(max_size=50), times),
+    st.builds(StatusRequest, cids, texts, times),
 )
 KIND_OF = {cls: kind for kind, cls in MESSAGE_TYPES.items()}
 
@@ -194,6 +197,16 @@ def test_bad_payloads_name_what_is_wrong(payload: bytes, reason: str) -> None:
     with pytest.raises(CodecError) as caught:
         decode(TopicKind.METER, payload)
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "line\nbreak", "\x7f"])
+def test_control_characters_in_text_are_refused(text: str) -> None:
+    """PostgreSQL text cannot hold NUL: such a payload must become a dead letter, not a
+    write that fails for ever."""
+    event = EdgeEvent("ctl-1", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, text)
+    with pytest.raises(CodecError) as caught:
+        decode(TopicKind.EVENT, encode(event))
+    assert "detail: String should match pattern" in str(caught.value)
 
 
 def test_array_shaped_payload_is_compact() -> None:

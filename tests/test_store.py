@@ -10,7 +10,7 @@ from ingest.registry import RegistrySnapshot, import_registry
 from ingest.store import Store
 from ingest.triage import Pending, Triage
 from schemas.codec import encode
-from schemas.messages import MeterBatch, MeterFrame, OutletReading
+from schemas.messages import EdgeEvent, EdgeEventKind, MeterBatch, MeterFrame, OutletReading
 from schemas.topics import Topics
 from tests.conftest import registry_for
 from tests.helpers import query
@@ -107,3 +107,25 @@ def test_unknown_outlet_readings_are_kept_as_dead_letters(database: str) -> None
     (reason,) = query(database, "SELECT reason FROM dead_letters")[0]
     assert "outlets [2] are not registered" in reason
     assert dict(pending.acks) == {"ctl-a": [1]}
+
+
+def test_text_postgresql_cannot_store_becomes_a_dead_letter_not_a_stuck_write(
+    database: str,
+) -> None:
+    """An event whose text holds NUL used to pass the codec and then fail every write."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    topics = Topics()
+    poison = EdgeEvent("ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, "a\x00")
+    good = EdgeEvent("ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 2, 1, 0.0, False, "fine")
+    write(
+        database,
+        [
+            (topics.event("ctl-a"), encode(poison)),
+            (topics.event("ctl-a"), encode(good)),
+            (topics.meter("ctl-a"), encode(batch(1, range(0, 2), 10))),
+        ],
+    )
+    assert query(database, "SELECT outlet_no, detail FROM edge_events") == [(2, "fine")]
+    assert query(database, "SELECT count(*) FROM outlet_readings") == [(4,)]
+    ((reason, payload),) = query(database, "SELECT reason, payload FROM dead_letters")
+    assert "detail: String should match pattern" in reason and bytes(payload) == encode(poison)
