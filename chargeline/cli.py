@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--webhook-url", help="where chargeline posts this client's events")
 
     sub.add_parser("auth", help="run the OAuth2 authorization server")
+    sub.add_parser("gateway", help="run the partner API and the webhook deliverer")
 
     demo = sub.add_parser(
         "demo", help="run the whole pipeline on one machine with simulated controllers"
@@ -118,8 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _registry_import(args.file)
     if args.command == "clients":
         return _clients_add(args)
-    if args.command == "auth":
-        return _serve_auth()
+    if args.command in ("auth", "gateway"):
+        return _serve(args.command)
     if args.command == "demo":
         from chargeline import demo
 
@@ -164,16 +165,22 @@ def _clients_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve_auth() -> int:
+def _serve(which: str) -> int:
+    """Serve the authorization server (``auth``) or the partner API (``gateway``)."""
     import uvicorn
 
     from chargeline import services
-    from cloud_gateway.auth_server import create_app
+    from cloud_gateway import api, auth_server
 
     gateway = settings.load(settings.GatewaySettings)
     url = services.prepare_database(settings.load(settings.IngestSettings))
-    host, _, port = gateway.auth_bind.rpartition(":")
-    uvicorn.run(create_app(gateway, url), host=host, port=int(port), log_level="warning")
+    app, bind = (
+        (auth_server.create_app(gateway, url), gateway.auth_bind)
+        if which == "auth"
+        else (api.create_app(gateway, url), gateway.api_bind)
+    )
+    host, _, port = bind.rpartition(":")
+    uvicorn.run(app, host=host, port=int(port), log_level="warning")
     return 0
 
 

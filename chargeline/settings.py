@@ -188,6 +188,12 @@ class GatewaySettings(CommonSettings):
     token_burst: int = Field(default=40, ge=1)
     api_rate_per_s: float = Field(default=200.0, gt=0, description="API requests per client")
     api_burst: int = Field(default=400, ge=1)
+    start_wait_s: float = Field(
+        default=3.0, ge=0, le=30, description="how long a start waits for the breaker"
+    )
+    max_charge_s: float = Field(
+        default=24 * 3600, gt=0, description="default and longest charge (end_at - now)"
+    )
 
     @property
     def jwks(self) -> str:

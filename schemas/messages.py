@@ -43,6 +43,8 @@ Amps = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 #: No control characters: PostgreSQL text cannot hold NUL, and logs should not hold the rest.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 ShortText = Annotated[str, Field(max_length=200, pattern=PRINTABLE)]
+#: What a partner may use as a charge id.
+CHARGE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ChargeId = Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
 
 

@@ -3,65 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import psycopg
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from cloud_gateway.clients import NewClient, add_client
 from cloud_gateway.webhooks import Deliverer, enqueue, verify
-from tests.helpers import free_port, query, wait_port
-
-
-@dataclass
-class Receiver:
-    """A partner's webhook endpoint: answers ``status``; records what it accepted."""
-
-    port: int = field(default_factory=free_port)
-    status: int = 200
-    accepted: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    refused: int = 0
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
-
-    def start(self) -> None:
-        async def hook(request: Request) -> Response:
-            body = await request.body()
-            if self.status >= 300:
-                self.refused += 1
-            else:
-                self.accepted.append((dict(request.headers), body))
-            return Response(status_code=self.status)
-
-        app = Starlette(routes=[Route("/hooks", hook, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        wait_port(self.port)
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-            self._server = None
-
-    def bodies(self) -> list[dict[str, object]]:
-        import json
-
-        return [json.loads(body) for _, body in self.accepted]
+from tests.helpers import Receiver, query
 
 
 @pytest.fixture

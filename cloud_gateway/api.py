@@ -1,0 +1,532 @@
+"""The partner API (``chargeline gateway``): charges started and stopped from the partner's
+server, answered after the breaker has moved or with "accepted, pending".
+
+Every call carries an access token from the authorization server; it is checked through
+the published keys alone (``cloud_gateway.tokens``). Errors are RFC 9457 problem bodies
+(``application/problem+json``) whose ``type`` names the problem and whose ``detail`` says
+what to change. The OpenAPI document is at ``/openapi.json``.
+
+Starting a charge, in one database transaction: check the outlet and its controller,
+allocate the outlet's next command generation, record the command and the charge (a
+partial unique index refuses a second active charge on the outlet). After the commit the
+desired state is published retained; the call waits up to ``start_wait_s`` for the edge's
+acknowledgement and applies it to the charge itself (ingest applies the same one from the
+durable stream; the row lock and the state machine make that harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+import httpx2
+import psycopg
+from psycopg import errors
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from chargeline import mqtt
+from chargeline.settings import GatewaySettings
+from cloud_gateway import commands
+from cloud_gateway.commands import AckWaiter
+from cloud_gateway.ratelimit import RateLimiter, retry_after
+from cloud_gateway.tokens import Caller, TokenError, TokenValidator
+from cloud_gateway.webhooks import Deliverer
+from ingest import charges, lifecycle
+from schemas.messages import CHARGE_ID_PATTERN, CommandAck
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "https://chargeline.example/problems/"
+
+
+class StartCharge(BaseModel):
+    outlet_id: str = Field(min_length=1, max_length=64, description="printed in the QR code")
+    charge_id: str = Field(
+        min_length=1, max_length=64, pattern=CHARGE_ID_PATTERN, description="the partner's id"
+    )
+    end_at: dt.datetime | None = Field(
+        default=None, description="RFC 3339; absent: 24 hours from now (the maximum)"
+    )
+
+
+class Problem(Exception):
+    def __init__(self, status: int, kind: str, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.title, self.detail, self.extra = (
+            status,
+            kind,
+            title,
+            detail,
+            extra,
+        )
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        body = {
+            "type": PROBLEM + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        return JSONResponse(
+            body, status_code=self.status, headers=headers, media_type="application/problem+json"
+        )
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat()
+
+
+_CHARGE_COLUMNS = (
+    "charge_id, outlet_id, state, requested_at, started_at, rise_at, stopped_at, end_at,"
+    " stop_reason, failure, energy_wh, client_id, request_sha256, controller_id, outlet_no,"
+    " start_generation, stop_generation"
+)
+
+
+def _charge_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "charge_id": row[0],
+        "outlet_id": row[1],
+        "state": row[2],
+        "requested_at": _iso(row[3]),
+        "started_at": _iso(row[4]),
+        "current_rise_at": _iso(row[5]),
+        "stopped_at": _iso(row[6]),
+        "end_at": _iso(row[7]),
+        "stop_reason": row[8],
+        "failure": row[9],
+        "energy_wh": round(row[10], 3),
+    }
+
+
+class Gateway:
+    """What the API's handlers share: settings, pool, token checks, MQTT and waiters."""
+
+    def __init__(self, settings: GatewaySettings, database_url: str) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.pool = AsyncConnectionPool(database_url, min_size=2, max_size=10, open=False)
+        self.http = httpx2.AsyncClient(timeout=10)
+        self.tokens = TokenValidator(
+            issuer=settings.issuer,
+            audience=settings.audience,
+            jwks_url=settings.jwks,
+            leeway_s=settings.token_leeway_s,
+            http=self.http,
+        )
+        self.limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
+        self.waiter = AckWaiter(self.topics)
+        self.client: aiomqtt.Client | None = None
+        self.deliverer = Deliverer(database_url, http=self.http)
+
+    # --- background: MQTT link --------------------------------------------------------
+    async def mqtt_forever(self) -> None:
+        delays = mqtt.backoff()
+        while True:
+            try:
+                async with mqtt.client(
+                    self.settings.mqtt, identifier=f"chargeline-gateway-{id(self):x}"
+                ) as client:
+                    await client.subscribe(self.waiter.subscription, qos=1)
+                    self.client = client
+                    delays = mqtt.backoff()
+                    async for message in client.messages:
+                        if isinstance(message.payload, bytes):
+                            self.waiter.deliver(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                self.client = None
+                delay = next(delays)
+                log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    # --- helpers ----------------------------------------------------------------------
+    async def authorize(self, request: Request, scope: str) -> Caller:
+        try:
+            caller = await self.tokens.check(request.headers.get("authorization"), scope)
+        except TokenError as exc:
+            raise Problem(
+                exc.status,
+                exc.error.replace("_", "-"),
+                "Unauthorized" if exc.status == 401 else "Forbidden",
+                exc.description,
+            ) from None
+        wait = self.limiter.take(caller.client_id)
+        if wait:
+            raise Problem(
+                429,
+                "rate-limited",
+                "Too many requests",
+                "slow down",
+                retry_after_s=retry_after(wait),
+            )
+        return caller
+
+    async def _charge_row(
+        self, conn: psycopg.AsyncConnection[Any], charge_id: str
+    ) -> tuple[Any, ...] | None:
+        cur = await conn.execute(
+            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE charge_id = %s", (charge_id,)
+        )
+        return await cur.fetchone()
+
+    async def _await_ack(
+        self, charge_id: str, want: Any, answer: asyncio.Future[CommandAck]
+    ) -> None:
+        """Wait briefly for the edge; apply its answer to the charge if it comes in time."""
+        try:
+            ack = await asyncio.wait_for(answer, self.settings.start_wait_s)
+        except TimeoutError:
+            self.waiter.forget(want.controller_id, want.outlet, want.generation)
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            await charges.apply(
+                conn,
+                charge_id,
+                lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at),
+            )
+
+    async def _publish(self, want: Any) -> None:
+        client = self.client
+        if client is None:
+            raise Problem(
+                503,
+                "broker-unavailable",
+                "Broker unavailable",
+                "the command could not be sent; retry",
+            )
+        await commands.publish(client, self.topics, want)
+
+    # --- handlers -----------------------------------------------------------------------
+    async def start(self, request: Request) -> Response:
+        caller = await self.authorize(request, "charges:write")
+        raw = await request.body()
+        try:
+            body = StartCharge.model_validate_json(raw)
+        except ValidationError as exc:
+            raise Problem(
+                422,
+                "invalid-request",
+                "Invalid request",
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+            ) from None
+        now = time.time()
+        end_at = body.end_at.timestamp() if body.end_at else now + self.settings.max_charge_s
+        digest = hashlib.sha256(
+            json.dumps(
+                [caller.client_id, body.outlet_id, body.charge_id, body.end_at and end_at]
+            ).encode()
+        ).digest()
+        async with self.pool.connection() as conn:
+            existing = await self._charge_row(conn, body.charge_id)
+            if existing is not None:
+                if existing[11] != caller.client_id or bytes(existing[12]) != digest:
+                    raise Problem(
+                        409,
+                        "charge-id-conflict",
+                        "Charge id in use",
+                        f"charge {body.charge_id!r} exists with a different request",
+                    )
+                return JSONResponse(_charge_json(existing), status_code=200)
+            if end_at <= now:
+                raise Problem(
+                    422, "end-at-past", "End time in the past", "end_at has already passed"
+                )
+            if end_at > now + self.settings.max_charge_s + 60:
+                raise Problem(
+                    422,
+                    "end-at-too-far",
+                    "End time too far",
+                    f"end_at may be at most {self.settings.max_charge_s / 3600:g} hours away",
+                )
+            cur = await conn.execute(
+                "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
+                " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
+                (body.outlet_id,),
+            )
+            outlet = await cur.fetchone()
+            if outlet is None:
+                raise Problem(
+                    404, "unknown-outlet", "Unknown outlet", f"no outlet {body.outlet_id!r}"
+                )
+            controller_id, outlet_no, online = outlet
+            if not online:
+                raise Problem(
+                    503,
+                    "controller-offline",
+                    "Controller offline",
+                    f"the controller of outlet {body.outlet_id!r} is offline; no charge can start",
+                )
+            try:
+                async with conn.transaction():
+                    want = await commands.record(
+                        conn,
+                        controller_id=controller_id,
+                        outlet=outlet_no,
+                        on=True,
+                        charge_id=body.charge_id,
+                        end_at=end_at,
+                        issued_at=now,
+                        issued_by=caller.client_id,
+                    )
+                    await charges.create(
+                        conn,
+                        charge_id=body.charge_id,
+                        client_id=caller.client_id,
+                        outlet_id=body.outlet_id,
+                        controller_id=controller_id,
+                        outlet_no=outlet_no,
+                        end_at=end_at,
+                        request_sha256=digest,
+                        generation=want.generation,
+                    )
+            except errors.UniqueViolation as exc:
+                if "charges_one_active_per_outlet" in str(exc):
+                    raise Problem(
+                        409, "outlet-busy", "Outlet busy", f"outlet {body.outlet_id!r} is charging"
+                    ) from None
+                raise Problem(
+                    409,
+                    "charge-id-conflict",
+                    "Charge id in use",
+                    f"charge {body.charge_id!r} exists",
+                ) from None
+        answer = self.waiter.expect(controller_id, outlet_no, want.generation)
+        await self._publish(want)
+        await self._await_ack(body.charge_id, want, answer)
+        async with self.pool.connection() as conn:
+            row = await self._charge_row(conn, body.charge_id)
+        assert row is not None
+        status = 201 if row[2] != lifecycle.State.REQUESTED.value else 202
+        return JSONResponse(_charge_json(row), status_code=status)
+
+    async def read(self, request: Request) -> Response:
+        caller = await self.authorize(request, "charges:read")
+        async with self.pool.connection() as conn:
+            row = await self._charge_row(conn, request.path_params["charge_id"])
+        if row is None or row[11] != caller.client_id:
+            raise Problem(404, "unknown-charge", "Unknown charge", "no such charge for this client")
+        return JSONResponse(_charge_json(row))
+
+    async def stop(self, request: Request) -> Response:
+        caller = await self.authorize(request, "charges:write")
+        charge_id = request.path_params["charge_id"]
+        async with self.pool.connection() as conn:
+            row = await self._charge_row(conn, charge_id)
+            if row is None or row[11] != caller.client_id:
+                raise Problem(
+                    404, "unknown-charge", "Unknown charge", "no such charge for this client"
+                )
+            if row[2] not in (
+                lifecycle.State.ON.value,
+                lifecycle.State.DRAWING.value,
+                lifecycle.State.REQUESTED.value,
+            ):
+                return JSONResponse(_charge_json(row))  # stopping, stopped or failed: idempotent
+            async with conn.transaction():
+                want = await commands.record(
+                    conn,
+                    controller_id=row[13],
+                    outlet=row[14],
+                    on=False,
+                    charge_id=charge_id,
+                    end_at=None,
+                    issued_at=time.time(),
+                    issued_by=caller.client_id,
+                )
+                await charges.apply(
+                    conn,
+                    charge_id,
+                    lifecycle.StopRequested(want.generation, "partner stopped", time.time()),
+                )
+        answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
+        await self._publish(want)
+        await self._await_ack(charge_id, want, answer)
+        async with self.pool.connection() as conn:
+            row = await self._charge_row(conn, charge_id)
+        assert row is not None
+        return JSONResponse(_charge_json(row))
+
+
+def openapi(settings: GatewaySettings) -> dict[str, Any]:
+    charge = {
+        "type": "object",
+        "properties": {
+            "charge_id": {"type": "string"},
+            "outlet_id": {"type": "string"},
+            "state": {"type": "string", "enum": [s.value for s in lifecycle.State]},
+            "requested_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "current_rise_at": {"type": ["string", "null"], "format": "date-time"},
+            "stopped_at": {"type": ["string", "null"], "format": "date-time"},
+            "end_at": {"type": "string", "format": "date-time"},
+            "stop_reason": {"type": ["string", "null"]},
+            "failure": {"type": ["string", "null"]},
+            "energy_wh": {"type": "number"},
+        },
+    }
+    problem = {"$ref": "#/components/schemas/Problem"}
+
+    def answers(*codes: int, ok: dict[str, Any] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for code in codes:
+            if code < 300:
+                out[str(code)] = {
+                    "description": "the charge",
+                    "content": {
+                        "application/json": {
+                            "schema": ok or {"$ref": "#/components/schemas/Charge"}
+                        }
+                    },
+                }
+            else:
+                out[str(code)] = {
+                    "description": "a problem",
+                    "content": {"application/problem+json": {"schema": problem}},
+                }
+        return out
+
+    security: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "chargeline partner API", "version": "1"},
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "oauth2",
+                    "flows": {
+                        "clientCredentials": {
+                            "tokenUrl": f"{settings.issuer}/oauth2/token",
+                            "scopes": {"charges:write": "start and stop", "charges:read": "read"},
+                        }
+                    },
+                }
+            },
+            "schemas": {
+                "StartCharge": StartCharge.model_json_schema(),
+                "Charge": charge,
+                "Problem": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/v1/charges": {
+                "post": {
+                    "summary": "Start a charge (idempotent on charge_id)",
+                    "security": security,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/StartCharge"}
+                            }
+                        },
+                    },
+                    "responses": answers(200, 201, 202, 401, 403, 404, 409, 422, 429, 503),
+                }
+            },
+            "/v1/charges/{charge_id}": {
+                "get": {
+                    "summary": "Read a charge",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "charge_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": answers(200, 401, 403, 404, 429),
+                }
+            },
+            "/v1/charges/{charge_id}/stop": {
+                "post": {
+                    "summary": "Stop a charge (idempotent)",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "charge_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": answers(200, 401, 403, 404, 429, 503),
+                }
+            },
+        },
+    }
+
+
+def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
+    gateway = Gateway(settings, database_url)
+    document = openapi(settings)
+
+    def handle(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Problem as problem:
+                headers = {}
+                if problem.status == 401:
+                    headers["WWW-Authenticate"] = (
+                        f'Bearer error="invalid_token", error_description="{problem.detail}"'
+                    )
+                if problem.status == 403:
+                    headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
+                if "retry_after_s" in problem.extra:
+                    headers["Retry-After"] = problem.extra.pop("retry_after_s")
+                return problem.response(headers)
+
+        return wrapped
+
+    async def spec(request: Request) -> Response:
+        return JSONResponse(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.pool.open()
+        tasks = [
+            asyncio.create_task(gateway.mqtt_forever()),
+            asyncio.create_task(gateway.deliverer.run()),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await gateway.pool.close()
+            await gateway.http.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/v1/charges", handle(gateway.start), methods=["POST"]),
+            Route("/v1/charges/{charge_id}", handle(gateway.read), methods=["GET"]),
+            Route("/v1/charges/{charge_id}/stop", handle(gateway.stop), methods=["POST"]),
+            Route("/openapi.json", spec),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,213 @@
+"""The partner's operation flow end to end, nothing mocked: authorization server, gateway
+(uvicorn), broker, ingest, a simulated edge agent, and the partner's webhook receiver;
+the partner uses authlib's OAuth2 client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import pytest
+from authlib.integrations.httpx_client import OAuth2Client
+
+from cloud_gateway.clients import NewClient, add_client
+from cloud_gateway.webhooks import verify
+from tests.conftest import Installation
+from tests.helpers import Proc, Receiver, free_port, wait_for, wait_port
+
+SCALE = 60.0  # edge time: a minute reading every real second
+
+
+@dataclass
+class Partner:
+    api: str
+    oauth: OAuth2Client
+    client: NewClient
+    receiver: Receiver
+    reader_token: str
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> httpx2.Response:
+        response: httpx2.Response = self.oauth.post(f"{self.api}{path}", json=body or {})
+        return response
+
+    def get(self, path: str) -> httpx2.Response:
+        response: httpx2.Response = self.oauth.get(f"{self.api}{path}")
+        return response
+
+    def webhooks(self, charge_id: str) -> list[dict[str, Any]]:
+        return [
+            body
+            for body in (json.loads(b) for _, b in self.receiver.accepted)
+            if body["data"].get("charge_id") == charge_id
+        ]
+
+
+@pytest.fixture
+def partner(installation: Installation) -> Iterator[Partner]:
+    inst = installation
+    inst.time_scale = SCALE
+    receiver = Receiver()
+    receiver.start()
+    client = add_client(inst.database, "WeCharge", ["charges:write", "charges:read"], receiver.url)
+    reader = add_client(inst.database, "Reports", ["charges:read"])
+    auth_port, api_port = free_port(), free_port()
+    issuer = f"http://127.0.0.1:{auth_port}"
+    common = {
+        "issuer": issuer,
+        "auth_bind": f"127.0.0.1:{auth_port}",
+        "api_bind": f"127.0.0.1:{api_port}",
+        "start_wait_s": 3,
+    }
+    Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
+    Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
+    inst.ingest().start()
+    inst.edge(
+        inst.controllers[0],
+        minutes=None,
+        sample_interval_s=1,
+        sim_autoplay="false",
+        sim_cars="3:40000:16,5:40000:16",
+    ).start()
+    wait_port(auth_port)
+    wait_port(api_port)
+    oauth = OAuth2Client(
+        client.client_id, client.client_secret, token_endpoint=f"{issuer}/oauth2/token"
+    )
+    oauth.fetch_token(grant_type="client_credentials")
+    with OAuth2Client(reader.client_id, reader.client_secret) as other:
+        reader_token = other.fetch_token(f"{issuer}/oauth2/token", grant_type="client_credentials")[
+            "access_token"
+        ]
+    wait_for(  # the controller announced itself
+        lambda: online(installation),
+        timeout=30,
+        what="the controller online",
+    )
+    yield Partner(f"http://127.0.0.1:{api_port}", oauth, client, receiver, reader_token)
+    oauth.close()
+    receiver.stop()
+
+
+def online(inst: Installation) -> bool:
+    from tests.helpers import query
+
+    rows = query(
+        inst.database,
+        "SELECT online FROM controller_status WHERE controller_id = %s",
+        inst.controllers[0],
+    )
+    return bool(rows and rows[0][0])
+
+
+def problem(response: httpx2.Response) -> tuple[int, str]:
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return response.status_code, response.json()["type"].rsplit("/", 1)[1]
+
+
+def test_scan_start_rise_stop_with_webhooks(partner: Partner, installation: Installation) -> None:
+    outlet = f"{installation.controllers[0]}-3"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-1"})
+    assert started.status_code == 201, started.text
+    charge = started.json()
+    assert charge["state"] == "on" and charge["outlet_id"] == outlet
+    end_in = dt.datetime.fromisoformat(charge["end_at"]).timestamp() - time.time()
+    assert abs(end_in - 24 * 3600) < 120, "no end time means 24 hours"
+
+    again = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-1"})
+    assert again.status_code == 200 and again.json()["charge_id"] == "wc-1"
+
+    wait_for(
+        lambda: (
+            [w["type"] for w in partner.webhooks("wc-1")][:2]
+            == ["charge.started", "charge.current_rise"]
+        ),
+        timeout=20,
+        what="started and current-rise webhooks",
+    )
+    time.sleep(3)  # a few (simulated) minutes of charging
+    assert partner.get("/v1/charges/wc-1").json()["energy_wh"] > 0
+
+    stopped = partner.post("/v1/charges/wc-1/stop")
+    assert stopped.status_code == 200 and stopped.json()["state"] in ("stopping", "stopped")
+    assert partner.post("/v1/charges/wc-1/stop").status_code == 200  # idempotent
+    wait_for(
+        lambda: (
+            [w["type"] for w in partner.webhooks("wc-1")]
+            == ["charge.started", "charge.current_rise", "charge.stopped"]
+        ),
+        timeout=20,
+        what="the charge.stopped webhook",
+    )
+    final = partner.webhooks("wc-1")[-1]["data"]
+    assert final["energy_wh"] > 0 and final["reason"] == "partner stopped"
+    assert final["energy_wh"] == pytest.approx(
+        final["meter"]["last"]["energy_wh"] - final["meter"]["first"]["energy_wh"]
+    )
+    for headers, body in partner.receiver.accepted:
+        assert verify(partner.client.webhook_secret, headers, body)
+    assert partner.get("/v1/charges/wc-1").json()["state"] == "stopped"
+
+
+def test_every_refusal_has_its_own_status_and_problem(
+    partner: Partner, installation: Installation
+) -> None:
+    outlet = f"{installation.controllers[0]}-5"
+    assert (
+        partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-2"}).status_code == 201
+    )
+    busy = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-3"})
+    assert problem(busy) == (409, "outlet-busy")
+    conflict = partner.post(
+        "/v1/charges",
+        {"outlet_id": outlet, "charge_id": "wc-2", "end_at": "2030-01-01T00:00:00Z"},
+    )
+    assert problem(conflict) == (409, "charge-id-conflict")
+    unknown = partner.post("/v1/charges", {"outlet_id": "nowhere-9", "charge_id": "wc-4"})
+    assert problem(unknown) == (404, "unknown-outlet")
+    past = partner.post(
+        "/v1/charges",
+        {
+            "outlet_id": f"{installation.controllers[0]}-6",
+            "charge_id": "wc-5",
+            "end_at": "2020-01-01T00:00:00Z",
+        },
+    )
+    assert problem(past) == (422, "end-at-past")
+    too_far = partner.post(
+        "/v1/charges",
+        {
+            "outlet_id": f"{installation.controllers[0]}-6",
+            "charge_id": "wc-6",
+            "end_at": "2099-01-01T00:00:00Z",
+        },
+    )
+    assert problem(too_far) == (422, "end-at-too-far")
+    offline = partner.post(
+        "/v1/charges", {"outlet_id": f"{installation.controllers[1]}-1", "charge_id": "wc-7"}
+    )
+    assert problem(offline) == (503, "controller-offline")
+    bad_body = partner.post("/v1/charges", {"charge_id": "wc-8"})
+    assert (
+        problem(bad_body) == (422, "invalid-request") and "outlet_id" in bad_body.json()["detail"]
+    )
+    no_token = httpx2.post(
+        f"{partner.api}/v1/charges", json={"outlet_id": outlet, "charge_id": "x"}
+    )
+    assert (
+        problem(no_token) == (401, "invalid-token")
+        and "Bearer" in no_token.headers["www-authenticate"]
+    )
+    read_only = httpx2.post(
+        f"{partner.api}/v1/charges",
+        json={"outlet_id": outlet, "charge_id": "x"},
+        headers={"authorization": f"Bearer {partner.reader_token}"},
+    )
+    assert problem(read_only) == (403, "insufficient-scope")
+    assert problem(partner.get("/v1/charges/never")) == (404, "unknown-charge")
+    spec = httpx2.get(f"{partner.api}/openapi.json").json()
+    assert spec["openapi"].startswith("3.") and "/v1/charges" in spec["paths"]
