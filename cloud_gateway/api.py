@@ -40,6 +40,7 @@ from starlette.routing import Route
 from chargeline import mqtt
 from chargeline.settings import GatewaySettings
 from cloud_gateway import commands
+from cloud_gateway.clients import SCOPES
 from cloud_gateway.commands import AckWaiter
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
@@ -360,6 +361,79 @@ class Gateway:
         assert row is not None
         return JSONResponse(_charge_json(row))
 
+    async def outlet_status(self, request: Request) -> Response:
+        """The outlet's last known state: its latest minute reading and its controller."""
+        await self.authorize(request, "outlets:read")
+        outlet_id = request.path_params["outlet_id"]
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT o.controller_id, o.outlet_no, s.online, r.minute, r.energy_wh,"
+                " r.voltage_v, r.current_a, r.breaker_on,"
+                " (SELECT charge_id FROM charges c WHERE c.outlet_id = o.outlet_id"
+                "   AND c.state IN ('requested', 'on', 'drawing', 'stopping'))"
+                " FROM outlets o LEFT JOIN controller_status s USING (controller_id)"
+                " LEFT JOIN LATERAL (SELECT * FROM outlet_readings r"
+                "   WHERE r.controller_id = o.controller_id AND r.outlet_no = o.outlet_no"
+                "   ORDER BY minute DESC LIMIT 1) r ON true"
+                " WHERE o.outlet_id = %s",
+                (outlet_id,),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+        return JSONResponse(
+            {
+                "outlet_id": outlet_id,
+                "controller_online": bool(row[2]),
+                "measured_at": _iso(row[3]),
+                "energy_wh": row[4],
+                "voltage_v": row[5],
+                "current_a": row[6],
+                "breaker_on": row[7],
+                "active_charge_id": row[8],
+            }
+        )
+
+    async def usage(self, request: Request) -> Response:
+        """One month of the client's charges on an outlet: kWh, count and fee."""
+        caller = await self.authorize(request, "usage:read")
+        outlet_id = request.path_params["outlet_id"]
+        month = request.query_params.get("month", "")
+        try:
+            first = dt.datetime.strptime(month, "%Y-%m").date()
+        except ValueError:
+            raise Problem(
+                422, "invalid-request", "Invalid request", "month must be given as YYYY-MM"
+            ) from None
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT s.tariff_per_kwh, s.currency, s.timezone,"
+                " count(c.charge_id), coalesce(sum(c.energy_wh), 0)"
+                " FROM outlets o JOIN controllers USING (controller_id) JOIN sites s USING (site_id)"
+                " LEFT JOIN charges c ON c.outlet_id = o.outlet_id AND c.client_id = %s"
+                "  AND c.state = 'stopped'"
+                "  AND date_trunc('month', c.stopped_at AT TIME ZONE s.timezone)::date = %s"
+                " WHERE o.outlet_id = %s GROUP BY 1, 2, 3",
+                (caller.client_id, first, outlet_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+        tariff, currency, timezone, count, energy_wh = row
+        kwh = float(energy_wh) / 1000
+        return JSONResponse(
+            {
+                "outlet_id": outlet_id,
+                "month": month,
+                "timezone": timezone,
+                "charges": count,
+                "energy_kwh": round(kwh, 3),
+                "tariff_per_kwh": float(tariff),
+                "fee": round(kwh * float(tariff), 2),
+                "currency": currency,
+            }
+        )
+
 
 def openapi(settings: GatewaySettings) -> dict[str, Any]:
     charge = {
@@ -410,7 +484,7 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                     "flows": {
                         "clientCredentials": {
                             "tokenUrl": f"{settings.issuer}/oauth2/token",
-                            "scopes": {"charges:write": "start and stop", "charges:read": "read"},
+                            "scopes": dict(SCOPES),
                         }
                     },
                 }
@@ -458,6 +532,42 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                         }
                     ],
                     "responses": answers(200, 401, 403, 404, 429),
+                }
+            },
+            "/v1/outlets/{outlet_id}/status": {
+                "get": {
+                    "summary": "The outlet's last known status",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "outlet_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": answers(200, 401, 403, 404, 429, ok={"type": "object"}),
+                }
+            },
+            "/v1/outlets/{outlet_id}/usage": {
+                "get": {
+                    "summary": "A month of this client's charges on the outlet: kWh, count, fee",
+                    "security": security,
+                    "parameters": [
+                        {
+                            "name": "outlet_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "month",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                        },
+                    ],
+                    "responses": answers(200, 401, 403, 404, 422, 429, ok={"type": "object"}),
                 }
             },
             "/v1/charges/{charge_id}/stop": {
@@ -526,6 +636,8 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             Route("/v1/charges", handle(gateway.start), methods=["POST"]),
             Route("/v1/charges/{charge_id}", handle(gateway.read), methods=["GET"]),
             Route("/v1/charges/{charge_id}/stop", handle(gateway.stop), methods=["POST"]),
+            Route("/v1/outlets/{outlet_id}/status", handle(gateway.outlet_status), methods=["GET"]),
+            Route("/v1/outlets/{outlet_id}/usage", handle(gateway.usage), methods=["GET"]),
             Route("/openapi.json", spec),
         ],
         lifespan=lifespan,

@@ -53,7 +53,12 @@ def partner(installation: Installation) -> Iterator[Partner]:
     inst.time_scale = SCALE
     receiver = Receiver()
     receiver.start()
-    client = add_client(inst.database, "WeCharge", ["charges:write", "charges:read"], receiver.url)
+    client = add_client(
+        inst.database,
+        "WeCharge",
+        ["charges:write", "charges:read", "outlets:read", "usage:read"],
+        receiver.url,
+    )
     reader = add_client(inst.database, "Reports", ["charges:read"])
     auth_port, api_port = free_port(), free_port()
     issuer = f"http://127.0.0.1:{auth_port}"
@@ -152,6 +157,17 @@ def test_scan_start_rise_stop_with_webhooks(partner: Partner, installation: Inst
         assert verify(partner.client.webhook_secret, headers, body)
     assert partner.get("/v1/charges/wc-1").json()["state"] == "stopped"
 
+    status_response = partner.get(f"/v1/outlets/{outlet}/status")
+    assert status_response.status_code == 200, status_response.text
+    status = status_response.json()
+    assert status["controller_online"] and status["breaker_on"] is False
+    assert status["active_charge_id"] is None and status["energy_wh"] > 0
+    month = time.strftime("%Y-%m", time.gmtime())  # the test site's time zone is UTC
+    usage = partner.get(f"/v1/outlets/{outlet}/usage?month={month}").json()
+    assert usage["charges"] == 1
+    assert usage["energy_kwh"] == pytest.approx(final["energy_wh"] / 1000, abs=0.001)
+    assert usage["fee"] == pytest.approx(usage["energy_kwh"] * 30, abs=0.01)
+
 
 def test_every_refusal_has_its_own_status_and_problem(
     partner: Partner, installation: Installation
@@ -209,5 +225,7 @@ def test_every_refusal_has_its_own_status_and_problem(
     )
     assert problem(read_only) == (403, "insufficient-scope")
     assert problem(partner.get("/v1/charges/never")) == (404, "unknown-charge")
+    assert problem(partner.get("/v1/outlets/nowhere/status")) == (404, "unknown-outlet")
+    assert problem(partner.get(f"/v1/outlets/{outlet}/usage?month=May")) == (422, "invalid-request")
     spec = httpx2.get(f"{partner.api}/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/v1/charges" in spec["paths"]
