@@ -191,6 +191,11 @@ class GatewaySettings(CommonSettings):
     start_wait_s: float = Field(
         default=3.0, ge=0, le=30, description="how long a start waits for the breaker"
     )
+    start_timeout_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="a start unanswered this long fails, and an OFF command cancels it",
+    )
     max_charge_s: float = Field(
         default=24 * 3600, gt=0, description="default and longest charge (end_at - now)"
     )

@@ -154,6 +154,43 @@ class Gateway:
                 log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
 
+    # --- background: starts that never got an answer ------------------------------------
+    async def timeouts_forever(self) -> None:
+        """Fail starts unanswered after ``start_timeout_s`` and cancel them with an OFF, so
+        an edge that comes back later finds a newer generation and stays off."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._expire_starts()
+            except (psycopg.Error, aiomqtt.MqttError, Problem) as exc:
+                log.warning("start time-out check failed (%s); retrying", exc)
+
+    async def _expire_starts(self) -> None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT charge_id, controller_id, outlet_no FROM charges WHERE state = 'requested'"
+                " AND requested_at < now() - make_interval(secs => %s)",
+                (self.settings.start_timeout_s,),
+            )
+            for charge_id, controller_id, outlet_no in await cur.fetchall():
+                async with conn.transaction():
+                    now = time.time()
+                    stepped = await charges.apply(conn, charge_id, lifecycle.StartTimedOut(now))
+                    if stepped is None or stepped[0].state is not lifecycle.State.FAILED:
+                        continue
+                    cancel = await commands.record(
+                        conn,
+                        controller_id=controller_id,
+                        outlet=outlet_no,
+                        on=False,
+                        charge_id=charge_id,
+                        end_at=None,
+                        issued_at=now,
+                        issued_by="chargeline",
+                    )
+                log.warning("charge %s: no answer from the breaker; cancelled", charge_id)
+                await self._publish(cancel)
+
     # --- helpers ----------------------------------------------------------------------
     async def authorize(self, request: Request, scope: str) -> Caller:
         try:
@@ -625,6 +662,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
         tasks = [
             asyncio.create_task(gateway.mqtt_forever()),
             asyncio.create_task(gateway.deliverer.run()),
+            asyncio.create_task(gateway.timeouts_forever()),
         ]
         try:
             yield

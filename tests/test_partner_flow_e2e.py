@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client
 
 from cloud_gateway.clients import NewClient, add_client
 from cloud_gateway.webhooks import verify
 from tests.conftest import Installation
-from tests.helpers import Proc, Receiver, free_port, wait_for, wait_port
+from tests.helpers import Proc, Receiver, free_port, query, wait_for, wait_port
 
 SCALE = 60.0  # edge time: a minute reading every real second
 
@@ -67,6 +68,7 @@ def partner(installation: Installation) -> Iterator[Partner]:
         "auth_bind": f"127.0.0.1:{auth_port}",
         "api_bind": f"127.0.0.1:{api_port}",
         "start_wait_s": 3,
+        "start_timeout_s": 4,
     }
     Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
     Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
@@ -99,8 +101,6 @@ def partner(installation: Installation) -> Iterator[Partner]:
 
 
 def online(inst: Installation) -> bool:
-    from tests.helpers import query
-
     rows = query(
         inst.database,
         "SELECT online FROM controller_status WHERE controller_id = %s",
@@ -166,7 +166,7 @@ def test_scan_start_rise_stop_with_webhooks(partner: Partner, installation: Inst
     usage = partner.get(f"/v1/outlets/{outlet}/usage?month={month}").json()
     assert usage["charges"] == 1
     assert usage["energy_kwh"] == pytest.approx(final["energy_wh"] / 1000, abs=0.001)
-    assert usage["fee"] == pytest.approx(usage["energy_kwh"] * 30, abs=0.01)
+    assert usage["fee"] == round(final["energy_wh"] / 1000 * 30, 2)  # tariff 30 per kWh
 
 
 def test_every_refusal_has_its_own_status_and_problem(
@@ -229,3 +229,31 @@ def test_every_refusal_has_its_own_status_and_problem(
     assert problem(partner.get(f"/v1/outlets/{outlet}/usage?month=May")) == (422, "invalid-request")
     spec = httpx2.get(f"{partner.api}/openapi.json").json()
     assert spec["openapi"].startswith("3.") and "/v1/charges" in spec["paths"]
+
+
+def test_a_start_the_breaker_never_answers_fails_and_is_cancelled(
+    partner: Partner, installation: Installation
+) -> None:
+    """The controller looks online but its agent is gone: 202, then charge.failed and an OFF."""
+    silent = installation.controllers[1]
+    with psycopg.connect(installation.database) as conn:
+        conn.execute(
+            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
+            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
+            (silent,),
+        )
+    pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": "wc-9"})
+    assert pending.status_code == 202 and pending.json()["state"] == "requested"
+    wait_for(
+        lambda: [w["type"] for w in partner.webhooks("wc-9")] == ["charge.failed"],
+        timeout=20,
+        what="charge.failed after the start time-out",
+    )
+    assert partner.webhooks("wc-9")[0]["data"]["reason"] == "start timed out"
+    assert query(
+        installation.database,
+        "SELECT generation, turn_on, issued_by FROM commands WHERE controller_id = %s"
+        " ORDER BY generation",
+        silent,
+    ) == [(1, True, partner.client.client_id), (2, False, "chargeline")]
+    assert partner.get("/v1/charges/wc-9").json()["state"] == "failed"
