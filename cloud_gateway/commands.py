@@ -13,13 +13,13 @@ generation). Ingest records the same acknowledgements durably; this is only the 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from typing import Any
 
 import aiomqtt
 import psycopg
 
+from chargeline.times import utc, utc_or_none
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import CommandAck, DesiredState
 from schemas.topics import TopicKind, Topics
@@ -32,10 +32,6 @@ ON CONFLICT (controller_id, outlet_no)
 DO UPDATE SET generation = outlet_generations.generation + 1
 RETURNING generation
 """
-
-
-def _ts(epoch: float | None) -> dt.datetime | None:
-    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
 async def record(
@@ -63,8 +59,8 @@ async def record(
             want.generation,
             on,
             charge_id,
-            _ts(end_at),
-            _ts(issued_at),
+            utc_or_none(end_at),
+            utc(issued_at),
             issued_by,
         ),
     )

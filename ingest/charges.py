@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from chargeline.times import epoch_or_none, utc_or_none
 from cloud_gateway.webhooks import enqueue_async
 from ingest import lifecycle
 from ingest.lifecycle import Charge, Event, Notice, Reading, State
@@ -34,14 +35,6 @@ _COLUMNS = (
 )
 
 
-def _ts(epoch: float | None) -> dt.datetime | None:
-    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.UTC)
-
-
-def _epoch(value: dt.datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
 def _reading(minute: dt.datetime | None, energy: float | None) -> Reading | None:
     return None if minute is None or energy is None else Reading(minute.timestamp(), energy)
 
@@ -52,9 +45,9 @@ def _charge(row: tuple[Any, ...]) -> Charge:
         state=State(row[1]),
         start_generation=row[2],
         stop_generation=row[3],
-        started_at=_epoch(row[4]),
-        rise_at=_epoch(row[5]),
-        stopped_at=_epoch(row[6]),
+        started_at=epoch_or_none(row[4]),
+        rise_at=epoch_or_none(row[5]),
+        stopped_at=epoch_or_none(row[6]),
         stop_reason=row[7],
         failure=row[8],
         first_reading=_reading(row[9], row[10]),
@@ -90,7 +83,7 @@ async def create(
             request_sha256,
             State.REQUESTED.value,
             generation,
-            _ts(end_at),
+            utc_or_none(end_at),
         ),
     )
 
@@ -116,14 +109,14 @@ async def apply(
             (
                 after.state.value,
                 after.stop_generation,
-                _ts(after.started_at),
-                _ts(after.rise_at),
-                _ts(after.stopped_at),
+                utc_or_none(after.started_at),
+                utc_or_none(after.rise_at),
+                utc_or_none(after.stopped_at),
                 after.stop_reason,
                 after.failure,
-                _ts(after.first_reading.minute if after.first_reading else None),
+                utc_or_none(after.first_reading.minute if after.first_reading else None),
                 after.first_reading.energy_wh if after.first_reading else None,
-                _ts(after.last_reading.minute if after.last_reading else None),
+                utc_or_none(after.last_reading.minute if after.last_reading else None),
                 after.last_reading.energy_wh if after.last_reading else None,
                 after.energy_wh,
                 after.reported,

@@ -8,7 +8,6 @@ minutes, the common case, cost a plain COPY; replays are absorbed by the key.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -16,11 +15,10 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
+from chargeline.times import utc
 from ingest import charges, lifecycle
 from ingest.current_rise import RiseState, observe
 from ingest.triage import Pending
-
-UTC = dt.UTC
 
 _OUTLET_COLUMNS = (
     "controller_id",
@@ -38,10 +36,6 @@ _BATCH_COLUMNS = ("controller_id", "seq", "frames", "first_minute", "last_minute
 _BATCH_TYPES = ("text", "int8", "int2", "timestamptz", "timestamptz")
 #: Tables written by COPY, each with a staging twin for redeliveries.
 _COPIED = ("outlet_readings", "main_meter_readings", "meter_batches")
-
-
-def _ts(epoch: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, UTC)
 
 
 class Store:
@@ -148,7 +142,7 @@ class Store:
                 [
                     (
                         e.controller_id,
-                        _ts(e.at),
+                        utc(e.at),
                         e.kind.value,
                         e.outlet,
                         e.generation,
@@ -173,7 +167,7 @@ class Store:
                     (
                         a.outcome.value,
                         a.breaker_on,
-                        _ts(a.at),
+                        utc(a.at),
                         a.controller_id,
                         a.outlet,
                         a.generation,
@@ -234,7 +228,7 @@ class Store:
                     " VALUES (%s, %s, %s, now()) ON CONFLICT (controller_id) DO UPDATE SET"
                     " online = excluded.online, presence_since = excluded.presence_since,"
                     " presence_at = now()",
-                    [(p.controller_id, p.online, _ts(p.since)) for p in pending.presence.values()],
+                    [(p.controller_id, p.online, utc(p.since)) for p in pending.presence.values()],
                 )
             if pending.states:
                 await cur.executemany(
@@ -246,7 +240,7 @@ class Store:
                         (
                             s.controller_id,
                             s.firmware,
-                            _ts(s.started_at),
+                            utc(s.started_at),
                             json.dumps([o._asdict() for o in s.outlets]),
                         )
                         for s in pending.states.values()
