@@ -64,15 +64,15 @@ class StartCharge(BaseModel):
 
 
 class Problem(Exception):
+    """An RFC 9457 problem: ``kind`` becomes the ``type`` URI, ``detail`` says what to fix."""
+
     def __init__(self, status: int, kind: str, title: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
-        self.status, self.kind, self.title, self.detail, self.extra = (
-            status,
-            kind,
-            title,
-            detail,
-            extra,
-        )
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.extra = extra
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
         body = {
@@ -514,6 +514,10 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
         return out
 
     security: list[dict[str, list[str]]] = [{"bearer": []}]
+
+    def path_param(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
     return {
         "openapi": "3.1.0",
         "info": {"title": "chargeline partner API", "version": "1"},
@@ -563,14 +567,7 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "get": {
                     "summary": "Read a charge",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "charge_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [path_param("charge_id")],
                     "responses": answers(200, 401, 403, 404, 429),
                 }
             },
@@ -578,14 +575,7 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "get": {
                     "summary": "The outlet's last known status",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "outlet_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [path_param("outlet_id")],
                     "responses": answers(200, 401, 403, 404, 429, ok={"type": "object"}),
                 }
             },
@@ -594,12 +584,7 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                     "summary": "A month of this client's charges on the outlet: kWh, count, fee",
                     "security": security,
                     "parameters": [
-                        {
-                            "name": "outlet_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
+                        path_param("outlet_id"),
                         {
                             "name": "month",
                             "in": "query",
@@ -614,14 +599,7 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                 "post": {
                     "summary": "Stop a charge (idempotent)",
                     "security": security,
-                    "parameters": [
-                        {
-                            "name": "charge_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [path_param("charge_id")],
                     "responses": answers(200, 401, 403, 404, 429, 503),
                 }
             },

@@ -145,19 +145,16 @@ def _stop_at(want: DesiredState, cloud_now: float) -> float | None:
 def tick(memory: OutletMemory, *, cloud_now: float) -> Decision:
     """Time passed: stop a charge whose time is up, online or not."""
     if memory.on and memory.stop_at is not None and cloud_now >= memory.stop_at:
-        return Decision(
-            replace(memory, on=False, stop_at=None),
-            (
-                Switch(memory.outlet, False),
-                Report(
-                    memory.outlet,
-                    EdgeEventKind.BREAKER_SWITCHED,
-                    memory.applied_generation,
-                    "end_at reached",
-                ),
-            ),
-        )
+        return _open(memory, EdgeEventKind.BREAKER_SWITCHED, "end_at reached")
     return Decision(memory)
+
+
+def _open(
+    memory: OutletMemory, kind: EdgeEventKind, detail: str, current_a: float | None = None
+) -> Decision:
+    """The edge opens the breaker on its own and says why."""
+    report = Report(memory.outlet, kind, memory.applied_generation, detail, current_a)
+    return Decision(replace(memory, on=False, stop_at=None), (Switch(memory.outlet, False), report))
 
 
 def switched(memory: OutletMemory, switch: Switch, *, feedback: bool) -> Decision:
@@ -182,19 +179,7 @@ def switched(memory: OutletMemory, switch: Switch, *, feedback: bool) -> Decisio
 def overcurrent(memory: OutletMemory, *, current_a: float, limit_a: float) -> Decision:
     """Sustained current above ``limit_a``: open the breaker until a new generation."""
     detail = f"{current_a:.1f} A sustained above the {limit_a:.1f} A limit"
-    return Decision(
-        replace(memory, on=False, stop_at=None),
-        (
-            Switch(memory.outlet, False),
-            Report(
-                memory.outlet,
-                EdgeEventKind.OVERCURRENT_TRIP,
-                memory.applied_generation,
-                detail,
-                current_a,
-            ),
-        ),
-    )
+    return _open(memory, EdgeEventKind.OVERCURRENT_TRIP, detail, current_a)
 
 
 class ClockOffset:
