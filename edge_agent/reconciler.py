@@ -114,8 +114,10 @@ def desired(
     if gen < memory.applied_generation or (gen == memory.applied_generation and not restoring):
         return Decision(memory, (Acknowledge(n, gen, CommandOutcome.STALE),))
     if gen == memory.applied_generation:  # restoring after a reboot: same command again
-        if want.on and memory.on and (memory.stop_at is None or cloud_now < memory.stop_at):
-            return Decision(memory, (Switch(n, True),))
+        # Both what we remembered and what the message says must still allow the charge.
+        ends = [t for t in (memory.stop_at, want.end_at) if t is not None]
+        if want.on and memory.on and all(cloud_now < t for t in ends):
+            return Decision(replace(memory, stop_at=min(ends, default=None)), (Switch(n, True),))
         return Decision(replace(memory, on=False), ())
     if not want.on:
         stopped = OutletMemory(n, gen, False, want.charge_id, None)

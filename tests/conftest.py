@@ -91,7 +91,7 @@ class Broker:
 
     def start(self) -> Broker:
         self.proc.start()
-        wait_port(self.port)
+        wait_port(self.port, proc=self.proc)
         return self
 
 

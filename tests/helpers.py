@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import selectors
 import signal
 import socket
@@ -25,9 +26,21 @@ from starlette.routing import Route
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below Linux's ephemeral range (32768+).
+
+    A port the kernel hands out for ``bind(0)`` is ephemeral: any outgoing connection
+    (to PostgreSQL, to the broker) may take it before our server binds it.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..32000")
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float, what: str, every: float = 0.2) -> Any:
@@ -41,8 +54,15 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, every: floa
         time.sleep(every)
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
+def wait_port(port: int, timeout: float = 30, proc: Proc | None = None) -> None:
+    """Wait until something listens on ``port``; fail at once if ``proc`` has exited."""
+
     def is_open() -> bool:
+        if proc is not None and proc.popen is not None and proc.popen.poll() is not None:
+            raise AssertionError(
+                f"{proc.name} exited with {proc.popen.returncode} before listening on "
+                f"port {port}:\n{proc.log()[-3000:]}"
+            )
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 

@@ -80,8 +80,8 @@ def auth(database: str, tmp_path: Path) -> Iterator[AuthServer]:
         "CHARGELINE_TOKEN_RATE_PER_S": "5",
         "CHARGELINE_TOKEN_BURST": "10",
     }
-    Proc("auth", ["auth"], env, tmp_path).start()
-    wait_port(port)
+    proc = Proc("auth", ["auth"], env, tmp_path).start()
+    wait_port(port, proc=proc)
     yield AuthServer(url, database, tmp_path / "data", writer, reader)
 
 

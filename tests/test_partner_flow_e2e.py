@@ -70,8 +70,8 @@ def partner(installation: Installation) -> Iterator[Partner]:
         "start_wait_s": 3,
         "start_timeout_s": 4,
     }
-    Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
-    Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
+    auth = Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
+    gateway = Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
     inst.ingest().start()
     inst.edge(
         inst.controllers[0],
@@ -80,8 +80,8 @@ def partner(installation: Installation) -> Iterator[Partner]:
         sim_autoplay="false",
         sim_cars="3:40000:16,5:40000:16",
     ).start()
-    wait_port(auth_port)
-    wait_port(api_port)
+    wait_port(auth_port, proc=auth)
+    wait_port(api_port, proc=gateway)
     oauth = OAuth2Client(
         client.client_id, client.client_secret, token_endpoint=f"{issuer}/oauth2/token"
     )
