@@ -11,46 +11,19 @@ measured for comparison. Targets: API start p50 ≤ 10 ms, p99 ≤ 30 ms.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx2
-import psycopg
 from authlib.integrations.httpx_client import OAuth2Client
 
-from bench.common import amqtt_broker, database, emit, parser, workdir
+from bench.common import emit, parser, workdir
+from bench.stack import Stack, ms, partner_stack, percentile
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
-from cloud_gateway.clients import add_client
-from tests.helpers import free_port, wait_port
 
 CID = "b0000"
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-@contextmanager
-def service(args: list[str], env: dict[str, str]) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chargeline", *args],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 async def mqtt_rtt(url: str, samples: int) -> list[float]:
@@ -70,39 +43,12 @@ async def mqtt_rtt(url: str, samples: int) -> list[float]:
 def main() -> None:
     args = parser(__doc__).parse_args()
     samples = 50 if args.quick else 300
-    with workdir() as tmp, amqtt_broker(tmp) as url:
-        db = database(Path(tmp), [CID])
-        client = add_client(db, "bench", ["charges:write", "charges:read"])
-        auth_port, api_port = free_port(), free_port()
-        env = {
-            "CHARGELINE_DATABASE_URL": db,
-            "CHARGELINE_MQTT_URL": url,
-            "CHARGELINE_DATA_DIR": str(tmp / "data"),
-            "CHARGELINE_LOG_LEVEL": "WARNING",
-            "CHARGELINE_ISSUER": f"http://127.0.0.1:{auth_port}",
-            "CHARGELINE_AUTH_BIND": f"127.0.0.1:{auth_port}",
-            "CHARGELINE_API_BIND": f"127.0.0.1:{api_port}",
-            "CHARGELINE_API_RATE_PER_S": "10000",
-            "CHARGELINE_API_BURST": "10000",
-        }
-        edge_args = ["edge", "--controller-id", CID]
-        with (
-            service(["ingest"], env),
-            service(["auth"], env),
-            service(["gateway"], env),
-            service(edge_args, {**env, "CHARGELINE_SIM_AUTOPLAY": "false"}),
-        ):
-            wait_port(auth_port)
-            wait_port(api_port)
-            wait_online(db)
-            raw = asyncio.run(mqtt_rtt(url, samples))
-            api = api_starts(
-                f"http://127.0.0.1:{api_port}",
-                f"http://127.0.0.1:{auth_port}/oauth2/token",
-                client.client_id,
-                client.client_secret,
-                samples,
-            )
+    with (
+        workdir() as tmp,
+        partner_stack(tmp, [CID], scopes=["charges:write", "charges:read"]) as stack,
+    ):
+        raw = asyncio.run(mqtt_rtt(stack.mqtt_url, samples))
+        api = api_starts(stack, samples)
     figures = {
         "samples": samples,
         "api_start_ms": {"p50": ms(percentile(api, 50)), "p99": ms(percentile(api, 99))},
@@ -118,27 +64,14 @@ def main() -> None:
     emit("command_rtt", figures)
 
 
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
-def wait_online(db: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with psycopg.connect(db) as conn:
-            row = conn.execute(
-                "SELECT online FROM controller_status WHERE controller_id = %s", (CID,)
-            ).fetchone()
-        if row and row[0]:
-            return
-        time.sleep(0.2)
-    raise SystemExit("the edge agent never came online")
-
-
-def api_starts(api: str, token_url: str, client_id: str, secret: str, samples: int) -> list[float]:
+def api_starts(stack: Stack, samples: int) -> list[float]:
     times: list[float] = []
-    with OAuth2Client(client_id, secret, token_endpoint=token_url) as oauth:
+    client = stack.client
+    with OAuth2Client(
+        client.client_id, client.client_secret, token_endpoint=stack.token_url
+    ) as oauth:
         oauth.fetch_token(grant_type="client_credentials")
+        api = stack.api
         for i in range(samples + 5):
             outlet = f"{CID}-{i % 8 + 1}"
             start = time.perf_counter()

@@ -199,6 +199,12 @@ class GatewaySettings(CommonSettings):
     max_charge_s: float = Field(
         default=24 * 3600, gt=0, description="default and longest charge (end_at - now)"
     )
+    status_timeout_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="a status request the edge has not answered this long is answered"
+        " from the outlet's last stored reading",
+    )
 
     @property
     def jwks(self) -> str:

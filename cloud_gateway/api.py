@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -45,8 +46,9 @@ from cloud_gateway.commands import AckWaiter
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
-from ingest import charges, lifecycle
-from schemas.messages import CHARGE_ID_PATTERN, CommandAck
+from ingest import charges, lifecycle, status
+from schemas.codec import encode
+from schemas.messages import CHARGE_ID_PATTERN, CommandAck, StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +158,9 @@ class Gateway:
 
     # --- background: starts that never got an answer ------------------------------------
     async def timeouts_forever(self) -> None:
-        """Fail starts unanswered after ``start_timeout_s`` and cancel them with an OFF, so
-        an edge that comes back later finds a newer generation and stays off."""
+        """Fail starts unanswered after ``start_timeout_s`` (or whose controller went
+        offline) and cancel them with an OFF, so an edge that comes back later finds a newer
+        generation and stays off. Answer status requests the edge left unanswered."""
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -167,15 +170,24 @@ class Gateway:
 
     async def _expire_starts(self) -> None:
         async with self.pool.connection() as conn:
+            async with conn.transaction():
+                await status.answer_overdue(conn, older_than_s=self.settings.status_timeout_s)
             cur = await conn.execute(
-                "SELECT charge_id, controller_id, outlet_no FROM charges WHERE state = 'requested'"
-                " AND requested_at < now() - make_interval(secs => %s)",
+                "SELECT c.charge_id, c.controller_id, c.outlet_no, s.online IS FALSE"
+                " FROM charges c LEFT JOIN controller_status s USING (controller_id)"
+                " WHERE c.state = 'requested' AND (s.online IS FALSE"
+                "   OR c.requested_at < now() - make_interval(secs => %s))",
                 (self.settings.start_timeout_s,),
             )
-            for charge_id, controller_id, outlet_no in await cur.fetchall():
+            for charge_id, controller_id, outlet_no, offline in await cur.fetchall():
                 async with conn.transaction():
                     now = time.time()
-                    stepped = await charges.apply(conn, charge_id, lifecycle.StartTimedOut(now))
+                    why: lifecycle.Event = (
+                        lifecycle.ControllerOffline(now)
+                        if offline
+                        else lifecycle.StartTimedOut(now)
+                    )
+                    stepped = await charges.apply(conn, charge_id, why)
                     if stepped is None or stepped[0].state is not lifecycle.State.FAILED:
                         continue
                     cancel = await commands.record(
@@ -434,6 +446,56 @@ class Gateway:
             }
         )
 
+    async def status_request(self, request: Request) -> Response:
+        """Ask the edge for a fresh sample; the answer comes as an ``outlet.status`` webhook."""
+        caller = await self.authorize(request, "outlets:read")
+        outlet_id = request.path_params["outlet_id"]
+        request_id = f"sr_{secrets.token_hex(12)}"
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
+                " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
+                (outlet_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+            controller_id, outlet_no, online = row
+            if not online:
+                raise Problem(
+                    503,
+                    "controller-offline",
+                    "Controller offline",
+                    f"the controller of outlet {outlet_id!r} is offline; GET"
+                    f" /v1/outlets/{outlet_id}/status has its last known status",
+                )
+            cur = await conn.execute(
+                "INSERT INTO status_requests (request_id, client_id, outlet_id, controller_id,"
+                " outlet_no) VALUES (%s, %s, %s, %s, %s) RETURNING requested_at",
+                (request_id, caller.client_id, outlet_id, controller_id, outlet_no),
+            )
+            (requested_at,) = await cur.fetchone() or (None,)
+        client = self.client
+        if client is None:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "DELETE FROM status_requests WHERE request_id = %s", (request_id,)
+                )
+            raise Problem(
+                503, "broker-unavailable", "Broker unavailable", "the request could not be sent"
+            )
+        ask = StatusRequest(controller_id, request_id, time.time(), outlet_no)
+        await client.publish(self.topics.request(controller_id), encode(ask), qos=1)
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "outlet_id": outlet_id,
+                "state": "pending",
+                "requested_at": _iso(requested_at),
+            },
+            status_code=202,
+        )
+
     async def usage(self, request: Request) -> Response:
         """One month of the client's charges on an outlet: kWh, count and fee."""
         caller = await self.authorize(request, "usage:read")
@@ -579,6 +641,14 @@ def openapi(settings: GatewaySettings) -> dict[str, Any]:
                     "responses": answers(200, 401, 403, 404, 429, ok={"type": "object"}),
                 }
             },
+            "/v1/outlets/{outlet_id}/status-requests": {
+                "post": {
+                    "summary": "Ask for a fresh status; it arrives as an outlet.status webhook",
+                    "security": security,
+                    "parameters": [path_param("outlet_id")],
+                    "responses": answers(202, 401, 403, 404, 429, 503, ok={"type": "object"}),
+                }
+            },
             "/v1/outlets/{outlet_id}/usage": {
                 "get": {
                     "summary": "A month of this client's charges on the outlet: kWh, count, fee",
@@ -656,6 +726,11 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             Route("/v1/charges/{charge_id}", handle(gateway.read), methods=["GET"]),
             Route("/v1/charges/{charge_id}/stop", handle(gateway.stop), methods=["POST"]),
             Route("/v1/outlets/{outlet_id}/status", handle(gateway.outlet_status), methods=["GET"]),
+            Route(
+                "/v1/outlets/{outlet_id}/status-requests",
+                handle(gateway.status_request),
+                methods=["POST"],
+            ),
             Route("/v1/outlets/{outlet_id}/usage", handle(gateway.usage), methods=["GET"]),
             Route("/openapi.json", spec),
         ],

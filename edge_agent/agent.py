@@ -34,7 +34,7 @@ from chargeline.settings import EdgeSettings
 from edge_agent import reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import ScaledClock
-from edge_agent.drivers import BreakerDriver, MeterReader, Sample
+from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
 from edge_agent.memory import CommandMemory
 from edge_agent.reconciler import Acknowledge, ClockOffset, Decision, Limits, Report, Switch
 from schemas.codec import CodecError, decode, encode
@@ -50,6 +50,7 @@ from schemas.messages import (
     OutletState,
     Presence,
     ReportedState,
+    StatusRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -180,27 +181,65 @@ class EdgeAgent:
                     )
             else:
                 self._over_since.pop(o.outlet, None)
-            self._report_crossing(o.outlet, o.current_a, o.breaker_on, cloud_now)
+            self._report_crossing(o, cloud_now)
 
-    def _report_crossing(self, outlet: int, current_a: float, breaker_on: bool, at: float) -> None:
+    def _report_crossing(self, o: OutletSample, at: float) -> None:
         """The fast path for current rise: seconds instead of the next minute batch."""
-        high = self._levels_high[outlet]
-        high.difference_update({lv for lv in high if current_a < lv / 2})
-        crossed = {lv for lv in self.settings.current_event_levels_a if current_a >= lv} - high
+        high = self._levels_high[o.outlet]
+        high.difference_update({lv for lv in high if o.current_a < lv / 2})
+        crossed = {lv for lv in self.settings.current_event_levels_a if o.current_a >= lv} - high
         if not crossed:
             return
         high.update(crossed)
+        self._send_event(
+            EdgeEventKind.CURRENT_CROSSED, o, at, detail=f"rose through {max(crossed):g} A"
+        )
+
+    def _send_event(
+        self,
+        kind: EdgeEventKind,
+        o: OutletSample,
+        at: float,
+        *,
+        detail: str,
+        current_a: float | None = None,
+        breaker_on: bool | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Queue an ``EdgeEvent`` carrying the outlet's reading ``o`` (``at``: cloud time)."""
         event = EdgeEvent(
             self.cid,
             at,
-            EdgeEventKind.CURRENT_CROSSED,
-            outlet,
-            self.memory[outlet].applied_generation,
-            current_a,
-            breaker_on,
-            f"rose through {max(crossed):g} A",
+            kind,
+            o.outlet,
+            self.memory[o.outlet].applied_generation if generation is None else generation,
+            o.current_a if current_a is None else current_a,
+            o.breaker_on if breaker_on is None else breaker_on,
+            detail,
+            round(o.energy_wh, 3),
+            o.voltage_v,
         )
         self._send(self.topics.event(self.cid), encode(event))
+
+    def _on_status_request(self, payload: bytes) -> None:
+        """Answer a status request with a fresh sample of the outlet it names."""
+        try:
+            request = decode(StatusRequest, payload)
+        except CodecError as exc:
+            log.warning("%s: ignoring a bad status request: %s", self.cid, exc)
+            return
+        if request.controller_id != self.cid or request.outlet not in self.outlet_numbers:
+            log.warning(
+                "%s: ignoring a status request for %s/%d",
+                self.cid,
+                request.controller_id,
+                request.outlet,
+            )
+            return
+        sample = self.meter.read(self.clock.now())
+        o = next(o for o in sample.outlets if o.outlet == request.outlet)
+        at = self.cloud_clock.cloud(sample.at)
+        self._send_event(EdgeEventKind.STATUS, o, at, detail=request.request_id)
 
     def _on_desired(self, outlet: int, payload: bytes, *, retained: bool) -> None:
         try:
@@ -262,19 +301,7 @@ class EdgeAgent:
                 self._send(self.topics.ack(self.cid), encode(ack))
             elif isinstance(action, Report):
                 sample = self.meter.read(self.clock.now())
-                current = action.current_a
-                if current is None:
-                    current = next(o.current_a for o in sample.outlets if o.outlet == action.outlet)
-                event = EdgeEvent(
-                    self.cid,
-                    self.cloud_clock.cloud(sample.at),
-                    action.kind,
-                    action.outlet,
-                    action.generation,
-                    current,
-                    self.breakers.breaker_on(action.outlet),
-                    action.detail,
-                )
+                o = next(o for o in sample.outlets if o.outlet == action.outlet)
                 log.info(
                     "%s: outlet %d %s: %s",
                     self.cid,
@@ -282,7 +309,15 @@ class EdgeAgent:
                     action.kind.value,
                     action.detail,
                 )
-                self._send(self.topics.event(self.cid), encode(event))
+                self._send_event(
+                    action.kind,
+                    o,
+                    self.cloud_clock.cloud(sample.at),
+                    detail=action.detail,
+                    current_a=action.current_a,
+                    breaker_on=self.breakers.breaker_on(action.outlet),
+                    generation=action.generation,
+                )
 
     def _remember(self, memory: reconciler.OutletMemory) -> None:
         if self.memory.get(memory.outlet) != memory:
@@ -344,6 +379,7 @@ class EdgeAgent:
                 ) as client:
                     self._client = client
                     await client.subscribe(self.topics.meter_ack(self.cid), qos=1)
+                    await client.subscribe(self.topics.request(self.cid), qos=1)
                     for n in self.outlet_numbers:
                         await client.subscribe(self.topics.desired(self.cid, n), qos=1)
                     await client.publish(
@@ -369,12 +405,16 @@ class EdgeAgent:
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         ack_topic = self.topics.meter_ack(self.cid)
+        request_topic = self.topics.request(self.cid)
         desired = {self.topics.desired(self.cid, n): n for n in self.outlet_numbers}
         async for message in client.messages:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if topic in desired:
                 self._on_desired(desired[topic], payload, retained=bool(message.retain))
+                continue
+            if topic == request_topic:
+                self._on_status_request(payload)
                 continue
             if topic != ack_topic:
                 log.warning(

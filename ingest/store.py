@@ -16,9 +16,10 @@ import psycopg
 from psycopg import errors, sql
 
 from chargeline.times import utc
-from ingest import charges, lifecycle
+from ingest import charges, lifecycle, status
 from ingest.current_rise import RiseState, observe
 from ingest.triage import Pending
+from schemas.messages import EdgeEventKind
 
 _OUTLET_COLUMNS = (
     "controller_id",
@@ -138,7 +139,8 @@ class Store:
         async with self.conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO edge_events (controller_id, at, kind, outlet_no, generation, current_a,"
-                " breaker_on, detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                " breaker_on, detail, energy_wh, voltage_v)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 [
                     (
                         e.controller_id,
@@ -149,10 +151,15 @@ class Store:
                         e.current_a,
                         e.breaker_on,
                         e.detail,
+                        e.energy_wh,
+                        e.voltage_v,
                     )
                     for e in pending.events
                 ],
             )
+        for e in pending.events:
+            if e.kind is EdgeEventKind.STATUS:
+                await status.answer(self.conn, e)
 
     async def _command_acks(self, pending: Pending) -> None:
         """Complete the audit trail; the first answer for a generation is the one kept."""
@@ -223,13 +230,7 @@ class Store:
     async def _status(self, pending: Pending) -> None:
         async with self.conn.cursor() as cur:
             if pending.presence:
-                await cur.executemany(
-                    "INSERT INTO controller_status (controller_id, online, presence_since, presence_at)"
-                    " VALUES (%s, %s, %s, now()) ON CONFLICT (controller_id) DO UPDATE SET"
-                    " online = excluded.online, presence_since = excluded.presence_since,"
-                    " presence_at = now()",
-                    [(p.controller_id, p.online, utc(p.since)) for p in pending.presence.values()],
-                )
+                await status.presence_changes(self.conn, pending.presence.values())
             if pending.states:
                 await cur.executemany(
                     "INSERT INTO controller_status (controller_id, firmware, started_at, outlets, state_at)"

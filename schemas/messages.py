@@ -88,10 +88,15 @@ class EdgeEventKind(enum.StrEnum):
     BREAKER_FAILED = "breaker_failed"
     OVERCURRENT_TRIP = "overcurrent_trip"
     CURRENT_CROSSED = "current_crossed"
+    #: The answer to a ``StatusRequest``; ``detail`` carries its ``request_id``.
+    STATUS = "status"
 
 
 class EdgeEvent(NamedTuple):
-    """``ctl/{cid}/event``: an immediate fact from the edge (seconds, not minutes)."""
+    """``ctl/{cid}/event``: an immediate fact from the edge (seconds, not minutes).
+
+    Every event carries the outlet's reading at that moment (``at`` is cloud time).
+    """
 
     controller_id: ControllerId
     at: Timestamp
@@ -101,6 +106,8 @@ class EdgeEvent(NamedTuple):
     current_a: Amps
     breaker_on: bool
     detail: ShortText
+    energy_wh: EnergyWh
+    voltage_v: Volts
 
 
 class DesiredState(NamedTuple):
@@ -158,11 +165,16 @@ class Presence(NamedTuple):
 
 
 class StatusRequest(NamedTuple):
-    """``ctl/{cid}/request``: publish a fresh sample now."""
+    """``ctl/{cid}/request``: publish a fresh sample of one outlet now.
+
+    The edge answers with an ``EdgeEvent`` of kind ``status`` whose ``detail`` is
+    ``request_id``.
+    """
 
     controller_id: ControllerId
     request_id: ShortText
     at: Timestamp
+    outlet: OutletNo
 
 
 Message = (

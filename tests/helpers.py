@@ -246,6 +246,8 @@ class Receiver:
     port: int = field(default_factory=free_port)
     status: int = 200
     accepted: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    #: ``time.monotonic()`` when each accepted webhook arrived (benchmarks time them).
+    arrived: list[float] = field(default_factory=list)
     refused: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -261,6 +263,7 @@ class Receiver:
                 self.refused += 1
             else:
                 self.accepted.append((dict(request.headers), body))
+                self.arrived.append(time.monotonic())
             return Response(status_code=self.status)
 
         app = Starlette(routes=[Route("/hooks", hook, methods=["POST"])])

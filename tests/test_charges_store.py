@@ -137,7 +137,16 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
         return topics.meter("ctl-a"), encode(MeterBatch("ctl-a", m + 1, (frame,)))
 
     crossed = EdgeEvent(
-        "ctl-a", T0 + 20, EdgeEventKind.CURRENT_CROSSED, 1, 1, 15.5, True, "rose through 10 A"
+        "ctl-a",
+        T0 + 20,
+        EdgeEventKind.CURRENT_CROSSED,
+        1,
+        1,
+        15.5,
+        True,
+        "rose through 10 A",
+        0.0,
+        200.0,
     )
     first = [
         minute(0, 1000.0, 0.0, False),

@@ -74,6 +74,8 @@ others = st.one_of(
         st.floats(0, 100),
         st.booleans(),
         texts,
+        st.floats(0, 1e13),
+        st.floats(0, 500),
     ),
     st.builds(
         DesiredState,
@@ -104,7 +106,7 @@ others = st.one_of(
         ).map(tuple),
     ),
     st.builds(Presence, cids, st.booleans(), times),
-    st.builds(StatusRequest, cids, texts, times),
+    st.builds(StatusRequest, cids, texts, times, st.integers(1, 8)),
 )
 KIND_OF = {cls: kind for kind, cls in MESSAGE_TYPES.items()}
 
@@ -203,7 +205,9 @@ def test_bad_payloads_name_what_is_wrong(payload: bytes, reason: str) -> None:
 def test_control_characters_in_text_are_refused(text: str) -> None:
     """PostgreSQL text cannot hold NUL: such a payload must become a dead letter, not a
     write that fails for ever."""
-    event = EdgeEvent("ctl-1", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, text)
+    event = EdgeEvent(
+        "ctl-1", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, text, 0.0, 200.0
+    )
     with pytest.raises(CodecError) as caught:
         decode(TopicKind.EVENT, encode(event))
     assert "detail: String should match pattern" in str(caught.value)

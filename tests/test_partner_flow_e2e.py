@@ -4,10 +4,11 @@ the partner uses authlib's OAuth2 client."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,13 @@ import psycopg
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client
 
+from chargeline import mqtt
+from chargeline.settings import MqttUrl
 from cloud_gateway.clients import NewClient, add_client
 from cloud_gateway.webhooks import verify
+from schemas.codec import encode
+from schemas.messages import Presence
+from schemas.topics import Topics
 from tests.conftest import Installation
 from tests.helpers import Proc, Receiver, free_port, query, wait_for, wait_port
 
@@ -31,6 +37,7 @@ class Partner:
     client: NewClient
     receiver: Receiver
     reader_token: str
+    edge: Proc
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> httpx2.Response:
         response: httpx2.Response = self.oauth.post(f"{self.api}{path}", json=body or {})
@@ -41,15 +48,21 @@ class Partner:
         return response
 
     def webhooks(self, charge_id: str) -> list[dict[str, Any]]:
-        return [
-            body
-            for body in (json.loads(b) for _, b in self.receiver.accepted)
-            if body["data"].get("charge_id") == charge_id
-        ]
+        return self.events(lambda body: body["data"].get("charge_id") == charge_id)
+
+    def events(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        return [body for body in (json.loads(b) for _, b in self.receiver.accepted) if keep(body)]
+
+    def event(self, kind: str, **data: Any) -> dict[str, Any] | None:
+        """The first webhook of ``kind`` whose data has these values, if one arrived."""
+        for body in self.events(lambda b: b["type"] == kind):
+            if all(body["data"].get(k) == v for k, v in data.items()):
+                return body
+        return None
 
 
 @pytest.fixture
-def partner(installation: Installation) -> Iterator[Partner]:
+def partner(installation: Installation, request: pytest.FixtureRequest) -> Iterator[Partner]:
     inst = installation
     inst.time_scale = SCALE
     receiver = Receiver()
@@ -69,17 +82,21 @@ def partner(installation: Installation) -> Iterator[Partner]:
         "api_bind": f"127.0.0.1:{api_port}",
         "start_wait_s": 3,
         "start_timeout_s": 4,
+        "status_timeout_s": 3,
     }
+    marker = request.node.get_closest_marker("gateway")
+    common.update(marker.kwargs if marker else {})
     auth = Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
     gateway = Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
     inst.ingest().start()
-    inst.edge(
-        inst.controllers[0],
-        minutes=None,
-        sample_interval_s=1,
-        sim_autoplay="false",
-        sim_cars="3:40000:16,5:40000:16",
-    ).start()
+    edge_settings: dict[str, Any] = {
+        "sample_interval_s": 1,
+        "sim_autoplay": "false",
+        "sim_cars": "3:40000:16,5:40000:16",
+    }
+    marker = request.node.get_closest_marker("edge")
+    edge_settings.update(marker.kwargs if marker else {})
+    edge = inst.edge(inst.controllers[0], minutes=None, **edge_settings).start()
     wait_port(auth_port, proc=auth)
     wait_port(api_port, proc=gateway)
     oauth = OAuth2Client(
@@ -95,7 +112,7 @@ def partner(installation: Installation) -> Iterator[Partner]:
         timeout=30,
         what="the controller online",
     )
-    yield Partner(f"http://127.0.0.1:{api_port}", oauth, client, receiver, reader_token)
+    yield Partner(f"http://127.0.0.1:{api_port}", oauth, client, receiver, reader_token, edge)
     oauth.close()
     receiver.stop()
 
@@ -107,6 +124,19 @@ def online(inst: Installation) -> bool:
         inst.controllers[0],
     )
     return bool(rows and rows[0][0])
+
+
+def publish_presence(inst: Installation, cid: str, *, online: bool) -> None:
+    """Publish a controller's presence as its agent (or its will) would."""
+
+    async def send() -> None:
+        url = MqttUrl(inst.mqtt_url)
+        async with mqtt.client(url, identifier=f"test-{cid}") as client:
+            message = Presence(cid, online, time.time())
+            topic = Topics(inst.topic_root).presence(cid)
+            await client.publish(topic, encode(message), qos=1, retain=True)
+
+    asyncio.run(send())
 
 
 def problem(response: httpx2.Response) -> tuple[int, str]:
@@ -264,3 +294,173 @@ def test_a_start_the_breaker_never_answers_fails_and_is_cancelled(
         silent,
     ) == [(1, True, partner.client.client_id), (2, False, "chargeline")]
     assert partner.get("/v1/charges/wc-9").json()["state"] == "failed"
+
+
+def test_a_status_request_brings_a_fresh_reading_by_webhook(
+    partner: Partner, installation: Installation
+) -> None:
+    outlet = f"{installation.controllers[0]}-3"
+    assert partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-10"}).is_success
+    wait_for(
+        lambda: partner.event("charge.current_rise", charge_id="wc-10"),
+        timeout=20,
+        what="the car drawing current",
+    )
+    stored_before = query(
+        installation.database,
+        "SELECT max(energy_wh) FROM outlet_readings WHERE controller_id = %s AND outlet_no = 3",
+        installation.controllers[0],
+    )[0][0]
+    asked = partner.post(f"/v1/outlets/{outlet}/status-requests")
+    assert asked.status_code == 202, asked.text
+    request_id = asked.json()["request_id"]
+    answer = wait_for(
+        lambda: partner.event("outlet.status", request_id=request_id),
+        timeout=10,
+        what="the outlet.status webhook",
+    )["data"]
+    assert answer["source"] == "edge" and answer["outlet_id"] == outlet
+    reading = answer["reading"]
+    assert reading["breaker_on"] is True
+    assert 0 < reading["current_a"] <= 16.5, "the simulated car draws up to 16 A"
+    assert 180 <= reading["voltage_v"] <= 220, "AC 200 V ± noise"
+    assert reading["energy_wh"] >= (stored_before or 0), "fresher than the stored minutes"
+    charge = answer["charge"]
+    assert charge["charge_id"] == "wc-10" and charge["state"] in ("on", "drawing")
+    # The same reading is kept with the edge's events.
+    assert query(
+        installation.database,
+        "SELECT energy_wh FROM edge_events WHERE kind = 'status' AND detail = %s",
+        request_id,
+    ) == [(pytest.approx(reading["energy_wh"]),)]
+
+    assert problem(partner.post("/v1/outlets/nowhere/status-requests")) == (404, "unknown-outlet")
+    offline = partner.post(f"/v1/outlets/{installation.controllers[1]}-1/status-requests")
+    assert problem(offline) == (503, "controller-offline")
+
+
+def test_a_status_request_the_edge_never_answers_is_answered_from_the_store(
+    partner: Partner, installation: Installation
+) -> None:
+    """The controller looks online but its agent is gone: the last reading answers."""
+    silent = installation.controllers[1]
+    with psycopg.connect(installation.database) as conn:
+        conn.execute(
+            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
+            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
+            (silent,),
+        )
+    asked = partner.post(f"/v1/outlets/{silent}-2/status-requests")
+    assert asked.status_code == 202
+    answer = wait_for(
+        lambda: partner.event("outlet.status", request_id=asked.json()["request_id"]),
+        timeout=15,
+        what="the outlet.status webhook after the time-out",
+    )["data"]
+    assert answer["source"] == "last_reading"
+    assert answer["reading"] is None, "this outlet has never sent a reading"
+
+
+def test_the_partner_hears_when_a_controller_goes_offline_and_comes_back(
+    partner: Partner, installation: Installation
+) -> None:
+    cid = installation.controllers[0]
+    partner.edge.kill()  # SIGKILL: the broker sends the agent's will
+    offline = wait_for(
+        lambda: partner.event("controller.offline", controller_id=cid),
+        timeout=20,
+        what="controller.offline",
+    )["data"]
+    assert offline["online"] is False
+    assert offline["outlet_ids"] == [f"{cid}-{n}" for n in range(1, 9)]
+    refused = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": "wc-11"})
+    assert problem(refused) == (503, "controller-offline")
+
+    partner.edge.start()
+
+    def presence() -> list[str]:
+        return [e["type"] for e in partner.events(lambda b: b["type"].startswith("controller."))]
+
+    wait_for(
+        lambda: presence()[-1:] == ["controller.online"] and len(presence()) > 2,
+        timeout=20,
+        what="controller.online again",
+    )
+    time.sleep(1)  # nothing more follows: a retained presence re-read is not a change
+    assert presence() == ["controller.online", "controller.offline", "controller.online"]
+
+
+@pytest.mark.gateway(start_timeout_s=60)
+def test_a_start_fails_when_its_controller_goes_offline(
+    partner: Partner, installation: Installation
+) -> None:
+    silent = installation.controllers[1]
+    with psycopg.connect(installation.database) as conn:
+        conn.execute(
+            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
+            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
+            (silent,),
+        )
+    pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": "wc-12"})
+    assert pending.status_code == 202
+    publish_presence(installation, silent, online=False)  # what its will would say
+    failed = wait_for(
+        lambda: partner.event("charge.failed", charge_id="wc-12"),
+        timeout=15,
+        what="charge.failed",
+    )
+    assert failed["data"]["reason"] == "controller offline"
+    assert query(
+        installation.database,
+        "SELECT turn_on, issued_by FROM commands WHERE controller_id = %s ORDER BY generation",
+        silent,
+    ) == [(True, partner.client.client_id), (False, "chargeline")], "cancelled by an OFF"
+
+
+@pytest.mark.edge(time_scale=3600, sample_interval_s=60)  # a simulated hour per second
+def test_a_charge_without_an_end_time_is_stopped_by_the_edge_after_24_hours(
+    partner: Partner, installation: Installation
+) -> None:
+    outlet = f"{installation.controllers[0]}-5"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-13"})
+    assert started.status_code == 201, started.text
+    stopped = wait_for(
+        lambda: partner.event("charge.stopped", charge_id="wc-13"),
+        timeout=60,
+        what="charge.stopped after 24 simulated hours",
+    )["data"]
+    assert stopped["reason"] == "end_at reached"
+    # When the edge switched on (its ack) and off (its own timer), both in the edge's
+    # estimate of cloud time; it checks the timer at every sample, once a simulated minute.
+    ((switched_on, switched_off),) = query(
+        installation.database,
+        "SELECT (SELECT acked_at FROM commands WHERE controller_id = %s AND outlet_no = 5),"
+        " (SELECT at FROM edge_events WHERE controller_id = %s AND outlet_no = 5"
+        "  AND detail = 'end_at reached')",
+        installation.controllers[0],
+        installation.controllers[0],
+    )
+    charged_s = (switched_off - switched_on).total_seconds()
+    assert 24 * 3600 <= charged_s <= 24 * 3600 + 90, "stopped at 24 h, not before"
+    # The car wanted 40 kWh (the simulation may bring another car to the live outlet later).
+    assert stopped["energy_wh"] >= 39_000, "the car filled up"
+
+
+@pytest.mark.gateway(api_rate_per_s=0.5, api_burst=3)
+def test_the_api_limits_each_client_and_says_when_to_come_back(
+    partner: Partner, installation: Installation
+) -> None:
+    outlet = f"{installation.controllers[0]}-1"
+    answers = [partner.get(f"/v1/outlets/{outlet}/status") for _ in range(4)]
+    assert [a.status_code for a in answers[:3]] == [200, 200, 200], "the burst is allowed"
+    limited = answers[3]
+    assert problem(limited) == (429, "rate-limited")
+    assert 1 <= int(limited.headers["retry-after"]) <= 2, "one token back in 2 s at 0.5/s"
+    # Another client has its own bucket.
+    other = httpx2.get(
+        f"{partner.api}/v1/charges/none",
+        headers={"authorization": f"Bearer {partner.reader_token}"},
+    )
+    assert problem(other) == (404, "unknown-charge")
+    time.sleep(int(limited.headers["retry-after"]))
+    assert partner.get(f"/v1/outlets/{outlet}/status").status_code == 200

@@ -115,8 +115,12 @@ def test_text_postgresql_cannot_store_becomes_a_dead_letter_not_a_stuck_write(
     """An event whose text holds NUL used to pass the codec and then fail every write."""
     import_registry(database, registry_for(["ctl-a"], 2))
     topics = Topics()
-    poison = EdgeEvent("ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, "a\x00")
-    good = EdgeEvent("ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 2, 1, 0.0, False, "fine")
+    poison = EdgeEvent(
+        "ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, "a\x00", 0.0, 200.0
+    )
+    good = EdgeEvent(
+        "ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 2, 1, 0.0, False, "fine", 0.0, 200.0
+    )
     write(
         database,
         [

@@ -1,0 +1,187 @@
+"""Outlet status notifications and controller presence, as webhooks.
+
+* **Status requests.** The gateway records a request (``status_requests``) and publishes a
+  ``StatusRequest``; the edge answers with an ``EdgeEvent`` of kind ``status`` carrying a
+  fresh sample. ``answer`` turns that into one ``outlet.status`` webhook, once, however
+  often the event is redelivered. A request the edge never answers (it went offline, the
+  message was lost) is answered by ``answer_overdue`` from the outlet's last stored minute
+  reading, marked ``"source": "last_reading"``, so the partner always hears back.
+* **Presence.** ``presence_changes`` records birth and will messages and sends
+  ``controller.online`` / ``controller.offline`` to the partners when a controller's state
+  really changes (not when ingest re-reads a retained presence after a restart). A will
+  from an older connection never overrides a newer birth: presence carries the time its
+  connection started (``since``), and an older ``since`` loses.
+
+Both run inside the caller's transaction, so the webhook exists exactly when the fact does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+from chargeline.times import utc
+from cloud_gateway.webhooks import enqueue_async
+from schemas.messages import EdgeEvent, Presence
+
+#: Who hears about controllers: partners with a webhook that may use outlets.
+_PRESENCE_AUDIENCE = (
+    "SELECT client_id FROM oauth_clients WHERE disabled_at IS NULL AND webhook_url IS NOT NULL"
+    " AND scopes && ARRAY['charges:write', 'outlets:read']"
+)
+
+
+async def answer(conn: psycopg.AsyncConnection[Any], event: EdgeEvent) -> bool:
+    """The edge answered a status request: webhook it. False: unknown or already answered."""
+    cur = await conn.execute(
+        "UPDATE status_requests SET answered_at = now(), answer = 'fresh'"
+        " WHERE request_id = %s AND controller_id = %s AND outlet_no = %s"
+        " AND answered_at IS NULL RETURNING client_id, outlet_id",
+        (event.detail, event.controller_id, event.outlet),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    client_id, outlet_id = row
+    reading = {
+        "at": event.at,
+        "energy_wh": event.energy_wh,
+        "voltage_v": event.voltage_v,
+        "current_a": event.current_a,
+        "breaker_on": event.breaker_on,
+    }
+    await _notify(
+        conn,
+        client_id=client_id,
+        request_id=event.detail,
+        outlet_id=outlet_id,
+        source="edge",
+        reading=reading,
+    )
+    return True
+
+
+async def answer_overdue(conn: psycopg.AsyncConnection[Any], *, older_than_s: float) -> int:
+    """Answer requests the edge left unanswered from the last stored reading; returns how many."""
+    cur = await conn.execute(
+        "UPDATE status_requests q SET answered_at = now(), answer = 'last_reading'"
+        " WHERE answered_at IS NULL AND requested_at < now() - make_interval(secs => %s)"
+        " RETURNING request_id, client_id, outlet_id, controller_id, outlet_no",
+        (older_than_s,),
+    )
+    overdue = await cur.fetchall()
+    for request_id, client_id, outlet_id, controller_id, outlet_no in overdue:
+        cur = await conn.execute(
+            "SELECT minute, energy_wh, voltage_v, current_a, breaker_on FROM outlet_readings"
+            " WHERE controller_id = %s AND outlet_no = %s ORDER BY minute DESC LIMIT 1",
+            (controller_id, outlet_no),
+        )
+        last = await cur.fetchone()
+        reading = None
+        if last is not None:
+            minute, energy_wh, voltage_v, current_a, breaker_on = last
+            reading = {
+                "at": minute.timestamp(),
+                "energy_wh": energy_wh,
+                "voltage_v": voltage_v,
+                "current_a": current_a,
+                "breaker_on": breaker_on,
+            }
+        await _notify(
+            conn,
+            client_id=client_id,
+            request_id=request_id,
+            outlet_id=outlet_id,
+            source="last_reading",
+            reading=reading,
+        )
+    return len(overdue)
+
+
+async def _notify(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    client_id: str,
+    request_id: str,
+    outlet_id: str,
+    source: str,
+    reading: dict[str, Any] | None,
+) -> None:
+    cur = await conn.execute(
+        "SELECT charge_id, state, energy_wh FROM charges WHERE outlet_id = %s"
+        " AND state IN ('requested', 'on', 'drawing', 'stopping')",
+        (outlet_id,),
+    )
+    charge = await cur.fetchone()
+    data: dict[str, Any] = {
+        "request_id": request_id,
+        "outlet_id": outlet_id,
+        "source": source,
+        "reading": reading,
+        "charge": None
+        if charge is None
+        else {"charge_id": charge[0], "state": charge[1], "energy_wh": round(charge[2], 3)},
+    }
+    await enqueue_async(conn, client_id=client_id, kind="outlet.status", data=data)
+
+
+async def presence_changes(
+    conn: psycopg.AsyncConnection[Any], presence: Iterable[Presence]
+) -> list[Presence]:
+    """Record presence; webhook and return the controllers whose online state changed."""
+    latest = {p.controller_id: p for p in presence}
+    if not latest:
+        return []
+    cur = await conn.execute(
+        "SELECT controller_id, online, presence_since FROM controller_status"
+        " WHERE controller_id = ANY(%s) FOR UPDATE",
+        (list(latest),),
+    )
+    known: dict[str, tuple[bool | None, dt.datetime | None]] = {
+        cid: (online, since) for cid, online, since in await cur.fetchall()
+    }
+    changed: list[Presence] = []
+    for cid, p in latest.items():
+        online, since = known.get(cid, (None, None))
+        started = utc(p.since)  # compared as stored: microseconds
+        if since is not None and started < since:
+            continue  # a will (or birth) from an older connection
+        if since == started and online is False and p.online:
+            continue  # this connection's will already came: its birth is old news
+        await conn.execute(
+            "INSERT INTO controller_status (controller_id, online, presence_since, presence_at)"
+            " VALUES (%s, %s, %s, now()) ON CONFLICT (controller_id) DO UPDATE SET"
+            " online = excluded.online, presence_since = excluded.presence_since,"
+            " presence_at = now()",
+            (cid, p.online, started),
+        )
+        if online is not p.online:
+            changed.append(p)
+    if changed:
+        await _announce(conn, changed)
+    return changed
+
+
+async def _announce(conn: psycopg.AsyncConnection[Any], changed: list[Presence]) -> None:
+    audience = [r[0] for r in await (await conn.execute(_PRESENCE_AUDIENCE)).fetchall()]
+    if not audience:
+        return
+    cur = await conn.execute(
+        "SELECT controller_id, array_agg(outlet_id ORDER BY outlet_no) FROM outlets"
+        " WHERE controller_id = ANY(%s) GROUP BY controller_id",
+        ([p.controller_id for p in changed],),
+    )
+    outlets = dict(await cur.fetchall())
+    for p in changed:
+        data = {
+            "controller_id": p.controller_id,
+            "online": p.online,
+            "since": p.since,
+            "outlet_ids": outlets.get(p.controller_id, []),
+        }
+        kind = "controller.online" if p.online else "controller.offline"
+        for client_id in audience:
+            await enqueue_async(conn, client_id=client_id, kind=kind, data=data)
