@@ -134,6 +134,7 @@ class Gateway:
         self.limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.waiter = AckWaiter(self.topics)
         self.client: aiomqtt.Client | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
         self.deliverer = Deliverer(database_url, http=self.http)
 
     # --- background: MQTT link --------------------------------------------------------
@@ -235,24 +236,38 @@ class Gateway:
 
     async def _await_ack(
         self, charge_id: str, want: Any, answer: asyncio.Future[CommandAck]
-    ) -> None:
-        """Wait briefly for the edge; apply its answer to the charge if it comes in time."""
+    ) -> tuple[Any, ...]:
+        """Wait briefly for the edge and apply its answer if it comes in time; the charge."""
         try:
             ack = await asyncio.wait_for(answer, self.settings.start_wait_s)
         except TimeoutError:
             self.waiter.forget(want.controller_id, want.outlet, want.generation)
-            return
-        async with self.pool.connection() as conn, conn.transaction():
-            # No need to wait for this commit to reach the disk: ingest applies the same
-            # acknowledgement from the broker, durably, so a crash here loses nothing.
-            await conn.execute("SET LOCAL synchronous_commit TO off")
-            await charges.apply(
-                conn,
-                charge_id,
-                lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at),
-            )
+            ack = None
+        async with self.pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                if ack is not None:
+                    # No need to wait for this commit to reach the disk: ingest applies the
+                    # same acknowledgement from the broker, durably; a crash loses nothing.
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
+                    await charges.apply(
+                        conn,
+                        charge_id,
+                        lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at),
+                    )
+                # read with the commit, in the same round trip
+                cur = await conn.execute(
+                    f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE charge_id = %s", (charge_id,)
+                )
+            row = await cur.fetchone()
+        assert row is not None
+        return row
 
     async def _publish(self, want: Any) -> None:
+        """Send a desired state without waiting for the broker's PUBACK.
+
+        The edge's acknowledgement is the answer that matters, and it may come before the
+        PUBACK does; a command that never arrives ends as a start time-out.
+        """
         client = self.client
         if client is None:
             raise Problem(
@@ -261,7 +276,14 @@ class Gateway:
                 "Broker unavailable",
                 "the command could not be sent; retry",
             )
-        await commands.publish(client, self.topics, want)
+        task = asyncio.create_task(commands.publish(client, self.topics, want))
+        self._publishing.add(task)
+        task.add_done_callback(self._published)
+
+    def _published(self, task: asyncio.Task[None]) -> None:
+        self._publishing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("publishing a command failed (%s); its time-out will follow", exc)
 
     # --- handlers -----------------------------------------------------------------------
     async def start(self, request: Request) -> Response:
@@ -284,7 +306,19 @@ class Gateway:
             ).encode()
         ).digest()
         async with self.pool.connection() as conn:
-            existing = await self._charge_row(conn, body.charge_id)
+            # Pipelined: each block below costs one round trip to the database.
+            async with conn.pipeline():
+                by_id = await conn.execute(
+                    f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE charge_id = %s",
+                    (body.charge_id,),
+                )
+                by_outlet = await conn.execute(
+                    "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
+                    " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
+                    (body.outlet_id,),
+                )
+            existing = await by_id.fetchone()
+            outlet = await by_outlet.fetchone()
             if existing is not None:
                 if existing[11] != caller.client_id or bytes(existing[12]) != digest:
                     raise Problem(
@@ -305,12 +339,6 @@ class Gateway:
                     "End time too far",
                     f"end_at may be at most {self.settings.max_charge_s / 3600:g} hours away",
                 )
-            cur = await conn.execute(
-                "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
-                " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
-                (body.outlet_id,),
-            )
-            outlet = await cur.fetchone()
             if outlet is None:
                 raise Problem(
                     404, "unknown-outlet", "Unknown outlet", f"no outlet {body.outlet_id!r}"
@@ -324,7 +352,7 @@ class Gateway:
                     f"the controller of outlet {body.outlet_id!r} is offline; no charge can start",
                 )
             try:
-                async with conn.transaction():
+                async with conn.pipeline(), conn.transaction():
                     want = await commands.record(
                         conn,
                         controller_id=controller_id,
@@ -359,10 +387,7 @@ class Gateway:
                 ) from None
         answer = self.waiter.expect(controller_id, outlet_no, want.generation)
         await self._publish(want)
-        await self._await_ack(body.charge_id, want, answer)
-        async with self.pool.connection() as conn:
-            row = await self._charge_row(conn, body.charge_id)
-        assert row is not None
+        row = await self._await_ack(body.charge_id, want, answer)
         status = 201 if row[2] != lifecycle.State.REQUESTED.value else 202
         return JSONResponse(_charge_json(row), status_code=status)
 
@@ -389,7 +414,7 @@ class Gateway:
                 lifecycle.State.REQUESTED.value,
             ):
                 return JSONResponse(_charge_json(row))  # stopping, stopped or failed: idempotent
-            async with conn.transaction():
+            async with conn.pipeline(), conn.transaction():
                 want = await commands.record(
                     conn,
                     controller_id=row[13],
@@ -407,10 +432,7 @@ class Gateway:
                 )
         answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
         await self._publish(want)
-        await self._await_ack(charge_id, want, answer)
-        async with self.pool.connection() as conn:
-            row = await self._charge_row(conn, charge_id)
-        assert row is not None
+        row = await self._await_ack(charge_id, want, answer)
         return JSONResponse(_charge_json(row))
 
     async def outlet_status(self, request: Request) -> Response:

@@ -26,10 +26,17 @@ from schemas.topics import TopicKind, Topics
 
 log = logging.getLogger(__name__)
 
-_NEXT_GENERATION = """
-INSERT INTO outlet_generations (controller_id, outlet_no, generation) VALUES (%s, %s, 1)
-ON CONFLICT (controller_id, outlet_no)
-DO UPDATE SET generation = outlet_generations.generation + 1
+#: Allocate the outlet's next generation and write the audit row: one round trip.
+_RECORD = """
+WITH next AS (
+    INSERT INTO outlet_generations (controller_id, outlet_no, generation) VALUES (%s, %s, 1)
+    ON CONFLICT (controller_id, outlet_no)
+    DO UPDATE SET generation = outlet_generations.generation + 1
+    RETURNING controller_id, outlet_no, generation
+)
+INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id, end_at,
+                      issued_at, issued_by)
+SELECT controller_id, outlet_no, generation, %s, %s, %s, %s, %s FROM next
 RETURNING generation
 """
 
@@ -46,17 +53,11 @@ async def record(
     issued_by: str,
 ) -> DesiredState:
     """Allocate the generation and write the audit row, in the caller's transaction."""
-    cur = await conn.execute(_NEXT_GENERATION, (controller_id, outlet))
-    row = await cur.fetchone()
-    assert row is not None
-    want = DesiredState(controller_id, outlet, on, int(row[0]), charge_id, end_at, issued_at)
-    await conn.execute(
-        "INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id,"
-        " end_at, issued_at, issued_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+    cur = await conn.execute(
+        _RECORD,
         (
             controller_id,
             outlet,
-            want.generation,
             on,
             charge_id,
             utc_or_none(end_at),
@@ -64,7 +65,9 @@ async def record(
             issued_by,
         ),
     )
-    return want
+    row = await cur.fetchone()
+    assert row is not None
+    return DesiredState(controller_id, outlet, on, int(row[0]), charge_id, end_at, issued_at)
 
 
 async def publish(client: aiomqtt.Client, topics: Topics, want: DesiredState) -> None:
