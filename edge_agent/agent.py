@@ -285,6 +285,8 @@ class EdgeAgent:
                     "ON" if action.on else "OFF",
                     "ON" if feedback else "OFF",
                 )
+                if action.on and feedback:
+                    self._levels_high[action.outlet].clear()  # drawing nothing until now
                 after = reconciler.switched(memory, action, feedback=feedback)
                 memory = after.memory
                 self._remember(memory)

@@ -69,7 +69,12 @@ async def create(
     request_sha256: bytes,
     generation: int,
 ) -> None:
-    """A new charge in ``requested``; UniqueViolation means the outlet is busy."""
+    """A new charge in ``requested``; UniqueViolation means the outlet is busy.
+
+    It also re-arms the outlet's current-rise detector: the breaker is OFF before a start,
+    so nothing is drawn, and only observations from now on count (a backlog from the
+    previous charge must not announce this one's rise).
+    """
     await conn.execute(
         "INSERT INTO charges (charge_id, client_id, outlet_id, controller_id, outlet_no,"
         " request_sha256, state, start_generation, end_at)"
@@ -85,6 +90,14 @@ async def create(
             generation,
             utc_or_none(end_at),
         ),
+    )
+    # 2 s of slack: the edge stamps its events with its estimate of cloud time, which may
+    # lag a little; the breaker was OFF for longer than that before any start.
+    await conn.execute(
+        "INSERT INTO outlet_current_state VALUES (%s, %s, false, extract(epoch FROM now()) - 2)"
+        " ON CONFLICT (controller_id, outlet_no) DO UPDATE SET high = false,"
+        " seen_at = excluded.seen_at",
+        (controller_id, outlet_no),
     )
 
 

@@ -168,3 +168,34 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
     assert kinds == ["charge.started", "charge.current_rise", "charge.stopped"]
     assert outbox(url)[-1][1]["data"]["energy_wh"] == 250.0
     assert query(url, "SELECT state, rise_at IS NOT NULL FROM charges") == [("stopped", True)]
+
+
+def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) -> None:
+    """A charge stopped before any minute reading never saw the current fall; the next
+    charge on the outlet must still get its own current rise."""
+    url, client_id = setup
+    topics = Topics()
+
+    def ack(generation: int, on: bool, at: float) -> tuple[str, bytes]:
+        outcome = CommandOutcome.APPLIED
+        return topics.ack("ctl-a"), encode(CommandAck("ctl-a", 1, generation, outcome, on, at))
+
+    def crossed(at: float) -> tuple[str, bytes]:
+        kind = EdgeEventKind.CURRENT_CROSSED
+        event = EdgeEvent("ctl-a", at, kind, 1, 1, 16.0, True, "rose through 10 A", 0.0, 200.0)
+        return topics.event("ctl-a"), encode(event)
+
+    async def stop(charge_id: str, generation: int, at: float) -> None:
+        async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+            await charges.apply(conn, charge_id, StopRequested(generation, "partner stopped", at))
+
+    asyncio.run(_create(url, client_id, "ch-1"))
+    write(url, [ack(1, True, T0 + 10), crossed(T0 + 20)])
+    asyncio.run(stop("ch-1", 2, T0 + 30))
+    write(url, [ack(2, False, T0 + 31)])
+    asyncio.run(_create(url, client_id, "ch-2", generation=3))
+    write(url, [ack(3, True, T0 + 40), crossed(T0 + 50)])
+    rises = [
+        body["data"]["charge_id"] for kind, body in outbox(url) if kind == "charge.current_rise"
+    ]
+    assert rises == ["ch-1", "ch-2"]
