@@ -48,11 +48,13 @@ def main() -> None:
         partner_stack(tmp, [CID], scopes=["charges:write", "charges:read"]) as stack,
     ):
         raw = asyncio.run(mqtt_rtt(stack.mqtt_url, samples))
-        api = api_starts(stack, samples)
+        reads: list[float] = []
+        api = api_starts(stack, samples, reads)
     figures = {
         "samples": samples,
         "api_start_ms": {"p50": ms(percentile(api, 50)), "p99": ms(percentile(api, 99))},
         "mqtt_qos1_rtt_ms": {"p50": ms(percentile(raw, 50)), "p99": ms(percentile(raw, 99))},
+        "api_read_ms": {"p50": ms(percentile(reads, 50)), "p99": ms(percentile(reads, 99))},
         "ratio_p50": round(statistics.median(api) / statistics.median(raw), 2),
     }
     print(
@@ -64,7 +66,8 @@ def main() -> None:
     emit("command_rtt", figures)
 
 
-def api_starts(stack: Stack, samples: int) -> list[float]:
+def api_starts(stack: Stack, samples: int, reads: list[float]) -> list[float]:
+    """Time ``samples`` starts; ``reads`` gets the time of a plain read of each charge."""
     times: list[float] = []
     client = stack.client
     with OAuth2Client(
@@ -83,6 +86,9 @@ def api_starts(stack: Stack, samples: int) -> list[float]:
                 raise SystemExit(f"start {i} answered {response.status_code}: {response.text}")
             if i >= 5:  # the first few warm connections and caches up
                 times.append(elapsed)
+            start = time.perf_counter()
+            oauth.get(f"{api}/v1/charges/bench-{i}")
+            reads.append(time.perf_counter() - start)
             stop = oauth.post(f"{api}/v1/charges/bench-{i}/stop")
             if stop.status_code != 200:
                 raise SystemExit(f"stop {i} answered {stop.status_code}: {stop.text}")

@@ -55,6 +55,9 @@ from schemas.messages import (
 
 log = logging.getLogger(__name__)
 
+#: How long after acks and events the retained reported state follows.
+STATE_DELAY_S = 0.2
+
 
 def frame_from(sample: Sample, minute: int) -> MeterFrame:
     return MeterFrame(
@@ -109,6 +112,7 @@ class EdgeAgent:
         #: Acks and events waiting for the link: (topic, payload). Bounded; oldest go first.
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=1000)
         self._outbox_ready = asyncio.Event()
+        self._state_changed = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         # Safety rule 6: after a (re)boot every breaker is OFF until reconciled.
@@ -133,6 +137,7 @@ class EdgeAgent:
                 tasks.create_task(self._link_forever(), name=f"{self.cid}-link"),
                 tasks.create_task(self._resend_forever(), name=f"{self.cid}-resend"),
                 tasks.create_task(self._flush_outbox_forever(), name=f"{self.cid}-outbox"),
+                tasks.create_task(self._state_forever(), name=f"{self.cid}-state"),
             ]
             await self._done.wait()
             for task in workers:
@@ -339,10 +344,20 @@ class EdgeAgent:
             await self.connected.wait()
             if await self._publish_outbox():
                 self._outbox_ready.clear()
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await self._publish_state()  # the retained state follows every change
+                self._state_changed.set()
             else:
                 await asyncio.sleep(0.5)  # the link is reconnecting
+
+    async def _state_forever(self) -> None:
+        """The retained state follows every change, a moment later: it is for operators,
+        and an acknowledgement on its way to a waiting partner should have the CPU first."""
+        while True:
+            await self._state_changed.wait()
+            await asyncio.sleep(STATE_DELAY_S)
+            self._state_changed.clear()
+            if self.connected.is_set():
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._publish_state()
 
     async def _publish_outbox(self) -> bool:
         """Publish queued acks and events in order; False when the link failed midway."""
