@@ -116,6 +116,22 @@ def _charge_json(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+def _reachable(row: tuple[Any, ...] | None, outlet_id: str, offline_hint: str) -> tuple[str, int]:
+    """(controller, outlet number) from an ``(controller_id, outlet_no, online)`` lookup,
+    or the problem: an unknown outlet (404) or an offline controller (503)."""
+    if row is None:
+        raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+    controller_id, outlet_no, online = row
+    if not online:
+        raise Problem(
+            503,
+            "controller-offline",
+            "Controller offline",
+            f"the controller of outlet {outlet_id!r} is offline; {offline_hint}",
+        )
+    return controller_id, outlet_no
+
+
 class Gateway:
     """What the API's handlers share: settings, pool, token checks, MQTT and waiters."""
 
@@ -339,18 +355,7 @@ class Gateway:
                     "End time too far",
                     f"end_at may be at most {self.settings.max_charge_s / 3600:g} hours away",
                 )
-            if outlet is None:
-                raise Problem(
-                    404, "unknown-outlet", "Unknown outlet", f"no outlet {body.outlet_id!r}"
-                )
-            controller_id, outlet_no, online = outlet
-            if not online:
-                raise Problem(
-                    503,
-                    "controller-offline",
-                    "Controller offline",
-                    f"the controller of outlet {body.outlet_id!r} is offline; no charge can start",
-                )
+            controller_id, outlet_no = _reachable(outlet, body.outlet_id, "no charge can start")
             try:
                 async with conn.pipeline(), conn.transaction():
                     want = await commands.record(
@@ -479,18 +484,11 @@ class Gateway:
                 " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
                 (outlet_id,),
             )
-            row = await cur.fetchone()
-            if row is None:
-                raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
-            controller_id, outlet_no, online = row
-            if not online:
-                raise Problem(
-                    503,
-                    "controller-offline",
-                    "Controller offline",
-                    f"the controller of outlet {outlet_id!r} is offline; GET"
-                    f" /v1/outlets/{outlet_id}/status has its last known status",
-                )
+            controller_id, outlet_no = _reachable(
+                await cur.fetchone(),
+                outlet_id,
+                f"GET /v1/outlets/{outlet_id}/status has its last known status",
+            )
             cur = await conn.execute(
                 "INSERT INTO status_requests (request_id, client_id, outlet_id, controller_id,"
                 " outlet_no) VALUES (%s, %s, %s, %s, %s) RETURNING requested_at",

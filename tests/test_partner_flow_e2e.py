@@ -126,6 +126,16 @@ def online(inst: Installation) -> bool:
     return bool(rows and rows[0][0])
 
 
+def looks_online(inst: Installation, cid: str) -> None:
+    """Mark a controller online although no agent runs for it (it went silent)."""
+    with psycopg.connect(inst.database) as conn:
+        conn.execute(
+            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
+            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
+            (cid,),
+        )
+
+
 def publish_presence(inst: Installation, cid: str, *, online: bool) -> None:
     """Publish a controller's presence as its agent (or its will) would."""
 
@@ -166,6 +176,15 @@ def test_scan_start_rise_stop_with_webhooks(partner: Partner, installation: Inst
     )
     time.sleep(3)  # a few (simulated) minutes of charging
     assert partner.get("/v1/charges/wc-1").json()["energy_wh"] > 0
+
+    asked = partner.post(f"/v1/outlets/{outlet}/status-requests")  # step 4: a status
+    assert asked.status_code == 202
+    note = wait_for(
+        lambda: partner.event("outlet.status", request_id=asked.json()["request_id"]),
+        timeout=10,
+        what="the status notification",
+    )["data"]
+    assert note["reading"]["breaker_on"] is True and note["charge"]["charge_id"] == "wc-1"
 
     stopped = partner.post("/v1/charges/wc-1/stop")
     assert stopped.status_code == 200 and stopped.json()["state"] in ("stopping", "stopped")
@@ -273,12 +292,7 @@ def test_a_start_the_breaker_never_answers_fails_and_is_cancelled(
 ) -> None:
     """The controller looks online but its agent is gone: 202, then charge.failed and an OFF."""
     silent = installation.controllers[1]
-    with psycopg.connect(installation.database) as conn:
-        conn.execute(
-            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
-            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
-            (silent,),
-        )
+    looks_online(installation, silent)
     pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": "wc-9"})
     assert pending.status_code == 202 and pending.json()["state"] == "requested"
     wait_for(
@@ -344,12 +358,7 @@ def test_a_status_request_the_edge_never_answers_is_answered_from_the_store(
 ) -> None:
     """The controller looks online but its agent is gone: the last reading answers."""
     silent = installation.controllers[1]
-    with psycopg.connect(installation.database) as conn:
-        conn.execute(
-            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
-            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
-            (silent,),
-        )
+    looks_online(installation, silent)
     asked = partner.post(f"/v1/outlets/{silent}-2/status-requests")
     assert asked.status_code == 202
     answer = wait_for(
@@ -395,12 +404,7 @@ def test_a_start_fails_when_its_controller_goes_offline(
     partner: Partner, installation: Installation
 ) -> None:
     silent = installation.controllers[1]
-    with psycopg.connect(installation.database) as conn:
-        conn.execute(
-            "INSERT INTO controller_status (controller_id, online) VALUES (%s, true)"
-            " ON CONFLICT (controller_id) DO UPDATE SET online = true",
-            (silent,),
-        )
+    looks_online(installation, silent)
     pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": "wc-12"})
     assert pending.status_code == 202
     publish_presence(installation, silent, online=False)  # what its will would say
@@ -464,3 +468,23 @@ def test_the_api_limits_each_client_and_says_when_to_come_back(
     assert problem(other) == (404, "unknown-charge")
     time.sleep(int(limited.headers["retry-after"]))
     assert partner.get(f"/v1/outlets/{outlet}/status").status_code == 200
+
+
+@pytest.mark.edge(sim_failed_breakers="7")
+def test_a_breaker_that_does_not_move_fails_the_charge(
+    partner: Partner, installation: Installation
+) -> None:
+    outlet = f"{installation.controllers[0]}-7"
+    answer = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "wc-16"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["state"] == "failed"
+    failed = wait_for(
+        lambda: partner.event("charge.failed", charge_id="wc-16"),
+        timeout=10,
+        what="charge.failed",
+    )["data"]
+    assert "breaker_failed" in failed["reason"]
+    assert [w["type"] for w in partner.webhooks("wc-16")] == ["charge.failed"]
+    # The outlet is free again for the next resident (its breaker is reported, not assumed).
+    status = partner.get(f"/v1/outlets/{outlet}/status").json()
+    assert status["active_charge_id"] is None
