@@ -180,7 +180,7 @@ def _serve(which: str) -> int:
         else (api.create_app(gateway, url), gateway.api_bind)
     )
     host, _, port = bind.rpartition(":")
-    uvicorn.run(app, host=host, port=int(port), log_level="warning")
+    uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False)
     return 0
 
 

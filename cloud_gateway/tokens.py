@@ -5,7 +5,9 @@ everything else are refused before any key is touched) and ``typ`` ``at+jwt``; i
 is in the authorization server's JWKS (fetched from ``jwks_url``, cached, refetched at
 most every ``REFETCH_S`` when an unknown key id appears); the signature verifies; ``iss``
 and ``aud`` are ours; ``exp``, ``nbf`` and ``iat`` hold within the leeway; and its
-``scope`` includes what the endpoint needs. Every refusal says why.
+``scope`` includes what the endpoint needs. Every refusal says why. A token whose
+signature has passed is remembered by its text, so later calls only check its times and
+scope.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Caller:
 
 class TokenValidator:
     REFETCH_S = 30.0
+    #: Tokens whose signature has been verified, by their exact text: a partner sends the
+    #: same token for minutes, and the signature check is most of a token check's cost.
+    CACHE_SIZE = 10_000
 
     def __init__(
         self, *, issuer: str, audience: str, jwks_url: str, leeway_s: int, http: httpx2.AsyncClient
@@ -54,11 +59,26 @@ class TokenValidator:
         self.leeway_s, self.http = leeway_s, http
         self._keys: KeySet | None = None
         self._fetched_at = -1e9
+        self._verified: dict[str, dict[str, Any]] = {}
 
     async def check(self, authorization: str | None, scope: str) -> Caller:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise _invalid("missing bearer token (Authorization: Bearer <token>)")
         token = authorization[7:].strip()
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = await self._verify(token)
+            if len(self._verified) >= self.CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        self._check_claims(claims)  # times are checked on every call, cached or not
+        granted = frozenset(str(claims.get("scope", "")).split())
+        if scope not in granted:
+            raise TokenError(403, "insufficient_scope", f"this call needs the {scope!r} scope")
+        return Caller(str(claims["client_id"]), granted, claims)
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        """Header, key and signature; the claims of a token that passes."""
         try:
             header = extract_compact(token.encode()).protected
         except (JoseError, ValueError) as exc:
@@ -73,12 +93,8 @@ class TokenValidator:
             decoded = jwt.decode(token, keyset, algorithms=ALLOWED_ALGORITHMS)
         except JoseError as exc:
             raise _invalid(f"signature check failed: {exc.description or exc.error}") from None
-        claims = decoded.claims
-        self._check_claims(claims)
-        granted = frozenset(str(claims.get("scope", "")).split())
-        if scope not in granted:
-            raise TokenError(403, "insufficient_scope", f"this call needs the {scope!r} scope")
-        return Caller(str(claims["client_id"]), granted, claims)
+        claims: dict[str, Any] = decoded.claims
+        return claims
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         now, leeway = time.time(), self.leeway_s

@@ -269,3 +269,30 @@ def test_cli_adds_a_client_showing_the_secret_once(database: str) -> None:
         fields["client_secret"].encode()
         not in json.dumps(query(database, "SELECT * FROM oauth_clients"), default=str).encode()
     )
+
+
+def test_a_remembered_token_still_expires_and_keeps_its_scopes(auth: AuthServer) -> None:
+    """The validator remembers tokens whose signature passed; times and scope are
+    checked on every call all the same."""
+    token = forge(auth, exp=int(time.time()) + 1, scope="charges:read")
+
+    async def run() -> list[str]:
+        outcomes: list[str] = []
+        async with httpx2.AsyncClient() as http:
+            validator = TokenValidator(
+                issuer=auth.url,
+                audience=AUDIENCE,
+                jwks_url=f"{auth.url}/.well-known/jwks.json",
+                leeway_s=0,
+                http=http,
+            )
+            for scope, wait in (("charges:read", 0), ("charges:write", 0), ("charges:read", 2)):
+                await asyncio.sleep(wait)
+                try:
+                    await validator.check(f"Bearer {token}", scope)
+                    outcomes.append("ok")
+                except TokenError as exc:
+                    outcomes.append(exc.error)
+        return outcomes
+
+    assert asyncio.run(run()) == ["ok", "insufficient_scope", "invalid_token"]
