@@ -1,7 +1,8 @@
 """Webhooks to partners: the outbox table, and a deliverer that never loses or reorders one.
 
-Producers call ``enqueue`` inside the transaction that records the fact (a charge started,
-the current rose, …), so an event exists exactly when its fact does. The deliverer:
+Producers call ``chargeline.outbox.enqueue`` inside the transaction that records the fact
+(a charge started, the current rose, …), so an event exists exactly when its fact does.
+The deliverer:
 
 * wakes on NOTIFY from the outbox (within ~100 ms of a commit) or when a retry is due;
 * posts each event as JSON to the client's webhook URL with three headers:
@@ -23,10 +24,8 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import random
-import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -41,48 +40,6 @@ log = logging.getLogger(__name__)
 GIVE_UP_AFTER = timedelta(hours=72)
 FIRST_RETRY_S = 1.0
 MAX_RETRY_S = 600.0
-
-
-_INSERT_EVENT = (
-    "INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)"
-    " VALUES (%s, %s, %s, %s, %s)"
-)
-
-
-def _event_row(
-    client_id: str, kind: str, data: dict[str, Any], charge_id: str | None
-) -> tuple[str, tuple[Any, ...]]:
-    public_id = f"evt_{secrets.token_hex(12)}"
-    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
-    return public_id, (public_id, client_id, charge_id, kind, json.dumps(body))
-
-
-def enqueue(
-    conn: psycopg.Connection[Any],
-    *,
-    client_id: str,
-    kind: str,
-    data: dict[str, Any],
-    charge_id: str | None = None,
-) -> str:
-    """Add an event to the outbox in the caller's transaction; returns its public id."""
-    public_id, row = _event_row(client_id, kind, data, charge_id)
-    conn.execute(_INSERT_EVENT, row)
-    return public_id
-
-
-async def enqueue_async(
-    conn: psycopg.AsyncConnection[Any],
-    *,
-    client_id: str,
-    kind: str,
-    data: dict[str, Any],
-    charge_id: str | None = None,
-) -> str:
-    """``enqueue`` for an async connection."""
-    public_id, row = _event_row(client_id, kind, data, charge_id)
-    await conn.execute(_INSERT_EVENT, row)
-    return public_id
 
 
 def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 
+from chargeline.outbox import enqueue
 from chargeline.times import epoch_or_none, utc_or_none
-from cloud_gateway.webhooks import enqueue_async
 from ingest import lifecycle
 from ingest.lifecycle import Charge, Event, Notice, Reading, State
 from ingest.triage import Pending
@@ -138,7 +138,7 @@ async def apply(
         )
     client_id, outlet_id, end_at = row[15], row[16], row[17]
     for notice in notices:
-        await enqueue_async(
+        await enqueue(
             conn,
             client_id=client_id,
             kind=notice.kind,

@@ -23,8 +23,8 @@ from typing import Any
 
 import psycopg
 
+from chargeline.outbox import enqueue
 from chargeline.times import utc
-from cloud_gateway.webhooks import enqueue_async
 from schemas.messages import EdgeEvent, Presence
 
 #: Who hears about controllers: partners with a webhook that may use outlets.
@@ -125,7 +125,7 @@ async def _notify(
         if charge is None
         else {"charge_id": charge[0], "state": charge[1], "energy_wh": round(charge[2], 3)},
     }
-    await enqueue_async(conn, client_id=client_id, kind="outlet.status", data=data)
+    await enqueue(conn, client_id=client_id, kind="outlet.status", data=data)
 
 
 async def presence_changes(
@@ -184,4 +184,4 @@ async def _announce(conn: psycopg.AsyncConnection[Any], changed: list[Presence])
         }
         kind = "controller.online" if p.online else "controller.offline"
         for client_id in audience:
-            await enqueue_async(conn, client_id=client_id, kind=kind, data=data)
+            await enqueue(conn, client_id=client_id, kind=kind, data=data)

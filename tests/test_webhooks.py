@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from chargeline.outbox import enqueue
 from cloud_gateway.clients import NewClient, add_client
-from cloud_gateway.webhooks import Deliverer, enqueue, verify
+from cloud_gateway.webhooks import Deliverer, verify
 from tests.helpers import Receiver, query
 
 
@@ -35,11 +36,13 @@ def client_for(database: str, receiver: Receiver) -> NewClient:
     return add_client(database, "WeCharge", ["charges:read"], receiver.url)
 
 
-def add_events(database: str, client: NewClient, first: int, last: int) -> list[str]:
+async def add_events(database: str, client: NewClient, first: int, last: int) -> list[str]:
     """Enqueue PLAN[first:last]; each event's data says its place in PLAN."""
-    with psycopg.connect(database) as conn:
+    async with await psycopg.AsyncConnection.connect(database) as conn:
         return [
-            enqueue(conn, client_id=client.client_id, kind=kind, data={"n": n}, charge_id=charge)
+            await enqueue(
+                conn, client_id=client.client_id, kind=kind, data={"n": n}, charge_id=charge
+            )
             for n, (charge, kind) in enumerate(PLAN[first:last], start=first)
         ]
 
@@ -61,10 +64,10 @@ def test_events_are_signed_delivered_once_and_in_order(database: str, receiver: 
         task = asyncio.create_task(deliverer.run())
         await asyncio.sleep(0.3)  # listening
         start = time.monotonic()
-        add_events(database, client, 0, 1)
+        await add_events(database, client, 0, 1)
         await until(lambda: len(receiver.accepted) == 1, 5)
         latency = time.monotonic() - start
-        add_events(database, client, 1, len(PLAN))
+        await add_events(database, client, 1, len(PLAN))
         await until(lambda: len(receiver.accepted) == len(PLAN), 10)
         await asyncio.sleep(0.5)
         task.cancel()
@@ -94,7 +97,7 @@ def test_receiver_down_then_failing_then_back_loses_nothing_across_restarts(
     async def scenario() -> None:
         first = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0)
         task = asyncio.create_task(first.run())
-        add_events(database, client, 0, 3)
+        await add_events(database, client, 0, 3)
         await until(lambda: first.failed_attempts >= 3, 10)
         task.cancel()  # the gateway goes down
         await first.aclose()
@@ -103,7 +106,7 @@ def test_receiver_down_then_failing_then_back_loses_nothing_across_restarts(
         receiver.start()
         second = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0)
         task = asyncio.create_task(second.run())
-        add_events(database, client, 3, len(PLAN))
+        await add_events(database, client, 3, len(PLAN))
         await until(lambda: receiver.refused >= 4, 15)
         receiver.status = 200
         await until(lambda: len(receiver.accepted) == len(PLAN), 20)

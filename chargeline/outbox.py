@@ -1,0 +1,39 @@
+"""The webhook outbox, producer side: events for partners, written with their facts.
+
+Whoever records a fact a partner should hear about (a charge started, the current rose,
+a status answer, a controller went offline) calls ``enqueue`` inside the same database
+transaction, so an event exists exactly when its fact does. ``cloud_gateway.webhooks``
+delivers what is here: signed, in order per charge, retried until it gets through.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import psycopg
+
+_INSERT_EVENT = (
+    "INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+async def enqueue(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    client_id: str,
+    kind: str,
+    data: dict[str, Any],
+    charge_id: str | None = None,
+) -> str:
+    """Add an event in the caller's transaction; returns its public id (``evt_…``).
+
+    ``charge_id`` puts the event in its charge's delivery order.
+    """
+    public_id = f"evt_{secrets.token_hex(12)}"
+    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
+    await conn.execute(_INSERT_EVENT, (public_id, client_id, charge_id, kind, json.dumps(body)))
+    return public_id
