@@ -25,12 +25,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import aiomqtt
 import httpx2
 import psycopg
 from psycopg import errors
+from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
@@ -93,27 +95,55 @@ def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.astimezone(dt.UTC).isoformat()
 
 
-_CHARGE_COLUMNS = (
-    "charge_id, outlet_id, state, requested_at, started_at, rise_at, stopped_at, end_at,"
-    " stop_reason, failure, energy_wh, client_id, request_sha256, controller_id, outlet_no,"
-    " start_generation, stop_generation"
+@dataclass(frozen=True, slots=True)
+class ChargeRow:
+    """A ``charges`` row as the API reads it (``class_row`` fills it by column name)."""
+
+    charge_id: str
+    outlet_id: str
+    state: str
+    requested_at: dt.datetime
+    started_at: dt.datetime | None
+    rise_at: dt.datetime | None
+    stopped_at: dt.datetime | None
+    end_at: dt.datetime
+    stop_reason: str | None
+    failure: str | None
+    energy_wh: float
+    client_id: str
+    request_sha256: bytes
+    controller_id: str
+    outlet_no: int
+
+    def json(self) -> dict[str, Any]:
+        """What the partner sees of a charge."""
+        return {
+            "charge_id": self.charge_id,
+            "outlet_id": self.outlet_id,
+            "state": self.state,
+            "requested_at": _iso(self.requested_at),
+            "started_at": _iso(self.started_at),
+            "current_rise_at": _iso(self.rise_at),
+            "stopped_at": _iso(self.stopped_at),
+            "end_at": _iso(self.end_at),
+            "stop_reason": self.stop_reason,
+            "failure": self.failure,
+            "energy_wh": round(self.energy_wh, 3),
+        }
+
+
+_SELECT_CHARGE = (
+    f"SELECT {', '.join(f.name for f in fields(ChargeRow))} FROM charges WHERE charge_id = %s"
 )
 
 
-def _charge_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "charge_id": row[0],
-        "outlet_id": row[1],
-        "state": row[2],
-        "requested_at": _iso(row[3]),
-        "started_at": _iso(row[4]),
-        "current_rise_at": _iso(row[5]),
-        "stopped_at": _iso(row[6]),
-        "end_at": _iso(row[7]),
-        "stop_reason": row[8],
-        "failure": row[9],
-        "energy_wh": round(row[10], 3),
-    }
+async def _select_charge(
+    conn: psycopg.AsyncConnection[Any], charge_id: str
+) -> psycopg.AsyncCursor[ChargeRow]:
+    """Send the query (in pipeline mode it waits for the next sync); fetch from the cursor."""
+    cur = conn.cursor(row_factory=class_row(ChargeRow))
+    await cur.execute(_SELECT_CHARGE, (charge_id,))
+    return cur
 
 
 def _reachable(row: tuple[Any, ...] | None, outlet_id: str, offline_hint: str) -> tuple[str, int]:
@@ -244,15 +274,12 @@ class Gateway:
 
     async def _charge_row(
         self, conn: psycopg.AsyncConnection[Any], charge_id: str
-    ) -> tuple[Any, ...] | None:
-        cur = await conn.execute(
-            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE charge_id = %s", (charge_id,)
-        )
-        return await cur.fetchone()
+    ) -> ChargeRow | None:
+        return await (await _select_charge(conn, charge_id)).fetchone()
 
     async def _await_ack(
         self, charge_id: str, want: Any, answer: asyncio.Future[CommandAck]
-    ) -> tuple[Any, ...]:
+    ) -> ChargeRow:
         """Wait briefly for the edge and apply its answer if it comes in time; the charge."""
         try:
             ack = await asyncio.wait_for(answer, self.settings.start_wait_s)
@@ -270,10 +297,7 @@ class Gateway:
                         charge_id,
                         lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at),
                     )
-                # read with the commit, in the same round trip
-                cur = await conn.execute(
-                    f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE charge_id = %s", (charge_id,)
-                )
+                cur = await _select_charge(conn, charge_id)  # read with the commit
             row = await cur.fetchone()
         assert row is not None
         return row
@@ -324,10 +348,7 @@ class Gateway:
         async with self.pool.connection() as conn:
             # Pipelined: each block below costs one round trip to the database.
             async with conn.pipeline():
-                by_id = await conn.execute(
-                    f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE charge_id = %s",
-                    (body.charge_id,),
-                )
+                by_id = await _select_charge(conn, body.charge_id)
                 by_outlet = await conn.execute(
                     "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
                     " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
@@ -336,14 +357,17 @@ class Gateway:
             existing = await by_id.fetchone()
             outlet = await by_outlet.fetchone()
             if existing is not None:
-                if existing[11] != caller.client_id or bytes(existing[12]) != digest:
+                if (
+                    existing.client_id != caller.client_id
+                    or bytes(existing.request_sha256) != digest
+                ):
                     raise Problem(
                         409,
                         "charge-id-conflict",
                         "Charge id in use",
                         f"charge {body.charge_id!r} exists with a different request",
                     )
-                return JSONResponse(_charge_json(existing), status_code=200)
+                return JSONResponse(existing.json(), status_code=200)
             if end_at <= now:
                 raise Problem(
                     422, "end-at-past", "End time in the past", "end_at has already passed"
@@ -393,37 +417,37 @@ class Gateway:
         answer = self.waiter.expect(controller_id, outlet_no, want.generation)
         await self._publish(want)
         row = await self._await_ack(body.charge_id, want, answer)
-        status = 201 if row[2] != lifecycle.State.REQUESTED.value else 202
-        return JSONResponse(_charge_json(row), status_code=status)
+        status = 201 if row.state != lifecycle.State.REQUESTED.value else 202
+        return JSONResponse(row.json(), status_code=status)
 
     async def read(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:read")
         async with self.pool.connection() as conn:
             row = await self._charge_row(conn, request.path_params["charge_id"])
-        if row is None or row[11] != caller.client_id:
+        if row is None or row.client_id != caller.client_id:
             raise Problem(404, "unknown-charge", "Unknown charge", "no such charge for this client")
-        return JSONResponse(_charge_json(row))
+        return JSONResponse(row.json())
 
     async def stop(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:write")
         charge_id = request.path_params["charge_id"]
         async with self.pool.connection() as conn:
             row = await self._charge_row(conn, charge_id)
-            if row is None or row[11] != caller.client_id:
+            if row is None or row.client_id != caller.client_id:
                 raise Problem(
                     404, "unknown-charge", "Unknown charge", "no such charge for this client"
                 )
-            if row[2] not in (
+            if row.state not in (
                 lifecycle.State.ON.value,
                 lifecycle.State.DRAWING.value,
                 lifecycle.State.REQUESTED.value,
             ):
-                return JSONResponse(_charge_json(row))  # stopping, stopped or failed: idempotent
+                return JSONResponse(row.json())  # stopping, stopped or failed: idempotent
             async with conn.pipeline(), conn.transaction():
                 want = await commands.record(
                     conn,
-                    controller_id=row[13],
-                    outlet=row[14],
+                    controller_id=row.controller_id,
+                    outlet=row.outlet_no,
                     on=False,
                     charge_id=charge_id,
                     end_at=None,
@@ -438,18 +462,18 @@ class Gateway:
         answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
         await self._publish(want)
         row = await self._await_ack(charge_id, want, answer)
-        return JSONResponse(_charge_json(row))
+        return JSONResponse(row.json())
 
     async def outlet_status(self, request: Request) -> Response:
         """The outlet's last known state: its latest minute reading and its controller."""
         await self.authorize(request, "outlets:read")
         outlet_id = request.path_params["outlet_id"]
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT o.controller_id, o.outlet_no, s.online, r.minute, r.energy_wh,"
-                " r.voltage_v, r.current_a, r.breaker_on,"
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT s.online, r.minute, r.energy_wh, r.voltage_v, r.current_a, r.breaker_on,"
                 " (SELECT charge_id FROM charges c WHERE c.outlet_id = o.outlet_id"
-                "   AND c.state IN ('requested', 'on', 'drawing', 'stopping'))"
+                "   AND c.state IN ('requested', 'on', 'drawing', 'stopping')) AS active_charge_id"
                 " FROM outlets o LEFT JOIN controller_status s USING (controller_id)"
                 " LEFT JOIN LATERAL (SELECT * FROM outlet_readings r"
                 "   WHERE r.controller_id = o.controller_id AND r.outlet_no = o.outlet_no"
@@ -463,13 +487,13 @@ class Gateway:
         return JSONResponse(
             {
                 "outlet_id": outlet_id,
-                "controller_online": bool(row[2]),
-                "measured_at": _iso(row[3]),
-                "energy_wh": row[4],
-                "voltage_v": row[5],
-                "current_a": row[6],
-                "breaker_on": row[7],
-                "active_charge_id": row[8],
+                "controller_online": bool(row["online"]),
+                "measured_at": _iso(row["minute"]),
+                "energy_wh": row["energy_wh"],
+                "voltage_v": row["voltage_v"],
+                "current_a": row["current_a"],
+                "breaker_on": row["breaker_on"],
+                "active_charge_id": row["active_charge_id"],
             }
         )
 
