@@ -171,6 +171,11 @@ class IngestSettings(CommonSettings):
         default=20_000, ge=10, description="messages held in memory; beyond it reading stops"
     )
     registry_refresh_s: float = Field(default=10.0, gt=0)
+    silence_timeout_s: float = Field(
+        default=150.0,
+        gt=0,
+        description="a controller not heard from this long is offline (2.5 minute batches)",
+    )
     share_group: str | None = Field(default=None, description="$share group (Mosquitto/EMQX only)")
 
 

@@ -11,6 +11,10 @@
   really changes (not when ingest re-reads a retained presence after a restart). A will
   from an older connection never overrides a newer birth: presence carries the time its
   connection started (``since``), and an older ``since`` loses.
+* **Heartbeat.** The embedded broker does not enforce keepalive, so a hung controller may
+  keep its connection, and its will unsent, forever. ``heard_from`` notes every live
+  message (meter batches, events, acks); ``fell_silent`` takes a controller not heard from
+  for ``silence_timeout_s`` offline, and hearing from it again brings it back.
 
 Both run inside the caller's transaction, so the webhook exists exactly when the fact does.
 """
@@ -18,6 +22,7 @@ Both run inside the caller's transaction, so the webhook exists exactly when the
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -152,20 +157,61 @@ async def presence_changes(
         if since == started and online is False and p.online:
             continue  # this connection's will already came: its birth is old news
         await conn.execute(
-            "INSERT INTO controller_status (controller_id, online, presence_since, presence_at)"
-            " VALUES (%s, %s, %s, now()) ON CONFLICT (controller_id) DO UPDATE SET"
-            " online = excluded.online, presence_since = excluded.presence_since,"
-            " presence_at = now()",
+            "INSERT INTO controller_status (controller_id, online, presence_since, presence_at,"
+            " heard_at) VALUES (%s, %s, %s, now(), now()) ON CONFLICT (controller_id) DO UPDATE"
+            " SET online = excluded.online, presence_since = excluded.presence_since,"
+            " presence_at = now(), heard_at = now(), silent = false",
             (cid, p.online, started),
         )
         if online is not p.online:
             changed.append(p)
-    if changed:
-        await _announce(conn, changed)
+    await _announce(conn, [p for p in changed if p.online], "connected")
+    await _announce(conn, [p for p in changed if not p.online], "disconnected")
     return changed
 
 
-async def _announce(conn: psycopg.AsyncConnection[Any], changed: list[Presence]) -> None:
+async def heard_from(conn: psycopg.AsyncConnection[Any], controllers: Iterable[str]) -> list[str]:
+    """Controllers spoke: note when; those offline for silence are back. Returns those."""
+    cids = sorted(controllers)
+    if not cids:
+        return []
+    await conn.execute(
+        "UPDATE controller_status SET heard_at = now() WHERE controller_id = ANY(%s)", (cids,)
+    )
+    cur = await conn.execute(
+        "UPDATE controller_status SET online = true, silent = false"
+        " WHERE controller_id = ANY(%s) AND silent RETURNING controller_id",
+        (cids,),
+    )
+    back = [row[0] for row in await cur.fetchall()]
+    now = time.time()
+    await _announce(conn, [Presence(cid, True, now) for cid in back], "heard again")
+    return back
+
+
+async def fell_silent(conn: psycopg.AsyncConnection[Any], *, timeout_s: float) -> list[str]:
+    """Mark online controllers not heard from for ``timeout_s`` offline; returns those.
+
+    The broker should have published their will, but the embedded one does not enforce
+    keepalive: a hung controller keeps its connection open and says nothing.
+    """
+    cur = await conn.execute(
+        "UPDATE controller_status SET online = false, silent = true"
+        " WHERE online AND coalesce(heard_at, presence_at) < now() - make_interval(secs => %s)"
+        " RETURNING controller_id, extract(epoch FROM coalesce(heard_at, presence_at))::float8",
+        (timeout_s,),
+    )
+    silent = [Presence(cid, False, last) for cid, last in await cur.fetchall()]
+    await _announce(conn, silent, f"silent for {timeout_s:g} s")
+    return [p.controller_id for p in silent]
+
+
+async def _announce(
+    conn: psycopg.AsyncConnection[Any], changed: list[Presence], reason: str
+) -> None:
+    """``controller.online`` / ``controller.offline`` to every partner that uses outlets."""
+    if not changed:
+        return
     audience = [r[0] for r in await (await conn.execute(_PRESENCE_AUDIENCE)).fetchall()]
     if not audience:
         return
@@ -180,6 +226,7 @@ async def _announce(conn: psycopg.AsyncConnection[Any], changed: list[Presence])
             "controller_id": p.controller_id,
             "online": p.online,
             "since": p.since,
+            "reason": reason,
             "outlet_ids": outlets.get(p.controller_id, []),
         }
         kind = "controller.online" if p.online else "controller.offline"

@@ -231,6 +231,7 @@ class Store:
         async with self.conn.cursor() as cur:
             if pending.presence:
                 await status.presence_changes(self.conn, pending.presence.values())
+            await status.heard_from(self.conn, pending.heard)
             if pending.states:
                 await cur.executemany(
                     "INSERT INTO controller_status (controller_id, firmware, started_at, outlets, state_at)"

@@ -43,6 +43,8 @@ class Pending:
     states: dict[str, ReportedState] = field(default_factory=dict)
     command_acks: list[CommandAck] = field(default_factory=list)
     acks: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: Controllers that spoke (meter, event, ack: never retained, so always live).
+    heard: set[str] = field(default_factory=set)
     messages: int = 0
 
     def __len__(self) -> int:
@@ -64,6 +66,11 @@ def minute_time(epoch: int) -> dt.datetime:
             _minute_cache.clear()
         value = _minute_cache[epoch] = dt.datetime.fromtimestamp(epoch, UTC)
     return value
+
+
+#: Messages only a live controller sends (presence and state are retained: the broker
+#: hands them out again whenever ingest subscribes).
+_LIVE = frozenset((TopicKind.METER, TopicKind.EVENT, TopicKind.ACK))
 
 
 class Triage:
@@ -95,6 +102,8 @@ class Triage:
         if not self.registry.knows(cid):
             self._unregistered(pending, topic, cid, message, payload)
             return
+        if parsed.kind in _LIVE:
+            pending.heard.add(cid)
         if parsed.kind is TopicKind.METER:
             self._meter(pending, topic, message, payload)
         elif parsed.kind is TopicKind.EVENT:

@@ -17,6 +17,8 @@ Three tasks share one ``Pending`` buffer:
   as much as the batch it acknowledges). In steady operation a controller sends one batch
   a minute, so each batch still gets its own ack, at most ``ack_max_delay_s`` later.
 * **registry** reloads the registry on NOTIFY from the database, or periodically.
+* **silence** is the application heartbeat (``ingest.status``): a controller that has
+  said nothing for ``silence_timeout_s`` is marked offline and the partners are told.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import psycopg
 from chargeline import mqtt
 from chargeline.paho_link import PahoLink
 from chargeline.settings import IngestSettings
+from ingest import status
 from ingest.registry import RegistrySnapshot
 from ingest.store import Store
 from ingest.triage import Pending, Triage
@@ -105,6 +108,7 @@ class Ingest:
             tasks.create_task(self._ack_forever(), name="ingest-ack")
             tasks.create_task(self._registry_forever(), name="ingest-registry")
             tasks.create_task(self._report_forever(), name="ingest-report")
+            tasks.create_task(self._silence_forever(), name="ingest-silence")
 
     # --- receive -----------------------------------------------------------------------
     async def _receive_forever(self) -> None:
@@ -259,6 +263,24 @@ class Ingest:
     async def _wait_for_change(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async for _ in conn.notifies(timeout=self.settings.registry_refresh_s, stop_after=1):
             log.info("registry changed; reloading")
+
+    # --- heartbeat ----------------------------------------------------------------------
+    async def _silence_forever(self) -> None:
+        """Take controllers offline that have said nothing for ``silence_timeout_s``."""
+        timeout = self.settings.silence_timeout_s
+        every = min(5.0, timeout / 3)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url) as conn:
+                    while True:
+                        await asyncio.sleep(every)
+                        async with conn.transaction():
+                            silent = await status.fell_silent(conn, timeout_s=timeout)
+                        for cid in silent:
+                            log.warning("%s: not heard from for %g s; offline", cid, timeout)
+            except psycopg.Error as exc:
+                log.warning("silence check lost the database (%s); retrying", exc)
+                await asyncio.sleep(every)
 
     async def _report_forever(self) -> None:
         while True:

@@ -100,6 +100,15 @@ class Proc:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP: a hung process; its connections stay open and say nothing."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: no chance to clean up."""
         if self.running():

@@ -88,7 +88,8 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
     common.update(marker.kwargs if marker else {})
     auth = Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
     gateway = Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
-    inst.ingest().start()
+    marker = request.node.get_closest_marker("ingest")
+    inst.ingest(**(marker.kwargs if marker else {})).start()
     edge_settings: dict[str, Any] = {
         "sample_interval_s": 1,
         "sim_autoplay": "false",
@@ -488,3 +489,32 @@ def test_a_breaker_that_does_not_move_fails_the_charge(
     # The outlet is free again for the next resident (its breaker is reported, not assumed).
     status = partner.get(f"/v1/outlets/{outlet}/status").json()
     assert status["active_charge_id"] is None
+
+
+@pytest.mark.ingest(silence_timeout_s=3)
+def test_a_hung_controller_is_taken_offline_and_comes_back_when_heard_again(
+    partner: Partner, installation: Installation
+) -> None:
+    """The embedded broker does not enforce keepalive: a hung edge keeps its connection
+    and its will is never sent. Ingest's heartbeat notices the silence."""
+    cid = installation.controllers[0]
+    partner.edge.pause()
+    try:
+        offline = wait_for(
+            lambda: partner.event("controller.offline", controller_id=cid),
+            timeout=20,
+            what="controller.offline from silence",
+        )["data"]
+        assert offline["reason"] == "silent for 3 s"
+        refused = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": "wc-17"})
+        assert problem(refused) == (503, "controller-offline")
+    finally:
+        partner.edge.resume()
+    back = wait_for(
+        lambda: partner.event("controller.online", controller_id=cid, reason="heard again"),
+        timeout=20,
+        what="controller.online once it speaks again",
+    )
+    assert back["data"]["outlet_ids"][0] == f"{cid}-1"
+    started = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": "wc-18"})
+    assert started.status_code == 201, started.text
