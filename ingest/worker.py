@@ -81,6 +81,7 @@ class Ingest:
         self._full = asyncio.Event()
         self._link: PahoLink | None = None
         self._unacked: defaultdict[str, list[int]] = defaultdict(list)
+        self._heard_noted: dict[str, float] = {}  # controller → monotonic time noted
         self._has_unacked = asyncio.Event()
         self._store: Store | None = None
         self._triage: Triage | None = None
@@ -173,6 +174,7 @@ class Ingest:
                 self._has_unacked.set()
 
     async def _write(self, batch: Pending) -> None:
+        batch.heard = self._heard_due(batch.heard)
         delays = mqtt.backoff(first=0.2, cap=5.0)
         while True:
             try:
@@ -265,6 +267,19 @@ class Ingest:
             log.info("registry changed; reloading")
 
     # --- heartbeat ----------------------------------------------------------------------
+    def _heard_due(self, heard: set[str]) -> set[str]:
+        """The controllers whose ``heard_at`` is worth updating in this write.
+
+        Each is noted at most every third of ``silence_timeout_s``, which is enough for
+        the silence check and spares the table a row update per controller per write.
+        """
+        now = time.monotonic()
+        every = self.settings.silence_timeout_s / 3
+        due = {cid for cid in heard if now - self._heard_noted.get(cid, -1e9) >= every}
+        for cid in due:
+            self._heard_noted[cid] = now
+        return due
+
     async def _silence_forever(self) -> None:
         """Take controllers offline that have said nothing for ``silence_timeout_s``."""
         timeout = self.settings.silence_timeout_s
