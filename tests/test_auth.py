@@ -51,17 +51,20 @@ class AuthServer:
             )
             return token
 
+    def validator(self, http: httpx2.AsyncClient, leeway_s: int = 30) -> TokenValidator:
+        """What the API runs, pointed at this server's keys."""
+        return TokenValidator(
+            issuer=self.url,
+            audience=AUDIENCE,
+            jwks_url=f"{self.url}/.well-known/jwks.json",
+            leeway_s=leeway_s,
+            http=http,
+        )
+
     def check(self, token: str, scope: str = "charges:read") -> Caller:
         async def run() -> Caller:
             async with httpx2.AsyncClient() as http:
-                validator = TokenValidator(
-                    issuer=self.url,
-                    audience=AUDIENCE,
-                    jwks_url=f"{self.url}/.well-known/jwks.json",
-                    leeway_s=30,
-                    http=http,
-                )
-                return await validator.check(f"Bearer {token}", scope)
+                return await self.validator(http).check(f"Bearer {token}", scope)
 
         return asyncio.run(run())
 
@@ -279,13 +282,7 @@ def test_a_remembered_token_still_expires_and_keeps_its_scopes(auth: AuthServer)
     async def run() -> list[str]:
         outcomes: list[str] = []
         async with httpx2.AsyncClient() as http:
-            validator = TokenValidator(
-                issuer=auth.url,
-                audience=AUDIENCE,
-                jwks_url=f"{auth.url}/.well-known/jwks.json",
-                leeway_s=0,
-                http=http,
-            )
+            validator = auth.validator(http, leeway_s=0)
             for scope, wait in (("charges:read", 0), ("charges:write", 0), ("charges:read", 2)):
                 await asyncio.sleep(wait)
                 try:

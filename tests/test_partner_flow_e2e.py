@@ -53,6 +53,18 @@ class Partner:
     def events(self, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
         return [body for body in (json.loads(b) for _, b in self.receiver.accepted) if keep(body)]
 
+    def status(self, outlet_id: str, *, within: float = 10) -> dict[str, Any]:
+        """Ask for a status notification and wait for its webhook; its data."""
+        asked = self.post(f"/v1/outlets/{outlet_id}/status-requests")
+        assert asked.status_code == 202, asked.text
+        request_id = asked.json()["request_id"]
+        body = wait_for(
+            lambda: self.event("outlet.status", request_id=request_id),
+            timeout=within,
+            what=f"the outlet.status webhook for {request_id}",
+        )
+        return dict(body["data"])
+
     def event(self, kind: str, **data: Any) -> dict[str, Any] | None:
         """The first webhook of ``kind`` whose data has these values, if one arrived."""
         for body in self.events(lambda b: b["type"] == kind):
@@ -178,13 +190,7 @@ def test_scan_start_rise_stop_with_webhooks(partner: Partner, installation: Inst
     time.sleep(3)  # a few (simulated) minutes of charging
     assert partner.get("/v1/charges/wc-1").json()["energy_wh"] > 0
 
-    asked = partner.post(f"/v1/outlets/{outlet}/status-requests")  # step 4: a status
-    assert asked.status_code == 202
-    note = wait_for(
-        lambda: partner.event("outlet.status", request_id=asked.json()["request_id"]),
-        timeout=10,
-        what="the status notification",
-    )["data"]
+    note = partner.status(outlet)  # step 4: a status notification
     assert note["reading"]["breaker_on"] is True and note["charge"]["charge_id"] == "wc-1"
 
     stopped = partner.post("/v1/charges/wc-1/stop")
@@ -326,14 +332,8 @@ def test_a_status_request_brings_a_fresh_reading_by_webhook(
         "SELECT max(energy_wh) FROM outlet_readings WHERE controller_id = %s AND outlet_no = 3",
         installation.controllers[0],
     )[0][0]
-    asked = partner.post(f"/v1/outlets/{outlet}/status-requests")
-    assert asked.status_code == 202, asked.text
-    request_id = asked.json()["request_id"]
-    answer = wait_for(
-        lambda: partner.event("outlet.status", request_id=request_id),
-        timeout=10,
-        what="the outlet.status webhook",
-    )["data"]
+    answer = partner.status(outlet)
+    request_id = answer["request_id"]
     assert answer["source"] == "edge" and answer["outlet_id"] == outlet
     reading = answer["reading"]
     assert reading["breaker_on"] is True
@@ -360,13 +360,7 @@ def test_a_status_request_the_edge_never_answers_is_answered_from_the_store(
     """The controller looks online but its agent is gone: the last reading answers."""
     silent = installation.controllers[1]
     looks_online(installation, silent)
-    asked = partner.post(f"/v1/outlets/{silent}-2/status-requests")
-    assert asked.status_code == 202
-    answer = wait_for(
-        lambda: partner.event("outlet.status", request_id=asked.json()["request_id"]),
-        timeout=15,
-        what="the outlet.status webhook after the time-out",
-    )["data"]
+    answer = partner.status(f"{silent}-2", within=15)  # after the 3 s time-out
     assert answer["source"] == "last_reading"
     assert answer["reading"] is None, "this outlet has never sent a reading"
 
