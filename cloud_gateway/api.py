@@ -473,7 +473,7 @@ class Gateway:
             await cur.execute(
                 "SELECT s.online, r.minute, r.energy_wh, r.voltage_v, r.current_a, r.breaker_on,"
                 " (SELECT charge_id FROM charges c WHERE c.outlet_id = o.outlet_id"
-                "   AND c.state IN ('requested', 'on', 'drawing', 'stopping')) AS active_charge_id"
+                f"   AND c.state IN ({charges.ACTIVE_SQL})) AS active_charge_id"
                 " FROM outlets o LEFT JOIN controller_status s USING (controller_id)"
                 " LEFT JOIN LATERAL (SELECT * FROM outlet_readings r"
                 "   WHERE r.controller_id = o.controller_id AND r.outlet_no = o.outlet_no"

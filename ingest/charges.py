@@ -23,6 +23,10 @@ from ingest.lifecycle import Charge, Event, Notice, Reading, State
 from ingest.triage import Pending
 from schemas.messages import EdgeEventKind
 
+#: ``lifecycle.ACTIVE`` as an SQL list, literal so that the partial index on active
+#: charges (``charges_one_active_per_outlet``) serves queries using ``state IN (…)``.
+ACTIVE_SQL = ", ".join(sorted(f"'{state.value}'" for state in lifecycle.ACTIVE))
+
 #: Edge events that mean the breaker opened by itself, ending a charge.
 _BREAKER_OPENED = (EdgeEventKind.BREAKER_SWITCHED, EdgeEventKind.OVERCURRENT_TRIP)
 
@@ -183,7 +187,7 @@ async def open_charges(
     cur = await conn.execute(
         "SELECT c.controller_id, c.outlet_no, array_agg(c.charge_id ORDER BY c.requested_at),"
         " min(o.rise_threshold_a) FROM charges c JOIN outlets o USING (outlet_id)"
-        " WHERE c.state IN ('requested', 'on', 'drawing', 'stopping')"
+        f" WHERE c.state IN ({ACTIVE_SQL})"
         "    OR (c.state = 'stopped' AND NOT c.reported)"
         " GROUP BY c.controller_id, c.outlet_no"
     )
@@ -225,16 +229,3 @@ def route(
             to_charges(key, at, lifecycle.MinuteReading(at, energy_wh, breaker_on))
             currents[key].append((at, current_a))
     return feed, currents
-
-
-async def active_on(
-    conn: psycopg.AsyncConnection[Any], controller_id: str, outlet_no: int
-) -> list[str]:
-    """Charges on an outlet that still take events (active, or stopped but not reported)."""
-    cur = await conn.execute(
-        "SELECT charge_id FROM charges WHERE controller_id = %s AND outlet_no = %s"
-        " AND (state IN ('requested', 'on', 'drawing', 'stopping')"
-        "      OR (state = 'stopped' AND NOT reported))",
-        (controller_id, outlet_no),
-    )
-    return [r[0] for r in await cur.fetchall()]

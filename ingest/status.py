@@ -30,6 +30,7 @@ import psycopg
 
 from chargeline.outbox import enqueue
 from chargeline.times import utc
+from ingest import charges
 from schemas.messages import EdgeEvent, Presence
 
 #: Who hears about controllers: partners with a webhook that may use outlets.
@@ -117,7 +118,7 @@ async def _notify(
 ) -> None:
     cur = await conn.execute(
         "SELECT charge_id, state, energy_wh FROM charges WHERE outlet_id = %s"
-        " AND state IN ('requested', 'on', 'drawing', 'stopping')",
+        f" AND state IN ({charges.ACTIVE_SQL})",
         (outlet_id,),
     )
     charge = await cur.fetchone()
