@@ -146,6 +146,13 @@ async def _select_charge(
     return cur
 
 
+#: (controller_id, outlet_no, online) of one outlet, for ``_reachable``.
+_OUTLET_LOOKUP = (
+    "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
+    " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s"
+)
+
+
 def _reachable(row: tuple[Any, ...] | None, outlet_id: str, offline_hint: str) -> tuple[str, int]:
     """(controller, outlet number) from an ``(controller_id, outlet_no, online)`` lookup,
     or the problem: an unknown outlet (404) or an offline controller (503)."""
@@ -203,22 +210,23 @@ class Gateway:
                 log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
 
-    # --- background: starts that never got an answer ------------------------------------
+    # --- background: what never got an answer -------------------------------------------
     async def timeouts_forever(self) -> None:
-        """Fail starts unanswered after ``start_timeout_s`` (or whose controller went
-        offline) and cancel them with an OFF, so an edge that comes back later finds a newer
-        generation and stays off. Answer status requests the edge left unanswered."""
+        """Once a second: fail starts that will not happen, answer overdue status requests."""
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self._expire_starts()
+                async with self.pool.connection() as conn, conn.transaction():
+                    await status.answer_overdue(conn, older_than_s=self.settings.status_timeout_s)
             except (psycopg.Error, aiomqtt.MqttError, Problem) as exc:
-                log.warning("start time-out check failed (%s); retrying", exc)
+                log.warning("time-out check failed (%s); retrying", exc)
 
     async def _expire_starts(self) -> None:
+        """Fail starts unanswered after ``start_timeout_s``, or whose controller went
+        offline, and cancel them with an OFF: an edge that comes back later finds a newer
+        generation and stays off."""
         async with self.pool.connection() as conn:
-            async with conn.transaction():
-                await status.answer_overdue(conn, older_than_s=self.settings.status_timeout_s)
             cur = await conn.execute(
                 "SELECT c.charge_id, c.controller_id, c.outlet_no, s.online IS FALSE"
                 " FROM charges c LEFT JOIN controller_status s USING (controller_id)"
@@ -350,8 +358,7 @@ class Gateway:
             async with conn.pipeline():
                 by_id = await _select_charge(conn, body.charge_id)
                 by_outlet = await conn.execute(
-                    "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
-                    " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
+                    _OUTLET_LOOKUP,
                     (body.outlet_id,),
                 )
             existing = await by_id.fetchone()
@@ -501,11 +508,15 @@ class Gateway:
         """Ask the edge for a fresh sample; the answer comes as an ``outlet.status`` webhook."""
         caller = await self.authorize(request, "outlets:read")
         outlet_id = request.path_params["outlet_id"]
+        client = self.client
+        if client is None:
+            raise Problem(
+                503, "broker-unavailable", "Broker unavailable", "the request could not be sent"
+            )
         request_id = f"sr_{secrets.token_hex(12)}"
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
-                " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
+                _OUTLET_LOOKUP,
                 (outlet_id,),
             )
             controller_id, outlet_no = _reachable(
@@ -519,17 +530,11 @@ class Gateway:
                 (request_id, caller.client_id, outlet_id, controller_id, outlet_no),
             )
             (requested_at,) = await cur.fetchone() or (None,)
-        client = self.client
-        if client is None:
-            async with self.pool.connection() as conn:
-                await conn.execute(
-                    "DELETE FROM status_requests WHERE request_id = %s", (request_id,)
-                )
-            raise Problem(
-                503, "broker-unavailable", "Broker unavailable", "the request could not be sent"
-            )
         ask = StatusRequest(controller_id, request_id, time.time(), outlet_no)
-        await client.publish(self.topics.request(controller_id), encode(ask), qos=1)
+        try:
+            await client.publish(self.topics.request(controller_id), encode(ask), qos=1)
+        except aiomqtt.MqttError as exc:  # recorded: the time-out answers from the store
+            log.warning("status request %s not sent (%s)", request_id, exc)
         return JSONResponse(
             {
                 "request_id": request_id,
