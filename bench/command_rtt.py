@@ -48,8 +48,7 @@ def main() -> None:
         partner_stack(tmp, [CID], scopes=["charges:write", "charges:read"]) as stack,
     ):
         raw = asyncio.run(mqtt_rtt(stack.mqtt_url, samples))
-        reads: list[float] = []
-        api = api_starts(stack, samples, reads)
+        api, reads = api_starts(stack, samples)
     figures = {
         "samples": samples,
         "api_start_ms": {"p50": ms(percentile(api, 50)), "p99": ms(percentile(api, 99))},
@@ -66,9 +65,10 @@ def main() -> None:
     emit("command_rtt", figures)
 
 
-def api_starts(stack: Stack, samples: int, reads: list[float]) -> list[float]:
-    """Time ``samples`` starts; ``reads`` gets the time of a plain read of each charge."""
+def api_starts(stack: Stack, samples: int) -> tuple[list[float], list[float]]:
+    """Times of ``samples`` starts, and of a plain authenticated read of each charge."""
     times: list[float] = []
+    reads: list[float] = []
     client = stack.client
     with OAuth2Client(
         client.client_id, client.client_secret, token_endpoint=stack.token_url
@@ -92,7 +92,7 @@ def api_starts(stack: Stack, samples: int, reads: list[float]) -> list[float]:
             stop = oauth.post(f"{api}/v1/charges/bench-{i}/stop")
             if stop.status_code != 200:
                 raise SystemExit(f"stop {i} answered {stop.status_code}: {stop.text}")
-    return times
+    return times, reads
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -250,17 +251,29 @@ class Ingest:
 
     # --- registry ----------------------------------------------------------------------
     async def _registry_forever(self) -> None:
+        async def follow(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute("LISTEN chargeline_registry")
+            while True:
+                assert self._triage is not None
+                self._triage.registry = await RegistrySnapshot.load(conn)
+                await self._wait_for_change(conn)
+
+        await self._connected_forever("registry listener", follow, self.settings.registry_refresh_s)
+
+    async def _connected_forever(
+        self,
+        what: str,
+        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]],
+        retry_s: float,
+    ) -> None:
+        """Run ``work`` on an autocommit connection of its own, reconnecting after errors."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    await conn.execute("LISTEN chargeline_registry")
-                    while True:
-                        assert self._triage is not None
-                        self._triage.registry = await RegistrySnapshot.load(conn)
-                        await self._wait_for_change(conn)
+                    await work(conn)
             except psycopg.Error as exc:
-                log.debug("registry listener lost its connection (%s)", exc)
-                await asyncio.sleep(self.settings.registry_refresh_s)
+                log.warning("%s lost the database (%s); retrying in %g s", what, exc, retry_s)
+                await asyncio.sleep(retry_s)
 
     async def _wait_for_change(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async for _ in conn.notifies(timeout=self.settings.registry_refresh_s, stop_after=1):
@@ -284,18 +297,16 @@ class Ingest:
         """Take controllers offline that have said nothing for ``silence_timeout_s``."""
         timeout = self.settings.silence_timeout_s
         every = min(5.0, timeout / 3)
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self.url) as conn:
-                    while True:
-                        await asyncio.sleep(every)
-                        async with conn.transaction():
-                            silent = await status.fell_silent(conn, timeout_s=timeout)
-                        for cid in silent:
-                            log.warning("%s: not heard from for %g s; offline", cid, timeout)
-            except psycopg.Error as exc:
-                log.warning("silence check lost the database (%s); retrying", exc)
+
+        async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+            while True:
                 await asyncio.sleep(every)
+                async with conn.transaction():
+                    silent = await status.fell_silent(conn, timeout_s=timeout)
+                for cid in silent:
+                    log.warning("%s: not heard from for %g s; offline", cid, timeout)
+
+        await self._connected_forever("silence check", check, every)
 
     async def _report_forever(self) -> None:
         while True:
