@@ -149,26 +149,42 @@ async def presence_changes(
     known: dict[str, tuple[bool | None, dt.datetime | None]] = {
         cid: (online, since) for cid, online, since in await cur.fetchall()
     }
+    fresh, changed = news(latest.values(), known)
+    if fresh:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO controller_status (controller_id, online, presence_since,"
+                " presence_at, heard_at) VALUES (%s, %s, %s, now(), now())"
+                " ON CONFLICT (controller_id) DO UPDATE SET online = excluded.online,"
+                " presence_since = excluded.presence_since, presence_at = now(),"
+                " heard_at = now(), silent = false",
+                [(p.controller_id, p.online, utc(p.since)) for p in fresh],
+            )
+    await _announce(conn, [p for p in changed if p.online], "connected")
+    await _announce(conn, [p for p in changed if not p.online], "disconnected")
+    return changed
+
+
+def news(
+    presence: Iterable[Presence], known: dict[str, tuple[bool | None, dt.datetime | None]]
+) -> tuple[list[Presence], list[Presence]]:
+    """Pure: which presence messages to record, and which of those change online/offline.
+
+    ``known``: per controller, the stored (online, presence_since).
+    """
+    fresh: list[Presence] = []
     changed: list[Presence] = []
-    for cid, p in latest.items():
-        online, since = known.get(cid, (None, None))
+    for p in presence:
+        online, since = known.get(p.controller_id, (None, None))
         started = utc(p.since)  # compared as stored: microseconds
         if since is not None and started < since:
             continue  # a will (or birth) from an older connection
         if since == started and online is False and p.online:
             continue  # this connection's will already came: its birth is old news
-        await conn.execute(
-            "INSERT INTO controller_status (controller_id, online, presence_since, presence_at,"
-            " heard_at) VALUES (%s, %s, %s, now(), now()) ON CONFLICT (controller_id) DO UPDATE"
-            " SET online = excluded.online, presence_since = excluded.presence_since,"
-            " presence_at = now(), heard_at = now(), silent = false",
-            (cid, p.online, started),
-        )
+        fresh.append(p)
         if online is not p.online:
             changed.append(p)
-    await _announce(conn, [p for p in changed if p.online], "connected")
-    await _announce(conn, [p for p in changed if not p.online], "disconnected")
-    return changed
+    return fresh, changed
 
 
 async def heard_from(conn: psycopg.AsyncConnection[Any], controllers: Iterable[str]) -> list[str]:

@@ -1,0 +1,34 @@
+"""Which presence messages count (ingest.status.news): pure, no broker needed."""
+
+from __future__ import annotations
+
+from chargeline.times import utc
+from ingest.status import news
+from schemas.messages import Presence
+
+T0 = 1_800_000_000.0
+
+
+def test_a_birth_after_a_will_is_a_change_and_a_replayed_one_is_not() -> None:
+    birth = Presence("ctl-a", True, T0)
+    fresh, changed = news([birth], {"ctl-a": (False, utc(T0 - 600))})
+    assert fresh == [birth] and changed == [birth]
+    fresh, changed = news([birth], {"ctl-a": (True, utc(T0))})  # retained, read again
+    assert fresh == [birth] and changed == []
+
+
+def test_an_older_connections_will_cannot_take_a_newer_one_offline() -> None:
+    late_will = Presence("ctl-a", False, T0 - 60)
+    assert news([late_will], {"ctl-a": (True, utc(T0))}) == ([], [])
+
+
+def test_the_birth_of_a_connection_whose_will_already_came_is_old_news() -> None:
+    birth = Presence("ctl-a", True, T0)
+    assert news([birth], {"ctl-a": (False, utc(T0))}) == ([], [])
+    will = Presence("ctl-a", False, T0)
+    assert news([will], {"ctl-a": (True, utc(T0))}) == ([will], [will])
+
+
+def test_a_controller_never_seen_before_comes_online() -> None:
+    birth = Presence("ctl-new", True, T0)
+    assert news([birth], {}) == ([birth], [birth])
