@@ -21,6 +21,13 @@ _INSERT_EVENT = (
 )
 
 
+def event_body(kind: str, data: dict[str, Any]) -> tuple[str, str]:
+    """A new event's public id (``evt_…``) and its JSON body, as partners receive it."""
+    public_id = f"evt_{secrets.token_hex(12)}"
+    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
+    return public_id, json.dumps(body)
+
+
 async def enqueue(
     conn: psycopg.AsyncConnection[Any],
     *,
@@ -33,7 +40,6 @@ async def enqueue(
 
     ``charge_id`` puts the event in its charge's delivery order.
     """
-    public_id = f"evt_{secrets.token_hex(12)}"
-    body = {"id": public_id, "type": kind, "created_at": time.time(), "data": data}
-    await conn.execute(_INSERT_EVENT, (public_id, client_id, charge_id, kind, json.dumps(body)))
+    public_id, body = event_body(kind, data)
+    await conn.execute(_INSERT_EVENT, (public_id, client_id, charge_id, kind, body))
     return public_id

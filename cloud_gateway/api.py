@@ -42,6 +42,7 @@ from starlette.routing import Route
 
 from chargeline import mqtt
 from chargeline.settings import GatewaySettings
+from chargeline.times import utc
 from cloud_gateway import commands
 from cloud_gateway.clients import SCOPES
 from cloud_gateway.commands import AckWaiter
@@ -93,6 +94,15 @@ class Problem(Exception):
 
 def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.astimezone(dt.UTC).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class _NewCharge:
+    """A charge the current call has just created, as ``charges.apply_to_new`` needs it."""
+
+    charge: lifecycle.Charge
+    outlet_id: str
+    end_at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,28 +296,50 @@ class Gateway:
         return await (await _select_charge(conn, charge_id)).fetchone()
 
     async def _await_ack(
-        self, charge_id: str, want: Any, answer: asyncio.Future[CommandAck]
+        self,
+        charge_id: str,
+        want: Any,
+        answer: asyncio.Future[CommandAck],
+        *,
+        new: _NewCharge | None = None,
     ) -> ChargeRow:
-        """Wait briefly for the edge and apply its answer if it comes in time; the charge."""
+        """Wait briefly for the edge and apply its answer if it comes in time; the charge.
+
+        ``new`` is a charge this call has just created: its answer is applied in one round
+        trip (``charges.apply_to_new``), unless something else has moved it already.
+        """
         try:
             ack = await asyncio.wait_for(answer, self.settings.start_wait_s)
         except TimeoutError:
             self.waiter.forget(want.controller_id, want.outlet, want.generation)
             ack = None
+        event = ack and lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at)
         async with self.pool.connection() as conn:
+            fast = None
             async with conn.pipeline(), conn.transaction():
-                if ack is not None:
+                if event is not None:
                     # No need to wait for this commit to reach the disk: ingest applies the
                     # same acknowledgement from the broker, durably; a crash loses nothing.
                     await conn.execute("SET LOCAL synchronous_commit TO off")
-                    await charges.apply(
-                        conn,
-                        charge_id,
-                        lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at),
-                    )
+                    if new is None:
+                        await charges.apply(conn, charge_id, event)
+                    else:
+                        fast = await charges.apply_to_new(
+                            conn, new.charge, event, outlet_id=new.outlet_id, end_at=new.end_at
+                        )
                 cur = await _select_charge(conn, charge_id)  # read with the commit
             row = await cur.fetchone()
-        assert row is not None
+            assert row is not None
+            untouched = row.state == lifecycle.State.REQUESTED.value
+            if event is not None and fast is not None and fast.rowcount == 0 and untouched:
+                # Something else wrote the new charge first (a baseline reading): step it
+                # as it is now.
+                async with conn.pipeline(), conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
+                    await charges.apply(conn, charge_id, event)
+                    cur = await _select_charge(conn, charge_id)
+                row = await cur.fetchone()
+                assert row is not None
         return row
 
     async def _publish(self, want: Any) -> None:
@@ -388,8 +420,10 @@ class Gateway:
                 )
             controller_id, outlet_no = _reachable(outlet, body.outlet_id, "no charge can start")
             try:
+                # One round trip and the commit: the charge takes the generation that the
+                # command allocates, in SQL.
                 async with conn.pipeline(), conn.transaction():
-                    want = await commands.record(
+                    recorded = await commands.send_record(
                         conn,
                         controller_id=controller_id,
                         outlet=outlet_no,
@@ -408,8 +442,8 @@ class Gateway:
                         outlet_no=outlet_no,
                         end_at=end_at,
                         request_sha256=digest,
-                        generation=want.generation,
                     )
+                want = await recorded.desired()
             except errors.UniqueViolation as exc:
                 if "charges_one_active_per_outlet" in str(exc):
                     raise Problem(
@@ -423,7 +457,10 @@ class Gateway:
                 ) from None
         answer = self.waiter.expect(controller_id, outlet_no, want.generation)
         await self._publish(want)
-        row = await self._await_ack(body.charge_id, want, answer)
+        new = _NewCharge(
+            lifecycle.start(body.charge_id, want.generation), body.outlet_id, utc(end_at)
+        )
+        row = await self._await_ack(body.charge_id, want, answer, new=new)
         status = 201 if row.state != lifecycle.State.REQUESTED.value else 202
         return JSONResponse(row.json(), status_code=status)
 

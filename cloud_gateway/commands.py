@@ -41,7 +41,21 @@ RETURNING generation
 """
 
 
-async def record(
+class Recorded:
+    """A command sent to the database in a pipeline; its generation is known once the
+    pipeline has synced (at the latest when its transaction commits)."""
+
+    def __init__(self, cursor: psycopg.AsyncCursor[Any], want: DesiredState) -> None:
+        self._cursor = cursor
+        self._want = want
+
+    async def desired(self) -> DesiredState:
+        row = await self._cursor.fetchone()
+        assert row is not None
+        return self._want._replace(generation=int(row[0]))
+
+
+async def send_record(
     conn: psycopg.AsyncConnection[Any],
     *,
     controller_id: str,
@@ -51,8 +65,9 @@ async def record(
     end_at: float | None,
     issued_at: float,
     issued_by: str,
-) -> DesiredState:
-    """Allocate the generation and write the audit row, in the caller's transaction."""
+) -> Recorded:
+    """Allocate the generation and write the audit row, in the caller's transaction,
+    without waiting for the answer."""
     cur = await conn.execute(
         _RECORD,
         (
@@ -65,9 +80,12 @@ async def record(
             issued_by,
         ),
     )
-    row = await cur.fetchone()
-    assert row is not None
-    return DesiredState(controller_id, outlet, on, int(row[0]), charge_id, end_at, issued_at)
+    return Recorded(cur, DesiredState(controller_id, outlet, on, 0, charge_id, end_at, issued_at))
+
+
+async def record(conn: psycopg.AsyncConnection[Any], **command: Any) -> DesiredState:
+    """``send_record`` and wait for the generation (``send_record``'s keyword arguments)."""
+    return await (await send_record(conn, **command)).desired()
 
 
 async def publish(client: aiomqtt.Client, topics: Topics, want: DesiredState) -> None:

@@ -5,7 +5,8 @@ transaction.
 the new state and any webhooks together, so a fact and its webhook commit or roll back as
 one. Several processes (the gateway on its fast path, ingest from the durable stream) may
 apply the same event: the lock serialises them and the state machine ignores repeats, so
-each webhook is written once.
+each webhook is written once. ``apply_to_new`` is the gateway's one-round-trip variant for
+a charge it has just created: it writes only if the row is untouched since.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from chargeline.outbox import enqueue
+from chargeline.outbox import enqueue, event_body
 from chargeline.times import epoch_or_none, utc_or_none
 from ingest import lifecycle
 from ingest.lifecycle import Charge, Event, Notice, Reading, State
@@ -71,9 +72,13 @@ async def create(
     outlet_no: int,
     end_at: float,
     request_sha256: bytes,
-    generation: int,
+    generation: int | None = None,
 ) -> None:
     """A new charge in ``requested``; UniqueViolation means the outlet is busy.
+
+    ``generation`` is its start command's; by default the one ``commands.record`` has just
+    allocated for the outlet in this transaction (read in SQL, so a pipelined caller need
+    not wait for it).
 
     It also re-arms the outlet's current-rise detector: the breaker is OFF before a start,
     so nothing is drawn, and only observations from now on count (a backlog from the
@@ -82,7 +87,8 @@ async def create(
     await conn.execute(
         "INSERT INTO charges (charge_id, client_id, outlet_id, controller_id, outlet_no,"
         " request_sha256, state, start_generation, end_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s::bigint, (SELECT generation"
+        " FROM outlet_generations WHERE controller_id = %s AND outlet_no = %s)), %s)",
         (
             charge_id,
             client_id,
@@ -92,6 +98,8 @@ async def create(
             request_sha256,
             State.REQUESTED.value,
             generation,
+            controller_id,
+            outlet_no,
             utc_or_none(end_at),
         ),
     )
@@ -118,28 +126,7 @@ async def apply(
     before = _charge(row)
     after, notices = lifecycle.step(before, event)
     if after != before:
-        await conn.execute(
-            "UPDATE charges SET state = %s, stop_generation = %s, started_at = %s,"
-            " rise_at = %s, stopped_at = %s, stop_reason = %s, failure = %s,"
-            " first_minute = %s, first_energy_wh = %s, last_minute = %s, last_energy_wh = %s,"
-            " energy_wh = %s, reported = %s, updated_at = now() WHERE charge_id = %s",
-            (
-                after.state.value,
-                after.stop_generation,
-                utc_or_none(after.started_at),
-                utc_or_none(after.rise_at),
-                utc_or_none(after.stopped_at),
-                after.stop_reason,
-                after.failure,
-                utc_or_none(after.first_reading.minute if after.first_reading else None),
-                after.first_reading.energy_wh if after.first_reading else None,
-                utc_or_none(after.last_reading.minute if after.last_reading else None),
-                after.last_reading.energy_wh if after.last_reading else None,
-                after.energy_wh,
-                after.reported,
-                charge_id,
-            ),
-        )
+        await conn.execute(f"UPDATE charges SET {_SET} WHERE charge_id = %s", (*_values(after),))
     client_id, outlet_id, end_at = row[15], row[16], row[17]
     for notice in notices:
         await enqueue(
@@ -150,6 +137,78 @@ async def apply(
             data=webhook_data(after, notice, outlet_id=outlet_id, end_at=end_at),
         )
     return after, notices
+
+
+#: Every column the lifecycle changes, then the charge id (see ``_values``).
+_SET = (
+    "state = %s, stop_generation = %s, started_at = %s, rise_at = %s, stopped_at = %s,"
+    " stop_reason = %s, failure = %s, first_minute = %s, first_energy_wh = %s,"
+    " last_minute = %s, last_energy_wh = %s, energy_wh = %s, reported = %s, updated_at = now()"
+)
+
+
+def _values(charge: Charge) -> tuple[Any, ...]:
+    return (
+        charge.state.value,
+        charge.stop_generation,
+        utc_or_none(charge.started_at),
+        utc_or_none(charge.rise_at),
+        utc_or_none(charge.stopped_at),
+        charge.stop_reason,
+        charge.failure,
+        utc_or_none(charge.first_reading.minute if charge.first_reading else None),
+        charge.first_reading.energy_wh if charge.first_reading else None,
+        utc_or_none(charge.last_reading.minute if charge.last_reading else None),
+        charge.last_reading.energy_wh if charge.last_reading else None,
+        charge.energy_wh,
+        charge.reported,
+        charge.charge_id,
+    )
+
+
+#: ``apply_to_new``: the step and its webhooks, written only if the row is still as
+#: ``create`` left it (then its state is ``lifecycle.start``'s).
+_APPLY_TO_NEW = f"""
+WITH changed AS (
+    UPDATE charges SET {_SET}
+    WHERE charge_id = %s AND state = 'requested' AND first_minute IS NULL
+    RETURNING client_id, charge_id
+)
+INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)
+SELECT e.public_id, c.client_id, c.charge_id, e.kind, e.body::jsonb
+FROM changed c CROSS JOIN unnest(%s::text[], %s::text[], %s::text[]) AS e(public_id, kind, body)
+"""
+
+
+async def apply_to_new(
+    conn: psycopg.AsyncConnection[Any],
+    charge: Charge,
+    event: Event,
+    *,
+    outlet_id: str,
+    end_at: dt.datetime,
+) -> psycopg.AsyncCursor[Any]:
+    """``apply`` for a charge the caller has just created (``charge`` is
+    ``lifecycle.start(…)``), in one statement and without waiting for a row lock's answer.
+
+    If anything touched the row since its creation (ingest applied the same event first, a
+    baseline reading arrived), nothing is written: the cursor's ``rowcount`` is 0 once the
+    caller's pipeline has synced, and ``apply`` is the way to step the charge as it is now.
+    """
+    after, notices = lifecycle.step(charge, event)
+    events = [
+        event_body(n.kind, webhook_data(after, n, outlet_id=outlet_id, end_at=end_at))
+        for n in notices
+    ]
+    return await conn.execute(
+        _APPLY_TO_NEW,
+        (
+            *_values(after),
+            [public_id for public_id, _ in events],
+            [n.kind for n in notices],
+            [body for _, body in events],
+        ),
+    )
 
 
 def webhook_data(

@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from chargeline.times import utc
 from cloud_gateway.clients import add_client
-from ingest import charges
+from ingest import charges, lifecycle
 from ingest.lifecycle import Acked, Event, MinuteReading, State, StopRequested
 from ingest.registry import import_registry
 from schemas.codec import encode
@@ -98,6 +99,59 @@ def test_a_charge_runs_its_course_with_one_webhook_per_step(setup: tuple[str, st
     assert query(url, "SELECT state, energy_wh, reported FROM charges") == [
         (State.STOPPED.value, 300.0, True)
     ]
+
+
+async def _apply_to_new(url: str, charge_id: str, event: Event) -> int:
+    """The gateway's one-statement path for a charge it has just created; rows written."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await charges.apply_to_new(
+            conn,
+            lifecycle.start(charge_id, 1),
+            event,
+            outlet_id="ctl-a-1",
+            end_at=utc(T0 + 3600),
+        )
+        await conn.commit()
+        return cur.rowcount
+
+
+def test_the_fast_path_writes_a_new_charge_once(setup: tuple[str, str]) -> None:
+    url, client_id = setup
+    on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10)
+
+    async def scenario() -> list[int]:
+        await _create(url, client_id, "ch-1")
+        first = await _apply_to_new(url, "ch-1", on)
+        again = await _apply_to_new(url, "ch-1", on)  # a retry: the row has moved on
+        await _apply(url, "ch-1", on)  # ingest's copy of the same ack
+        return [first, again]
+
+    assert asyncio.run(scenario()) == [1, 0]
+    assert query(url, "SELECT state, started_at FROM charges") == [(State.ON.value, utc(T0 + 10))]
+    events = outbox(url)
+    assert [kind for kind, _ in events] == ["charge.started"]
+    assert events[0][1]["data"] == {
+        "charge_id": "ch-1",
+        "outlet_id": "ctl-a-1",
+        "state": "on",
+        "at": T0 + 10,
+        "end_at": T0 + 3600,
+    }
+
+
+def test_the_fast_path_leaves_a_charge_something_else_wrote(setup: tuple[str, str]) -> None:
+    url, client_id = setup
+
+    async def scenario() -> int:
+        await _create(url, client_id, "ch-1")
+        await _apply(url, "ch-1", MinuteReading(T0, 500.0, False))  # the baseline came first
+        return await _apply_to_new(url, "ch-1", Acked(1, CommandOutcome.APPLIED, True, T0 + 10))
+
+    assert asyncio.run(scenario()) == 0
+    assert query(url, "SELECT state, first_energy_wh FROM charges") == [
+        (State.REQUESTED.value, 500.0)
+    ]
+    assert outbox(url) == []
 
 
 def test_an_outlet_runs_one_charge_at_a_time(setup: tuple[str, str]) -> None:
