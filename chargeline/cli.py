@@ -57,13 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("gateway", help="run the partner API and the webhook deliverer")
 
     demo = sub.add_parser(
-        "demo", help="run the whole pipeline on one machine with simulated controllers"
+        "demo",
+        help="the whole system on one machine: simulated controllers, residents and partner",
     )
-    demo.add_argument("--controllers", type=int, default=3)
-    demo.add_argument("--outlets", type=int, default=8)
+    demo.add_argument("--controllers", type=int, default=3, help="controllers (default 3)")
+    demo.add_argument("--outlets", type=int, default=8, help="outlets per controller (1..8)")
     demo.add_argument("--duration", type=float, help="real seconds to run (default: until Ctrl-C)")
-    demo.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per second")
+    demo.add_argument(
+        "--time-scale", type=float, default=60.0, help="simulated seconds per second (default 60)"
+    )
     demo.add_argument("--fresh", action="store_true", help="start from an empty data directory")
+    demo.add_argument("--plain", action="store_true", help="log lines instead of the live view")
+    demo.add_argument("--seed", type=int, help="the residents' random seed (default: random)")
     return parser
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from chargeline.database import database_url
 from chargeline.settings import EdgeSettings, IngestSettings
@@ -30,12 +29,14 @@ async def run_ingest(settings: IngestSettings, url: str) -> None:
         await ingest.run()
 
 
-def simulated_agent(settings: EdgeSettings) -> EdgeAgent:
-    clock = ScaledClock(settings.time_scale, start=time.time() + settings.sim_clock_skew_s)
+def simulated_agent(settings: EdgeSettings, *, arrivals: bool = True) -> EdgeAgent:
+    """An edge agent on a ``SimulatedSite`` (its ``meter`` and ``breakers``)."""
+    clock = ScaledClock(settings.time_scale, start=settings.now() + settings.sim_clock_skew_s)
     site = SimulatedSite(
         outlets=settings.outlets,
         seed=settings.sim_seed if settings.sim_seed is not None else settings.controller_id,
         autoplay=settings.sim_autoplay,
+        arrivals=arrivals,
         start=clock.now(),
     )
     for spec in filter(None, settings.sim_cars.split(",")):

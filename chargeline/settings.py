@@ -6,6 +6,7 @@ the process at start with pydantic's message naming the variable, never later.
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -62,8 +63,22 @@ class CommonSettings(BaseSettings):
     time_scale: float = Field(
         default=1.0, gt=0, le=3600, description="simulated seconds per real second (demo, tests)"
     )
+    time_origin: float | None = Field(
+        default=None,
+        description="accelerated installations: the epoch from which every process's clock"
+        " runs time_scale times faster (unset: the edge alone runs fast)",
+    )
 
     _toml_sections: ClassVar[tuple[str, ...]] = ()
+
+    def now(self) -> float:
+        """The installation's clock for times in messages and charges (command issue times,
+        end times): real time, or with ``time_origin`` set, ``time_scale`` times faster
+        from it, the same in every process."""
+        real = time.time()
+        if self.time_origin is None:
+            return real
+        return self.time_origin + (real - self.time_origin) * self.time_scale
 
     @field_validator("mqtt_url")
     @classmethod

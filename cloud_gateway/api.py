@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -246,7 +245,7 @@ class Gateway:
             )
             for charge_id, controller_id, outlet_no, offline in await cur.fetchall():
                 async with conn.transaction():
-                    now = time.time()
+                    now = self.settings.now()
                     why: lifecycle.Event = (
                         lifecycle.ControllerOffline(now)
                         if offline
@@ -378,7 +377,7 @@ class Gateway:
                 "Invalid request",
                 "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
             ) from None
-        now = time.time()
+        now = self.settings.now()
         end_at = body.end_at.timestamp() if body.end_at else now + self.settings.max_charge_s
         digest = hashlib.sha256(
             json.dumps(
@@ -495,13 +494,15 @@ class Gateway:
                     on=False,
                     charge_id=charge_id,
                     end_at=None,
-                    issued_at=time.time(),
+                    issued_at=self.settings.now(),
                     issued_by=caller.client_id,
                 )
                 await charges.apply(
                     conn,
                     charge_id,
-                    lifecycle.StopRequested(want.generation, "partner stopped", time.time()),
+                    lifecycle.StopRequested(
+                        want.generation, "partner stopped", self.settings.now()
+                    ),
                 )
         answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
         await self._publish(want)
@@ -567,7 +568,7 @@ class Gateway:
                 (request_id, caller.client_id, outlet_id, controller_id, outlet_no),
             )
             (requested_at,) = await cur.fetchone() or (None,)
-        ask = StatusRequest(controller_id, request_id, time.time(), outlet_no)
+        ask = StatusRequest(controller_id, request_id, self.settings.now(), outlet_no)
         try:
             await client.publish(self.topics.request(controller_id), encode(ask), qos=1)
         except aiomqtt.MqttError as exc:  # recorded: the time-out answers from the store

@@ -52,10 +52,19 @@ class SimulatedSite:
     """Implements both ``MeterReader`` and ``BreakerDriver``."""
 
     def __init__(
-        self, *, outlets: int = 8, seed: int | str = 0, autoplay: bool = False, start: float = 0.0
+        self,
+        *,
+        outlets: int = 8,
+        seed: int | str = 0,
+        autoplay: bool = False,
+        arrivals: bool = True,
+        start: float = 0.0,
     ) -> None:
+        """``arrivals``: cars come by themselves (else only through ``plug_in``);
+        ``autoplay``: their breakers switch with them, as if someone started each charge."""
         self.rng = random.Random(zlib.crc32(str(seed).encode()))
         self.autoplay = autoplay
+        self.arrivals = arrivals
         self.outlets = {
             n: SimOutlet(n, energy_wh=self.rng.uniform(0, 50_000)) for n in range(1, outlets + 1)
         }
@@ -77,6 +86,9 @@ class SimulatedSite:
 
     def plug_in(self, outlet: int, *, need_wh: float, max_current_a: float = 16.0) -> None:
         self.outlets[outlet].car = Car(need_wh, need_wh, max_current_a)
+
+    def unplug(self, outlet: int) -> None:
+        self.outlets[outlet].car = None
 
     # --- MeterReader ---------------------------------------------------------------------
     def read(self, now: float) -> Sample:
@@ -113,7 +125,7 @@ class SimulatedSite:
     def _residents(self, sim: SimOutlet, now: float, dt: float) -> None:
         car = sim.car
         if car is None:
-            if dt and self.rng.random() < dt / MEAN_ARRIVAL_S:
+            if self.arrivals and dt and self.rng.random() < dt / MEAN_ARRIVAL_S:
                 sim.car = Car(
                     need_wh=(need := self.rng.uniform(2_000, 30_000)),
                     full_need_wh=need,

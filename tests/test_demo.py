@@ -1,7 +1,8 @@
-"""The README's main command: `chargeline demo` on embedded defaults."""
+"""The README's main command: `chargeline demo` on embedded defaults, as a newcomer runs it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,33 +14,53 @@ from tests.helpers import query
 
 
 @pytest.mark.slow
-def test_demo_runs_and_stores_what_it_reports(tmp_path: Path) -> None:
-    """The demo starts everything itself, prints what it stores, and the database agrees."""
+def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -> None:
+    """Residents charge through the partner; the summary adds up, and the database agrees."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
     env["CHARGELINE_DATA_DIR"] = str(tmp_path)
+    args = ["demo", "--duration", "25", "--time-scale", "120", "--fresh", "--seed", "7"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chargeline",
-            "demo",
-            "--duration",
-            "8",
-            "--time-scale",
-            "120",
-            "--fresh",
-        ],
+        [sys.executable, "-m", "chargeline", *args],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=240,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "stored" in result.stdout and "summary:" in result.stdout
-    summary = result.stdout.split("summary: ")[1].split(" outlet readings")[0]
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "summary after" in result.stdout, output  # not a terminal: plain lines
+
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    charges, webhooks = summary["charges"], summary["webhooks"]
+    assert charges["started"] >= 10 and charges["stopped"] == charges["started"], charges
+    assert charges["failed"] == 0 and charges["still_running"] == 0, charges
+    assert charges["stopped_without_energy"] == 0 and summary["energy_kwh"] > 0, summary
+    # Every webhook was delivered, verified by the partner, and each is a charge's step.
+    assert webhooks["written"] == webhooks["delivered"] == webhooks["received_by_partner"]
+    assert webhooks["bad_signatures"] == 0 and webhooks["gave_up"] == 0
+    by_type = webhooks["by_type"]
+    assert by_type["charge.started"] == by_type["charge.stopped"] == charges["started"]
+    assert by_type["charge.current_rise"] >= charges["started"] - 2  # the last ones may not
+    assert by_type.get("outlet.status", 0) >= 1
+    assert summary["latency_ms"]["start_to_breaker"]["count"] == charges["started"]
+
     # The embedded server stopped with the demo; start it again to check its numbers.
     from chargeline.database import embedded_url
 
     url = embedded_url(tmp_path / "demo")
-    stored = query(url, "SELECT count(*) FROM outlet_readings")[0][0]
-    assert stored == int(summary.replace(",", "")) and stored >= 24 * 5
+    store = summary["store"]
+    readings, minutes = query(url, "SELECT count(*), count(DISTINCT minute) FROM outlet_readings")[
+        0
+    ]
+    assert (readings, minutes) == (store["outlet_readings"], store["minutes"])
+    assert store["outlet_readings_this_run"] == readings  # --fresh
+    # Every outlet has every minute from its first to its last: nothing lost, nothing twice.
+    spans = query(
+        url,
+        "SELECT count(*), (extract(epoch FROM max(minute) - min(minute)) / 60)::int + 1"
+        " FROM outlet_readings GROUP BY controller_id, outlet_no",
+    )
+    assert len(spans) == 24 and all(count == span >= 20 for count, span in spans), spans
+    assert query(url, "SELECT count(*) FROM meter_seq_gaps") == [(0,)]
+    stopped = query(url, "SELECT count(*), min(energy_wh) FROM charges WHERE state = 'stopped'")[0]
+    assert stopped[0] == charges["stopped"] and stopped[1] > 0

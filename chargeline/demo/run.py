@@ -1,0 +1,301 @@
+"""``chargeline demo``: the whole system on one machine, with a simulated partner and
+residents.
+
+In one process tree, on embedded defaults:
+
+* this process: PostgreSQL (embedded unless ``CHARGELINE_DATABASE_URL`` is set), the
+  broker (embedded unless ``CHARGELINE_MQTT_URL`` is set), migrations, the sample site's
+  registry, ingest, one simulated edge agent per controller, and the partner (an OAuth2
+  client with a webhook receiver) whose residents play the field operation flow
+  (``residents``);
+* child processes, as in production: the authorization server and the gateway.
+
+Time runs ``--time-scale`` times faster (default: a minute per second). After
+``--duration`` seconds, or at Ctrl-C, the residents come back and stop their charges, the
+last webhooks are delivered, and a summary is printed and written to ``summary.json``. A
+second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from chargeline import runner, services, settings
+from chargeline.demo import view
+from chargeline.demo.partner import Partner, Tally
+from chargeline.demo.residents import World
+from chargeline.demo.site import controller_id_of, sample_registry
+from cloud_gateway.clients import add_client
+from edge_agent.simulated import SimulatedSite
+from ingest.registry import import_registry
+
+#: How long the closing residents, and then the last webhooks, may take.
+WIND_DOWN_S = 60.0
+
+
+def main(args: argparse.Namespace) -> int:
+    if not 1 <= args.outlets <= 8:
+        print("chargeline demo: --outlets must be 1..8", file=sys.stderr)
+        return 2
+    if not 1 <= args.controllers <= 100:
+        print("chargeline demo: --controllers must be 1..100", file=sys.stderr)
+        return 2
+    if not 1 <= args.time_scale <= 600:
+        print("chargeline demo: --time-scale must be 1..600", file=sys.stderr)
+        return 2
+    common = settings.load(settings.IngestSettings, time_scale=args.time_scale)
+    data_dir = (common.data_dir / "demo").resolve()
+    if args.fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    _log_to(data_dir / "logs" / "demo.log")
+    # Every process (the edges here, the gateway in its own) runs on one accelerated clock.
+    overrides: dict[str, Any] = {
+        "data_dir": data_dir,
+        "time_scale": args.time_scale,
+        "time_origin": time.time(),
+    }
+    embedded_broker = "CHARGELINE_MQTT_URL" not in os.environ
+    if embedded_broker:
+        overrides["mqtt_url"] = f"mqtt://127.0.0.1:{_free_port()}"
+    ingest = settings.load(settings.IngestSettings, **overrides)
+    print(f"chargeline demo: data in {data_dir}")
+    url = services.prepare_database(ingest)
+    print(f"  database: {url}")
+    print(f"  registry: {import_registry(url, sample_registry(args.controllers, args.outlets))}")
+    print(f"  broker:   {ingest.mqtt!r}{' (embedded)' if embedded_broker else ''}")
+    print(
+        f"  time:     {args.time_scale:g}× (one simulated minute every {60 / args.time_scale:.2f} s)",
+        flush=True,
+    )
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM outlet_readings").fetchone()
+    live = sys.stdout.isatty() and not args.plain
+    return runner.run(
+        _run(
+            args,
+            ingest,
+            url,
+            embedded_broker,
+            overrides,
+            live=live,
+            readings_before=row[0] if row else 0,
+        )
+    )
+
+
+async def _run(
+    args: argparse.Namespace,
+    ingest: settings.IngestSettings,
+    url: str,
+    embedded: bool,
+    overrides: dict[str, Any],
+    *,
+    live: bool,
+    readings_before: int,
+) -> None:
+    from broker.server import EmbeddedBroker
+
+    started = time.monotonic()
+    controllers = [controller_id_of(c) for c in range(1, args.controllers + 1)]
+    broker_settings = settings.load(
+        settings.BrokerSettings, **overrides, broker_bind=f"127.0.0.1:{ingest.mqtt.port}"
+    )
+    broker = EmbeddedBroker(broker_settings) if embedded else contextlib.nullcontext()
+    tally = Tally()
+    async with broker, asyncio.TaskGroup() as tasks:
+        background = [tasks.create_task(services.run_ingest(ingest, url), name="ingest")]
+        sites: dict[str, SimulatedSite] = {}
+        for cid in controllers:
+            edge = settings.load(
+                settings.EdgeSettings,
+                **overrides,
+                controller_id=cid,
+                outlets=args.outlets,
+                sim_autoplay=False,
+                sample_interval_s=max(1.0, args.time_scale / 20),
+            )
+            agent = services.simulated_agent(edge, arrivals=False)
+            assert isinstance(agent.meter, SimulatedSite)
+            sites[cid] = agent.meter
+            background.append(tasks.create_task(_run_agent(agent), name=cid))
+        try:
+            async with (
+                _cloud(url, ingest) as (api, token_url),
+                await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+            ):
+                await _wait_online(conn, controllers)
+                port = _free_port()
+                client = add_client(
+                    url,
+                    f"WeCharge demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                    ["charges:write", "charges:read", "outlets:read", "usage:read"],
+                    f"http://127.0.0.1:{port}/hooks",
+                )
+                partner = Partner(
+                    client, api=api, token_url=token_url, port=port, tally=tally, now=ingest.now
+                )
+                async with partner.running():
+                    world = World(partner, sites, time_scale=args.time_scale, seed=args.seed)
+                    await _play(world, tally, conn, client.client_id, args.duration, live=live)
+                    final = await view.counters(conn, client.client_id)
+                summary = view.summary(
+                    tally,
+                    final,
+                    readings_before=readings_before,
+                    running=len(world.charges),
+                    database=url,
+                    data_dir=ingest.data_dir,
+                    seconds=time.monotonic() - started,
+                )
+            view.write_summary(summary, ingest.data_dir / "summary.json")
+            view.print_summary(summary)
+        finally:
+            for task in background:
+                task.cancel()
+
+
+async def _run_agent(agent: Any) -> None:
+    async with agent:
+        await agent.run()
+
+
+async def _play(
+    world: World,
+    tally: Tally,
+    conn: psycopg.AsyncConnection[Any],
+    client_id: str,
+    duration: float | None,
+    *,
+    live: bool,
+) -> None:
+    """Residents play for ``duration`` (or until Ctrl-C); then everything winds down."""
+    shown = view.View(world, tally, conn, client_id, live=live)
+    playing = asyncio.create_task(world.play(), name="residents")
+    showing = asyncio.create_task(shown.run(), name="view")
+    try:
+        await asyncio.wait({playing}, timeout=duration)
+    except asyncio.CancelledError:  # Ctrl-C: wind down; a second one stops at once
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+    world.closing.set()
+    tally.say(f"closing: residents stop their {len(world.charges)} running charges")
+    if not live:
+        print(f"closing: stopping {len(world.charges)} running charges", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(playing, WIND_DOWN_S)
+    deadline = time.monotonic() + WIND_DOWN_S
+    while time.monotonic() < deadline:  # the last webhooks reach the partner
+        c = await view.counters(conn, client_id)
+        if c.undelivered == c.gave_up:
+            break
+        await asyncio.sleep(0.2)
+    showing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await showing
+    if not live:
+        for line in shown.feed_lines():
+            print(f"  {line}", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _cloud(url: str, ingest: settings.IngestSettings) -> AsyncIterator[tuple[str, str]]:
+    """The authorization server and the gateway as child processes; (API, token URL)."""
+    auth_port, api_port = _free_port(), _free_port()
+    issuer = f"http://127.0.0.1:{auth_port}"
+    env = {
+        **os.environ,
+        "CHARGELINE_DATABASE_URL": url,
+        "CHARGELINE_MQTT_URL": ingest.mqtt_url,
+        "CHARGELINE_DATA_DIR": str(ingest.data_dir),
+        "CHARGELINE_TIME_SCALE": str(ingest.time_scale),
+        "CHARGELINE_TIME_ORIGIN": repr(ingest.time_origin),
+        "CHARGELINE_LOG_LEVEL": "INFO",
+        "CHARGELINE_ISSUER": issuer,
+        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{auth_port}",
+        "CHARGELINE_API_BIND": f"127.0.0.1:{api_port}",
+    }
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for name, port in (("auth", auth_port), ("gateway", api_port)):
+            log = (ingest.data_dir / "logs" / f"{name}.log").open("ab")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "chargeline", name, env=env, stdout=log, stderr=log
+            )
+            log.close()
+            procs.append(proc)
+            await _wait_port(port, proc, name, ingest.data_dir)
+        yield f"http://127.0.0.1:{api_port}", f"{issuer}/oauth2/token"
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 15)
+            if proc.returncode is None:
+                proc.kill()
+
+
+async def _wait_port(
+    port: int, proc: asyncio.subprocess.Process, name: str, data_dir: Path
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise SystemExit(
+                f"chargeline demo: the {name} server exited ({proc.returncode});"
+                f" see {data_dir / 'logs' / f'{name}.log'}"
+            )
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"chargeline demo: the {name} server did not listen on {port}")
+
+
+async def _wait_online(conn: psycopg.AsyncConnection[Any], controllers: list[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        cur = await conn.execute(
+            "SELECT count(*) FROM controller_status WHERE controller_id = ANY(%s) AND online",
+            (controllers,),
+        )
+        row = await cur.fetchone()
+        if row and row[0] == len(controllers):
+            return
+        await asyncio.sleep(0.2)
+    raise SystemExit("chargeline demo: the simulated controllers did not come online")
+
+
+def _log_to(path: Path) -> None:
+    """This process's log (ingest, edges, broker) goes to a file: the terminal shows the
+    view and the summary."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per partner call
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
