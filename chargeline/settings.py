@@ -6,6 +6,7 @@ the process at start with pydantic's message naming the variable, never later.
 
 from __future__ import annotations
 
+import os
 import time
 from contextvars import ContextVar
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -110,6 +112,11 @@ class CommonSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # systemd's LoadCredential= puts secrets in files named after their settings
+        # (e.g. chargeline_database_url); they rank below the environment.
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=credentials))
         path = CONFIG_FILE.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
