@@ -117,7 +117,8 @@ async def _run(
     broker = EmbeddedBroker(broker_settings) if embedded else contextlib.nullcontext()
     tally = Tally()
     async with broker, asyncio.TaskGroup() as tasks:
-        background = [tasks.create_task(services.run_ingest(ingest, url), name="ingest")]
+        ingesting = tasks.create_task(services.run_ingest(ingest, url), name="ingest")
+        background = [ingesting]
         sites: dict[str, SimulatedSite] = {}
         for cid in controllers:
             edge = settings.load(
@@ -151,6 +152,12 @@ async def _run(
                 async with partner.running():
                     world = World(partner, sites, time_scale=args.time_scale, seed=args.seed)
                     await _play(world, tally, conn, client.client_id, args.duration, live=live)
+                    # Ingest stops first, so the summary's figures are the database's.
+                    # Whatever it had not written was not acknowledged either: the edges
+                    # keep it in their buffers and send it again next run.
+                    ingesting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ingesting
                     final = await view.counters(conn, client.client_id)
                 summary = view.summary(
                     tally,
