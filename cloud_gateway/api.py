@@ -312,7 +312,7 @@ class Gateway:
         except TimeoutError:
             self.waiter.forget(want.controller_id, want.outlet, want.generation)
             ack = None
-        event = ack and lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at)
+        event = ack and lifecycle.Acked.of(ack)
         async with self.pool.connection() as conn:
             fast = None
             async with conn.pipeline(), conn.transaction():

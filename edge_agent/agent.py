@@ -297,13 +297,15 @@ class EdgeAgent:
                 self._remember(memory)
                 self._execute(Decision(memory, after.actions))
             elif isinstance(action, Acknowledge):
+                sample = self.meter.read(self.clock.now())
                 ack = CommandAck(
                     self.cid,
                     action.outlet,
                     action.generation,
                     action.outcome,
                     self.breakers.breaker_on(action.outlet),
-                    self.cloud_clock.cloud(self.clock.now()),
+                    self.cloud_clock.cloud(sample.at),
+                    next(o.energy_wh for o in sample.outlets if o.outlet == action.outlet),
                 )
                 self._send(self.topics.ack(self.cid), encode(ack))
             elif isinstance(action, Report):

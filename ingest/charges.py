@@ -270,9 +270,7 @@ def route(
     for ack in pending.command_acks:
         key = (ack.controller_id, ack.outlet)
         if key in open_:
-            to_charges(
-                key, ack.at, lifecycle.Acked(ack.generation, ack.outcome, ack.breaker_on, ack.at)
-            )
+            to_charges(key, ack.at, lifecycle.Acked.of(ack))
     for edge in pending.events:
         key = (edge.controller_id, edge.outlet)
         if key not in open_:
@@ -280,7 +278,7 @@ def route(
         if edge.kind is EdgeEventKind.CURRENT_CROSSED:
             currents[key].append((edge.at, edge.current_a))
         elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
-            to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at))
+            to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh))
     for cid, outlet, minute, energy_wh, _volts, current_a, breaker_on in pending.outlet_rows:
         key = (cid, outlet)
         if key in open_:

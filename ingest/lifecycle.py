@@ -15,15 +15,20 @@ Inputs come from the API (start, stop), the edge (command acks, breaker events),
 ``Notice`` values, which become the partner's webhooks: ``charge.started``,
 ``charge.current_rise``, ``charge.stopped`` (energy in Wh and the reason) and
 ``charge.failed`` (the reason). Anything that does not fit the current state changes
-nothing, so duplicated or late messages are harmless. ``charge.stopped`` goes out with
-the first minute reading at or after the stop (it closes the energy count), or on
-``ReadingsOverdue`` with what was counted.
+nothing, so duplicated or late messages are harmless.
 
 Energy is counted from the outlet's cumulative meter as the sum of the increases between
-consecutive minute readings while the charge runs. A missed minute only merges two
-increases; a meter that resets (a reading lower than the one before) contributes what it
-has counted since the reset, never a negative amount. The first and last readings used
-are kept on the charge so the figure can be audited.
+consecutive readings while the charge runs: the meter at the switch ON (carried by the
+edge's acknowledgement), the minute readings, and the meter when the breaker opened (the
+OFF acknowledgement, or the edge's event for a trip or its own timer). A missed minute
+only merges two increases; a meter that resets (a reading lower than the one before)
+contributes what it has counted since the reset, never a negative amount. The first and
+last readings used are kept on the charge so the figure can be audited.
+
+``charge.stopped`` goes out as soon as the breaker is open when the edge reported the
+meter with it. From an edge that did not, it waits for the first minute reading at or
+after the stop (which closes the count) or for ``ReadingsOverdue``; such a count starts
+at the minute reading before or after the start.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from schemas.messages import CommandOutcome
+from schemas.messages import CommandAck, CommandOutcome
 
 
 class State(enum.StrEnum):
@@ -77,6 +82,12 @@ class Acked:
     outcome: CommandOutcome
     breaker_on: bool
     at: float
+    #: The outlet's cumulative meter at the switch (None: not reported).
+    energy_wh: float | None = None
+
+    @classmethod
+    def of(cls, ack: CommandAck) -> Acked:
+        return cls(ack.generation, ack.outcome, ack.breaker_on, ack.at, ack.energy_wh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,7 @@ class BreakerOpened:
 
     reason: str
     at: float
+    energy_wh: float | None = None  # the meter when it opened (None: not reported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +196,7 @@ def step(charge: Charge, event: Event) -> tuple[Charge, tuple[Notice, ...]]:
         return _fail(charge, f"stopped before it started ({event.reason})", event.at)
     if isinstance(event, BreakerOpened) and s in (State.ON, State.DRAWING, State.STOPPING):
         reason = charge.stop_reason or event.reason
-        return _stop(replace(charge, stop_reason=reason), event.at)
+        return _stop(replace(charge, stop_reason=reason), event.at, event.energy_wh)
     return charge, ()
 
 
@@ -192,13 +204,12 @@ def _acked(charge: Charge, ack: Acked) -> tuple[Charge, tuple[Notice, ...]]:
     s = charge.state
     if ack.generation == charge.start_generation and s is State.REQUESTED:
         if ack.outcome is CommandOutcome.APPLIED and ack.breaker_on:
-            return replace(charge, state=State.ON, started_at=ack.at), (
-                Notice("charge.started", ack.at),
-            )
+            on = replace(charge, state=State.ON, started_at=ack.at)
+            return _switched_on(on, ack), (Notice("charge.started", ack.at),)
         return _fail(charge, f"breaker command {ack.outcome.value}", ack.at)
     if ack.generation == charge.stop_generation and s is State.STOPPING:
         if not ack.breaker_on:
-            return _stop(charge, ack.at)
+            return _stop(charge, ack.at, ack.energy_wh)
         return charge, (Notice("charge.failed", ack.at, "breaker did not open"),)
     return charge, ()
 
@@ -208,9 +219,39 @@ def _fail(charge: Charge, reason: str, at: float) -> tuple[Charge, tuple[Notice,
     return failed, (Notice("charge.failed", at, reason),)
 
 
-def _stop(charge: Charge, at: float) -> tuple[Charge, tuple[Notice, ...]]:
-    """The breaker is open; ``charge.stopped`` waits for the reading that closes the count."""
-    return replace(charge, state=State.STOPPED, stopped_at=at), ()
+def _switched_on(charge: Charge, ack: Acked) -> Charge:
+    """The meter at the switch is the baseline. Nothing has been counted yet (counting
+    starts with the start), but a reading from after the switch may already be in."""
+    if ack.energy_wh is None:
+        return charge
+    meter = Reading(ack.at, ack.energy_wh)
+    last = charge.last_reading
+    if last is None or last.minute <= ack.at:
+        return replace(charge, first_reading=meter, last_reading=meter)
+    return replace(charge, first_reading=meter, energy_wh=_gain(meter, last))
+
+
+def _stop(
+    charge: Charge, at: float, energy_wh: float | None = None
+) -> tuple[Charge, tuple[Notice, ...]]:
+    """The breaker is open. With the meter at that moment the count is complete and
+    ``charge.stopped`` goes out at once; otherwise it waits for the next minute reading."""
+    stopped = replace(charge, state=State.STOPPED, stopped_at=at)
+    if energy_wh is None or charge.last_reading is None:
+        return stopped, ()
+    meter = Reading(at, energy_wh)
+    last = charge.last_reading
+    if meter.minute > last.minute:
+        stopped = replace(
+            stopped, last_reading=meter, energy_wh=charge.energy_wh + _gain(last, meter)
+        )
+    return _report_stop(stopped, at)
+
+
+def _gain(before: Reading, after: Reading) -> float:
+    """What the meter counted from ``before`` to ``after``; after a reset, since the reset."""
+    gained = after.energy_wh - before.energy_wh
+    return after.energy_wh if gained < 0 else gained
 
 
 def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tuple[Notice, ...]]:
@@ -222,8 +263,8 @@ def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tup
 
 def _count(charge: Charge, reading: MinuteReading) -> Charge:
     """Track the baseline before the start, then add each minute's increase until the stop."""
-    if charge.state is State.FAILED:
-        return charge
+    if charge.state is State.FAILED or charge.reported:
+        return charge  # never started, or the count is closed and was reported
     now = Reading(reading.minute, reading.energy_wh)
     first, last = charge.first_reading, charge.last_reading
     before_start = charge.started_at is None or reading.minute <= charge.started_at
@@ -239,7 +280,4 @@ def _count(charge: Charge, reading: MinuteReading) -> Charge:
         return replace(charge, first_reading=now, last_reading=now)
     if reading.minute <= last.minute:
         return charge  # duplicate or out of order: already counted
-    gained = reading.energy_wh - last.energy_wh
-    if gained < 0:  # the meter reset: it has counted reading.energy_wh since
-        gained = reading.energy_wh
-    return replace(charge, last_reading=now, energy_wh=charge.energy_wh + gained)
+    return replace(charge, last_reading=now, energy_wh=charge.energy_wh + _gain(last, now))

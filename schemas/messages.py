@@ -131,7 +131,8 @@ class CommandOutcome(enum.StrEnum):
 
 
 class CommandAck(NamedTuple):
-    """``ctl/{cid}/ack``: the result of applying one desired state."""
+    """``ctl/{cid}/ack``: the result of applying one desired state, with the outlet's
+    cumulative meter at that moment (a charge's energy counts from the switch itself)."""
 
     controller_id: ControllerId
     outlet: OutletNo
@@ -139,6 +140,7 @@ class CommandAck(NamedTuple):
     outcome: Annotated[CommandOutcome, Field(strict=False)]  # travels as its string value
     breaker_on: bool
     at: Timestamp
+    energy_wh: EnergyWh
 
 
 class OutletState(NamedTuple):

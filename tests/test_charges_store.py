@@ -171,13 +171,15 @@ def test_an_outlet_runs_one_charge_at_a_time(setup: tuple[str, str]) -> None:
 
 def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, str]) -> None:
     """What ingest receives drives the charge: ack → started, current → rise, readings →
-    energy; a stop closes with the next reading. Redelivered messages change nothing."""
+    energy; the OFF ack closes the count with the meter it carries. Redelivered messages
+    change nothing."""
     url, client_id = setup
     topics = Topics()
 
-    def ack(generation: int, on: bool, at: float) -> tuple[str, bytes]:
+    def ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str, bytes]:
         outcome = CommandOutcome.APPLIED
-        return topics.ack("ctl-a"), encode(CommandAck("ctl-a", 1, generation, outcome, on, at))
+        message = CommandAck("ctl-a", 1, generation, outcome, on, at, meter)
+        return topics.ack("ctl-a"), encode(message)
 
     def minute(m: int, energy: float, current: float, on: bool) -> tuple[str, bytes]:
         frame = MeterFrame(
@@ -204,7 +206,7 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
     )
     first = [
         minute(0, 1000.0, 0.0, False),
-        ack(1, True, T0 + 10),
+        ack(1, True, T0 + 10, 1000.0),
         (topics.event("ctl-a"), encode(crossed)),
         minute(1, 1150.0, 15.5, True),
     ]
@@ -217,10 +219,17 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
     write(url, first)
     write(url, first)  # redelivered
     asyncio.run(stop())
-    write(url, [ack(2, False, T0 + 101), minute(2, 1250.0, 0.0, False)])
+    write(url, [ack(2, False, T0 + 101, 1230.0)])  # stopped is reported at once
     kinds = [kind for kind, _ in outbox(url)]
     assert kinds == ["charge.started", "charge.current_rise", "charge.stopped"]
-    assert outbox(url)[-1][1]["data"]["energy_wh"] == 250.0
+    stopped = outbox(url)[-1][1]["data"]
+    assert stopped["energy_wh"] == 230.0  # from the meter at switch-on to switch-off
+    assert stopped["meter"] == {
+        "first": {"minute": T0 + 10, "energy_wh": 1000.0},
+        "last": {"minute": T0 + 101, "energy_wh": 1230.0},
+    }
+    write(url, [minute(2, 1230.0, 0.0, False)])  # the next minute changes nothing
+    assert len(outbox(url)) == 3
     assert query(url, "SELECT state, rise_at IS NOT NULL FROM charges") == [("stopped", True)]
 
 
@@ -230,9 +239,10 @@ def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) 
     url, client_id = setup
     topics = Topics()
 
-    def ack(generation: int, on: bool, at: float) -> tuple[str, bytes]:
+    def ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str, bytes]:
         outcome = CommandOutcome.APPLIED
-        return topics.ack("ctl-a"), encode(CommandAck("ctl-a", 1, generation, outcome, on, at))
+        message = CommandAck("ctl-a", 1, generation, outcome, on, at, meter)
+        return topics.ack("ctl-a"), encode(message)
 
     def crossed(at: float) -> tuple[str, bytes]:
         kind = EdgeEventKind.CURRENT_CROSSED

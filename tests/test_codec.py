@@ -95,6 +95,7 @@ others = st.one_of(
         st.sampled_from(CommandOutcome),
         st.booleans(),
         times,
+        st.floats(0, 1e13),
     ),
     st.builds(
         ReportedState,

@@ -119,6 +119,38 @@ def test_a_meter_reset_and_a_missed_minute_do_not_lose_or_invent_energy() -> Non
     assert charge.energy_wh == (9400.0 - 9000.0) + 50.0 + 100.0
 
 
+def test_with_the_meter_at_each_switch_the_energy_is_exact_and_reported_at_once() -> None:
+    # A charge inside one minute: no minute reading falls within it.
+    on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10, energy_wh=5000.0)
+    charge, notices = run(
+        [
+            MinuteReading(T0, 5000.0, False),
+            on,
+            StopRequested(2, "partner stopped", T0 + 40),
+            Acked(2, CommandOutcome.APPLIED, False, T0 + 41, energy_wh=5026.5),
+            MinuteReading(T0 + 60, 5026.5, False),  # after the report: changes nothing
+        ]
+    )
+    assert kinds(notices) == ["charge.started", "charge.stopped"]
+    assert notices[-1].at == T0 + 41 and charge.energy_wh == 26.5
+    assert (charge.first_reading, charge.last_reading) == (
+        Reading(T0 + 10, 5000.0),
+        Reading(T0 + 41, 5026.5),
+    )
+    # Over several minutes, and stopped by a trip whose event carries the meter; the
+    # reading of the minute after the start arrived before the start's ack.
+    charge, notices = run(
+        [
+            MinuteReading(T0 + 60, 5100.0, True),
+            on,
+            MinuteReading(T0 + 120, 5300.0, True),
+            BreakerOpened("26.0 A sustained above the 20.0 A limit", T0 + 150, 5390.0),
+        ]
+    )
+    assert kinds(notices)[-1] == "charge.stopped" and charge.energy_wh == 390.0
+    assert notices[-1].detail == "26.0 A sustained above the 20.0 A limit"
+
+
 @given(
     st.lists(st.floats(0, 500), min_size=1, max_size=30),  # Wh drawn in each minute
     st.sets(st.integers(1, 29)),  # minutes whose reading is lost

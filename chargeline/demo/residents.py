@@ -33,10 +33,6 @@ MINUTE = 60.0
 KINDS = ("leaves", "end-time", "fills-up", "trips")
 WEIGHTS = (0.35, 0.25, 0.25, 0.15)
 FAULT_CURRENT_A = 26.0  # above the edge's over-current limit (20 A by default)
-#: Residents who come back at the end of the demo do not stop a charge younger than this:
-#: its energy is counted from minute readings, so it needs one minute boundary after the
-#: start (see docs/operations.md, "Energy of very short charges").
-MIN_CHARGE_S = 2.5 * MINUTE
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,6 @@ class World:
         ended = asyncio.ensure_future(partner.next_event(ends, within=24 * 3600))
         try:
             end_at = partner.now() + plan.end_after_s if plan.end_after_s else None
-            started = time.monotonic()
             state = await partner.start(outlet_id, charge_id, end_at)
             if state not in ("on", "requested"):
                 return  # refused or failed at once: the resident gives up
@@ -140,10 +135,6 @@ class World:
             else:  # end-time: the edge's own timer stops it
                 await self._until(ended, 24 * 3600)
             if not ended.done():
-                # The resident stops it, but never sooner than MIN_CHARGE_S after the start.
-                young = MIN_CHARGE_S - (time.monotonic() - started) * self.scale
-                if young > 0:
-                    await asyncio.sleep(young / self.scale)
                 await partner.stop(charge_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(ended), 30)
