@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,48 @@ def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -
     assert query(url, "SELECT count(*) FROM meter_seq_gaps") == [(0,)]
     stopped = query(url, "SELECT count(*), min(energy_wh) FROM charges WHERE state = 'stopped'")[0]
     assert stopped[0] == charges["stopped"] and stopped[1] > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_winds_the_demo_down_and_stops_everything(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group, as in a terminal: the residents still stop
+    their charges through the API, the summary comes out, and no process is left behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
+    env["CHARGELINE_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargeline", "demo", "--time-scale", "120", "--fresh"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own group, like a shell's foreground job
+    )
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:  # until the first charge has started
+        output.append(line)
+        if " started" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    output.append(rest)
+    assert proc.returncode == 0, "".join(output)
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["charges"]["started"] >= 1 and summary["charges"]["still_running"] == 0
+    assert summary["charges"]["stopped"] == summary["charges"]["started"], summary["charges"]
+    left = [pid for pid in _processes_with(str(tmp_path)) if pid != os.getpid()]
+    assert left == [], f"processes left running: {left}"
+
+
+def _processes_with(text: str) -> list[int]:
+    """Processes whose command line or environment mentions ``text`` (the demo's data
+    directory: the gateway, the authorization server, the embedded PostgreSQL)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            seen = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in seen:
+            found.append(int(proc.name))
+    return found

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
+
 from chargeline.demo.partner import Event, Partner
 from chargeline.demo.site import outlet_id_of
 from edge_agent.simulated import SimulatedSite
@@ -95,7 +97,11 @@ class World:
             visit += 1
             plan = Plan.draw(self.rng)
             site.plug_in(n, need_wh=plan.need_wh, max_current_a=plan.max_current_a)
-            await self._visit(site, n, outlet_id, f"wc-{self.tag}-{outlet_id}-{visit}", plan)
+            charge_id = f"wc-{self.tag}-{outlet_id}-{visit}"
+            try:
+                await self._visit(site, n, outlet_id, charge_id, plan)
+            except httpx2.HTTPError as exc:  # the API is unreachable: this visit is over
+                self.partner.tally.say(f"{outlet_id}: {charge_id}: partner API failed: {exc!r}")
             if not self.closing.is_set():
                 await self.sleep(self.rng.uniform(1, 5) * MINUTE)  # unplugging, driving off
             site.unplug(n)

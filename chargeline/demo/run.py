@@ -240,8 +240,17 @@ async def _cloud(url: str, ingest: settings.IngestSettings) -> AsyncIterator[tup
     try:
         for name, port in (("auth", auth_port), ("gateway", api_port)):
             log = (ingest.data_dir / "logs" / f"{name}.log").open("ab")
+            # Their own session: Ctrl-C in the terminal reaches only the demo, which
+            # winds down through them and then stops them.
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "chargeline", name, env=env, stdout=log, stderr=log
+                sys.executable,
+                "-m",
+                "chargeline",
+                name,
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
             log.close()
             procs.append(proc)
