@@ -184,7 +184,13 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, database_url: str) -> None:
         self.settings = settings
         self.topics = settings.topics
-        self.pool = AsyncConnectionPool(database_url, min_size=2, max_size=10, open=False)
+        # Autocommit: a read is one round trip, and ``conn.transaction()`` is a real
+        # transaction whose end is the commit. (Without it, every block ran inside one
+        # implicit transaction committed only when the connection went back to the pool:
+        # a command published inside the block was not yet on disk.)
+        self.pool = AsyncConnectionPool(
+            database_url, min_size=2, max_size=10, open=False, kwargs={"autocommit": True}
+        )
         self.http = httpx2.AsyncClient(timeout=10)
         self.tokens = TokenValidator(
             issuer=settings.issuer,
