@@ -21,9 +21,11 @@ Energy is counted from the outlet's cumulative meter as the sum of the increases
 consecutive readings while the charge runs: the meter at the switch ON (carried by the
 edge's acknowledgement), the minute readings, and the meter when the breaker opened (the
 OFF acknowledgement, or the edge's event for a trip or its own timer). A missed minute
-only merges two increases; a meter that resets (a reading lower than the one before)
-contributes what it has counted since the reset, never a negative amount. The first and
-last readings used are kept on the charge so the figure can be audited.
+only merges two increases. A meter that resets (a reading below half the one before)
+contributes what it has counted since the reset, never a negative amount; a reading only
+a little lower was taken before the one it follows (minute stamps and switch times come
+from different clocks at the edge) and adds nothing. The first and last readings used are
+kept on the charge so the figure can be audited.
 
 ``charge.stopped`` goes out as soon as the breaker is open when the edge reported the
 meter with it. From an edge that did not, it waits for the first minute reading at or
@@ -49,6 +51,9 @@ class State(enum.StrEnum):
 
 
 ACTIVE = frozenset({State.REQUESTED, State.ON, State.DRAWING, State.STOPPING})
+
+#: A reading below this fraction of the one before means the meter was reset or replaced.
+RESET_BELOW = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +226,13 @@ def _fail(charge: Charge, reason: str, at: float) -> tuple[Charge, tuple[Notice,
 
 def _switched_on(charge: Charge, ack: Acked) -> Charge:
     """The meter at the switch is the baseline. Nothing has been counted yet (counting
-    starts with the start), but a reading from after the switch may already be in."""
+    starts with the start), but a reading from after the switch may already be in: the
+    meter only grows, so it is the one with more energy (stamps come from two clocks)."""
     if ack.energy_wh is None:
         return charge
     meter = Reading(ack.at, ack.energy_wh)
     last = charge.last_reading
-    if last is None or last.minute <= ack.at:
+    if last is None or last.energy_wh <= meter.energy_wh:
         return replace(charge, first_reading=meter, last_reading=meter)
     return replace(charge, first_reading=meter, energy_wh=_gain(meter, last))
 
@@ -235,23 +241,35 @@ def _stop(
     charge: Charge, at: float, energy_wh: float | None = None
 ) -> tuple[Charge, tuple[Notice, ...]]:
     """The breaker is open. With the meter at that moment the count is complete and
-    ``charge.stopped`` goes out at once; otherwise it waits for the next minute reading."""
+    ``charge.stopped`` goes out at once; otherwise it waits for the next minute reading.
+    Nothing is drawn after the switch, so a counted reading with as much energy as the
+    switch's meter is as late as it (whatever its stamp says)."""
     stopped = replace(charge, state=State.STOPPED, stopped_at=at)
     if energy_wh is None or charge.last_reading is None:
         return stopped, ()
     meter = Reading(at, energy_wh)
     last = charge.last_reading
-    if meter.minute > last.minute:
+    if meter.energy_wh > last.energy_wh or _is_reset(last, meter):
         stopped = replace(
             stopped, last_reading=meter, energy_wh=charge.energy_wh + _gain(last, meter)
         )
     return _report_stop(stopped, at)
 
 
+def _is_reset(before: Reading, after: Reading) -> bool:
+    """A meter that was replaced or reset starts again near zero. A reading only a little
+    lower than the one before is not a reset: it was taken earlier and stamped by another
+    clock (the edge stamps minutes with its own clock and switches with its estimate of
+    the cloud's), and it counts nothing."""
+    return after.energy_wh < before.energy_wh * RESET_BELOW
+
+
 def _gain(before: Reading, after: Reading) -> float:
-    """What the meter counted from ``before`` to ``after``; after a reset, since the reset."""
-    gained = after.energy_wh - before.energy_wh
-    return after.energy_wh if gained < 0 else gained
+    """What the meter counted from ``before`` to ``after``; after a reset, since the reset;
+    nothing for a reading out of order."""
+    if after.energy_wh >= before.energy_wh:
+        return after.energy_wh - before.energy_wh
+    return after.energy_wh if _is_reset(before, after) else 0.0
 
 
 def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tuple[Notice, ...]]:
@@ -280,4 +298,6 @@ def _count(charge: Charge, reading: MinuteReading) -> Charge:
         return replace(charge, first_reading=now, last_reading=now)
     if reading.minute <= last.minute:
         return charge  # duplicate or out of order: already counted
+    if now.energy_wh < last.energy_wh and not _is_reset(last, now):
+        return charge  # taken before the last one: it adds nothing
     return replace(charge, last_reading=now, energy_wh=charge.energy_wh + _gain(last, now))

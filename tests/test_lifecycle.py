@@ -151,6 +151,26 @@ def test_with_the_meter_at_each_switch_the_energy_is_exact_and_reported_at_once(
     assert notices[-1].detail == "26.0 A sustained above the 20.0 A limit"
 
 
+def test_readings_from_around_a_switch_count_in_the_meters_order_not_their_stamps() -> None:
+    """The edge stamps minutes with its own clock and switches with its estimate of the
+    cloud's: a minute sampled just before the breaker closed (or opened) can look later
+    than the switch. The meter only grows, so energy tells the true order; a reading a
+    little below the one before is not a meter reset."""
+    on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10, energy_wh=11_680.5)
+    charge, notices = run(
+        [
+            on,
+            MinuteReading(T0 + 12, 11_680.2, False),  # sampled before the switch
+            MinuteReading(T0 + 72, 11_780.5, True),
+            StopRequested(2, "partner stopped", T0 + 100),
+            MinuteReading(T0 + 132, 11_830.0, True),  # sampled before the stop
+            Acked(2, CommandOutcome.APPLIED, False, T0 + 101, energy_wh=11_837.7),
+        ]
+    )
+    assert kinds(notices)[-1] == "charge.stopped"
+    assert abs(charge.energy_wh - (11_837.7 - 11_680.5)) < 1e-6
+
+
 @given(
     st.lists(st.floats(0, 500), min_size=1, max_size=30),  # Wh drawn in each minute
     st.sets(st.integers(1, 29)),  # minutes whose reading is lost
