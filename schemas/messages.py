@@ -140,7 +140,9 @@ class CommandAck(NamedTuple):
     outcome: Annotated[CommandOutcome, Field(strict=False)]  # travels as its string value
     breaker_on: bool
     at: Timestamp
-    energy_wh: EnergyWh
+    #: Absent from edges older than this field (their acks still decode); a charge's
+    #: energy then comes from the minute readings alone.
+    energy_wh: EnergyWh | None = None
 
 
 class OutletState(NamedTuple):

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import MAX_PAYLOAD_BYTES, MESSAGE_TYPES, CodecError, decode, encode
+from schemas.codec import (
+    MAX_PAYLOAD_BYTES,
+    MESSAGE_TYPES,
+    WIRE_VERSION,
+    CodecError,
+    decode,
+    encode,
+)
 from schemas.messages import (
     CommandAck,
     CommandOutcome,
@@ -95,7 +102,7 @@ others = st.one_of(
         st.sampled_from(CommandOutcome),
         st.booleans(),
         times,
-        st.floats(0, 1e13),
+        st.none() | st.floats(0, 1e13),
     ),
     st.builds(
         ReportedState,
@@ -122,6 +129,12 @@ def test_meter_batches_round_trip(batch: MeterBatch) -> None:
 def test_every_other_message_round_trips(message: tuple) -> None:  # type: ignore[type-arg]
     """Every message type decodes to exactly what was encoded."""
     assert decode(KIND_OF[type(message)], encode(message)) == message
+
+
+def test_an_ack_from_an_edge_older_than_its_meter_field_still_decodes() -> None:
+    old = msgpack.packb((WIRE_VERSION, "ctl-a", 3, 7, "applied", True, 1_800_000_000.0))
+    ack = decode(TopicKind.ACK, old)
+    assert (ack.generation, ack.outcome, ack.energy_wh) == (7, CommandOutcome.APPLIED, None)
 
 
 @settings(max_examples=500)
