@@ -192,15 +192,16 @@ async def heard_from(conn: psycopg.AsyncConnection[Any], controllers: Iterable[s
     cids = sorted(controllers)
     if not cids:
         return []
-    await conn.execute(
-        "UPDATE controller_status SET heard_at = now() WHERE controller_id = ANY(%s)", (cids,)
-    )
     cur = await conn.execute(
-        "UPDATE controller_status SET online = true, silent = false"
-        " WHERE controller_id = ANY(%s) AND silent RETURNING controller_id",
+        "UPDATE controller_status s SET heard_at = now(), online = s.online OR before.silent,"
+        " silent = false"
+        " FROM (SELECT controller_id, silent FROM controller_status"
+        "       WHERE controller_id = ANY(%s) FOR UPDATE) before"
+        " WHERE s.controller_id = before.controller_id"
+        " RETURNING s.controller_id, before.silent",
         (cids,),
     )
-    back = [row[0] for row in await cur.fetchall()]
+    back = [cid for cid, was_silent in await cur.fetchall() if was_silent]
     now = time.time()
     await _announce(conn, [Presence(cid, True, now) for cid in back], "heard again")
     return back
