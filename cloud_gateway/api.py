@@ -141,9 +141,8 @@ class ChargeRow:
         }
 
 
-_SELECT_CHARGE = (
-    f"SELECT {', '.join(f.name for f in fields(ChargeRow))} FROM charges WHERE charge_id = %s"
-)
+_CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow))
+_SELECT_CHARGE = f"SELECT {', '.join(_CHARGE_COLUMNS)} FROM charges WHERE charge_id = %s"
 
 
 async def _select_charge(
@@ -190,6 +189,16 @@ class Gateway:
         # a command published inside the block was not yet on disk.)
         self.pool = AsyncConnectionPool(
             database_url, min_size=2, max_size=10, open=False, kwargs={"autocommit": True}
+        )
+        #: For applying the edge's acknowledgements, which need not wait for the disk:
+        #: ingest applies the same acknowledgements from the broker, durably. A crash loses
+        #: nothing, and a start's answer saves the transaction around one statement.
+        self.acks_pool = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            kwargs={"autocommit": True, "options": "-c synchronous_commit=off"},
         )
         self.http = httpx2.AsyncClient(timeout=10)
         self.tokens = TokenValidator(
@@ -310,8 +319,8 @@ class Gateway:
     ) -> ChargeRow:
         """Wait briefly for the edge and apply its answer if it comes in time; the charge.
 
-        ``new`` is a charge this call has just created: its answer is applied in one round
-        trip (``charges.apply_to_new``), unless something else has moved it already.
+        ``new`` is a charge this call has just created: its answer is applied in one
+        statement (``charges.apply_to_new``), unless something else has moved it already.
         """
         try:
             ack = await asyncio.wait_for(answer, self.settings.start_wait_s)
@@ -319,32 +328,32 @@ class Gateway:
             self.waiter.forget(want.controller_id, want.outlet, want.generation)
             ack = None
         event = ack and lifecycle.Acked.of(ack)
+        if event is not None and new is not None:
+            async with self.acks_pool.connection() as conn:
+                cur = conn.cursor(row_factory=class_row(ChargeRow))
+                await charges.apply_to_new(
+                    cur,
+                    new.charge,
+                    event,
+                    outlet_id=new.outlet_id,
+                    end_at=new.end_at,
+                    columns=_CHARGE_COLUMNS,
+                )
+                row = await cur.fetchone()
+            if row is not None:
+                return row
+            # Something else wrote the new charge first (ingest, a baseline reading): step
+            # it as it is now.
         async with self.pool.connection() as conn:
-            fast = None
             async with conn.pipeline(), conn.transaction():
                 if event is not None:
                     # No need to wait for this commit to reach the disk: ingest applies the
                     # same acknowledgement from the broker, durably; a crash loses nothing.
                     await conn.execute("SET LOCAL synchronous_commit TO off")
-                    if new is None:
-                        await charges.apply(conn, charge_id, event)
-                    else:
-                        fast = await charges.apply_to_new(
-                            conn, new.charge, event, outlet_id=new.outlet_id, end_at=new.end_at
-                        )
+                    await charges.apply(conn, charge_id, event)
                 cur = await _select_charge(conn, charge_id)  # read with the commit
             row = await cur.fetchone()
-            assert row is not None
-            untouched = row.state == lifecycle.State.REQUESTED.value
-            if event is not None and fast is not None and fast.rowcount == 0 and untouched:
-                # Something else wrote the new charge first (a baseline reading): step it
-                # as it is now.
-                async with conn.pipeline(), conn.transaction():
-                    await conn.execute("SET LOCAL synchronous_commit TO off")
-                    await charges.apply(conn, charge_id, event)
-                    cur = await _select_charge(conn, charge_id)
-                row = await cur.fetchone()
-                assert row is not None
+        assert row is not None
         return row
 
     async def _publish(self, want: Any) -> None:
@@ -800,6 +809,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.pool.open()
+        await gateway.acks_pool.open()
         tasks = [
             asyncio.create_task(gateway.mqtt_forever()),
             asyncio.create_task(gateway.deliverer.run()),
@@ -811,6 +821,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             for task in tasks:
                 task.cancel()
             await gateway.pool.close()
+            await gateway.acks_pool.close()
             await gateway.http.aclose()
 
     return Starlette(

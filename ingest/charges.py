@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from chargeline.outbox import enqueue, event_body
 from chargeline.times import epoch_or_none, utc_or_none
@@ -172,36 +174,42 @@ _APPLY_TO_NEW = f"""
 WITH changed AS (
     UPDATE charges SET {_SET}
     WHERE charge_id = %s AND state = 'requested' AND first_minute IS NULL
-    RETURNING client_id, charge_id
+    RETURNING *
+), notified AS (
+    INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)
+    SELECT e.public_id, c.client_id, c.charge_id, e.kind, e.body::jsonb
+    FROM changed c
+    CROSS JOIN unnest(%s::text[], %s::text[], %s::text[]) AS e(public_id, kind, body)
 )
-INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)
-SELECT e.public_id, c.client_id, c.charge_id, e.kind, e.body::jsonb
-FROM changed c CROSS JOIN unnest(%s::text[], %s::text[], %s::text[]) AS e(public_id, kind, body)
+SELECT {{columns}} FROM changed
 """
 
 
 async def apply_to_new(
-    conn: psycopg.AsyncConnection[Any],
+    cur: psycopg.AsyncCursor[Any],
     charge: Charge,
     event: Event,
     *,
     outlet_id: str,
     end_at: dt.datetime,
-) -> psycopg.AsyncCursor[Any]:
+    columns: Sequence[str] = ("charge_id", "state"),
+) -> None:
     """``apply`` for a charge the caller has just created (``charge`` is
-    ``lifecycle.start(…)``), in one statement and without waiting for a row lock's answer.
+    ``lifecycle.start(…)``): one statement, which leaves the stepped row's ``columns`` in
+    ``cur``.
 
     If anything touched the row since its creation (ingest applied the same event first, a
-    baseline reading arrived), nothing is written: the cursor's ``rowcount`` is 0 once the
-    caller's pipeline has synced, and ``apply`` is the way to step the charge as it is now.
+    baseline reading arrived), nothing is written and ``cur`` holds no row: ``apply`` is the
+    way to step the charge as it is now.
     """
     after, notices = lifecycle.step(charge, event)
     events = [
         event_body(n.kind, webhook_data(after, n, outlet_id=outlet_id, end_at=end_at))
         for n in notices
     ]
-    return await conn.execute(
-        _APPLY_TO_NEW,
+    query = sql.SQL(_APPLY_TO_NEW).format(columns=sql.SQL(", ").join(map(sql.Identifier, columns)))
+    await cur.execute(
+        query,
         (
             *_values(after),
             [public_id for public_id, _ in events],

@@ -103,16 +103,16 @@ def test_a_charge_runs_its_course_with_one_webhook_per_step(setup: tuple[str, st
 
 async def _apply_to_new(url: str, charge_id: str, event: Event) -> int:
     """The gateway's one-statement path for a charge it has just created; rows written."""
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        cur = await charges.apply_to_new(
-            conn,
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = conn.cursor()
+        await charges.apply_to_new(
+            cur,
             lifecycle.start(charge_id, 1),
             event,
             outlet_id="ctl-a-1",
             end_at=utc(T0 + 3600),
         )
-        await conn.commit()
-        return cur.rowcount
+        return len(await cur.fetchall())
 
 
 def test_the_fast_path_writes_a_new_charge_once(setup: tuple[str, str]) -> None:
