@@ -169,17 +169,18 @@ def test_an_outlet_runs_one_charge_at_a_time(setup: tuple[str, str]) -> None:
     assert outbox(url)[0][1]["data"]["reason"] == "breaker command breaker_failed"
 
 
+def _ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str, bytes]:
+    """An applied command's acknowledgement from ctl-a's outlet 1, as ingest receives it."""
+    message = CommandAck("ctl-a", 1, generation, CommandOutcome.APPLIED, on, at, meter)
+    return Topics().ack("ctl-a"), encode(message)
+
+
 def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, str]) -> None:
     """What ingest receives drives the charge: ack → started, current → rise, readings →
     energy; the OFF ack closes the count with the meter it carries. Redelivered messages
     change nothing."""
     url, client_id = setup
     topics = Topics()
-
-    def ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str, bytes]:
-        outcome = CommandOutcome.APPLIED
-        message = CommandAck("ctl-a", 1, generation, outcome, on, at, meter)
-        return topics.ack("ctl-a"), encode(message)
 
     def minute(m: int, energy: float, current: float, on: bool) -> tuple[str, bytes]:
         frame = MeterFrame(
@@ -206,7 +207,7 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
     )
     first = [
         minute(0, 1000.0, 0.0, False),
-        ack(1, True, T0 + 10, 1000.0),
+        _ack(1, True, T0 + 10, 1000.0),
         (topics.event("ctl-a"), encode(crossed)),
         minute(1, 1150.0, 15.5, True),
     ]
@@ -219,7 +220,7 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
     write(url, first)
     write(url, first)  # redelivered
     asyncio.run(stop())
-    write(url, [ack(2, False, T0 + 101, 1230.0)])  # stopped is reported at once
+    write(url, [_ack(2, False, T0 + 101, 1230.0)])  # stopped is reported at once
     kinds = [kind for kind, _ in outbox(url)]
     assert kinds == ["charge.started", "charge.current_rise", "charge.stopped"]
     stopped = outbox(url)[-1][1]["data"]
@@ -239,11 +240,6 @@ def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) 
     url, client_id = setup
     topics = Topics()
 
-    def ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str, bytes]:
-        outcome = CommandOutcome.APPLIED
-        message = CommandAck("ctl-a", 1, generation, outcome, on, at, meter)
-        return topics.ack("ctl-a"), encode(message)
-
     def crossed(at: float) -> tuple[str, bytes]:
         kind = EdgeEventKind.CURRENT_CROSSED
         event = EdgeEvent("ctl-a", at, kind, 1, 1, 16.0, True, "rose through 10 A", 0.0, 200.0)
@@ -254,11 +250,11 @@ def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) 
             await charges.apply(conn, charge_id, StopRequested(generation, "partner stopped", at))
 
     asyncio.run(_create(url, client_id, "ch-1"))
-    write(url, [ack(1, True, T0 + 10), crossed(T0 + 20)])
+    write(url, [_ack(1, True, T0 + 10), crossed(T0 + 20)])
     asyncio.run(stop("ch-1", 2, T0 + 30))
-    write(url, [ack(2, False, T0 + 31)])
+    write(url, [_ack(2, False, T0 + 31)])
     asyncio.run(_create(url, client_id, "ch-2", generation=3))
-    write(url, [ack(3, True, T0 + 40), crossed(T0 + 50)])
+    write(url, [_ack(3, True, T0 + 40), crossed(T0 + 50)])
     rises = [
         body["data"]["charge_id"] for kind, body in outbox(url) if kind == "charge.current_rise"
     ]
