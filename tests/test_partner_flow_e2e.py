@@ -130,6 +130,26 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
     receiver.stop()
 
 
+def start_unanswered(partner: Partner, installation: Installation, charge_id: str) -> str:
+    """Start a charge on a controller that looks online but runs no agent: 202, pending.
+    Returns that controller's id."""
+    silent = installation.controllers[1]
+    looks_online(installation, silent)
+    pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": charge_id})
+    assert pending.status_code == 202 and pending.json()["state"] == "requested"
+    return silent
+
+
+def commands(installation: Installation, controller_id: str) -> list[tuple[Any, ...]]:
+    """The audit trail of a controller's commands: (generation, turn_on, issued_by)."""
+    return query(
+        installation.database,
+        "SELECT generation, turn_on, issued_by FROM commands WHERE controller_id = %s"
+        " ORDER BY generation",
+        controller_id,
+    )
+
+
 def online(inst: Installation) -> bool:
     rows = query(
         inst.database,
@@ -298,22 +318,17 @@ def test_a_start_the_breaker_never_answers_fails_and_is_cancelled(
     partner: Partner, installation: Installation
 ) -> None:
     """The controller looks online but its agent is gone: 202, then charge.failed and an OFF."""
-    silent = installation.controllers[1]
-    looks_online(installation, silent)
-    pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": "wc-9"})
-    assert pending.status_code == 202 and pending.json()["state"] == "requested"
+    silent = start_unanswered(partner, installation, "wc-9")
     wait_for(
         lambda: [w["type"] for w in partner.webhooks("wc-9")] == ["charge.failed"],
         timeout=20,
         what="charge.failed after the start time-out",
     )
     assert partner.webhooks("wc-9")[0]["data"]["reason"] == "start timed out"
-    assert query(
-        installation.database,
-        "SELECT generation, turn_on, issued_by FROM commands WHERE controller_id = %s"
-        " ORDER BY generation",
-        silent,
-    ) == [(1, True, partner.client.client_id), (2, False, "chargeline")]
+    assert commands(installation, silent) == [
+        (1, True, partner.client.client_id),
+        (2, False, "chargeline"),
+    ], "cancelled by an OFF"
     assert partner.get("/v1/charges/wc-9").json()["state"] == "failed"
 
 
@@ -398,10 +413,7 @@ def test_the_partner_hears_when_a_controller_goes_offline_and_comes_back(
 def test_a_start_fails_when_its_controller_goes_offline(
     partner: Partner, installation: Installation
 ) -> None:
-    silent = installation.controllers[1]
-    looks_online(installation, silent)
-    pending = partner.post("/v1/charges", {"outlet_id": f"{silent}-1", "charge_id": "wc-12"})
-    assert pending.status_code == 202
+    silent = start_unanswered(partner, installation, "wc-12")
     publish_presence(installation, silent, online=False)  # what its will would say
     failed = wait_for(
         lambda: partner.event("charge.failed", charge_id="wc-12"),
@@ -409,11 +421,10 @@ def test_a_start_fails_when_its_controller_goes_offline(
         what="charge.failed",
     )
     assert failed["data"]["reason"] == "controller offline"
-    assert query(
-        installation.database,
-        "SELECT turn_on, issued_by FROM commands WHERE controller_id = %s ORDER BY generation",
-        silent,
-    ) == [(True, partner.client.client_id), (False, "chargeline")], "cancelled by an OFF"
+    assert commands(installation, silent) == [
+        (1, True, partner.client.client_id),
+        (2, False, "chargeline"),
+    ], "cancelled by an OFF"
 
 
 @pytest.mark.edge(time_scale=3600, sample_interval_s=60)  # a simulated hour per second
