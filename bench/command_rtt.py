@@ -19,9 +19,10 @@ import httpx2
 from authlib.integrations.httpx_client import OAuth2Client
 
 from bench.common import emit, parser, workdir
-from bench.stack import Stack, ms, partner_stack, percentile
+from bench.stack import Stack, ms, partner_stack
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
+from chargeline.stats import percentile
 
 CID = "b0000"
 

@@ -22,7 +22,8 @@ import httpx2
 from authlib.integrations.httpx_client import OAuth2Client
 
 from bench.common import emit, parser, workdir
-from bench.stack import Stack, ms, partner_stack, percentile
+from bench.stack import Stack, ms, partner_stack
+from chargeline.stats import percentile
 from tests.helpers import Receiver
 
 

@@ -32,11 +32,6 @@ class Stack:
     client: NewClient
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 

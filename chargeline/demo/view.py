@@ -23,6 +23,7 @@ from rich.table import Table
 from chargeline.demo.partner import Tally
 from chargeline.demo.residents import World
 from chargeline.demo.site import outlet_id_of
+from chargeline.stats import percentile
 
 _COUNTERS = """
 SELECT (SELECT count(*) FROM outlet_readings),
@@ -59,14 +60,14 @@ async def counters(conn: psycopg.AsyncConnection[Any], client_id: str) -> Counte
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-
-    def at(p: float) -> float | None:
-        if not ordered:
-            return None
-        return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 1)
-
-    return {"p50": at(50), "p99": at(99), "count": len(ordered)}
+    """p50 and p99 (None when there is nothing to measure) and the count."""
+    if not values:
+        return {"p50": None, "p99": None, "count": 0}
+    return {
+        "p50": round(percentile(values, 50), 1),
+        "p99": round(percentile(values, 99), 1),
+        "count": len(values),
+    }
 
 
 class View:
