@@ -48,5 +48,9 @@ def simulated_agent(settings: EdgeSettings, *, arrivals: bool = True) -> EdgeAge
 
 
 async def run_edge(settings: EdgeSettings) -> None:
-    async with simulated_agent(settings) as agent:
+    await run_agent(simulated_agent(settings))
+
+
+async def run_agent(agent: EdgeAgent) -> None:
+    async with agent:
         await agent.run()

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chargeline.times import utc
 from cloud_gateway.clients import NewClient
 from cloud_gateway.webhooks import verify
 
@@ -120,7 +121,7 @@ class Partner:
         """Scan → start; the charge's state as answered, or ``refused: …``."""
         body: dict[str, Any] = {"outlet_id": outlet_id, "charge_id": charge_id}
         if end_at is not None:
-            body["end_at"] = _rfc3339(end_at)
+            body["end_at"] = utc(end_at).isoformat()
         began = time.monotonic()
         self._started_at[charge_id] = began
         response: httpx2.Response = await self.call("POST", "/v1/charges", body)
@@ -214,7 +215,3 @@ class Partner:
             )
         else:
             tally.say(f"{subject}: {kind} {data.get('reason', '')}".rstrip())
-
-
-def _rfc3339(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

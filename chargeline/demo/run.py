@@ -132,7 +132,7 @@ async def _run(
             agent = services.simulated_agent(edge, arrivals=False)
             assert isinstance(agent.meter, SimulatedSite)
             sites[cid] = agent.meter
-            background.append(tasks.create_task(_run_agent(agent), name=cid))
+            background.append(tasks.create_task(services.run_agent(agent), name=cid))
         try:
             async with (
                 _cloud(url, ingest) as (api, token_url),
@@ -173,11 +173,6 @@ async def _run(
         finally:
             for task in background:
                 task.cancel()
-
-
-async def _run_agent(agent: Any) -> None:
-    async with agent:
-        await agent.run()
 
 
 async def _play(

@@ -30,11 +30,10 @@ SELECT (SELECT count(*) FROM outlet_readings),
        (SELECT count(DISTINCT minute) FROM outlet_readings),
        (SELECT count(*) FROM meter_batches),
        (SELECT count(*) FROM dead_letters),
-       (SELECT count(*) FROM webhook_outbox WHERE client_id = %(client)s),
-       (SELECT count(*) FROM webhook_outbox WHERE client_id = %(client)s
-                                              AND delivered_at IS NOT NULL),
-       (SELECT count(*) FROM webhook_outbox WHERE client_id = %(client)s
-                                              AND gave_up_at IS NOT NULL)
+       count(*),
+       count(*) FILTER (WHERE delivered_at IS NOT NULL),
+       count(*) FILTER (WHERE gave_up_at IS NOT NULL)
+FROM webhook_outbox WHERE client_id = %s
 """
 
 
@@ -54,7 +53,7 @@ class Counters:
 
 
 async def counters(conn: psycopg.AsyncConnection[Any], client_id: str) -> Counters:
-    row = await (await conn.execute(_COUNTERS, {"client": client_id})).fetchone()
+    row = await (await conn.execute(_COUNTERS, (client_id,))).fetchone()
     assert row is not None
     return Counters(*row)
 
