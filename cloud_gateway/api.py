@@ -344,12 +344,9 @@ class Gateway:
                 return row
             # Something else wrote the new charge first (ingest, a baseline reading): step
             # it as it is now.
-        async with self.pool.connection() as conn:
+        async with self.acks_pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
                 if event is not None:
-                    # No need to wait for this commit to reach the disk: ingest applies the
-                    # same acknowledgement from the broker, durably; a crash loses nothing.
-                    await conn.execute("SET LOCAL synchronous_commit TO off")
                     await charges.apply(conn, charge_id, event)
                 cur = await _select_charge(conn, charge_id)  # read with the commit
             row = await cur.fetchone()

@@ -265,11 +265,10 @@ def _is_reset(before: Reading, after: Reading) -> bool:
 
 
 def _gain(before: Reading, after: Reading) -> float:
-    """What the meter counted from ``before`` to ``after``; after a reset, since the reset;
-    nothing for a reading out of order."""
-    if after.energy_wh >= before.energy_wh:
-        return after.energy_wh - before.energy_wh
-    return after.energy_wh if _is_reset(before, after) else 0.0
+    """What the meter counted from ``before`` to ``after``; after a reset, since the reset.
+    Callers leave readings out of order aside first (``_is_reset``)."""
+    gained = after.energy_wh - before.energy_wh
+    return after.energy_wh if gained < 0 else gained
 
 
 def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tuple[Notice, ...]]:
