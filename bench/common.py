@@ -111,6 +111,9 @@ def amqtt_broker(tmp: Path) -> Iterator[str]:
         **os.environ,
         "CHARGELINE_DATA_DIR": str(tmp / f"amqtt-{port}"),
         "CHARGELINE_LOG_LEVEL": "WARNING",
+        # Like the Mosquitto beside it (allow_anonymous): these benchmarks measure the data
+        # path; bench.broker measures both brokers with their access policy.
+        "CHARGELINE_BROKER_ALLOW_ANONYMOUS": "true",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "chargeline", "broker", "--bind", f"127.0.0.1:{port}"], env=env

@@ -1,35 +1,194 @@
-"""``chargeline broker``: the embedded amqtt broker with chargeline's configuration."""
+"""``chargeline broker``: the embedded amqtt broker, hardened.
+
+amqtt 0.12.1 has known gaps (FIELD-NOTES.md, and its issues #231, #308, #387, #391). The
+fixes below each belong in amqtt itself; they are kept as small overrides of
+``ChargelineBroker`` with a comment each, so they can go when amqtt has them:
+
+- authentication happens before the client id is looked up, so a refused client cannot
+  take over, or wipe, another client's session;
+- a client silent for 1.5 × its keepalive is disconnected and its will published;
+- packets larger than ``broker_max_packet_bytes`` close the connection before they are read;
+- the mTLS listener requires a client certificate (amqtt hard-codes "optional");
+- retained messages are delivered only for a session's own subscriptions;
+- retained messages persist byte for byte across restarts (``broker/retained.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from functools import partial
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import (
+    BAD_USERNAME_PASSWORD,
+    IDENTIFIER_REJECTED,
+    ConnackPacket,
+)
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+from amqtt.utils import format_client_message, gen_client_id
 
+from broker.access import RegistryAccess
 from chargeline.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
+#: A client silent for this many keepalive periods is disconnected (MQTT 3.1.1 §3.1.2.10).
+KEEPALIVE_GRACE = 1.5
 
-def amqtt_config(settings: BrokerSettings) -> dict[str, Any]:
-    return {
-        "listeners": {
-            "default": {"type": "tcp", "bind": settings.broker_bind, "max_connections": -1},
-        },
-        "plugins": {
-            # Open to any client for now: authentication and ACLs come with the broker issue.
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            "broker.retained.RetainedStore": {
-                "path": str(settings.data_dir / "broker" / "retained.sqlite"),
-            },
+
+def amqtt_config(settings: BrokerSettings, database_url: str | None = None) -> dict[str, Any]:
+    listeners: dict[str, Any] = {}
+    if settings.broker_bind:
+        listeners["default"] = {"type": "tcp", "bind": settings.broker_bind}
+    tls = {
+        "ssl": True,
+        "certfile": str(settings.broker_cert_file),
+        "keyfile": str(settings.broker_key_file),
+    }
+    if settings.broker_tls_bind:
+        listeners["tls"] = {"type": "tcp", "bind": settings.broker_tls_bind, **tls}
+    if settings.broker_mtls_bind:
+        # A cafile on a listener means "client certificates required" (ChargelineBroker).
+        ca = str(settings.broker_client_ca_file)
+        listeners["mtls"] = {"type": "tcp", "bind": settings.broker_mtls_bind, "cafile": ca, **tls}
+    for listener in listeners.values():
+        listener["max_connections"] = -1
+    plugins: dict[str, Any] = {
+        "broker.retained.RetainedStore": {
+            "path": str(settings.data_dir / "broker" / "retained.sqlite"),
         },
     }
+    if settings.broker_allow_anonymous:
+        plugins["amqtt.plugins.authentication.AnonymousAuthPlugin"] = {"allow_anonymous": True}
+    else:
+        if database_url is None:
+            raise ValueError("the broker needs the registry's database for its identities")
+        plugins["broker.access.RegistryAccess"] = {
+            "database_url": database_url,
+            "topic_root": settings.topic_root,
+        }
+    return {"listeners": listeners, "plugins": plugins}
 
 
 class ChargelineBroker(Broker):  # type: ignore[misc]
     """amqtt's broker with the fixes chargeline cannot wait for. Keep each one small."""
+
+    def __init__(self, config: dict[str, Any], *, max_packet_bytes: int) -> None:
+        super().__init__(config)
+        self.max_packet_bytes = max_packet_bytes
+        self._closing: set[asyncio.Future[None]] = set()
+        found = self.plugins_manager.get_plugin("RegistryAccess")
+        self.access: RegistryAccess | None = found if isinstance(found, RegistryAccess) else None
+
+    @property
+    def refusals(self) -> dict[str, int]:
+        return dict(self.access.refusals) if self.access else {}
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        # amqtt reads whatever length a packet header announces (up to 256 MB) into memory.
+        limited = _LimitedReader(StreamReaderAdapter(reader), self.max_packet_bytes)
+        await self._client_connected(listener_name, limited, StreamWriterAdapter(writer))
+
+    def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
+        # amqtt sets CERT_OPTIONAL on every TLS listener (#387): a client without a
+        # certificate got through. Ours: a listener with a cafile requires one, others
+        # do not ask.
+        context: ssl.SSLContext = Broker._create_ssl_context(listener)
+        context.verify_mode = ssl.CERT_REQUIRED if listener.get("cafile") else ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        # amqtt 0.12.1's version of this method, with authentication moved first. Its own
+        # order deletes (clean session) or updates (persistent session) the session of
+        # whatever client id a CONNECT names *before* checking who is connecting, so any
+        # client could wipe or hijack a controller's session. Also the keepalive fix.
+        where = format_client_message(address=remote_address, port=remote_port)
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except MQTTError as exc:
+            log.warning("invalid CONNECT from %s: %s", where, exc)
+            await writer.close()
+            raise
+        except (AMQTTError, NoDataError) as exc:
+            log.warning("no usable CONNECT from %s: %s", where, exc)
+            raise AMQTTError(exc) from exc
+
+        if not await self._authenticate_connect(session):
+            code = IDENTIFIER_REJECTED if session.username else BAD_USERNAME_PASSWORD
+            await ConnackPacket.build(0, code).to_stream(writer)
+            await writer.close()
+            raise MQTTError(f"connection from {where} refused")
+
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            existing, _ = self._sessions[session.client_id]
+            for attr in (
+                "will_flag", "will_message", "will_topic", "will_qos", "will_retain",
+                "keep_alive", "username", "password", "ssl_object", "chargeline_identity",
+            ):  # fmt: skip
+                setattr(existing, attr, getattr(session, attr, None))
+            session = existing
+            session.parent = 1
+        else:
+            session.parent = 0
+        session.chargeline_admitted = True
+
+        # Keepalive (#308): amqtt's reader times out after keep_alive seconds but then does
+        # nothing. Wait 1.5 × keepalive, then close the connection as lost: the will fires.
+        if session.keep_alive > 0:
+            session.keep_alive = session.keep_alive * KEEPALIVE_GRACE
+            handler.handle_read_timeout = partial(self._silent, handler, session)
+        return handler, session
+
+    async def _authenticate_connect(self, session: Session) -> bool:
+        if self.access is None:  # development broker: anonymous
+            return bool(await super()._authenticate(session, None))
+        return await self.access.authenticate(session=session)
+
+    async def _authenticate(self, session: Session, _: Any) -> bool:
+        # Already decided in _initialize_client_session, before anything was touched.
+        return bool(getattr(session, "chargeline_admitted", False))
+
+    def _silent(self, handler: BrokerProtocolHandler, session: Session) -> None:
+        log.warning(
+            "%s silent for %.0f s (1.5 × keepalive): closing, its will follows",
+            session.client_id,
+            session.keep_alive,
+        )
+        self._closing.add(task := asyncio.ensure_future(handler.handle_connection_closed()))
+        task.add_done_callback(self._closing.discard)
+
+    async def disconnect(self, client_id: str) -> None:
+        """Close a client's connection as lost (its will fires)."""
+        _, handler = self._sessions.get(client_id, (None, None))
+        if handler is not None:
+            await handler.handle_connection_closed()
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        # amqtt asks its topic plugins through a new task per plugin for every delivered
+        # message; ours decides synchronously (a dictionary lookup once warm).
+        if self.access is not None:
+            return self.access.decide(session, topic, action)
+        return bool(await super()._topic_filtering(session, topic, action))
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Any
@@ -43,24 +202,63 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
             await super()._publish_retained_messages_for_subscription(subscription, session)
 
 
+class PacketTooLarge(AMQTTError):  # type: ignore[misc]
+    pass
+
+
+class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
+    """Refuses to read a packet body larger than the limit (amqtt reads one in one call)."""
+
+    def __init__(self, inner: StreamReaderAdapter, limit: int) -> None:
+        self.inner, self.limit = inner, limit
+
+    async def read(self, n: int = -1) -> bytes:
+        if n > self.limit:
+            raise PacketTooLarge(f"packet of {n} bytes, limit {self.limit}: closing")
+        data: bytes = await self.inner.read(n)
+        return data
+
+    def feed_eof(self) -> None:
+        self.inner.feed_eof()
+
+
 class EmbeddedBroker:
     """``async with EmbeddedBroker(settings): …`` runs the broker for the block's duration."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, database_url: str | None = None) -> None:
         self.settings = settings
-        self._broker: Broker | None = None
+        self.database_url = database_url  # where identities live (unless anonymous)
+        self.broker: ChargelineBroker | None = None
 
     async def __aenter__(self) -> EmbeddedBroker:
-        self._broker = ChargelineBroker(amqtt_config(self.settings))
-        await self._broker.start()
-        log.info("broker listening on %s", self.settings.broker_bind)
+        self.broker = ChargelineBroker(
+            amqtt_config(self.settings, self.database_url),
+            max_packet_bytes=self.settings.broker_max_packet_bytes,
+        )
+        await self.broker.start()
+        listening = [
+            f"{kind} {bind}"
+            for kind, bind in (
+                ("tcp", self.settings.broker_bind),
+                ("tls", self.settings.broker_tls_bind),
+                ("mtls", self.settings.broker_mtls_bind),
+            )
+            if bind
+        ]
+        log.info(
+            "broker listening on %s%s",
+            ", ".join(listening),
+            " (ANONYMOUS: development only)" if self.settings.broker_allow_anonymous else "",
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._broker is not None:
-            await self._broker.shutdown()
+        if self.broker is not None:
+            if self.broker.refusals:
+                log.info("refusals since start: %s", self.broker.refusals)
+            await self.broker.shutdown()
 
 
-async def serve(settings: BrokerSettings) -> None:
-    async with EmbeddedBroker(settings):
+async def serve(settings: BrokerSettings, database_url: str | None) -> None:
+    async with EmbeddedBroker(settings, database_url):
         await asyncio.Event().wait()

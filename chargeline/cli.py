@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from broker import cli as broker_cli
 from chargeline import runner, settings
 
 
@@ -20,8 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    broker = sub.add_parser("broker", help="run the embedded MQTT broker")
-    broker.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:1883)")
+    broker_cli.add_parsers(sub)
 
     edge = sub.add_parser("edge", help="run an edge agent (simulated outlets)")
     edge.add_argument("--controller-id", required=True)
@@ -92,10 +92,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     common = settings.load(settings.CommonSettings, log_level=args.log_level)
     runner.configure_logging(common.log_level)
 
-    if args.command == "broker":
-        from broker.server import serve
-
-        return runner.run(serve(settings.load(settings.BrokerSettings, broker_bind=args.bind)))
+    if args.command in ("broker", "pki"):
+        return broker_cli.dispatch(args)
     if args.command == "edge":
         edge = settings.load(
             settings.EdgeSettings,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import socket
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,6 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 def client(url: MqttUrl, *, identifier: str, **options: Any) -> aiomqtt.Client:
     """An aiomqtt client for ``url`` with TCP_NODELAY and, for mqtts://, TLS."""
-    tls = ssl.create_default_context() if url.tls else None
     mqtt_client = aiomqtt.Client(
         url.host,
         url.port,
@@ -27,7 +25,7 @@ def client(url: MqttUrl, *, identifier: str, **options: Any) -> aiomqtt.Client:
         password=url.password,
         identifier=identifier,
         socket_options=NODELAY,
-        tls_context=tls,
+        tls_context=url.ssl_context(),
         **options,
     )
     # We pipeline publishes on purpose (acks, catch-up batches); don't warn about it.

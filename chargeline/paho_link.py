@@ -115,8 +115,8 @@ class PahoLink:
         self.keepalive = keepalive
         self.max_inflight = max_inflight
         self.tls_context = tls_context
-        if tls_context is None and url.tls:
-            self.tls_context = ssl.create_default_context()
+        if tls_context is None:
+            self.tls_context = url.ssl_context()
         self._client: _BufferedClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None

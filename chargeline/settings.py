@@ -7,13 +7,14 @@ the process at start with pydantic's message naming the variable, never later.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,7 +34,14 @@ S = TypeVar("S", bound="CommonSettings")
 class MqttUrl:
     """``mqtt://user:pass@host:port`` split into what a client needs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"MQTT URL {url!r} must start with mqtt:// or mqtts://")
@@ -44,6 +52,19 @@ class MqttUrl:
         self.port: int = parts.port or (8883 if self.tls else 1883)
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("a client certificate needs both mqtt_cert_file and mqtt_key_file")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For mqtts://: verify the broker against ``ca_file`` (else the system's CAs) and
+        present the client certificate when one is configured (the mTLS listener)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
 
     def __repr__(self) -> str:  # never print the password
         user = f"{self.username}@" if self.username else ""
@@ -60,6 +81,13 @@ class CommonSettings(BaseSettings):
         default=None, description="PostgreSQL; unset → embedded server"
     )
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://user:pass@host:port")
+    mqtt_ca_file: Path | None = Field(
+        default=None, description="mqtts://: the CA that signed the broker's certificate"
+    )
+    mqtt_cert_file: Path | None = Field(
+        default=None, description="client certificate for the broker's mTLS listener"
+    )
+    mqtt_key_file: Path | None = Field(default=None, description="its private key")
     topic_root: str = Field(default=DEFAULT_ROOT, description="root of every MQTT topic")
     log_level: str = "INFO"
     time_scale: float = Field(
@@ -96,7 +124,12 @@ class CommonSettings(BaseSettings):
 
     @property
     def mqtt(self) -> MqttUrl:
-        return MqttUrl(self.mqtt_url)
+        return MqttUrl(
+            self.mqtt_url,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
+        )
 
     @property
     def topics(self) -> Topics:
@@ -127,7 +160,33 @@ class BrokerSettings(CommonSettings):
     broker_bind: str = Field(
         default="127.0.0.1:1883", description="host:port the broker listens on"
     )
-    broker_max_packet_bytes: int = Field(default=512 * 1024, ge=1024)
+    broker_tls_bind: str | None = Field(
+        default=None, description="host:port of the TLS listener (password auth)"
+    )
+    broker_mtls_bind: str | None = Field(
+        default=None, description="host:port of the mutual-TLS listener (client certificates)"
+    )
+    broker_cert_file: Path | None = Field(default=None, description="the broker's certificate")
+    broker_key_file: Path | None = Field(default=None, description="its private key")
+    broker_client_ca_file: Path | None = Field(
+        default=None, description="the CA whose client certificates the mTLS listener accepts"
+    )
+    broker_max_packet_bytes: int = Field(
+        default=512 * 1024, ge=1024, description="larger MQTT packets close the connection"
+    )
+    broker_allow_anonymous: bool = Field(
+        default=False,
+        description="development only: no authentication and no topic rules at all",
+    )
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> BrokerSettings:
+        tls = self.broker_tls_bind or self.broker_mtls_bind
+        if tls and (self.broker_cert_file is None or self.broker_key_file is None):
+            raise ValueError("TLS listeners need broker_cert_file and broker_key_file")
+        if self.broker_mtls_bind and self.broker_client_ca_file is None:
+            raise ValueError("the mTLS listener needs broker_client_ca_file")
+        return self
 
 
 class EdgeSettings(CommonSettings):

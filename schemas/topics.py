@@ -110,6 +110,16 @@ class Topics:
             return f"{self.root}/ctl/+/outlet/+/desired"
         return f"{self.root}/ctl/+/{kind.value}"
 
+    def filter_for(self, kind: TopicKind, who: str) -> str:
+        """The filter of ``kind`` for ``who``: a controller id, ``+`` (every controller) or
+        ``%u`` (the connected user, as Mosquitto's ACL patterns write it). Desired topics
+        cover every outlet."""
+        if who not in ("+", "%u") and not is_controller_id(who):
+            raise ValueError(f"invalid controller id {who!r}")
+        if kind is TopicKind.DESIRED:
+            return f"{self.root}/ctl/{who}/outlet/+/desired"
+        return f"{self.root}/ctl/{who}/{kind.value}"
+
     def shared(self, group: str, kind: TopicKind) -> str:
         """``$share/{group}/…`` filter so several ingest workers split the load."""
         return f"$share/{group}/{self.all_controllers(kind)}"
@@ -132,3 +142,49 @@ class Topics:
             if number.isdigit() and len(number) == 1 and 1 <= int(number) <= MAX_OUTLETS:
                 return Topic(TopicKind.DESIRED, cid, int(number))
         return None
+
+
+# --- filters ------------------------------------------------------------------------------
+SHARE_PREFIX = "$share/"
+
+
+def unshared(topic_filter: str) -> str:
+    """``$share/{group}/{filter}`` → ``{filter}``; other filters unchanged."""
+    if topic_filter.startswith(SHARE_PREFIX):
+        _, _, rest = topic_filter[len(SHARE_PREFIX) :].partition("/")
+        return rest
+    return topic_filter
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` (no wildcards) matches ``topic_filter`` (MQTT 3.1.1 §4.7).
+
+    A filter starting with a wildcard does not match topics starting with ``$``.
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    want, got = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(got) or (level != "+" and level != got[i]):
+            return False
+    return len(want) == len(got)
+
+
+def covers(allowed: str, requested: str) -> bool:
+    """Whether every topic that filter ``requested`` can match is matched by ``allowed``.
+
+    ``+`` in ``requested`` is covered only by ``+`` or ``#``; ``#`` only by ``#``.
+    """
+    if requested.startswith("$") and allowed[:1] in ("+", "#"):
+        return False
+    want, got = allowed.split("/"), requested.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(got) or got[i] == "#":
+            return False
+        if level != "+" and (got[i] == "+" or level != got[i]):
+            return False
+    return len(want) == len(got)

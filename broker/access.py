@@ -1,0 +1,211 @@
+"""amqtt plugin: authentication and topic access from the registry's identities.
+
+``RegistryAccess`` is both of amqtt's plugin kinds in one object, so the identity it
+establishes at CONNECT is the one its topic checks use:
+
+- **Connect.** Anonymous clients are refused. A client proves an identity with a client
+  certificate (mTLS listener; the CN is the identity) or with username and password
+  (argon2, checked on a worker thread so a reconnect storm does not stall the broker). The
+  MQTT client id must equal the identity, so nobody can take over another controller's
+  session. Revoked identities are refused.
+- **Topics.** ``broker.policy.Policy`` decides every publish, subscribe and delivery.
+- **Changes.** The plugin listens for the ``mqtt_identities`` notification (with a slow
+  periodic reload as a safety net) and closes the live sessions of identities that were
+  revoked or given a new password: rotating or revoking takes effect at once, without a
+  restart. If the database goes away, the last identities loaded stay in force.
+
+Every refusal is logged with the identity and the topic, and counted in ``refusals``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+
+from broker import identities
+from broker.identities import Identity
+from broker.policy import Access, Policy
+from chargeline.mqtt import backoff
+from schemas.topics import DEFAULT_ROOT, Topics
+
+log = logging.getLogger(__name__)
+
+#: The attribute on amqtt's session that carries who the session authenticated as.
+IDENTITY = "chargeline_identity"
+
+
+class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # no stubs
+    @dataclass
+    class Config:
+        database_url: str = ""
+        topic_root: str = DEFAULT_ROOT
+        reload_s: float = 60.0
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.policy = Policy(Topics(self.config.topic_root))
+        self.identities: dict[str, Identity] = {}
+        self.refusals: Counter[str] = Counter()
+        # name -> (stored argon2 hash, HMAC of the password that matched it): a reconnect
+        # with the same password skips argon2; a new hash (rotation) misses the cache.
+        self._verified: dict[str, tuple[str, bytes]] = {}
+        self._key = secrets.token_bytes(32)
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def on_broker_pre_start(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.config.database_url) as conn:
+            self.identities = await identities.load(conn)
+        log.info("broker knows %d identities", len(self.identities))
+        self._watcher = asyncio.create_task(self._watch_forever(), name="identities-watch")
+        self._watcher.add_done_callback(_log_crash)
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def _watch_forever(self) -> None:
+        delays = backoff(first=0.5, cap=30.0)
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.config.database_url, autocommit=True
+                ) as conn:
+                    await conn.execute("LISTEN mqtt_identities")
+                    await self._reload(conn)  # whatever changed while we were not listening
+                    delays = backoff(first=0.5, cap=30.0)
+                    while True:
+                        # One notification is enough (a reload reads everything). Let the
+                        # generator finish: left suspended, it keeps the connection's lock.
+                        async for _ in conn.notifies(timeout=self.config.reload_s, stop_after=1):
+                            pass
+                        await self._reload(conn)
+            except psycopg.Error as exc:
+                log.warning("identities: database unavailable (%s); keeping the last ones", exc)
+                await asyncio.sleep(next(delays))
+
+    async def _reload(self, conn: psycopg.AsyncConnection) -> None:
+        fresh = await identities.load(conn)
+        old, self.identities = self.identities, fresh
+        for name, before in old.items():
+            now = fresh.get(name)
+            if now is None or now.revoked or now.argon2 != before.argon2:
+                self._verified.pop(name, None)
+                await self._close_sessions_of(
+                    name, "revoked" if now is None or now.revoked else "rotated"
+                )
+
+    async def _close_sessions_of(self, name: str, why: str) -> None:
+        session = self.context.get_session(name)
+        if session is None or getattr(session, IDENTITY, None) is None:
+            return
+        if not session.transitions.is_connected():
+            return
+        log.warning("closing the session of %s: its credential was %s", name, why)
+        # amqtt has no public "disconnect this client"; the broker subclass provides one.
+        await self.context._broker_instance.disconnect(name)
+
+    # --- authentication ----------------------------------------------------------------
+    async def authenticate(self, *, session: Any) -> bool:
+        refusal, identity = await self._check(session)
+        if refusal is not None:
+            self._refuse(
+                "connect", f"client id {session.client_id!r} as {session.username!r}: {refusal}"
+            )
+            return False
+        setattr(session, IDENTITY, identity)
+        return True
+
+    async def _check(self, session: Any) -> tuple[str | None, Identity | None]:
+        cn = _certificate_cn(session)
+        name = cn or session.username
+        if not name:
+            return "anonymous access is off", None
+        if cn and session.username and session.username != cn:
+            return f"username differs from the certificate's CN {cn!r}", None
+        identity = self.identities.get(name)
+        if identity is None:
+            return "unknown identity", None
+        if identity.revoked:
+            return "credential revoked", None
+        if session.client_id != name:
+            return "client id must equal the identity", None
+        if cn is None and not await self._password_ok(identity, session.password):
+            return "wrong password", None
+        return None, identity
+
+    async def _password_ok(self, identity: Identity, password: str | None) -> bool:
+        if identity.argon2 is None or not password:
+            return False
+        mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+        cached = self._verified.get(identity.name)
+        if cached is not None and cached[0] == identity.argon2:
+            return hmac.compare_digest(cached[1], mac)
+        ok = await asyncio.to_thread(identities.argon2_verify, identity.argon2, password)
+        if ok:
+            self._verified[identity.name] = (identity.argon2, mac)
+        return ok
+
+    # --- topics --------------------------------------------------------------------------
+    async def topic_filtering(
+        self, *, session: Any = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
+        return self.decide(session, topic, action)
+
+    def decide(self, session: Any, topic: str | None, action: Action | None) -> bool:
+        """The synchronous decision behind ``topic_filtering`` (the broker calls it directly)."""
+        identity: Identity | None = getattr(session, IDENTITY, None)
+        if identity is None or not topic or action is None:
+            return False
+        access = Access.WRITE if action is Action.PUBLISH else Access.READ
+        allowed = self.policy.allows(
+            name=identity.name,
+            role=identity.role,
+            access=access,
+            topic=topic,
+            subscribing=action is Action.SUBSCRIBE,
+        )
+        if not allowed:
+            self._refuse(action.value, f"{identity.name} ({identity.role}) on {topic!r}")
+        return allowed
+
+    def _refuse(self, what: str, detail: str) -> None:
+        self.refusals[what] += 1
+        log.warning("refused %s: %s", what, detail)
+
+
+def _certificate_cn(session: Any) -> str | None:
+    """The verified client certificate's CN (only the mTLS listener asks for one)."""
+    ssl_object = getattr(session, "ssl_object", None)
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "%s stopped: identity changes are no longer seen",
+            task.get_name(),
+            exc_info=task.exception(),
+        )

@@ -1,0 +1,184 @@
+"""``chargeline broker …`` and ``chargeline pki …``: run the broker, manage its identities,
+issue certificates and export the policy for Mosquitto or EMQX."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import psycopg
+
+from chargeline import runner, settings
+
+ROLES = ("controller", "ingest", "gateway")
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    broker = sub.add_parser("broker", help="the MQTT broker: run it, its identities, exports")
+    broker.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:1883)")
+    broker_sub = broker.add_subparsers(dest="broker_command")
+
+    creds = broker_sub.add_parser("credentials", help="who may connect (passwords)")
+    creds_sub = creds.add_subparsers(dest="credentials_command", required=True)
+    issue = creds_sub.add_parser(
+        "issue", help="new password for NAME (or every registered controller without one)"
+    )
+    target = issue.add_mutually_exclusive_group(required=True)
+    target.add_argument("name", nargs="?", help="controller id, or svc_… for a service")
+    target.add_argument("--missing", action="store_true", help="every controller without one")
+    issue.add_argument("--role", choices=ROLES, help="default: controller, or from svc_ingest/…")
+    revoke = creds_sub.add_parser("revoke", help="shut NAME out (its sessions close at once)")
+    revoke.add_argument("name")
+    creds_sub.add_parser("list", help="identities, roles and state")
+
+    export = broker_sub.add_parser("export", help="write the policy for a production broker")
+    export.add_argument("kind", choices=("mosquitto", "emqx"))
+    export.add_argument("--out", type=Path, required=True, help="directory to write")
+    export.add_argument(
+        "--persistence-dir",
+        type=Path,
+        help="Mosquitto's persistence_location (default: OUT/data)",
+    )
+    export.add_argument(
+        "--user", default="mosquitto", help="the user Mosquitto runs as (default mosquitto)"
+    )
+
+    pki = sub.add_parser("pki", help="a local CA for the broker's TLS and mTLS listeners")
+    pki.add_argument("--dir", type=Path, help="default: DATA_DIR/pki")
+    pki_sub = pki.add_subparsers(dest="pki_command", required=True)
+    pki_sub.add_parser("init", help="create the CA")
+    server = pki_sub.add_parser("server", help="the broker's certificate")
+    server.add_argument("hosts", nargs="+", help="names and addresses clients connect to")
+    client = pki_sub.add_parser("client", help="a client certificate; CN = NAME")
+    client.add_argument("name")
+    client.add_argument("--role", choices=ROLES)
+    client.add_argument("--days", type=int, default=825)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from broker.identities import IdentityError
+    from broker.pki import PkiError
+
+    try:
+        if args.command == "pki":
+            return _pki(args)
+        if args.broker_command is None:
+            return _serve(args)
+        if args.broker_command == "credentials":
+            return _credentials(args)
+        return _export(args)
+    except (IdentityError, PkiError) as exc:
+        print(f"chargeline: {exc}", file=sys.stderr)
+        return 2
+
+
+def _database() -> str:
+    from chargeline import services
+
+    return services.prepare_database(settings.load(settings.IngestSettings))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from broker.server import serve
+
+    config = settings.load(settings.BrokerSettings, broker_bind=args.bind)
+    url = None if config.broker_allow_anonymous else _database()
+    return runner.run(serve(config, url))
+
+
+def _role_of(name: str, role: str | None) -> str:
+    if role:
+        return role
+    if name.startswith("svc_"):
+        for known in ROLES:
+            if name == f"svc_{known}" or name.startswith(f"svc_{known}-"):
+                return known
+        raise SystemExit(f"chargeline: say --role for service identity {name!r}")
+    return "controller"
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from broker import identities
+    from broker.policy import Role
+
+    with psycopg.connect(_database(), autocommit=True) as conn:
+        if args.credentials_command == "list":
+            for i in identities.all_identities(conn):
+                how = "password" if i.argon2 else "certificate"
+                state = "REVOKED" if i.revoked else f"since {i.rotated_at:%Y-%m-%d %H:%M}"
+                print(f"{i.name:24} {i.role:10} {how:11} {state}")
+            return 0
+        if args.credentials_command == "revoke":
+            identities.revoke(conn, args.name)
+            print(f"{args.name}: revoked; its sessions on the embedded broker close now.")
+            print("Mosquitto/EMQX: export again and reload the broker.")
+            return 0
+        if args.missing:
+            issued = identities.issue_missing_controllers(conn)
+        else:
+            role = Role(_role_of(args.name, args.role))
+            issued = [(args.name, identities.issue(conn, args.name, role))]
+    for name, password in issued:
+        print(f"{name:24} {password}")
+    if issued:
+        print("Passwords are shown once; only their hashes are stored.")
+    else:
+        print("every registered controller already has a credential")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from broker import export, identities
+    from broker.policy import Policy
+
+    config = settings.load(settings.BrokerSettings)
+    with psycopg.connect(_database()) as conn:
+        known = identities.all_identities(conn)
+    policy = Policy(config.topics)
+    listeners = export.Listeners.of(config)
+    if args.kind == "mosquitto":
+        written = export.mosquitto(
+            args.out,
+            policy=policy,
+            identities=known,
+            listeners=listeners,
+            max_packet_bytes=config.broker_max_packet_bytes,
+            persistence_dir=args.persistence_dir or args.out / "data",
+            user=args.user,
+        )
+    else:
+        written = export.emqx(
+            args.out,
+            policy=policy,
+            identities=known,
+            listeners=listeners,
+            max_packet_bytes=config.broker_max_packet_bytes,
+        )
+    active = sum(not i.revoked for i in known)
+    print(f"{args.kind}: {active} identities ({len(known) - active} revoked, left out)")
+    for path in written:
+        print(f"  wrote {path}")
+    return 0
+
+
+def _pki(args: argparse.Namespace) -> int:
+    from broker import identities
+    from broker.pki import LocalCA
+    from broker.policy import Role
+
+    common = settings.load(settings.CommonSettings)
+    ca = LocalCA(args.dir or common.data_dir / "pki")
+    if args.pki_command == "init":
+        issued = ca.init()
+    elif args.pki_command == "server":
+        issued = ca.issue_server(args.hosts)
+    else:
+        role = Role(_role_of(args.name, args.role))
+        identities.check_name(args.name, role)
+        with psycopg.connect(_database(), autocommit=True) as conn:
+            identities.ensure_certificate_only(conn, args.name, role)
+        issued = ca.issue_client(args.name, days=args.days)
+    print(f"certificate {issued.cert}")
+    print(f"key         {issued.key} (mode 0600)")
+    return 0

@@ -1,0 +1,203 @@
+"""Broker identities: who may connect, with which role, and how it proves it.
+
+A controller's identity is its controller id; a service's is ``svc_…`` (``svc_ingest``,
+``svc_gateway``; one per process when several share the load). Each connects with its
+name as both MQTT username and client id, and either a password or a client certificate
+whose CN is the name (``broker/pki.py``).
+
+Passwords are generated here (32 random characters, about 190 bits), shown once, and kept
+only as hashes: argon2id for the embedded broker, and PBKDF2-SHA512 in Mosquitto's
+``$7$`` form for the exported password files. The hash parameters are light on purpose:
+a random secret of this length cannot be guessed whatever the work factor, while a broker
+restart makes every controller reconnect at once, and each connection pays the hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from broker.policy import Role
+from schemas.topics import is_controller_id
+
+SERVICE_NAME_RE = re.compile(r"svc_[a-z0-9-]{1,40}")
+DEFAULT_SERVICE_NAMES = {Role.INGEST: "svc_ingest", Role.GATEWAY: "svc_gateway"}
+
+#: ~5 ms per check on these machines (see the module docstring for why so light).
+_ARGON2 = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
+PBKDF2_ITERATIONS = 1000
+
+
+class IdentityError(Exception):
+    """A request about identities that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    role: Role
+    argon2: str | None
+    pbkdf2: str | None
+    revoked: bool
+    rotated_at: datetime | None = None
+
+
+def check_name(name: str, role: Role) -> None:
+    if role is Role.CONTROLLER:
+        if not is_controller_id(name):
+            raise IdentityError(f"{name!r} is not a controller id ([a-z0-9][a-z0-9-]*)")
+    elif not SERVICE_NAME_RE.fullmatch(name):
+        raise IdentityError(f"service identity {name!r} must look like svc_name (svc_[a-z0-9-]+)")
+
+
+# --- hashes -----------------------------------------------------------------------------
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def argon2_hash(password: str) -> str:
+    return _ARGON2.hash(password)
+
+
+def argon2_verify(stored: str, password: str) -> bool:
+    try:
+        return _ARGON2.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def pbkdf2_hash(password: str, *, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """Mosquitto's ``$7$iterations$salt$hash`` (PBKDF2-HMAC-SHA512, base64 fields).
+
+    The salt is 12 ASCII characters, so EMQX (which takes the salt as text) derives the
+    very same key from it: one stored hash serves both exports.
+    """
+    salt = secrets.token_hex(6).encode()
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return f"$7${iterations}${_b64(salt)}${_b64(key)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pbkdf2:
+    iterations: int
+    salt: bytes
+    key: bytes
+
+    @classmethod
+    def parse(cls, stored: str) -> Pbkdf2:
+        _, scheme, iterations, salt, key = stored.split("$")
+        if scheme != "7":
+            raise ValueError(f"not a $7$ hash: {stored[:8]}…")
+        return cls(int(iterations), base64.b64decode(salt), base64.b64decode(key))
+
+    def verify(self, password: str) -> bool:
+        key = hashlib.pbkdf2_hmac("sha512", password.encode(), self.salt, self.iterations, 64)
+        return hmac.compare_digest(key, self.key)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- the table --------------------------------------------------------------------------
+
+_COLUMNS = "name, role, argon2, pbkdf2, revoked_at IS NOT NULL, rotated_at"
+
+
+def _identity(row: tuple[Any, ...]) -> Identity:
+    name, role, argon2, pbkdf2, revoked, rotated_at = row
+    return Identity(name, Role(role), argon2, pbkdf2, revoked, rotated_at)
+
+
+def issue(conn: psycopg.Connection, name: str, role: Role) -> str:
+    """Create ``name`` or give it a new password (rotating the old one out); return it.
+
+    The only time the password exists outside the caller's memory is this return value.
+    """
+    _check_registered(conn, name, role)
+    password = new_password()
+    _upsert(conn, name, role, argon2_hash(password), pbkdf2_hash(password))
+    return password
+
+
+def _check_registered(conn: psycopg.Connection, name: str, role: Role) -> None:
+    check_name(name, role)
+    if role is Role.CONTROLLER:
+        known = conn.execute("SELECT 1 FROM controllers WHERE controller_id = %s", (name,))
+        if known.fetchone() is None:
+            raise IdentityError(
+                f"controller {name!r} is not in the registry: import it first"
+                " (chargeline registry import FILE)"
+            )
+
+
+def ensure_certificate_only(conn: psycopg.Connection, name: str, role: Role) -> None:
+    """Make sure ``name`` exists (unrevoked) so its client certificate is accepted."""
+    _check_registered(conn, name, role)
+    existing = get(conn, name)
+    if existing is None or existing.revoked:
+        _upsert(conn, name, role, None, None)
+    elif existing.role is not role:
+        raise IdentityError(f"{name!r} is a {existing.role} identity, not a {role}")
+
+
+def _upsert(
+    conn: psycopg.Connection, name: str, role: Role, argon2: str | None, pbkdf2: str | None
+) -> None:
+    row = conn.execute(
+        "INSERT INTO mqtt_identities (name, role, argon2, pbkdf2) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET argon2 = excluded.argon2, pbkdf2 = excluded.pbkdf2,"
+        "   rotated_at = now(), revoked_at = NULL"
+        "   WHERE mqtt_identities.role = excluded.role"
+        " RETURNING name",
+        (name, role.value, argon2, pbkdf2),
+    ).fetchone()
+    if row is None:
+        raise IdentityError(f"{name!r} already exists with another role")
+
+
+def issue_missing_controllers(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """A password for every registered controller that has no identity yet."""
+    missing = conn.execute(
+        "SELECT controller_id FROM controllers c WHERE NOT EXISTS"
+        " (SELECT 1 FROM mqtt_identities i WHERE i.name = c.controller_id)"
+        " ORDER BY controller_id"
+    ).fetchall()
+    return [(cid, issue(conn, cid, Role.CONTROLLER)) for (cid,) in missing]
+
+
+def revoke(conn: psycopg.Connection, name: str) -> None:
+    row = conn.execute(
+        "UPDATE mqtt_identities SET revoked_at = now() WHERE name = %s RETURNING name", (name,)
+    ).fetchone()
+    if row is None:
+        raise IdentityError(f"no identity named {name!r}")
+
+
+def get(conn: psycopg.Connection, name: str) -> Identity | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM mqtt_identities WHERE name = %s", (name,)
+    ).fetchone()
+    return _identity(row) if row else None
+
+
+def all_identities(conn: psycopg.Connection) -> list[Identity]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM mqtt_identities ORDER BY name").fetchall()
+    return [_identity(row) for row in rows]
+
+
+async def load(conn: psycopg.AsyncConnection) -> dict[str, Identity]:
+    cur = await conn.execute(f"SELECT {_COLUMNS} FROM mqtt_identities")
+    return {row[0]: _identity(row) for row in await cur.fetchall()}

@@ -1,0 +1,108 @@
+"""Who may publish and subscribe where: the broker's access policy, as data.
+
+One table of grants serves every broker: the amqtt plugins (``broker/plugins.py``) decide
+with ``Policy.allows``, and the exports (``broker/export.py``) write the same grants as
+Mosquitto ACL lines and EMQX rules, so switching brokers changes nothing for anyone.
+
+- A **controller** (identity name = controller id = MQTT client id) writes only its own
+  ``meter``, ``event``, ``ack``, ``state`` and ``presence`` topics and reads only its own
+  ``desired``, ``meter/ack`` and ``request`` topics. Its grants are written with ``%u``, the
+  connected identity, which is how Mosquitto's ``pattern`` lines say it.
+- **ingest** reads what controllers write and answers ``meter/ack``.
+- **gateway** writes commands (``desired``) and status requests, and reads command acks.
+
+Nothing else is granted: no ``$SYS``, no ``#``, no other controller's subtree.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from schemas.topics import TopicKind, Topics, covers, matches, unshared
+
+
+class Role(enum.StrEnum):
+    CONTROLLER = "controller"
+    INGEST = "ingest"
+    GATEWAY = "gateway"
+
+
+class Access(enum.StrEnum):
+    READ = "read"  # subscribe and receive
+    WRITE = "write"  # publish
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    role: Role
+    access: Access
+    topic_filter: str  # may contain %u: the connected identity
+
+    def for_identity(self, name: str) -> str:
+        return self.topic_filter.replace("%u", name)
+
+
+_GRANTS: tuple[tuple[Role, Access, str, tuple[TopicKind, ...]], ...] = (
+    (
+        Role.CONTROLLER,
+        Access.WRITE,
+        "%u",
+        (TopicKind.METER, TopicKind.EVENT, TopicKind.ACK, TopicKind.STATE, TopicKind.PRESENCE),
+    ),
+    (
+        Role.CONTROLLER,
+        Access.READ,
+        "%u",
+        (TopicKind.DESIRED, TopicKind.METER_ACK, TopicKind.REQUEST),
+    ),
+    (
+        Role.INGEST,
+        Access.READ,
+        "+",
+        (TopicKind.METER, TopicKind.EVENT, TopicKind.ACK, TopicKind.STATE, TopicKind.PRESENCE),
+    ),
+    (Role.INGEST, Access.WRITE, "+", (TopicKind.METER_ACK,)),
+    (Role.GATEWAY, Access.READ, "+", (TopicKind.ACK,)),
+    (Role.GATEWAY, Access.WRITE, "+", (TopicKind.DESIRED, TopicKind.REQUEST)),
+)
+
+
+class Policy:
+    """The grants for one topic root, and the decisions made from them."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self.grants = tuple(
+            Grant(role, access, topics.filter_for(kind, who))
+            for role, access, who, kinds in _GRANTS
+            for kind in kinds
+        )
+        self._cache: dict[tuple[str, Role, Access, str, bool], bool] = {}
+
+    def for_role(self, role: Role) -> list[Grant]:
+        return [grant for grant in self.grants if grant.role is role]
+
+    def allows(
+        self, *, name: str, role: Role, access: Access, topic: str, subscribing: bool = False
+    ) -> bool:
+        """May ``name`` (an identity of ``role``) publish to / receive ``topic``?
+
+        With ``subscribing``, ``topic`` is a filter, allowed only when every topic it can
+        match is granted; a ``$share/{group}/`` prefix is judged by the filter behind it.
+        """
+        key = (name, role, access, topic, subscribing)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            if subscribing:
+                topic = unshared(topic)
+            check = covers if subscribing else matches
+            verdict = any(
+                check(grant.for_identity(name), topic)
+                for grant in self.grants
+                if grant.role is role and grant.access is access
+            )
+            if len(self._cache) > 100_000:  # bounded: a client inventing topics cannot grow it
+                self._cache.clear()
+            self._cache[key] = verdict
+        return verdict
