@@ -12,7 +12,7 @@ import time
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -65,6 +65,14 @@ class MqttUrl:
         if self.cert_file is not None and self.key_file is not None:
             context.load_cert_chain(self.cert_file, self.key_file)
         return context
+
+    @staticmethod
+    def with_login(url: str, username: str, password: str) -> str:
+        """``url`` with ``username:password@`` in it (replacing any there)."""
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        login = f"{quote(username, safe='')}:{quote(password, safe='')}"
+        return parts._replace(netloc=f"{login}@{host}").geturl()
 
     def __repr__(self) -> str:  # never print the password
         user = f"{self.username}@" if self.username else ""
@@ -237,7 +245,16 @@ class EdgeSettings(CommonSettings):
 
 
 class IngestSettings(CommonSettings):
-    ingest_client_id: str = "chargeline-ingest"
+    ingest_client_id: str | None = Field(
+        default=None,
+        description="MQTT client id; default: the MQTT username (the broker requires they"
+        " match), else chargeline-ingest",
+    )
+
+    @property
+    def client_id(self) -> str:
+        return self.ingest_client_id or self.mqtt.username or "chargeline-ingest"
+
     flush_max_rows: int = Field(default=20_000, ge=1, description="readings per database write")
     flush_max_delay_s: float = Field(
         default=0.05, gt=0, description="longest a reading waits to be written"

@@ -219,9 +219,9 @@ class Gateway:
         delays = mqtt.backoff()
         while True:
             try:
-                async with mqtt.client(
-                    self.settings.mqtt, identifier=f"chargeline-gateway-{id(self):x}"
-                ) as client:
+                # The broker requires the client id to be the identity (one per process).
+                identifier = self.settings.mqtt.username or f"chargeline-gateway-{id(self):x}"
+                async with mqtt.client(self.settings.mqtt, identifier=identifier) as client:
                     await client.subscribe(self.waiter.subscription, qos=1)
                     self.client = client
                     delays = mqtt.backoff()

@@ -126,7 +126,7 @@ class Ingest:
         ]
         self._link = PahoLink(
             settings.mqtt,
-            client_id=settings.ingest_client_id,
+            client_id=settings.client_id,
             subscriptions=subscriptions,
             on_message=self._on_message,
         )

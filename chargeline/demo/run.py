@@ -33,6 +33,9 @@ from typing import Any
 
 import psycopg
 
+from broker import identities
+from broker.identities import DEFAULT_SERVICE_NAMES
+from broker.policy import Role
 from chargeline import runner, services, settings
 from chargeline.demo import view
 from chargeline.demo.partner import Partner, Tally
@@ -76,7 +79,12 @@ def main(args: argparse.Namespace) -> int:
     url = services.prepare_database(ingest)
     print(f"  database: {url}")
     print(f"  registry: {import_registry(url, sample_registry(args.controllers, args.outlets))}")
+    logins = _issue_logins(url, args.controllers) if embedded_broker else {}
+    if logins:
+        ingest = ingest.model_copy(update={"mqtt_url": _login(ingest.mqtt_url, logins, INGEST)})
     print(f"  broker:   {ingest.mqtt!r}{' (embedded)' if embedded_broker else ''}")
+    if logins:
+        print(f"            {len(logins)} identities with fresh passwords (registry, argon2)")
     print(
         f"  time:     {args.time_scale:g}× (one simulated minute every {60 / args.time_scale:.2f} s)",
         flush=True,
@@ -89,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
             args,
             ingest,
             url,
-            embedded_broker,
+            logins,
             overrides,
             live=live,
             readings_before=row[0] if row else 0,
@@ -101,7 +109,7 @@ async def _run(
     args: argparse.Namespace,
     ingest: settings.IngestSettings,
     url: str,
-    embedded: bool,
+    logins: dict[str, str],
     overrides: dict[str, Any],
     *,
     live: bool,
@@ -114,7 +122,7 @@ async def _run(
     broker_settings = settings.load(
         settings.BrokerSettings, **overrides, broker_bind=f"127.0.0.1:{ingest.mqtt.port}"
     )
-    broker = EmbeddedBroker(broker_settings) if embedded else contextlib.nullcontext()
+    broker = EmbeddedBroker(broker_settings, url) if logins else contextlib.nullcontext()
     tally = Tally()
     async with broker, asyncio.TaskGroup() as tasks:
         ingesting = tasks.create_task(services.run_ingest(ingest, url), name="ingest")
@@ -123,7 +131,7 @@ async def _run(
         for cid in controllers:
             edge = settings.load(
                 settings.EdgeSettings,
-                **overrides,
+                **{**overrides, "mqtt_url": _login(overrides.get("mqtt_url"), logins, cid)},
                 controller_id=cid,
                 outlets=args.outlets,
                 sim_autoplay=False,
@@ -135,7 +143,7 @@ async def _run(
             background.append(tasks.create_task(services.run_agent(agent), name=cid))
         try:
             async with (
-                _cloud(url, ingest) as (api, token_url),
+                _cloud(url, ingest, _login(ingest.mqtt_url, logins, GATEWAY)) as (api, token_url),
                 await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
             ):
                 await _wait_online(conn, controllers)
@@ -173,6 +181,28 @@ async def _run(
         finally:
             for task in background:
                 task.cancel()
+
+
+INGEST, GATEWAY = DEFAULT_SERVICE_NAMES[Role.INGEST], DEFAULT_SERVICE_NAMES[Role.GATEWAY]
+
+
+def _issue_logins(url: str, controllers: int) -> dict[str, str]:
+    """Fresh passwords for the sample site's controllers and the two services.
+
+    The demo's broker checks them like any other: a password is shown once and only its
+    hash is kept, so every run issues new ones (rotating the last run's).
+    """
+    names = [(controller_id_of(c), Role.CONTROLLER) for c in range(1, controllers + 1)]
+    names += [(INGEST, Role.INGEST), (GATEWAY, Role.GATEWAY)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {name: identities.issue(conn, name, role) for name, role in names}
+
+
+def _login(url: str | None, logins: dict[str, str], name: str) -> str | None:
+    """``url`` logged in as ``name`` (unchanged on an external broker: no logins)."""
+    if url is None or name not in logins:
+        return url
+    return settings.MqttUrl.with_login(url, name, logins[name])
 
 
 async def _play(
@@ -215,14 +245,16 @@ async def _play(
 
 
 @contextlib.asynccontextmanager
-async def _cloud(url: str, ingest: settings.IngestSettings) -> AsyncIterator[tuple[str, str]]:
+async def _cloud(
+    url: str, ingest: settings.IngestSettings, mqtt_url: str | None
+) -> AsyncIterator[tuple[str, str]]:
     """The authorization server and the gateway as child processes; (API, token URL)."""
     auth_port, api_port = _free_port(), _free_port()
     issuer = f"http://127.0.0.1:{auth_port}"
     env = {
         **os.environ,
         "CHARGELINE_DATABASE_URL": url,
-        "CHARGELINE_MQTT_URL": ingest.mqtt_url,
+        "CHARGELINE_MQTT_URL": mqtt_url or ingest.mqtt_url,
         "CHARGELINE_DATA_DIR": str(ingest.data_dir),
         "CHARGELINE_TIME_SCALE": str(ingest.time_scale),
         "CHARGELINE_TIME_ORIGIN": repr(ingest.time_origin),
