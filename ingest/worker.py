@@ -100,6 +100,7 @@ class Ingest:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        log.info("ingest totals at stop: %s", self.counters.as_dict())
         if self._store is not None:
             await self._store.close()
 

@@ -178,3 +178,19 @@ def installation(database: str, broker: Broker, tmp_path: Path) -> Installation:
     return Installation(
         database=database, mqtt_url=broker.url, tmp=tmp_path, controllers=controllers
     )
+
+
+@pytest.fixture(scope="module")
+def site(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A module's own database with controllers, their broker identities and a local CA
+    (``tests.brokers.Site``), for brokers that enforce the access policy."""
+    from tests.brokers import Site
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(pg_url, name)
+    migrations.upgrade(url)
+    yield Site.create(url, tmp_path_factory.mktemp("site"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -31,23 +31,8 @@ from tests.brokers import (
     connect_packet,
     raw_connect,
 )
-from tests.conftest import database_url_for
 
 INGEST, GATEWAY = "svc_ingest", "svc_gateway"
-
-
-@pytest.fixture(scope="module")
-def site(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(pg_url, name)
-    from ingest import migrations
-
-    migrations.upgrade(url)
-    yield Site.create(url, tmp_path_factory.mktemp("site"))
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module", params=["amqtt", "mosquitto"])
