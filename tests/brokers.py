@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import time
 import uuid
@@ -227,44 +226,7 @@ def brokers(site: Site, tmp: Path, kind: str) -> Iterator[BrokerUnderTest]:
         broker.stop()
 
 
-# --- a raw MQTT 3.1.1 client, for what well-behaved libraries will not send -------------
-
-
-def _string(value: str | bytes) -> bytes:
-    data = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(
-    client_id: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    keepalive: int = 60,
-    will: tuple[str, bytes] | None = None,
-) -> bytes:
-    flags = 0x02  # clean session
-    payload = _string(client_id)
-    if will is not None:
-        flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retain
-        payload += _string(will[0]) + _string(will[1])
-    if username is not None:
-        flags |= 0x80
-        payload += _string(username)
-    if password is not None:
-        flags |= 0x40
-        payload += _string(password)
-    body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
-    return b"\x10" + _remaining(len(body)) + body
+# --- raw connections ------------------------------------------------------------------
 
 
 def raw_connect(port: int, packet: bytes) -> tuple[socket.socket, bytes]:
