@@ -43,6 +43,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export.add_argument(
         "--user", default="mosquitto", help="the user Mosquitto runs as (default mosquitto)"
     )
+    export.add_argument(
+        "--config-dir",
+        type=Path,
+        help="where the files will live on the broker host, if not OUT (nothing else is"
+        " created here)",
+    )
 
     pki = sub.add_parser("pki", help="a local CA for the broker's TLS and mTLS listeners")
     pki.add_argument("--dir", type=Path, help="default: DATA_DIR/pki")
@@ -146,6 +152,7 @@ def _export(args: argparse.Namespace) -> int:
             max_packet_bytes=config.broker_max_packet_bytes,
             persistence_dir=args.persistence_dir or args.out / "data",
             user=args.user,
+            config_dir=args.config_dir,
         )
     else:
         written = export.emqx(

@@ -77,8 +77,14 @@ def mosquitto(
     max_packet_bytes: int,
     persistence_dir: Path,
     user: str = "mosquitto",
+    config_dir: Path | None = None,
 ) -> list[Path]:
+    """Write the three files into ``out``. ``config_dir`` is where they will live on the
+    broker host, when that is not here (then nothing on this host is created or chowned
+    except ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
+    here = config_dir is None
+    where = out.resolve() if config_dir is None else config_dir
     conf = out / "mosquitto.conf"
     passwords = out / "passwords"
     acl = out / "acl"
@@ -89,8 +95,8 @@ def mosquitto(
         "# started as root, Mosquitto drops to this user before it reads the files below",
         f"user {user}",
         "allow_anonymous false",
-        f"password_file {passwords.resolve()}",
-        f"acl_file {acl.resolve()}",
+        f"password_file {where / passwords.name}",
+        f"acl_file {where / acl.name}",
         f"max_packet_size {max_packet_bytes}",
         "set_tcp_nodelay true",
         "# ingest takes every controller's batches through one session: no cap on messages in",
@@ -100,7 +106,7 @@ def mosquitto(
         "# retained desired states must survive a crash: save the store every second.",
         "# (Saving on every change instead cut QoS 1 throughput from 5,400 to 1,300 msg/s.)",
         "persistence true",
-        f"persistence_location {persistence_dir.resolve()}/",
+        f"persistence_location {persistence_dir.resolve() if here else persistence_dir}/",
         "autosave_on_changes false",
         "autosave_interval 1",
         "log_type error",
@@ -142,14 +148,16 @@ def mosquitto(
             "use_identity_as_username true",
             "tls_version tlsv1.2",
         ]
-    persistence_dir.mkdir(parents=True, exist_ok=True)
+    if here:
+        persistence_dir.mkdir(parents=True, exist_ok=True)
     conf.write_text("\n".join(lines) + "\n")
     _write_private(
         passwords,
         "".join(f"{i.name}:{i.pbkdf2}\n" for i in identities if i.pbkdf2 and not i.revoked),
     )
     acl.write_text(mosquitto_acl(policy, identities))
-    _hand_to(user, [passwords, acl, persistence_dir])
+    if here:
+        _hand_to(user, [passwords, acl, persistence_dir])
     return [conf, passwords, acl]
 
 

@@ -103,3 +103,25 @@ def test_export_leaves_revoked_identities_out(database: str, tmp_path: Path) -> 
         database, tmp_path, "broker", "export", "emqx", "--out", str(tmp_path / "emqx")
     )
     assert emqx.returncode == 0 and (tmp_path / "emqx" / "acl.conf").exists()
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+EXPORT_FOR_DEPLOY = [
+    "--config", str(DEPLOY / "cloud.example.toml"),
+    "broker", "export", "mosquitto",
+    "--config-dir", "/etc/mosquitto/chargeline",
+    "--persistence-dir", "/var/lib/mosquitto/chargeline",
+]  # fmt: skip
+
+
+def test_deploy_mosquitto_is_what_the_export_writes(database: str, tmp_path: Path) -> None:
+    """deploy/mosquitto/ is the export for deploy/cloud.example.toml with the two services
+    (regenerate: see deploy/mosquitto/README.md), so the shipped files never drift."""
+    for name in ("svc_ingest", "svc_gateway"):
+        chargeline(database, tmp_path, "broker", "credentials", "issue", name)
+    out = tmp_path / "export"
+    result = chargeline(database, tmp_path, *EXPORT_FOR_DEPLOY, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for name in ("mosquitto.conf", "acl"):
+        assert (out / name).read_text() == (DEPLOY / "mosquitto" / name).read_text(), name
+    assert not Path("/var/lib/mosquitto/chargeline").exists()
