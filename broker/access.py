@@ -104,9 +104,11 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
             now = fresh.get(name)
             if now is None or now.revoked or now.argon2 != before.argon2:
                 self._verified.pop(name, None)
-                await self._close_sessions_of(
-                    name, "revoked" if now is None or now.revoked else "rotated"
-                )
+                why = "revoked" if now is None or now.revoked else "rotated"
+                try:
+                    await self._close_sessions_of(name, why)
+                except Exception:  # one session must not stop the reloads
+                    log.exception("could not close the session of %s (%s)", name, why)
 
     async def _close_sessions_of(self, name: str, why: str) -> None:
         session = self.context.get_session(name)

@@ -229,9 +229,9 @@ def brokers(site: Site, tmp: Path, kind: str) -> Iterator[BrokerUnderTest]:
 # --- raw connections ------------------------------------------------------------------
 
 
-def raw_connect(port: int, packet: bytes) -> tuple[socket.socket, bytes]:
+def raw_connect(port: int, packet: bytes, *, timeout: float = 5) -> tuple[socket.socket, bytes]:
     """Send ``packet`` on a new connection; return the socket and the CONNACK (or b"")."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.sendall(packet)
     try:
         return sock, sock.recv(4)
@@ -239,9 +239,17 @@ def raw_connect(port: int, packet: bytes) -> tuple[socket.socket, bytes]:
         return sock, b""
 
 
-def tls_handshake(port: int, ca: Path, cert: tuple[Path, Path] | None) -> ssl.SSLSocket:
+def tls_connack(port: int, ca: Path, cert: tuple[Path, Path] | None, packet: bytes) -> bytes:
+    """TLS handshake (with ``cert`` as client certificate), then ``packet``: the CONNACK,
+    or b"" when the server ends the connection instead (TLS 1.3 reports a refused client
+    certificate only after the handshake)."""
     context = ssl.create_default_context(cafile=ca)
     if cert is not None:
         context.load_cert_chain(*cert)
-    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(packet)
+            return sock.recv(4)
+    except (ssl.SSLError, OSError):
+        return b""

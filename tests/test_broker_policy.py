@@ -25,10 +25,12 @@ from schemas.topics import TopicKind
 from tests.brokers import (
     MAX_PACKET,
     TOPICS,
+    Amqtt,
     BrokerUnderTest,
     Site,
     brokers,
     raw_connect,
+    tls_connack,
 )
 from tests.helpers import connect_packet
 
@@ -148,6 +150,8 @@ def test_a_controller_cannot_read_beyond_its_own_subtree(
                 await _good_clients_work(broker, good)
 
     run(scenario())
+    if isinstance(broker, Amqtt):  # refusals are logged with the identity and the topic
+        assert f"refused subscribe: {site.a} (controller) on {topic_filter!r}" in broker.proc.log()
 
 
 @pytest.mark.parametrize(
@@ -186,7 +190,8 @@ def test_a_bad_connection_is_refused_and_takes_nobody_over(
 
 
 def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTest) -> None:
-    """After `revoke` (and, for Mosquitto, an export and SIGHUP), the controller's next
+    """A rotated password stops working. After `revoke` (and, for Mosquitto, an export and
+    SIGHUP), the controller's next
     connection is refused and its live session can no longer publish: amqtt closes it,
     Mosquitto denies it everything. Nobody else is disturbed."""
     site = broker.site
@@ -207,6 +212,7 @@ def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTe
                 return  # the broker dropped the publish
             assert time.monotonic() < deadline, "the revoked session still publishes"
 
+    old_password = site.passwords[site.r]
     with psycopg.connect(site.database, autocommit=True) as conn:  # R may be revoked already
         site.passwords[site.r] = identities.issue(conn, site.r, Role.CONTROLLER)
     broker.reload()
@@ -220,6 +226,9 @@ def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTe
             except aiomqtt.MqttError:
                 assert time.monotonic() < deadline, "the re-issued credential never worked"
                 await asyncio.sleep(0.2)
+        with pytest.raises(aiomqtt.MqttError):  # rotated: the old password is refused
+            async with broker.client(site.r, password=old_password):
+                pass
         async with _good_clients(broker) as good, broker.client(site.r) as r:
             with psycopg.connect(site.database, autocommit=True) as conn:
                 identities.revoke(conn, site.r)
@@ -242,8 +251,10 @@ def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTe
 def test_the_mtls_listener_refuses_a_bad_client_certificate(
     broker: BrokerUnderTest, cert: str
 ) -> None:
-    """No certificate, an expired one or one from another CA: no connection."""
+    """No certificate, an expired one or one from another CA: no CONNACK, while B's valid
+    certificate gets one on the same path."""
     site = broker.site
+    assert site.ca is not None
     pki = site.tmp
     files = {
         "missing": None,
@@ -253,13 +264,20 @@ def test_the_mtls_listener_refuses_a_bad_client_certificate(
             pki / "foreign" / "clients" / f"{site.a}.key",
         ),
     }[cert]
+    valid = (site.ca.dir / "clients" / f"{site.b}.pem", site.ca.dir / "clients" / f"{site.b}.key")
+    port = broker.ports["mtls"]
 
     async def scenario() -> None:
         async with _good_clients(broker) as good:
-            with pytest.raises(aiomqtt.MqttError):
-                async with broker.client(site.a, listener="mtls", cert=files):
-                    pass
+            attempt = await asyncio.to_thread(
+                tls_connack, port, site.ca.cert_path, files, connect_packet(site.a, username=site.a)
+            )
+            assert attempt == b""
             await _good_clients_work(broker, good)
+        accepted = await asyncio.to_thread(
+            tls_connack, port, site.ca.cert_path, valid, connect_packet(site.b, username=site.b)
+        )
+        assert accepted == b"\x20\x02\x00\x00"
 
     run(scenario())
 
@@ -317,7 +335,7 @@ def test_malformed_and_empty_packets_disturb_nobody_else(broker: BrokerUnderTest
     async def scenario() -> None:
         async with _good_clients(broker) as good:
             for packet in junk:
-                sock, _ = raw_connect(port, packet)
+                sock, _ = raw_connect(port, packet, timeout=0.3)
                 sock.close()
             await _good_clients_work(broker, good)
 
