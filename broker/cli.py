@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -141,27 +142,22 @@ def _export(args: argparse.Namespace) -> int:
     config = settings.load(settings.BrokerSettings)
     with psycopg.connect(_database()) as conn:
         known = identities.all_identities(conn)
-    policy = Policy(config.topics)
-    listeners = export.Listeners.of(config)
+    common: dict[str, Any] = {
+        "policy": Policy(config.topics),
+        "identities": known,
+        "listeners": export.Listeners.of(config),
+        "max_packet_bytes": config.broker_max_packet_bytes,
+    }
     if args.kind == "mosquitto":
         written = export.mosquitto(
             args.out,
-            policy=policy,
-            identities=known,
-            listeners=listeners,
-            max_packet_bytes=config.broker_max_packet_bytes,
+            **common,
             persistence_dir=args.persistence_dir or args.out / "data",
             user=args.user,
             config_dir=args.config_dir,
         )
     else:
-        written = export.emqx(
-            args.out,
-            policy=policy,
-            identities=known,
-            listeners=listeners,
-            max_packet_bytes=config.broker_max_packet_bytes,
-        )
+        written = export.emqx(args.out, **common)
     active = sum(not i.revoked for i in known)
     print(f"{args.kind}: {active} identities ({len(known) - active} revoked, left out)")
     for path in written:

@@ -115,39 +115,28 @@ def mosquitto(
         "log_type information",
         "connection_messages true",
     ]
-    if listeners.tcp:
-        host, port = _host_port(listeners.tcp)
-        lines += [
-            "",
-            "# plain TCP: only on a physically closed network",
-            f"listener {port} {host}",
-            *_PER_LISTENER,
-        ]
-    if listeners.tls:
-        host, port = _host_port(listeners.tls)
-        lines += [
-            "",
-            "# TLS, password authentication",
-            f"listener {port} {host}",
-            *_PER_LISTENER,
-            f"certfile {listeners.cert_file}",
-            f"keyfile {listeners.key_file}",
-            "tls_version tlsv1.2",
-        ]
-    if listeners.mtls:
-        host, port = _host_port(listeners.mtls)
-        lines += [
-            "",
-            "# mutual TLS: a client certificate from the chargeline CA; its CN is the identity",
-            f"listener {port} {host}",
-            *_PER_LISTENER,
-            f"certfile {listeners.cert_file}",
-            f"keyfile {listeners.key_file}",
-            f"cafile {listeners.client_ca_file}",
-            "require_certificate true",
-            "use_identity_as_username true",
-            "tls_version tlsv1.2",
-        ]
+    tls = [
+        f"certfile {listeners.cert_file}",
+        f"keyfile {listeners.key_file}",
+        "tls_version tlsv1.2",
+    ]
+    for bind, about, extra in (
+        (listeners.tcp, "plain TCP: only on a physically closed network", []),
+        (listeners.tls, "TLS, password authentication", tls),
+        (
+            listeners.mtls,
+            "mutual TLS: a client certificate from the chargeline CA; its CN is the identity",
+            [
+                *tls,
+                f"cafile {listeners.client_ca_file}",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ],
+        ),
+    ):
+        if bind:
+            host, port = _host_port(bind)
+            lines += ["", f"# {about}", f"listener {port} {host}", *_PER_LISTENER, *extra]
     if here:
         persistence_dir.mkdir(parents=True, exist_ok=True)
     conf.write_text("\n".join(lines) + "\n")
