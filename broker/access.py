@@ -186,7 +186,11 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
 
     def _refuse(self, what: str, detail: str) -> None:
         self.refusals[what] += 1
-        log.warning("refused %s: %s", what, detail)
+        log.warning("refused %s: %s (%s so far)", what, detail, _counts(self.refusals))
+
+
+def _counts(refusals: Counter[str]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in sorted(refusals.items()))
 
 
 def _certificate_cn(session: Any) -> str | None:
