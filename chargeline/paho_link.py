@@ -41,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chargeline.mqtt import backoff
+from chargeline.runner import stop_if_cancelled
 from chargeline.settings import MqttUrl
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class PahoLink:
                     raise LinkError(f"broker refused subscriptions {refused}")
             on_connected()
             while not self._lost.is_set():
+                stop_if_cancelled()  # Python 3.11's wait_for can lose a cancel (runner.py)
                 if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
                 with contextlib.suppress(TimeoutError):

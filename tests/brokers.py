@@ -121,6 +121,10 @@ class BrokerUnderTest:
     def reload(self) -> None:
         """Make the broker see changed identities (a no-op where that is automatic)."""
 
+    def wait_saved(self, since: float) -> None:
+        """Wait until the broker has written what it acknowledged since ``since``
+        (``time.time()``): brokers acknowledge before they persist."""
+
     def restart(self, sig: signal.Signals) -> None:
         self.stop(sig)
         self.start()
@@ -177,6 +181,9 @@ class Amqtt(BrokerUnderTest):
         else:
             self.proc.stop()
 
+    def wait_saved(self, since: float) -> None:
+        time.sleep(0.3)  # RetainedStore writes each change at once, on its own thread
+
 
 class Mosquitto(BrokerUnderTest):
     kind = "mosquitto"
@@ -215,6 +222,15 @@ class Mosquitto(BrokerUnderTest):
         self.export()
         self.popen.send_signal(signal.SIGHUP)
         time.sleep(0.5)
+
+    def wait_saved(self, since: float) -> None:
+        # Mosquitto saves its whole store every autosave_interval (1 s, counted in whole
+        # seconds, so 1-2 s apart): wait for a save that began after ``since``.
+        store = self.tmp / "mosquitto" / "data" / "mosquitto.db"
+        deadline = time.monotonic() + 10
+        while not (store.exists() and store.stat().st_mtime > since + 0.01):
+            assert time.monotonic() < deadline, "Mosquitto did not save its store"
+            time.sleep(0.1)
 
 
 def brokers(site: Site, tmp: Path, kind: str) -> Iterator[BrokerUnderTest]:

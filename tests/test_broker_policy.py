@@ -393,9 +393,6 @@ def test_retained_desired_states_survive_a_restart_byte_for_byte(
         async with broker.client(GATEWAY) as gateway:
             for outlet, payload in payloads.items():
                 await gateway.publish(TOPICS.desired(site.b, outlet), payload, qos=1, retain=True)
-        # The ack left before the disk write. amqtt writes each change at once (on a thread
-        # of its own); Mosquitto saves its whole store once a second (autosave_interval 1).
-        await asyncio.sleep(1.5 if broker.kind == "mosquitto" else 0.3)
 
     async def read_back() -> dict[int, bytes]:
         async with broker.client(site.b) as b:
@@ -403,6 +400,8 @@ def test_retained_desired_states_survive_a_restart_byte_for_byte(
             got = await _received(b, 1.5)
         return {int(topic.split("/")[-2]): payload for topic, payload in got}
 
+    since = time.time()
     asyncio.run(publish())
+    broker.wait_saved(since)
     broker.restart(sig)
     assert asyncio.run(read_back()) == payloads
