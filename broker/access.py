@@ -7,7 +7,8 @@ establishes at CONNECT is the one its topic checks use:
   certificate (mTLS listener; the CN is the identity) or with username and password
   (argon2, checked on a worker thread so a reconnect storm does not stall the broker). The
   MQTT client id must equal the identity, so nobody can take over another controller's
-  session. Revoked identities are refused.
+  session. Revoked identities are refused, and so is a will on a topic the client may
+  not publish to (the broker sends wills past the publish check).
 - **Topics.** ``broker.policy.Policy`` decides every publish, subscribe and delivery.
 - **Changes.** The plugin listens for the ``mqtt_identities`` notification (with a slow
   periodic reload as a safety net) and closes the live sessions of identities that were
@@ -147,7 +148,16 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
             return "client id must equal the identity", None
         if cn is None and not await self._password_ok(identity, session.password):
             return "wrong password", None
+        if session.will_flag and not self._may_publish(identity, session.will_topic):
+            # The broker publishes a will on the client's behalf, past the publish check:
+            # a will on another controller's desired topic would be a forged command.
+            return f"will topic {session.will_topic!r} is not one it may publish to", None
         return None, identity
+
+    def _may_publish(self, identity: Identity, topic: str | None) -> bool:
+        return bool(topic) and self.policy.allows(
+            name=identity.name, role=identity.role, access=Access.WRITE, topic=str(topic)
+        )
 
     async def _password_ok(self, identity: Identity, password: str | None) -> bool:
         if identity.argon2 is None or not password:

@@ -250,6 +250,31 @@ def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTe
     run(scenario())
 
 
+def test_a_will_cannot_forge_another_controllers_command(broker: BrokerUnderTest) -> None:
+    """A connects with a retained will on B's desired topic and drops its connection: B
+    gets nothing and no retained command is left for it (the connection is refused, or
+    the will is not published)."""
+    site = broker.site
+    packet = connect_packet(
+        site.a,
+        username=site.a,
+        password=site.passwords[site.a],
+        will=(TOPICS.desired(site.b, 1), b"forged ON"),
+    )
+
+    async def scenario() -> None:
+        async with _good_clients(broker) as good:
+            sock, _ = raw_connect(broker.ports["tcp"], packet)
+            sock.close()  # no DISCONNECT: an abnormal end, which sends the will
+            assert b"forged ON" not in [p for _, p in await _received(good.b, 1.5)]
+            await _good_clients_work(broker, good)
+        async with broker.client(site.b) as b:  # nothing retained for B either
+            await b.subscribe(TOPICS.desired(site.b, 1), qos=1)
+            assert b"forged ON" not in [p for _, p in await _received(b, 1.0)]
+
+    run(scenario())
+
+
 @pytest.mark.parametrize("cert", ["missing", "expired", "foreign CA"])
 def test_the_mtls_listener_refuses_a_bad_client_certificate(
     broker: BrokerUnderTest, cert: str
