@@ -4,7 +4,8 @@ For each broker, in one run and on the same registry (controllers with passwords
 for amqtt, PBKDF2 for Mosquitto through ``chargeline broker export mosquitto``):
 
 1. **Idle controllers held.** Raw MQTT connections, one per controller, each with its own
-   identity (client id = username), 60 s keepalive; how many the broker accepts and keeps,
+   identity (client id = username), 60 s keepalive, subscribed to its ten topics as an
+   edge agent is (meter/ack, request, eight desired); how many the broker accepts and keeps,
    how fast they connect, and the broker's resident memory per connection.
 2. **QoS 1 messages/s,** with the idle controllers still connected: one controller
    publishes meter messages, ingest's identity receives them (both QoS 1, 200 bytes).
@@ -40,7 +41,7 @@ from chargeline import mqtt
 from chargeline.settings import MqttUrl
 from chargeline.stats import percentile
 from schemas.topics import TopicKind, Topics
-from tests.helpers import connect_packet, free_port, wait_port
+from tests.helpers import connect_packet, free_port, subscribe_packet, wait_port
 
 TOPICS = Topics()
 INGEST = DEFAULT_SERVICE_NAMES[Role.INGEST]
@@ -125,7 +126,9 @@ def rss_kib(pid: int) -> int:
 
 
 class Idle:
-    """Raw connections that say CONNECT and then nothing (keepalive 60 s)."""
+    """Raw connections that do what an edge agent does on connecting (CONNECT, then
+    SUBSCRIBE to its meter/ack, request and eight desired topics) and then say nothing
+    (keepalive 60 s)."""
 
     def __init__(self) -> None:
         self.writers: list[asyncio.StreamWriter] = []
@@ -136,6 +139,12 @@ class Idle:
         writer.write(connect_packet(name, username=name, password=password, keepalive=60))
         connack = await asyncio.wait_for(reader.readexactly(4), 60)
         if connack[3] == 0:
+            filters = [TOPICS.meter_ack(name), TOPICS.request(name)]
+            filters += [TOPICS.desired(name, n) for n in range(1, 9)]
+            writer.write(subscribe_packet(1, filters))
+            suback = await asyncio.wait_for(reader.readexactly(4 + len(filters)), 60)
+            if any(code & 0x80 for code in suback[4:]):
+                raise SystemExit(f"{name}: subscriptions refused: {suback!r}")
             self.writers.append(writer)
         else:
             self.refused += 1

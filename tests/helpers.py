@@ -333,3 +333,8 @@ def connect_packet(
         payload += _string(password)
     body = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
     return b"\x10" + _remaining(len(body)) + body
+
+
+def subscribe_packet(packet_id: int, filters: list[str], qos: int = 1) -> bytes:
+    body = struct.pack("!H", packet_id) + b"".join(_string(f) + bytes([qos]) for f in filters)
+    return b"\x82" + _remaining(len(body)) + body
