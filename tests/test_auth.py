@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import subprocess
 import sys
 import time
@@ -277,14 +278,22 @@ def test_cli_adds_a_client_showing_the_secret_once(database: str) -> None:
 def test_a_remembered_token_still_expires_and_keeps_its_scopes(auth: AuthServer) -> None:
     """The validator remembers tokens whose signature passed; times and scope are
     checked on every call all the same."""
-    token = forge(auth, exp=int(time.time()) + 1, scope="charges:read")
+    # At least 2 s of life (exp is whole seconds): the first check fetches the JWKS, which
+    # on a loaded machine took long enough to outlive a token with 0-1 s left.
+    exp = math.ceil(time.time() + 2)
+    token = forge(auth, exp=exp, scope="charges:read")
 
     async def run() -> list[str]:
         outcomes: list[str] = []
         async with httpx2.AsyncClient() as http:
             validator = auth.validator(http, leeway_s=0)
-            for scope, wait in (("charges:read", 0), ("charges:write", 0), ("charges:read", 2)):
-                await asyncio.sleep(wait)
+            for scope, expired in (
+                ("charges:read", False),
+                ("charges:write", False),
+                ("charges:read", True),
+            ):
+                if expired:
+                    await asyncio.sleep(max(0.0, exp - time.time()) + 0.2)
                 try:
                     await validator.check(f"Bearer {token}", scope)
                     outcomes.append("ok")
