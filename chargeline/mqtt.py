@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
 
 import aiomqtt
 
@@ -15,10 +17,27 @@ from chargeline.settings import MqttUrl
 #: (Nagle's algorithm meets delayed ACKs; FIELD-NOTES.md).
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
+T = TypeVar("T")
+
+
+class _Client(aiomqtt.Client):
+    async def _wait_for(self, fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109  (aiomqtt's signature)
+        # aiomqtt waits with asyncio.wait_for, which on Python 3.11 swallows a cancel that
+        # arrives in the same instant as the result (CPython gh-86296, fixed in 3.12): the
+        # cancelled task runs on, and whatever waits for it to stop waits forever. CI saw
+        # the demo's edge agents sample for ten minutes after Ctrl-C. asyncio.timeout
+        # delivers the cancel to the waiting coroutine itself, so it cannot be lost.
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
 
 def client(url: MqttUrl, *, identifier: str, **options: Any) -> aiomqtt.Client:
     """An aiomqtt client for ``url`` with TCP_NODELAY and, for mqtts://, TLS."""
-    mqtt_client = aiomqtt.Client(
+    mqtt_client = _Client(
         url.host,
         url.port,
         username=url.username,

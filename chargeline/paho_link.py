@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,7 +40,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chargeline.mqtt import backoff
-from chargeline.runner import stop_if_cancelled
 from chargeline.settings import MqttUrl
 
 log = logging.getLogger(__name__)
@@ -106,7 +104,6 @@ class PahoLink:
         clean_session: bool = True,
         keepalive: int = 60,
         max_inflight: int = 0,
-        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.client_id = client_id
@@ -115,9 +112,7 @@ class PahoLink:
         self.clean_session = clean_session
         self.keepalive = keepalive
         self.max_inflight = max_inflight
-        self.tls_context = tls_context
-        if tls_context is None:
-            self.tls_context = url.ssl_context()
+        self.tls_context = url.ssl_context()
         self._client: _BufferedClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
@@ -183,13 +178,15 @@ class PahoLink:
             await loop.run_in_executor(
                 None, client.connect, self.url.host, self.url.port, self.keepalive
             )
-            code = await asyncio.wait_for(self._connack, 10)
+            async with asyncio.timeout(10):
+                code = await self._connack
             if code.is_failure:
                 raise LinkError(f"broker refused the connection: {code}")
             if self.subscriptions:
                 self._suback = loop.create_future()
                 client.subscribe(self.subscriptions)
-                codes = await asyncio.wait_for(self._suback, 10)
+                async with asyncio.timeout(10):
+                    codes = await self._suback
                 refused = [
                     f for (f, _), c in zip(self.subscriptions, codes, strict=False) if c.is_failure
                 ]
@@ -197,11 +194,11 @@ class PahoLink:
                     raise LinkError(f"broker refused subscriptions {refused}")
             on_connected()
             while not self._lost.is_set():
-                stop_if_cancelled()  # Python 3.11's wait_for can lose a cancel (runner.py)
                 if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._lost.wait(), 1.0)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see mqtt._Client
+                    async with asyncio.timeout(1.0):
+                        await self._lost.wait()
         finally:
             self._client = None
             if client.is_connected():

@@ -28,21 +28,6 @@ def run(main: Coroutine[Any, Any, Any]) -> int:
     return 0
 
 
-def stop_if_cancelled() -> None:
-    """Raise CancelledError if someone has asked to cancel the running task.
-
-    Call it at the top of every ``while True`` loop that awaits an aiomqtt call. On Python
-    3.11, ``asyncio.wait_for`` (which aiomqtt waits on) swallows a cancellation that
-    arrives in the same instant as the result it waits for (CPython gh-86296, fixed in
-    3.12). The loop then runs on, and whatever waits for the task to stop (a TaskGroup, a
-    shutdown) waits forever: CI once saw an edge agent sampling for ten minutes after its
-    cancellation. ``Task.cancelling()`` still counts the request, so the loop can see it.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

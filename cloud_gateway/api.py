@@ -40,7 +40,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chargeline import mqtt
-from chargeline.runner import stop_if_cancelled
 from chargeline.settings import GatewaySettings
 from chargeline.times import utc
 from cloud_gateway import commands
@@ -219,7 +218,6 @@ class Gateway:
     async def mqtt_forever(self) -> None:
         delays = mqtt.backoff()
         while True:
-            stop_if_cancelled()  # Python 3.11's wait_for can lose a cancel (runner.py)
             try:
                 # The broker requires the client id to be the identity (one per process).
                 identifier = self.settings.mqtt.username or f"chargeline-gateway-{id(self):x}"

@@ -30,7 +30,6 @@ from typing import Self
 import aiomqtt
 
 from chargeline import mqtt
-from chargeline.runner import stop_if_cancelled
 from chargeline.settings import EdgeSettings
 from edge_agent import reconciler
 from edge_agent.buffer import FrameBuffer
@@ -151,7 +150,6 @@ class EdgeAgent:
         limit = self.settings.minutes
         next_minute = (int(self.clock.now()) // 60 + 1) * 60
         while limit is None or self.frames_made < limit:
-            stop_if_cancelled()  # see its docstring: Python 3.11 can lose a cancel
             now = self.clock.now()
             sample = self.meter.read(now)
             self._guard(sample)
@@ -344,7 +342,6 @@ class EdgeAgent:
 
     async def _flush_outbox_forever(self) -> None:
         while True:
-            stop_if_cancelled()  # see its docstring: Python 3.11 can lose a cancel
             await self._outbox_ready.wait()
             await self.connected.wait()
             if await self._publish_outbox():
@@ -357,7 +354,6 @@ class EdgeAgent:
         """The retained state follows every change, a moment later: it is for operators,
         and an acknowledgement on its way to a waiting partner should have the CPU first."""
         while True:
-            stop_if_cancelled()  # see its docstring: Python 3.11 can lose a cancel
             await self._state_changed.wait()
             await asyncio.sleep(STATE_DELAY_S)
             self._state_changed.clear()
@@ -384,7 +380,6 @@ class EdgeAgent:
         delays = mqtt.backoff()
         url = self.settings.mqtt
         while True:
-            stop_if_cancelled()  # see its docstring: Python 3.11 can lose a cancel
             since = time.time()
             will = aiomqtt.Will(
                 self.topics.presence(self.cid),
@@ -492,7 +487,6 @@ class EdgeAgent:
     async def _resend_forever(self) -> None:
         timeout = self.settings.ack_timeout_s
         while True:
-            stop_if_cancelled()  # see its docstring: Python 3.11 can lose a cancel
             await asyncio.sleep(timeout / 2)
             if self.connected.is_set():
                 with contextlib.suppress(aiomqtt.MqttError):

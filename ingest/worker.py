@@ -162,8 +162,9 @@ class Ingest:
             since = self._pending_since or time.monotonic()
             remaining = self.settings.flush_max_delay_s - (time.monotonic() - since)
             if remaining > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), remaining)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see mqtt._Client
+                    async with asyncio.timeout(remaining):
+                        await self._full.wait()
             batch, self.pending = self.pending, Pending()
             self._has_data.clear()
             self._full.clear()
