@@ -41,7 +41,7 @@ from chargeline import mqtt
 from chargeline.settings import MqttUrl
 from chargeline.stats import percentile
 from schemas.topics import TopicKind, Topics
-from tests.helpers import connect_packet, free_port, subscribe_packet, wait_port
+from tests.helpers import connect_packet, free_port, rss_kib, subscribe_packet, wait_port
 
 TOPICS = Topics()
 INGEST = DEFAULT_SERVICE_NAMES[Role.INGEST]
@@ -113,13 +113,6 @@ def _env(tmp: Path, db: str, port: int) -> dict[str, str]:
         "CHARGELINE_BROKER_BIND": f"127.0.0.1:{port}",
         "CHARGELINE_LOG_LEVEL": "WARNING",
     }
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # --- 1. idle controllers ----------------------------------------------------------------

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench.common import amqtt_broker, emit, parser, workdir
+from tests.helpers import rss_kib
 
 
 def cpu_seconds(pid: int) -> float:
@@ -21,10 +22,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 def main() -> None:

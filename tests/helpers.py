@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -24,6 +25,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def free_port() -> int:
@@ -135,10 +144,7 @@ class Proc:
         return self.popen.wait(timeout)
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+        return rss_kib(self.pid)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -338,3 +344,14 @@ def connect_packet(
 def subscribe_packet(packet_id: int, filters: list[str], qos: int = 1) -> bytes:
     body = struct.pack("!H", packet_id) + b"".join(_string(f) + bytes([qos]) for f in filters)
     return b"\x82" + _remaining(len(body)) + body
+
+
+async def drain(client: Any, seconds: float) -> list[tuple[str, bytes]]:
+    """Every (topic, payload) an aiomqtt client receives within ``seconds``."""
+    got: list[tuple[str, bytes]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                got.append((message.topic.value, message.payload))
+    return got

@@ -5,24 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import aiomqtt
-
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
 from tests.conftest import Broker
-
-
-async def _drain(client: aiomqtt.Client, seconds: float) -> list[tuple[str, bytes]]:
-    got: list[tuple[str, bytes]] = []
-    try:
-        async with asyncio.timeout(seconds):
-            async for message in client.messages:
-                payload = message.payload
-                assert isinstance(payload, bytes)
-                got.append((message.topic.value, payload))
-    except TimeoutError:
-        pass
-    return got
+from tests.helpers import drain
 
 
 def test_a_client_gets_retained_messages_only_for_its_own_subscriptions(broker: Broker) -> None:
@@ -38,6 +24,6 @@ def test_a_client_gets_retained_messages_only_for_its_own_subscriptions(broker: 
             await owner.publish(f"{mine}/desired/1", b"\x02mine", qos=1, retain=True)
             async with mqtt.client(url, identifier=f"other-{mine}") as other:
                 await other.subscribe(f"{mine}/#", qos=1)
-                return await _drain(other, 1.5)
+                return await drain(other, 1.5)
 
     assert asyncio.run(scenario()) == [(f"{mine}/desired/1", b"\x02mine")]

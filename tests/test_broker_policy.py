@@ -33,7 +33,7 @@ from tests.brokers import (
     raw_connect,
     tls_connack,
 )
-from tests.helpers import connect_packet
+from tests.helpers import connect_packet, drain
 
 INGEST, GATEWAY = "svc_ingest", "svc_gateway"
 
@@ -46,18 +46,6 @@ def broker(
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-async def _received(client: aiomqtt.Client, seconds: float) -> list[tuple[str, bytes]]:
-    got: list[tuple[str, bytes]] = []
-    try:
-        async with asyncio.timeout(seconds):
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                got.append((message.topic.value, message.payload))
-    except TimeoutError:
-        pass
-    return got
 
 
 async def _next(client: aiomqtt.Client, topic: str, seconds: float = 5) -> bytes:
@@ -121,8 +109,8 @@ def test_a_controller_cannot_publish_to_another_controllers_topics(broker: Broke
         async with _good_clients(broker) as good, broker.client(site.a) as a:
             for topic in (TOPICS.meter(site.b), TOPICS.desired(site.b, 1), TOPICS.ack(site.b)):
                 await a.publish(topic, b"forged", qos=1)
-            assert await _received(good.b, 1.0) == []
-            assert await _received(good.ingest, 0.2) == []
+            assert await drain(good.b, 1.0) == []
+            assert await drain(good.ingest, 0.2) == []
             await _good_clients_work(broker, good)
 
     run(scenario())
@@ -147,7 +135,7 @@ def test_a_controller_cannot_read_beyond_its_own_subtree(
                 await a.subscribe(topic_filter, qos=1)
                 await good.gateway.publish(TOPICS.desired(site.b, 1), b"live", qos=1)
                 await good.b.publish(TOPICS.meter(site.b), b"reading", qos=1)
-                assert await _received(a, 1.5) == []
+                assert await drain(a, 1.5) == []
                 await _good_clients_work(broker, good)
 
     run(scenario())
@@ -180,7 +168,7 @@ def test_a_bad_connection_is_refused_and_takes_nobody_over(
                     async with attempt as a:
                         await a.subscribe("#", qos=1)
                         await good.gateway.publish(TOPICS.desired(site.b, 1), b"for B", qos=1)
-                        assert await _received(a, 1.0) == []
+                        assert await drain(a, 1.0) == []
                 except aiomqtt.MqttError:
                     pass  # refused outright: just as good
             else:
@@ -211,7 +199,7 @@ def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTe
                 await r.publish(TOPICS.meter(site.r), token, qos=1, timeout=1)
             except aiomqtt.MqttError:
                 return  # the broker closed the session
-            if token not in [p for _, p in await _received(good.ingest, 0.5)]:
+            if token not in [p for _, p in await drain(good.ingest, 0.5)]:
                 return  # the broker dropped the publish
             assert time.monotonic() < deadline, "the revoked session still publishes"
 
@@ -266,11 +254,11 @@ def test_a_will_cannot_forge_another_controllers_command(broker: BrokerUnderTest
         async with _good_clients(broker) as good:
             sock, _ = raw_connect(broker.ports["tcp"], packet)
             sock.close()  # no DISCONNECT: an abnormal end, which sends the will
-            assert b"forged ON" not in [p for _, p in await _received(good.b, 1.5)]
+            assert b"forged ON" not in [p for _, p in await drain(good.b, 1.5)]
             await _good_clients_work(broker, good)
         async with broker.client(site.b) as b:  # nothing retained for B either
             await b.subscribe(TOPICS.desired(site.b, 1), qos=1)
-            assert b"forged ON" not in [p for _, p in await _received(b, 1.0)]
+            assert b"forged ON" not in [p for _, p in await drain(b, 1.0)]
 
     run(scenario())
 
@@ -341,7 +329,7 @@ def test_an_oversized_packet_closes_only_that_connection(broker: BrokerUnderTest
                     await a.publish(TOPICS.meter(site.a), b"x" * (MAX_PACKET + 1), qos=1, timeout=3)
             except aiomqtt.MqttError:
                 pass  # the broker closed A's connection: expected
-            assert await _received(good.ingest, 1.0) == []
+            assert await drain(good.ingest, 1.0) == []
             await _good_clients_work(broker, good)
 
     run(scenario())
@@ -422,7 +410,7 @@ def test_retained_desired_states_survive_a_restart_byte_for_byte(
     async def read_back() -> dict[int, bytes]:
         async with broker.client(site.b) as b:
             await b.subscribe(TOPICS.filter_for(TopicKind.DESIRED, site.b), qos=1)
-            got = await _received(b, 1.5)
+            got = await drain(b, 1.5)
         return {int(topic.split("/")[-2]): payload for topic, payload in got}
 
     since = time.time()
