@@ -48,20 +48,14 @@ INGEST = DEFAULT_SERVICE_NAMES[Role.INGEST]
 PAYLOAD = bytes(200)
 
 
-def _hashes(password: str) -> tuple[str, str]:
-    return identities.argon2_hash(password), identities.pbkdf2_hash(password)
-
-
 def issue_all(url: str, names: list[tuple[str, Role]]) -> dict[str, str]:
     """Passwords for many identities at once, hashed on every core."""
     passwords = {name: identities.new_password() for name, _ in names}
     with ProcessPoolExecutor() as pool:
-        hashes = list(pool.map(_hashes, passwords.values(), chunksize=64))
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO mqtt_identities (name, role, argon2, pbkdf2) VALUES (%s, %s, %s, %s)",
-            [(n, r.value, a, p) for (n, r), (a, p) in zip(names, hashes, strict=True)],
-        )
+        hashes = list(pool.map(identities.hashes_of, passwords.values(), chunksize=64))
+    with psycopg.connect(url) as conn:
+        for (name, role), (argon2, pbkdf2) in zip(names, hashes, strict=True):
+            identities.store(conn, name, role, argon2, pbkdf2)
     return passwords
 
 

@@ -128,8 +128,13 @@ def issue(conn: psycopg.Connection, name: str, role: Role) -> str:
     """
     _check_registered(conn, name, role)
     password = new_password()
-    _upsert(conn, name, role, argon2_hash(password), pbkdf2_hash(password))
+    store(conn, name, role, *hashes_of(password))
     return password
+
+
+def hashes_of(password: str) -> tuple[str, str]:
+    """(argon2, pbkdf2): what is kept of a password."""
+    return argon2_hash(password), pbkdf2_hash(password)
 
 
 def _check_registered(conn: psycopg.Connection, name: str, role: Role) -> None:
@@ -148,14 +153,15 @@ def ensure_certificate_only(conn: psycopg.Connection, name: str, role: Role) -> 
     _check_registered(conn, name, role)
     existing = get(conn, name)
     if existing is None or existing.revoked:
-        _upsert(conn, name, role, None, None)
+        store(conn, name, role, None, None)
     elif existing.role is not role:
         raise IdentityError(f"{name!r} is a {existing.role} identity, not a {role}")
 
 
-def _upsert(
+def store(
     conn: psycopg.Connection, name: str, role: Role, argon2: str | None, pbkdf2: str | None
 ) -> None:
+    """Create ``name`` or replace its hashes (un-revoking it); the role cannot change."""
     row = conn.execute(
         "INSERT INTO mqtt_identities (name, role, argon2, pbkdf2) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (name) DO UPDATE SET argon2 = excluded.argon2, pbkdf2 = excluded.pbkdf2,"
