@@ -6,7 +6,10 @@ fixes below each belong in amqtt itself; they are kept as small overrides of
 
 - authentication happens before the client id is looked up, so a refused client cannot
   take over, or wipe, another client's session;
-- a client silent for 1.5 × its keepalive is disconnected and its will published;
+- a client silent for 1.5 × its keepalive is disconnected and its will published, by one
+  watchdog timer per connection instead of a task and timers per packet;
+- messages a client has sent are all broadcast, in bursts, even when it disconnects right
+  after (amqtt dropped what was still queued, though it had acknowledged it);
 - packets larger than ``broker_max_packet_bytes`` close the connection before they are read;
 - the mTLS listener requires a client certificate (amqtt hard-codes "optional");
 - retained messages are delivered only for a session's own subscriptions, by lookup;
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -34,7 +38,7 @@ from amqtt.mqtt.connack import (
 )
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.session import ApplicationMessage, Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
@@ -45,6 +49,13 @@ log = logging.getLogger(__name__)
 
 #: A client silent for this many keepalive periods is disconnected (MQTT 3.1.1 §3.1.2.10).
 KEEPALIVE_GRACE = 1.5
+
+#: Queued messages a client's loop broadcasts per turn: enough to make bursts cheap, few
+#: enough that one flooding client does not hold the event loop.
+DELIVERIES_PER_TURN = 64
+
+#: Topics whose matching wildcard filters the broker remembers (then it starts over).
+MAX_REMEMBERED_TOPICS = 100_000
 
 
 def amqtt_config(settings: BrokerSettings, database_url: str | None = None) -> dict[str, Any]:
@@ -94,6 +105,7 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         self._filters_changed = 0
         self._wildcards: list[str] = []
         self._wildcards_version: tuple[int, int] | None = None
+        self._wildcard_matches: dict[str, list[str]] = {}
         found = self.plugins_manager.get_plugin("RegistryAccess")
         self.access: RegistryAccess | None = found if isinstance(found, RegistryAccess) else None
 
@@ -105,8 +117,8 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
         # amqtt reads whatever length a packet header announces (up to 256 MB) into memory.
-        limited = _LimitedReader(StreamReaderAdapter(reader), self.max_packet_bytes)
-        await self._client_connected(listener_name, limited, StreamWriterAdapter(writer))
+        watched = _WatchedReader(StreamReaderAdapter(reader), self.max_packet_bytes)
+        await self._client_connected(listener_name, watched, StreamWriterAdapter(writer))
 
     def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
         # amqtt sets CERT_OPTIONAL on every TLS listener (#387): a client without a
@@ -162,10 +174,14 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
             session.parent = 0
 
         # Keepalive (#308): amqtt's reader times out after keep_alive seconds but then does
-        # nothing. Wait 1.5 × keepalive, then close the connection as lost: the will fires.
-        if session.keep_alive > 0:
-            session.keep_alive = session.keep_alive * KEEPALIVE_GRACE
-            handler.handle_read_timeout = partial(self._silent, handler, session)
+        # nothing, and it pays for that with a task and a timer per packet read and a timer
+        # per packet sent. Ours: one watchdog per connection (``_WatchedReader.watch``) that
+        # closes the connection as lost after 1.5 × keepalive of silence (the will fires).
+        # keep_alive 0 turns amqtt's timers off.
+        session.chargeline_silence_s = (
+            session.keep_alive * KEEPALIVE_GRACE if session.keep_alive > 0 else None
+        )
+        session.keep_alive = 0
         return handler, session
 
     async def _authenticate_connect(self, session: Session) -> bool:
@@ -177,7 +193,7 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         log.warning(
             "%s silent for %.0f s (1.5 × keepalive): closing, its will follows",
             session.client_id,
-            session.keep_alive,
+            session.chargeline_silence_s,
         )
         self._closing.add(task := asyncio.ensure_future(handler.handle_connection_closed()))
         task.add_done_callback(self._closing.discard)
@@ -191,9 +207,8 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         # amqtt asks its topic plugins through a new task per plugin for every delivered
         # message; ours decides synchronously (a dictionary lookup once warm).
-        if self.access is not None:
-            return self.access.decide(session, topic, action)
-        return bool(await super()._topic_filtering(session, topic, action))
+        # The development broker (``broker_allow_anonymous``) has no topic plugin: open.
+        return self.access is None or self.access.decide(session, topic, action)
 
     # --- delivery: find a message's subscribers without scanning every filter ----------
     # amqtt 0.12.1 matches every message against every topic filter any client holds, and
@@ -214,11 +229,17 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         version = (self._filters_changed, len(self._subscriptions))
         if self._wildcards_version != version:
             self._wildcards = [f for f in self._subscriptions if "+" in f or "#" in f]
+            self._wildcard_matches.clear()
             self._wildcards_version = version
-        found = [f for f in self._wildcards if self._matches(topic, f)]
-        if topic in self._subscriptions:
-            found.append(topic)
-        return found
+        # Which wildcard filters match a topic is remembered until the filters change:
+        # the same few thousand topics come back every minute.
+        matched = self._wildcard_matches.get(topic)
+        if matched is None:
+            if len(self._wildcard_matches) >= MAX_REMEMBERED_TOPICS:
+                self._wildcard_matches.clear()
+            matched = [f for f in self._wildcards if self._matches(topic, f)]
+            self._wildcard_matches[topic] = matched
+        return [*matched, topic] if topic in self._subscriptions else matched
 
     async def _run_broadcast(self, running_tasks: Any) -> None:
         # amqtt 0.12.1's _run_broadcast with the loop over filters replaced by _filters_for,
@@ -248,6 +269,81 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
                     )
                     running_tasks.append(task)
 
+    # --- a client's messages: broadcast in bursts, none left behind at a disconnect -----
+    async def _client_message_loop(
+        self, client_session: Session, handler: BrokerProtocolHandler
+    ) -> None:
+        # amqtt 0.12.1's loop with two changes. (1) It broadcast one queued message per turn,
+        # each behind a new task and an asyncio.wait; now a turn broadcasts what is queued,
+        # up to DELIVERIES_PER_TURN. (2) When the client disconnected it returned with
+        # messages still queued, which it had already acknowledged (QoS 1 PUBACK): a
+        # publisher that sent a burst and disconnected lost the burst's tail. Now what is
+        # queued is broadcast before the disconnect is handled (and before any will).
+        disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
+        subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+        unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+        wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+        try:
+            while True:
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if subscribe_waiter in done:
+                    await self._handle_subscription(client_session, handler, subscribe_waiter)
+                    subscribe_waiter = asyncio.ensure_future(
+                        handler.get_next_pending_subscription()
+                    )
+                if unsubscribe_waiter in done:
+                    await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+                    unsubscribe_waiter = asyncio.ensure_future(
+                        handler.get_next_pending_unsubscription()
+                    )
+                if wait_deliver.done():
+                    if not await self._deliver_queued(
+                        client_session, handler, wait_deliver.result(), DELIVERIES_PER_TURN
+                    ):
+                        break  # the client broke the protocol: amqtt closes it
+                    wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+                if disconnect_waiter in done:
+                    queue = client_session.delivered_message_queue
+                    if not queue.empty():
+                        await self._deliver_queued(
+                            client_session, handler, queue.get_nowait(), limit=None
+                        )
+                    await self._handle_disconnect(client_session, handler, disconnect_waiter)
+                    break
+                waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+        except asyncio.CancelledError:
+            log.debug("%s: client loop cancelled", client_session.client_id)
+        finally:
+            waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _deliver_queued(
+        self,
+        session: Session,
+        handler: BrokerProtocolHandler,
+        first: ApplicationMessage | None,
+        limit: int | None,
+    ) -> bool:
+        """Broadcast ``first``, then what else the session has queued: up to ``limit``
+        messages in all, or everything when ``limit`` is None. False when a message broke
+        the protocol (amqtt's rule: the client is closed)."""
+        queue = session.delivered_message_queue
+        message, delivered = first, 0
+        while True:
+            received: asyncio.Future[ApplicationMessage | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            received.set_result(message)
+            if not await self._handle_message_delivery(session, handler, received):
+                return False
+            delivered += 1
+            if queue.empty() or (limit is not None and delivered >= limit):
+                return True
+            message = queue.get_nowait()
+
     # --- retained messages: only a session's own, found by lookup ------------------------
 
     async def _handle_client_session(  # noqa: PLR0917  (amqtt's signature)
@@ -276,6 +372,10 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
                 await asyncio.sleep(1)  # amqtt: "reconnecting too quickly, make it wait"
 
         handler.attach(client_session, reader, writer)
+        silence_s = getattr(client_session, "chargeline_silence_s", None)
+        watched = reader if isinstance(reader, _WatchedReader) else None
+        if watched is not None and silence_s is not None:
+            watched.watch(silence_s, partial(self._silent, handler, client_session))
         self._sessions[client_session.client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(True)  # refused clients never get here
         await self.plugins_manager.fire_event(
@@ -295,7 +395,11 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
                 await self._publish_retained_messages_for_subscription(
                     (topic_filter, QOS_0), client_session
                 )
-        await self._client_message_loop(client_session, handler)
+        try:
+            await self._client_message_loop(client_session, handler)
+        finally:
+            if watched is not None:
+                watched.stop_watching()
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Any
@@ -338,17 +442,45 @@ class PacketTooLarge(AMQTTError):  # type: ignore[misc]
     pass
 
 
-class _LimitedReader(ReaderAdapter):  # type: ignore[misc]
-    """Refuses to read a packet body larger than the limit (amqtt reads one in one call)."""
+class _WatchedReader(ReaderAdapter):  # type: ignore[misc]
+    """A connection's reader. It refuses to read a packet body larger than the limit (amqtt
+    reads one in one call), and notes when bytes last arrived, for ``watch``."""
 
     def __init__(self, inner: StreamReaderAdapter, limit: int) -> None:
         self.inner, self.limit = inner, limit
+        self._loop = asyncio.get_running_loop()
+        self.last_read = self._loop.time()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def read(self, n: int = -1) -> bytes:
         if n > self.limit:
             raise PacketTooLarge(f"packet of {n} bytes, limit {self.limit}: closing")
         data: bytes = await self.inner.read(n)
+        self.last_read = self._loop.time()
         return data
+
+    def watch(self, silence_s: float, on_silence: Callable[[], None]) -> None:
+        """Call ``on_silence`` once nothing has arrived for ``silence_s``.
+
+        One timer per connection: when it fires early (bytes came since it was set), it is
+        set again for the rest of the period from the last read.
+        """
+
+        def check() -> None:
+            idle = self._loop.time() - self.last_read
+            if idle >= silence_s:
+                self._watchdog = None
+                on_silence()
+            else:
+                self._watchdog = self._loop.call_later(silence_s - idle, check)
+
+        self.stop_watching()
+        self._watchdog = self._loop.call_later(silence_s, check)
+
+    def stop_watching(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def feed_eof(self) -> None:
         self.inner.feed_eof()

@@ -346,6 +346,16 @@ def subscribe_packet(packet_id: int, filters: list[str], qos: int = 1) -> bytes:
     return b"\x82" + _remaining(len(body)) + body
 
 
+def publish_packet(packet_id: int, topic: str, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH."""
+    body = _string(topic) + struct.pack("!H", packet_id) + payload
+    return b"\x32" + _remaining(len(body)) + body
+
+
+#: DISCONNECT: the client is leaving on purpose (no will).
+DISCONNECT_PACKET = b"\xe0\x00"
+
+
 async def drain(client: Any, seconds: float) -> list[tuple[str, bytes]]:
     """Every (topic, payload) an aiomqtt client receives within ``seconds``."""
     got: list[tuple[str, bytes]] = []

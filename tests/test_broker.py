@@ -7,8 +7,9 @@ import uuid
 
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
+from tests.brokers import raw_connect
 from tests.conftest import Broker
-from tests.helpers import drain
+from tests.helpers import DISCONNECT_PACKET, connect_packet, drain, publish_packet
 
 
 def test_a_client_gets_retained_messages_only_for_its_own_subscriptions(broker: Broker) -> None:
@@ -27,3 +28,39 @@ def test_a_client_gets_retained_messages_only_for_its_own_subscriptions(broker: 
                 return await drain(other, 1.5)
 
     assert asyncio.run(scenario()) == [(f"{mine}/desired/1", b"\x02mine")]
+
+
+def test_a_burst_acknowledged_just_before_a_disconnect_is_delivered_whole(broker: Broker) -> None:
+    """amqtt 0.12.1 acknowledges a QoS 1 message on receipt, queues it, and broadcasts one
+    per turn of the client's loop; when the client disconnected, what was still queued was
+    dropped. It shows whenever reading runs ahead of broadcasting: an edge flushing its
+    buffer and then disconnecting lost the tail of it (the edge resends it only when no
+    ``meter/ack`` comes, a minute later)."""
+    root = f"burst{uuid.uuid4().hex[:8]}"
+    count = 2000
+    url = MqttUrl(broker.url)
+
+    def publish_burst_then_disconnect() -> int:
+        """Send the burst and a DISCONNECT in one write; count the PUBACKs that come back."""
+        sock, _ = raw_connect(broker.port, connect_packet(f"pub-{root}"))
+        with sock:
+            burst = b"".join(
+                publish_packet(i, f"{root}/meter", i.to_bytes(2, "big"))
+                for i in range(1, count + 1)
+            )
+            sock.sendall(burst + DISCONNECT_PACKET)
+            acked = 0
+            while chunk := sock.recv(65536):  # a PUBACK is four bytes
+                acked += len(chunk) // 4
+        return acked
+
+    async def scenario() -> tuple[int, list[tuple[str, bytes]]]:
+        async with mqtt.client(url, identifier=f"sub-{root}") as subscriber:
+            await subscriber.subscribe(f"{root}/#", qos=1)
+            acked = await asyncio.to_thread(publish_burst_then_disconnect)
+            return acked, await drain(subscriber, 3.0)
+
+    acked, received = asyncio.run(scenario())
+    assert acked == count
+    numbers = [int.from_bytes(payload, "big") for _, payload in received]
+    assert numbers == list(range(1, count + 1)), f"{len(numbers)} of {count} delivered"
