@@ -15,9 +15,12 @@ from typing import Any
 
 import psycopg
 
+#: Only for a client with a webhook URL: one without has asked for no webhooks, and its
+#: events would only be retried, and warned about, for 72 hours.
 _INSERT_EVENT = (
     "INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)"
-    " VALUES (%s, %s, %s, %s, %s)"
+    " SELECT %s, client_id, %s, %s, %s FROM oauth_clients"
+    " WHERE client_id = %s AND webhook_url IS NOT NULL"
 )
 
 
@@ -36,10 +39,11 @@ async def enqueue(
     data: dict[str, Any],
     charge_id: str | None = None,
 ) -> str:
-    """Add an event in the caller's transaction; returns its public id (``evt_…``).
+    """Add an event in the caller's transaction (if the client has a webhook URL);
+    returns its public id (``evt_…``).
 
     ``charge_id`` puts the event in its charge's delivery order.
     """
     public_id, body = event_body(kind, data)
-    await conn.execute(_INSERT_EVENT, (public_id, client_id, charge_id, kind, body))
+    await conn.execute(_INSERT_EVENT, (public_id, charge_id, kind, body, client_id))
     return public_id

@@ -179,6 +179,7 @@ WITH changed AS (
     INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)
     SELECT e.public_id, c.client_id, c.charge_id, e.kind, e.body::jsonb
     FROM changed c
+    JOIN oauth_clients k ON k.client_id = c.client_id AND k.webhook_url IS NOT NULL
     CROSS JOIN unnest(%s::text[], %s::text[], %s::text[]) AS e(public_id, kind, body)
 )
 SELECT {{columns}} FROM changed

@@ -40,15 +40,17 @@ def setup(database: str) -> tuple[str, str]:
     return database, client.client_id
 
 
-async def _create(url: str, client_id: str, charge_id: str, generation: int = 1) -> None:
+async def _create(
+    url: str, client_id: str, charge_id: str, generation: int = 1, outlet: int = 1
+) -> None:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await charges.create(
             conn,
             charge_id=charge_id,
             client_id=client_id,
-            outlet_id="ctl-a-1",
+            outlet_id=f"ctl-a-{outlet}",
             controller_id="ctl-a",
-            outlet_no=1,
+            outlet_no=outlet,
             end_at=T0 + 3600,
             request_sha256=b"x" * 32,
             generation=generation,
@@ -259,3 +261,45 @@ def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) 
         body["data"]["charge_id"] for kind, body in outbox(url) if kind == "charge.current_rise"
     ]
     assert rises == ["ch-1", "ch-2"]
+
+
+def test_a_client_without_a_webhook_url_gets_no_events_and_wakes_no_deliverer(
+    database: str,
+) -> None:
+    """Such a client asked for no webhooks: its events used to be written anyway, then
+    retried and warned about for 72 hours, and every step woke the deliverer."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    reader = add_client(database, "Reports", ["charges:write"])  # no webhook URL
+    partner = add_client(database, "WeCharge", ["charges:write"], "http://127.0.0.1:9/hooks")
+    on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10)
+
+    async def wakeups_during(step: Any) -> int:
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as listener:
+            await listener.execute("LISTEN chargeline_outbox")
+            await step()
+            return len([n async for n in listener.notifies(timeout=0.5)])
+
+    async def fast_path(charge_id: str, outlet: int) -> None:  # the gateway's one statement
+        async with await psycopg.AsyncConnection.connect(database) as conn:
+            await charges.apply_to_new(
+                conn.cursor(),
+                lifecycle.start(charge_id, 1),
+                on,
+                outlet_id=f"ctl-a-{outlet}",
+                end_at=utc(T0 + 3600),
+            )
+            await conn.commit()
+
+    async def scenario() -> tuple[int, int, int]:
+        await _create(database, reader.client_id, "ch-quiet")
+        quiet = await wakeups_during(lambda: fast_path("ch-quiet", 1))
+        stop = StopRequested(2, "api", T0 + 20)
+        quiet += await wakeups_during(lambda: _apply(database, "ch-quiet", stop))
+        await _create(database, partner.client_id, "ch-heard", outlet=2)
+        heard = await wakeups_during(lambda: fast_path("ch-heard", 2))
+        return quiet, heard, len(outbox(database))
+
+    quiet, heard, events = asyncio.run(scenario())
+    assert (quiet, heard) == (0, 1)
+    assert [kind for kind, _ in outbox(database)] == ["charge.started"]
+    assert events == 1
