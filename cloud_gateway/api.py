@@ -25,6 +25,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -50,7 +51,7 @@ from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
 from ingest import charges, lifecycle, status
 from schemas.codec import encode
-from schemas.messages import CHARGE_ID_PATTERN, CommandAck, StatusRequest
+from schemas.messages import CHARGE_ID_PATTERN, CommandAck, DesiredState, StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +377,61 @@ class Gateway:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("publishing a command failed (%s); its time-out will follow", exc)
 
+    def _end_at_problem(self, end_at: float, now: float) -> Problem | None:
+        if end_at <= now:
+            return Problem(422, "end-at-past", "End time in the past", "end_at has already passed")
+        if end_at > now + self.settings.max_charge_s + 60:
+            return Problem(
+                422,
+                "end-at-too-far",
+                "End time too far",
+                f"end_at may be at most {self.settings.max_charge_s / 3600:g} hours away",
+            )
+        return None
+
+    async def _record_start(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        body: StartCharge,
+        *,
+        client_id: str,
+        end_at: float,
+        now: float,
+        digest: bytes,
+    ) -> DesiredState | None:
+        """The start's command and charge in one durable transaction (one round trip);
+        the desired state to publish, or None when the guards let nothing be written."""
+        try:
+            async with conn.pipeline(), conn.transaction():
+                recorded = await commands.send_start(
+                    conn,
+                    outlet_id=body.outlet_id,
+                    charge_id=body.charge_id,
+                    end_at=end_at,
+                    issued_at=now,
+                    issued_by=client_id,
+                )
+                await charges.create(
+                    conn,
+                    charge_id=body.charge_id,
+                    client_id=client_id,
+                    outlet_id=body.outlet_id,
+                    end_at=end_at,
+                    request_sha256=digest,
+                )
+            return await recorded.desired()
+        except errors.UniqueViolation as exc:
+            if "charges_one_active_per_outlet" in str(exc):
+                raise Problem(
+                    409, "outlet-busy", "Outlet busy", f"outlet {body.outlet_id!r} is charging"
+                ) from None
+            raise Problem(
+                409,
+                "charge-id-conflict",
+                "Charge id in use",
+                f"charge {body.charge_id!r} exists",
+            ) from None
+
     # --- handlers -----------------------------------------------------------------------
     async def start(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:write")
@@ -396,76 +452,55 @@ class Gateway:
                 [caller.client_id, body.outlet_id, body.charge_id, body.end_at and end_at]
             ).encode()
         ).digest()
+        bad_end = self._end_at_problem(end_at, now)
+        want = None
         async with self.pool.connection() as conn:
-            # Pipelined: each block below costs one round trip to the database.
-            async with conn.pipeline():
-                by_id = await _select_charge(conn, body.charge_id)
-                by_outlet = await conn.execute(
-                    _OUTLET_LOOKUP,
-                    (body.outlet_id,),
-                )
-            existing = await by_id.fetchone()
-            outlet = await by_outlet.fetchone()
-            if existing is not None:
-                if (
-                    existing.client_id != caller.client_id
-                    or bytes(existing.request_sha256) != digest
-                ):
+            record_start = partial(
+                self._record_start,
+                conn,
+                body,
+                client_id=caller.client_id,
+                end_at=end_at,
+                now=now,
+                digest=digest,
+            )
+            if bad_end is None:
+                # The usual case in one round trip and the commit: the command and the
+                # charge are written only if the outlet exists, its controller is online
+                # and the charge id is new (in SQL, see commands.send_start).
+                want = await record_start()
+            if want is None:
+                # Nothing was written: find out why (or answer a repeated request).
+                async with conn.pipeline():
+                    by_id = await _select_charge(conn, body.charge_id)
+                    by_outlet = await conn.execute(_OUTLET_LOOKUP, (body.outlet_id,))
+                existing = await by_id.fetchone()
+                outlet = await by_outlet.fetchone()
+                if existing is not None:
+                    if (
+                        existing.client_id != caller.client_id
+                        or bytes(existing.request_sha256) != digest
+                    ):
+                        raise Problem(
+                            409,
+                            "charge-id-conflict",
+                            "Charge id in use",
+                            f"charge {body.charge_id!r} exists with a different request",
+                        )
+                    return JSONResponse(existing.json(), status_code=200)
+                if bad_end is not None:
+                    raise bad_end
+                _reachable(outlet, body.outlet_id, "no charge can start")
+                # Reachable now, and no charge: the controller came online in between.
+                want = await record_start()
+                if want is None:
                     raise Problem(
-                        409,
-                        "charge-id-conflict",
-                        "Charge id in use",
-                        f"charge {body.charge_id!r} exists with a different request",
+                        503,
+                        "controller-offline",
+                        "Controller offline",
+                        f"the controller of outlet {body.outlet_id!r} is changing state; retry",
                     )
-                return JSONResponse(existing.json(), status_code=200)
-            if end_at <= now:
-                raise Problem(
-                    422, "end-at-past", "End time in the past", "end_at has already passed"
-                )
-            if end_at > now + self.settings.max_charge_s + 60:
-                raise Problem(
-                    422,
-                    "end-at-too-far",
-                    "End time too far",
-                    f"end_at may be at most {self.settings.max_charge_s / 3600:g} hours away",
-                )
-            controller_id, outlet_no = _reachable(outlet, body.outlet_id, "no charge can start")
-            try:
-                # One round trip and the commit: the charge takes the generation that the
-                # command allocates, in SQL.
-                async with conn.pipeline(), conn.transaction():
-                    recorded = await commands.send_record(
-                        conn,
-                        controller_id=controller_id,
-                        outlet=outlet_no,
-                        on=True,
-                        charge_id=body.charge_id,
-                        end_at=end_at,
-                        issued_at=now,
-                        issued_by=caller.client_id,
-                    )
-                    await charges.create(
-                        conn,
-                        charge_id=body.charge_id,
-                        client_id=caller.client_id,
-                        outlet_id=body.outlet_id,
-                        controller_id=controller_id,
-                        outlet_no=outlet_no,
-                        end_at=end_at,
-                        request_sha256=digest,
-                    )
-                want = await recorded.desired()
-            except errors.UniqueViolation as exc:
-                if "charges_one_active_per_outlet" in str(exc):
-                    raise Problem(
-                        409, "outlet-busy", "Outlet busy", f"outlet {body.outlet_id!r} is charging"
-                    ) from None
-                raise Problem(
-                    409,
-                    "charge-id-conflict",
-                    "Charge id in use",
-                    f"charge {body.charge_id!r} exists",
-                ) from None
+        controller_id, outlet_no = want.controller_id, want.outlet
         answer = self.waiter.expect(controller_id, outlet_no, want.generation)
         await self._publish(want)
         new = _NewCharge(

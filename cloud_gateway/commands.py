@@ -37,7 +37,33 @@ WITH next AS (
 INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id, end_at,
                       issued_at, issued_by)
 SELECT controller_id, outlet_no, generation, %s, %s, %s, %s, %s FROM next
-RETURNING generation
+RETURNING generation, controller_id, outlet_no
+"""
+
+
+#: A charge's start command, for an outlet given by its public id: allocated and recorded
+#: only if the outlet exists, its controller is online and no charge has this id yet.
+#: Otherwise nothing is written and no row comes back (the caller then finds out why).
+#: So a start needs no lookup round trip before its transaction.
+_RECORD_START = """
+WITH target AS (
+    SELECT o.controller_id, o.outlet_no FROM outlets o
+    JOIN controller_status s ON s.controller_id = o.controller_id AND s.online
+    WHERE o.outlet_id = %(outlet_id)s
+      AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %(charge_id)s)
+), next AS (
+    INSERT INTO outlet_generations (controller_id, outlet_no, generation)
+    SELECT controller_id, outlet_no, 1 FROM target
+    ON CONFLICT (controller_id, outlet_no)
+    DO UPDATE SET generation = outlet_generations.generation + 1
+    RETURNING controller_id, outlet_no, generation
+)
+INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id, end_at,
+                      issued_at, issued_by)
+SELECT controller_id, outlet_no, generation, true, %(charge_id)s, %(end_at)s,
+       %(issued_at)s, %(issued_by)s
+FROM next
+RETURNING generation, controller_id, outlet_no
 """
 
 
@@ -49,10 +75,15 @@ class Recorded:
         self._cursor = cursor
         self._want = want
 
-    async def desired(self) -> DesiredState:
+    async def desired(self) -> DesiredState | None:
+        """The command as the edge gets it; None if a guarded start wrote nothing."""
         row = await self._cursor.fetchone()
-        assert row is not None
-        return self._want._replace(generation=int(row[0]))
+        if row is None:
+            return None
+        generation, controller_id, outlet = row
+        return self._want._replace(
+            generation=int(generation), controller_id=controller_id, outlet=int(outlet)
+        )
 
 
 async def send_record(
@@ -83,9 +114,35 @@ async def send_record(
     return Recorded(cur, DesiredState(controller_id, outlet, on, 0, charge_id, end_at, issued_at))
 
 
+async def send_start(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    outlet_id: str,
+    charge_id: str,
+    end_at: float,
+    issued_at: float,
+    issued_by: str,
+) -> Recorded:
+    """``send_record`` for a charge's start (``_RECORD_START``): ON for the outlet with this
+    public id, unless it is unknown, its controller offline, or the charge id taken."""
+    cur = await conn.execute(
+        _RECORD_START,
+        {
+            "outlet_id": outlet_id,
+            "charge_id": charge_id,
+            "end_at": utc(end_at),
+            "issued_at": utc(issued_at),
+            "issued_by": issued_by,
+        },
+    )
+    return Recorded(cur, DesiredState("", 0, True, 0, charge_id, end_at, issued_at))
+
+
 async def record(conn: psycopg.AsyncConnection[Any], **command: Any) -> DesiredState:
     """``send_record`` and wait for the generation (``send_record``'s keyword arguments)."""
-    return await (await send_record(conn, **command)).desired()
+    want = await (await send_record(conn, **command)).desired()
+    assert want is not None  # an unguarded command always writes its row
+    return want
 
 
 async def publish(client: aiomqtt.Client, topics: Topics, want: DesiredState) -> None:

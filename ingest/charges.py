@@ -70,17 +70,14 @@ async def create(
     charge_id: str,
     client_id: str,
     outlet_id: str,
-    controller_id: str,
-    outlet_no: int,
     end_at: float,
     request_sha256: bytes,
-    generation: int | None = None,
 ) -> None:
-    """A new charge in ``requested``; UniqueViolation means the outlet is busy.
-
-    ``generation`` is its start command's; by default the one ``commands.record`` has just
-    allocated for the outlet in this transaction (read in SQL, so a pipelined caller need
-    not wait for it).
+    """A new charge in ``requested``, for the start command recorded for it earlier in this
+    transaction (``cloud_gateway.commands.send_start``): its controller, outlet and start
+    generation are that command's. Without such a command (the start was refused) nothing
+    is written, so a pipelined caller need not wait for the command's answer.
+    UniqueViolation means the outlet is busy.
 
     It also re-arms the outlet's current-rise detector: the breaker is OFF before a start,
     so nothing is drawn, and only observations from now on count (a backlog from the
@@ -89,29 +86,31 @@ async def create(
     await conn.execute(
         "INSERT INTO charges (charge_id, client_id, outlet_id, controller_id, outlet_no,"
         " request_sha256, state, start_generation, end_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s::bigint, (SELECT generation"
-        " FROM outlet_generations WHERE controller_id = %s AND outlet_no = %s)), %s)",
+        " SELECT %s, %s, %s, c.controller_id, c.outlet_no, %s, %s, c.generation, %s"
+        # An ON command names its charge only in the transaction that creates the charge;
+        # so while no charge has this id, the one found is the one just recorded.
+        " FROM commands c WHERE c.charge_id = %s AND c.turn_on"
+        " AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %s)",
         (
             charge_id,
             client_id,
             outlet_id,
-            controller_id,
-            outlet_no,
             request_sha256,
             State.REQUESTED.value,
-            generation,
-            controller_id,
-            outlet_no,
             utc_or_none(end_at),
+            charge_id,
+            charge_id,
         ),
     )
     # 2 s of slack: the edge stamps its events with its estimate of cloud time, which may
     # lag a little; the breaker was OFF for longer than that before any start.
     await conn.execute(
-        "INSERT INTO outlet_current_state VALUES (%s, %s, false, extract(epoch FROM now()) - 2)"
+        "INSERT INTO outlet_current_state"
+        " SELECT controller_id, outlet_no, false, extract(epoch FROM now()) - 2"
+        " FROM charges WHERE charge_id = %s"
         " ON CONFLICT (controller_id, outlet_no) DO UPDATE SET high = false,"
         " seen_at = excluded.seen_at",
-        (controller_id, outlet_no),
+        (charge_id,),
     )
 
 

@@ -43,17 +43,21 @@ def setup(database: str) -> tuple[str, str]:
 async def _create(
     url: str, client_id: str, charge_id: str, generation: int = 1, outlet: int = 1
 ) -> None:
-    async with await psycopg.AsyncConnection.connect(url) as conn:
+    """A charge as the gateway creates it: its start command (with ``generation``, which
+    the test chooses) and the charge, in one transaction."""
+    async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id,"
+            " end_at, issued_at, issued_by) VALUES ('ctl-a', %s, %s, true, %s, %s, %s, %s)",
+            (outlet, generation, charge_id, utc(T0 + 3600), utc(T0), client_id),
+        )
         await charges.create(
             conn,
             charge_id=charge_id,
             client_id=client_id,
             outlet_id=f"ctl-a-{outlet}",
-            controller_id="ctl-a",
-            outlet_no=outlet,
             end_at=T0 + 3600,
             request_sha256=b"x" * 32,
-            generation=generation,
         )
 
 
