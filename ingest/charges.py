@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import psycopg
@@ -179,10 +180,18 @@ WITH changed AS (
     SELECT e.public_id, c.client_id, c.charge_id, e.kind, e.body::jsonb
     FROM changed c
     JOIN oauth_clients k ON k.client_id = c.client_id AND k.webhook_url IS NOT NULL
-    CROSS JOIN unnest(%s::text[], %s::text[], %s::text[]) AS e(public_id, kind, body)
+    CROSS JOIN unnest(%b::text[], %b::text[], %b::text[]) AS e(public_id, kind, body)
 )
 SELECT {{columns}} FROM changed
 """
+
+
+@cache
+def _apply_to_new_query(columns: tuple[str, ...]) -> bytes:
+    """``_APPLY_TO_NEW`` for these columns, composed once: composing it (and psycopg
+    parsing its placeholders) on every call cost more CPU than the statement itself."""
+    listed = sql.SQL(", ").join(map(sql.Identifier, columns))
+    return sql.SQL(_APPLY_TO_NEW).format(columns=listed).as_bytes(None)
 
 
 async def apply_to_new(
@@ -207,9 +216,8 @@ async def apply_to_new(
         event_body(n.kind, webhook_data(after, n, outlet_id=outlet_id, end_at=end_at))
         for n in notices
     ]
-    query = sql.SQL(_APPLY_TO_NEW).format(columns=sql.SQL(", ").join(map(sql.Identifier, columns)))
     await cur.execute(
-        query,
+        _apply_to_new_query(tuple(columns)),
         (
             *_values(after),
             [public_id for public_id, _ in events],
