@@ -26,32 +26,10 @@ from schemas.topics import TopicKind, Topics
 
 log = logging.getLogger(__name__)
 
-#: Allocate the outlet's next generation and write the audit row: one round trip.
-_RECORD = """
-WITH next AS (
-    INSERT INTO outlet_generations (controller_id, outlet_no, generation) VALUES (%s, %s, 1)
-    ON CONFLICT (controller_id, outlet_no)
-    DO UPDATE SET generation = outlet_generations.generation + 1
-    RETURNING controller_id, outlet_no, generation
-)
-INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id, end_at,
-                      issued_at, issued_by)
-SELECT controller_id, outlet_no, generation, %s, %s, %s, %s, %s FROM next
-RETURNING generation, controller_id, outlet_no
-"""
-
-
-#: A charge's start command, for an outlet given by its public id: allocated and recorded
-#: only if the outlet exists, its controller is online and no charge has this id yet.
-#: Otherwise nothing is written and no row comes back (the caller then finds out why).
-#: So a start needs no lookup round trip before its transaction.
-_RECORD_START = """
-WITH target AS (
-    SELECT o.controller_id, o.outlet_no FROM outlets o
-    JOIN controller_status s ON s.controller_id = o.controller_id AND s.online
-    WHERE o.outlet_id = %(outlet_id)s
-      AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %(charge_id)s)
-), next AS (
+#: Allocate the next generation of the outlet(s) in ``target`` and write the audit row:
+#: one statement, one round trip. ``target`` is a CTE naming (controller_id, outlet_no).
+_ALLOCATE_AND_RECORD = """
+WITH {target}, next AS (
     INSERT INTO outlet_generations (controller_id, outlet_no, generation)
     SELECT controller_id, outlet_no, 1 FROM target
     ON CONFLICT (controller_id, outlet_no)
@@ -60,11 +38,30 @@ WITH target AS (
 )
 INSERT INTO commands (controller_id, outlet_no, generation, turn_on, charge_id, end_at,
                       issued_at, issued_by)
-SELECT controller_id, outlet_no, generation, true, %(charge_id)s, %(end_at)s,
+SELECT controller_id, outlet_no, generation, %(on)s, %(charge_id)s, %(end_at)s,
        %(issued_at)s, %(issued_by)s
 FROM next
 RETURNING generation, controller_id, outlet_no
 """
+
+#: A command for one outlet, always written.
+_RECORD = _ALLOCATE_AND_RECORD.format(
+    target="target AS (SELECT %(controller_id)s::text AS controller_id,"
+    " %(outlet)s::smallint AS outlet_no)"
+)
+
+#: A charge's start command, for an outlet given by its public id: written only if the
+#: outlet exists, its controller is online and no charge has this id yet. Otherwise
+#: nothing is written and no row comes back (the caller then finds out why). So a start
+#: needs no lookup round trip before its transaction.
+_RECORD_START = _ALLOCATE_AND_RECORD.format(
+    target="""target AS (
+    SELECT o.controller_id, o.outlet_no FROM outlets o
+    JOIN controller_status s ON s.controller_id = o.controller_id AND s.online
+    WHERE o.outlet_id = %(outlet_id)s
+      AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %(charge_id)s)
+)"""
+)
 
 
 class Recorded:
@@ -101,15 +98,15 @@ async def send_record(
     without waiting for the answer."""
     cur = await conn.execute(
         _RECORD,
-        (
-            controller_id,
-            outlet,
-            on,
-            charge_id,
-            utc_or_none(end_at),
-            utc(issued_at),
-            issued_by,
-        ),
+        {
+            "controller_id": controller_id,
+            "outlet": outlet,
+            "on": on,
+            "charge_id": charge_id,
+            "end_at": utc_or_none(end_at),
+            "issued_at": utc(issued_at),
+            "issued_by": issued_by,
+        },
     )
     return Recorded(cur, DesiredState(controller_id, outlet, on, 0, charge_id, end_at, issued_at))
 
@@ -129,6 +126,7 @@ async def send_start(
         _RECORD_START,
         {
             "outlet_id": outlet_id,
+            "on": True,
             "charge_id": charge_id,
             "end_at": utc(end_at),
             "issued_at": utc(issued_at),
