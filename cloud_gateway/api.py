@@ -25,7 +25,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
-from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -453,24 +452,17 @@ class Gateway:
             ).encode()
         ).digest()
         bad_end = self._end_at_problem(end_at, now)
-        want = None
         async with self.pool.connection() as conn:
-            record_start = partial(
-                self._record_start,
-                conn,
-                body,
-                client_id=caller.client_id,
-                end_at=end_at,
-                now=now,
-                digest=digest,
-            )
+            # The usual case is one round trip and the commit: the command and the charge
+            # are written only if the outlet exists, its controller is online and the
+            # charge id is new (in SQL, see commands.send_start).
+            want = None
             if bad_end is None:
-                # The usual case in one round trip and the commit: the command and the
-                # charge are written only if the outlet exists, its controller is online
-                # and the charge id is new (in SQL, see commands.send_start).
-                want = await record_start()
+                want = await self._record_start(
+                    conn, body, client_id=caller.client_id, end_at=end_at, now=now, digest=digest
+                )
             if want is None:
-                # Nothing was written: find out why (or answer a repeated request).
+                # Nothing was written: say why, or answer a repeated request.
                 async with conn.pipeline():
                     by_id = await _select_charge(conn, body.charge_id)
                     by_outlet = await conn.execute(_OUTLET_LOOKUP, (body.outlet_id,))
@@ -491,15 +483,13 @@ class Gateway:
                 if bad_end is not None:
                     raise bad_end
                 _reachable(outlet, body.outlet_id, "no charge can start")
-                # Reachable now, and no charge: the controller came online in between.
-                want = await record_start()
-                if want is None:
-                    raise Problem(
-                        503,
-                        "controller-offline",
-                        "Controller offline",
-                        f"the controller of outlet {body.outlet_id!r} is changing state; retry",
-                    )
+                # Reachable now: the controller came online since the guard looked.
+                raise Problem(
+                    503,
+                    "controller-offline",
+                    "Controller offline",
+                    f"the controller of outlet {body.outlet_id!r} just came online; retry",
+                )
         controller_id, outlet_no = want.controller_id, want.outlet
         answer = self.waiter.expect(controller_id, outlet_no, want.generation)
         await self._publish(want)
