@@ -283,10 +283,13 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
         unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
         wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
-        waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+
+        def waiters() -> list[asyncio.Future[Any]]:
+            return [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+
         try:
             while True:
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waiters(), return_when=asyncio.FIRST_COMPLETED)
                 if subscribe_waiter in done:
                     await self._handle_subscription(client_session, handler, subscribe_waiter)
                     subscribe_waiter = asyncio.ensure_future(
@@ -311,14 +314,12 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
                         )
                     await self._handle_disconnect(client_session, handler, disconnect_waiter)
                     break
-                waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
         except asyncio.CancelledError:
             log.debug("%s: client loop cancelled", client_session.client_id)
         finally:
-            waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
-            for waiter in waiters:
+            for waiter in waiters():
                 waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            await asyncio.gather(*waiters(), return_exceptions=True)
 
     async def _deliver_queued(
         self,
