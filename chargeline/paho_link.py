@@ -109,6 +109,8 @@ class PahoLink:
         self.client_id = client_id
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
+        #: Messages whose ``on_message`` raised: skipped, never retried by paho.
+        self.callback_errors = 0
         self.clean_session = clean_session
         self.keepalive = keepalive
         self.max_inflight = max_inflight
@@ -290,4 +292,18 @@ class PahoLink:
             self._loop.call_soon_threadsafe(self._lost.set)
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        self.on_message(message.topic, bytes(message.payload))
+        # Nothing may escape into paho: it would abandon the packet mid-handling and read it
+        # again on every turn, so one message would stop the link for everyone. The consumer
+        # keeps its own dead letters; this is the last line, counted and logged (bounded).
+        # A topic that is not UTF-8 still reaches the consumer (as a dead letter to be).
+        topic = bytes(message._topic).decode("utf-8", "backslashreplace")
+        try:
+            self.on_message(topic, bytes(message.payload))
+        except Exception:
+            self.callback_errors += 1
+            if self.callback_errors <= 10 or self.callback_errors % 1000 == 0:
+                log.exception(
+                    "handling a message on %r failed (%d so far); it is skipped",
+                    topic[:200],
+                    self.callback_errors,
+                )

@@ -130,7 +130,10 @@ class Store:
         async with self.conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO dead_letters (topic, controller_id, reason, payload) VALUES (%s, %s, %s, %s)",
-                [(d.topic, d.controller_id, d.reason, d.payload) for d in pending.dead_letters],
+                [
+                    (_text(d.topic), d.controller_id, _text(d.reason), d.payload)
+                    for d in pending.dead_letters
+                ],
             )
 
     async def _events(self, pending: Pending) -> None:
@@ -248,3 +251,9 @@ class Store:
                         for s in pending.states.values()
                     ],
                 )
+
+
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: a device's topic or a reason quoting it keeps it
+    visible as ``\\x00`` instead of failing the write that holds everyone's readings."""
+    return value.replace("\x00", "\\x00") if "\x00" in value else value

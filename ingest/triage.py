@@ -54,6 +54,29 @@ class Pending:
     def rows(self) -> int:
         return len(self.outlet_rows) + len(self.main_rows)
 
+    def marks(self) -> tuple[int, ...]:
+        """Where every list ends now: ``rewind`` takes back what was added since."""
+        return (
+            len(self.outlet_rows),
+            len(self.main_rows),
+            len(self.batch_rows),
+            len(self.dead_letters),
+            len(self.events),
+            len(self.command_acks),
+        )
+
+    def rewind(self, marks: tuple[int, ...]) -> None:
+        lists: tuple[list[Any], ...] = (
+            self.outlet_rows,
+            self.main_rows,
+            self.batch_rows,
+            self.dead_letters,
+            self.events,
+            self.command_acks,
+        )
+        for items, mark in zip(lists, marks, strict=True):
+            del items[mark:]
+
 
 _minute_cache: dict[int, dt.datetime] = {}
 
@@ -82,7 +105,22 @@ class Triage:
         self._unregistered_seen: set[tuple[str, int]] = set()
 
     def accept(self, pending: Pending, topic: str, payload: bytes) -> None:
+        """Add one message to ``pending``: its rows, or a dead letter with the reason.
+
+        Never raises: should handling one message fail in a way nobody foresaw, whatever it
+        had added is taken back and the message becomes a dead letter that says so.
+        """
         pending.messages += 1
+        marks = pending.marks()
+        try:
+            self._accept(pending, topic, payload)
+        except Exception as exc:
+            pending.rewind(marks)
+            detail = str(exc)[:200]
+            reason = f"internal error while handling this message ({type(exc).__name__}: {detail})"
+            pending.dead_letters.append(DeadLetter(topic, None, reason, payload))
+
+    def _accept(self, pending: Pending, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse(topic)
         if parsed is None:
             pending.dead_letters.append(DeadLetter(topic, None, "not a chargeline topic", payload))

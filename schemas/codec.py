@@ -8,17 +8,23 @@ Decoding is the trust boundary for everything a device sends. It enforces, in or
 1. payload size (``MAX_PAYLOAD_BYTES``) before anything is parsed;
 2. msgpack's own limits on declared lengths (strings, arrays, maps, binaries), so a
    header that claims 4 GiB allocates nothing;
-3. the wire version;
-4. the message's shape and every field's range, through pydantic in strict mode
+3. nesting depth (``MAX_DEPTH``), counted without recursion, before anything walks the
+   value (pydantic, ``repr``);
+4. the wire version;
+5. the message's shape and every field's range, through pydantic in strict mode
    (no NaN/inf, no "12" for 12, outlets 1..8, …);
-5. cross-field rules pydantic cannot express (no duplicate outlets or minutes).
+6. cross-field rules pydantic cannot express (no duplicate outlets or minutes).
 
 Every failure is one ``CodecError`` whose ``reason`` says exactly what was wrong, with the
-path of the offending field (``frames[0].outlets[2].current_a``). Nothing else escapes.
+path of the offending field (``frames[0].outlets[2].current_a``). Nothing else escapes:
+an unexpected exception inside decoding (a bug of ours or of a library) is turned into a
+``CodecError`` too, so a caller that handles ``CodecError`` handles every input. Values
+quoted in a reason are cut short (``reprlib``), whatever their size or depth.
 """
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from functools import cache
@@ -44,6 +50,8 @@ WIRE_VERSION: Final = 1
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_ARRAY_LEN: Final = 1024
 MAX_STR_LEN: Final = 256
+#: The deepest message is a MeterBatch: [version, …, frames[ frame[ …, outlets[ reading ]]]].
+MAX_DEPTH: Final = 8
 
 MESSAGE_TYPES: Final[dict[TopicKind, type[Any]]] = {
     TopicKind.METER: MeterBatch,
@@ -77,17 +85,35 @@ def decode(kind: TopicKind | type[M], payload: bytes) -> M:
     """Decode and validate one payload; raise ``CodecError`` for anything wrong with it."""
     cls: type[M] = MESSAGE_TYPES[kind] if isinstance(kind, TopicKind) else kind
     name = cls.__name__
+    try:
+        return _decode(cls, name, payload)
+    except CodecError:
+        raise
+    except Exception as exc:  # the promise: nothing but CodecError leaves decode
+        detail = str(exc)[:80]
+        raise CodecError(
+            f"could not be decoded ({type(exc).__name__}: {detail})", kind=name
+        ) from None
+
+
+def _decode(cls: type[M], name: str, payload: bytes) -> M:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(payload).__name__}", kind=name)
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise CodecError(
             f"{len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES} byte limit", kind=name
         )
     raw = _unpack(payload, name)
+    depth = _depth(raw)
+    if depth > MAX_DEPTH:
+        raise CodecError(f"nested deeper than {MAX_DEPTH} levels", kind=name)
     if not isinstance(raw, tuple) or not raw:
         raise CodecError(f"expected an array [version, …], got {type(raw).__name__}", kind=name)
     version, fields = raw[0], raw[1:]
     if version != WIRE_VERSION or isinstance(version, bool):
         raise CodecError(
-            f"unsupported wire version {version!r} (this side speaks {WIRE_VERSION})", kind=name
+            f"unsupported wire version {_short(version)} (this side speaks {WIRE_VERSION})",
+            kind=name,
         )
     try:
         message: M = _adapter(cls).validate_python(fields)
@@ -120,6 +146,36 @@ def _unpack(payload: bytes, name: str) -> Any:
         raise CodecError(f"not valid msgpack within limits ({detail})", kind=name) from None
 
 
+def _depth(value: Any) -> int:
+    """How deeply arrays and maps nest in ``value`` (a scalar is 0), without recursion.
+
+    Stops counting once past ``MAX_DEPTH``: the answer is then only "too deep"."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = (*item.keys(), *item.values())
+        if isinstance(item, tuple | list):
+            level += 1
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((child, level) for child in item)
+    return deepest
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel = 2
+_repr.maxstring = _repr.maxother = _repr.maxlong = 40
+
+
+def _short(value: Any) -> str:
+    """A bounded ``repr`` of anything a device sent: never long, never deep."""
+    text = _repr.repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @cache
 def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
     return TypeAdapter(cls, config=ConfigDict(strict=True))
@@ -130,9 +186,7 @@ def _describe(cls: type[Any], exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
     path = _field_path(cls, error["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    value = repr(error.get("input"))
-    if len(value) > 60:
-        value = value[:57] + "..."
+    value = _short(error.get("input"))
     where = path or "message"
     return f"{where}: {error['msg']} (got {value}){more}"
 

@@ -165,6 +165,61 @@ def test_arbitrary_msgpack_structures_raise_only_codec_error(value: object) -> N
         decode(TopicKind.METER, msgpack.packb([1, value]))
 
 
+def _nested(depth: int, leaf: object, *, as_map: bool) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = {"k": value} if as_map else [value]
+    return value
+
+
+@settings(max_examples=200)
+@given(
+    kind=st.sampled_from(list(TopicKind)),
+    depth=st.integers(0, 3000),
+    leaf=st.none()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=300)
+    | st.binary(max_size=300),
+    as_map=st.booleans(),
+    at=st.integers(0, 7),
+)
+def test_deeply_nested_payloads_raise_only_codec_error(
+    kind: TopicKind, depth: int, leaf: object, as_map: bool, at: int
+) -> None:
+    """Arrays or maps nested up to 3,000 deep, anywhere in a message, give a CodecError
+    whose reason is short (no unbounded repr), never RecursionError or anything else."""
+    fields: list[object] = [WIRE_VERSION, "ctl-1", 1, 1, 1, 1, 1, 1]
+    fields[at] = _nested(depth, leaf, as_map=as_map)
+    try:
+        payload = msgpack.packb(fields)
+    except (ValueError, TypeError):  # msgpack's own packer refuses the deepest ones
+        payload = b"\x91" * depth + b"\xc0"
+    try:
+        decode(kind, payload)
+    except CodecError as exc:
+        assert exc.reason
+        assert len(str(exc)) < 400
+
+
+@pytest.mark.parametrize("kind", list(TopicKind))
+def test_the_poison_from_the_field_is_a_codec_error(kind: TopicKind) -> None:
+    """An array nested 1,000 deep (found by an outside check) is refused with a reason."""
+    with pytest.raises(CodecError) as caught:
+        decode(kind, b"\x91" * 1000 + b"\xc0")
+    assert "nested deeper than" in caught.value.reason
+
+
+@settings(max_examples=50)
+@given(st.integers(1, 2000), st.integers(1, 2000))
+def test_wide_payloads_raise_only_codec_error(width: int, strlen: int) -> None:
+    """Wide arrays of long strings are refused quickly with a short reason."""
+    payload = msgpack.packb([WIRE_VERSION, "ctl-1", 1, ["x" * strlen] * width])
+    try:
+        decode(TopicKind.METER, payload)
+    except CodecError as exc:
+        assert len(str(exc)) < 400
+
+
 GOOD = MeterBatch(
     "ctl-1", 7, (MeterFrame(1_767_225_600, 10.0, (OutletReading(1, 5.0, 200.0, 3.0, True),)),)
 )

@@ -18,7 +18,7 @@ from schemas.codec import encode
 from schemas.messages import MeterBatch, MeterFrame, OutletReading
 from schemas.topics import Topics
 from tests.conftest import Broker, Installation, registry_for
-from tests.helpers import query, wait_for
+from tests.helpers import cpu_seconds, query, wait_for
 from tests.test_telemetry_e2e import assert_every_minute_once, run_fleet, wait_fleet
 
 pytestmark = pytest.mark.slow
@@ -121,6 +121,43 @@ def test_thousand_hostile_payloads_land_in_dead_letters_while_good_data_flows(
         "SELECT count(*) FROM outlet_readings WHERE minute = to_timestamp(%s)",
         MINUTE,
     ) == [(0,)]
+
+
+def test_a_poison_message_among_good_traffic_stops_nothing(installation: Installation) -> None:
+    """Arrays nested 1,000 and 100,000 deep on a registered controller's own meter topic
+    become dead letters; every good minute is stored and ingest goes back to idle."""
+    ingest = installation.ingest().start()
+    edges = run_fleet(installation)
+    meter = Topics(installation.topic_root).meter(installation.controllers[0])
+    poison = [
+        (meter, b"\x91" * 1000 + b"\xc0", "nested 1,000 deep"),
+        (meter, b"\x91" * 100_000 + b"\xc0", "nested 100,000 deep"),
+        (meter, b"\x81\xa1k" * 1000 + b"\xc0", "maps nested 1,000 deep"),
+    ]
+    wait_for(
+        lambda: query(installation.database, "SELECT count(*) FROM meter_batches")[0][0] > 0,
+        timeout=60,
+        what="ingest to store the first batches",
+    )
+    asyncio.run(publish_all(installation.mqtt_url, poison))
+    wait_fleet(edges)
+    assert_every_minute_once(installation)
+    wait_for(
+        lambda: query(installation.database, "SELECT count(*) FROM dead_letters")[0][0] >= 3,
+        timeout=30,
+        what="the poison in dead letters",
+    )
+    rows = query(installation.database, "SELECT reason, payload FROM dead_letters")
+    assert sorted(bytes(payload) for _, payload in rows) == sorted(p for _, p, _ in poison)
+    assert all(
+        "nested deeper than" in reason or "not valid msgpack" in reason for reason, _ in rows
+    )
+    # A spinning ingest burns a core; an idle one a few percent. 3 s of wall time, no
+    # tighter than "less than half of it busy".
+    before = cpu_seconds(ingest.pid)
+    time.sleep(3)
+    assert cpu_seconds(ingest.pid) - before < 1.5, "ingest is still busy after the poison"
+    assert ingest.running()
 
 
 def test_database_down_for_30_seconds_under_load(tmp_path: Path, broker: Broker) -> None:
