@@ -93,6 +93,27 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         pass
 
 
+class _ClientCredentials(ClientCredentialsGrant):  # type: ignore[misc]
+    """authlib's grant allows only HTTP Basic by default; RFC 6749 §2.3.1 also allows the
+    credentials in the form body, and the metadata says both work."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]  # noqa: RUF012
+
+
+class _FormRequest(OAuth2Request):  # type: ignore[misc]
+    """An OAuth2Request that also answers ``.form``: authlib's client_secret_post reads the
+    credentials from there, and the base class raises NotImplementedError."""
+
+    def __init__(self, request: Request, form: dict[str, str]) -> None:
+        super().__init__(request.method, str(request.url), headers=request.headers)
+        self.payload = BasicOAuth2Payload(form)
+        self._form = form
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
 def _caller(request: Request, form: dict[str, str]) -> str:
     """Rate-limit key: the client id the caller claims, else its address."""
     auth = request.headers.get("authorization", "")
@@ -107,7 +128,7 @@ def _caller(request: Request, form: dict[str, str]) -> str:
 def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     key = keys.load_or_create(settings.data_dir / "keys" / "signing.jwk")
     server = _Server({})
-    server.register_grant(ClientCredentialsGrant)
+    server.register_grant(_ClientCredentials)
     server.register_token_generator("default", _TokenGenerator(key, settings))
     limiter = RateLimiter(settings.token_rate_per_s, settings.token_burst)
     jwks = keys.public_jwks(key)
@@ -129,8 +150,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
                 status_code=429,
                 headers={"Retry-After": retry_after(wait)},
             )
-        oauth_request = OAuth2Request(request.method, str(request.url), headers=request.headers)
-        oauth_request.payload = BasicOAuth2Payload(form)
+        oauth_request = _FormRequest(request, form)
         response: Response = server.create_token_response(oauth_request)
         response.headers["Cache-Control"] = "no-store"
         return response

@@ -36,7 +36,7 @@ from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import ScaledClock
 from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
 from edge_agent.memory import CommandMemory
-from edge_agent.reconciler import Acknowledge, ClockOffset, Decision, Limits, Report, Switch
+from edge_agent.reconciler import Acknowledge, CloudClock, Decision, Limits, Report, Switch
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import (
     CommandAck,
@@ -101,7 +101,10 @@ class EdgeAgent:
         )
         self.outlet_numbers = range(1, settings.outlets + 1)
         self.memory = self.memory_store.load(self.outlet_numbers)
-        self.cloud_clock = ClockOffset(self.memory_store.clock_offset())
+        #: Learned from this boot's meter acks only (reconciler rule 5).
+        self.cloud_clock = CloudClock()
+        #: Per outlet, an ON that arrived before the cloud clock was known.
+        self._waiting: dict[int, DesiredState] = {}
         self.limits = Limits(start_max_age_s=settings.start_max_age_s)
         #: Outlets whose desired state has not been seen since boot (they stay OFF till then).
         self._restoring = set(self.outlet_numbers)
@@ -186,7 +189,7 @@ class EdgeAgent:
                     )
             else:
                 self._over_since.pop(o.outlet, None)
-            self._report_crossing(o, cloud_now)
+            self._report_crossing(o, self.cloud_clock.stamp(sample.at))
 
     def _report_crossing(self, o: OutletSample, at: float) -> None:
         """The fast path for current rise: seconds instead of the next minute batch."""
@@ -243,7 +246,7 @@ class EdgeAgent:
             return
         sample = self.meter.read(self.clock.now())
         o = next(o for o in sample.outlets if o.outlet == request.outlet)
-        at = self.cloud_clock.cloud(sample.at)
+        at = self.cloud_clock.stamp(sample.at)
         self._send_event(EdgeEventKind.STATUS, o, at, detail=request.request_id)
 
     def _on_desired(self, outlet: int, payload: bytes, *, retained: bool) -> None:
@@ -261,20 +264,57 @@ class EdgeAgent:
                 outlet,
             )
             return
-        local_now = self.clock.now()
-        if not retained:  # delivered live: issued_at is (nearly) now in cloud time
-            self.cloud_clock.learn(want.issued_at, local_now)
-            self.memory_store.save_clock_offset(self.cloud_clock.offset)
+        self._decide(outlet, want)
+
+    def _decide(self, outlet: int, want: DesiredState) -> None:
         restoring = outlet in self._restoring
-        self._restoring.discard(outlet)
         decision = reconciler.desired(
             self.memory[outlet],
             want,
-            cloud_now=self.cloud_clock.cloud(local_now),
+            cloud_now=self.cloud_clock.cloud(self.clock.now()),
             limits=self.limits,
             restoring=restoring,
         )
+        if decision.waiting:
+            if outlet not in self._waiting:
+                log.info(
+                    "%s: outlet %d: ON (generation %d) waits for the cloud's time"
+                    " (the first meter ack); the breaker stays OFF",
+                    self.cid,
+                    outlet,
+                    want.generation,
+                )
+            self._waiting[outlet] = want
+            return
+        self._waiting.pop(outlet, None)
+        self._restoring.discard(outlet)
         self._execute(decision)
+
+    def _on_meter_ack(self, payload: bytes) -> None:
+        try:
+            ack = decode(MeterAck, payload)
+        except CodecError as exc:
+            log.warning("%s: ignoring a bad meter ack: %s", self.cid, exc)
+            return
+        if ack.controller_id != self.cid:
+            log.warning("%s: ignoring a meter ack for %s", self.cid, ack.controller_id)
+            return
+        if ack.at is not None:
+            was_known = self.cloud_clock.known
+            self.cloud_clock.learn(ack.at, self.clock.now())
+            if not was_known:
+                log.info(
+                    "%s: cloud clock learned: offset %+.1f s from this edge's clock",
+                    self.cid,
+                    self.cloud_clock.offset,
+                )
+            for outlet, want in list(self._waiting.items()):
+                self._decide(outlet, want)
+        freed = self.buffer.ack(ack.seqs) if ack.seqs else 0
+        for seq in ack.seqs:
+            self._sent_at.pop(seq, None)
+        log.debug("%s: ack for %s freed %d frames", self.cid, ack.seqs, freed)
+        self._check_done()
 
     def _execute(self, decision: Decision) -> None:
         """Switch, persist, then acknowledge and report: in that order."""
@@ -304,7 +344,7 @@ class EdgeAgent:
                     action.generation,
                     action.outcome,
                     self.breakers.breaker_on(action.outlet),
-                    self.cloud_clock.cloud(sample.at),
+                    self.cloud_clock.stamp(sample.at),
                     next(o.energy_wh for o in sample.outlets if o.outlet == action.outlet),
                 )
                 self._send(self.topics.ack(self.cid), encode(ack))
@@ -321,7 +361,7 @@ class EdgeAgent:
                 self._send_event(
                     action.kind,
                     o,
-                    self.cloud_clock.cloud(sample.at),
+                    self.cloud_clock.stamp(sample.at),
                     detail=action.detail,
                     current_a=action.current_a,
                     breaker_on=self.breakers.breaker_on(action.outlet),
@@ -383,7 +423,7 @@ class EdgeAgent:
             since = time.time()
             will = aiomqtt.Will(
                 self.topics.presence(self.cid),
-                encode(Presence(self.cid, False, since)),
+                encode(Presence(self.cid, False, since, "connection lost")),
                 qos=1,
                 retain=True,
             )
@@ -414,7 +454,11 @@ class EdgeAgent:
                     self.connected.set()
                     self._outbox_ready.set()
                     await self._send_pending()
-                    await self._listen(client)
+                    try:
+                        await self._listen(client)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client, since)
+                        raise
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 self._client = None
@@ -422,34 +466,42 @@ class EdgeAgent:
                 log.warning("%s: MQTT link down (%s); retrying in %.1f s", self.cid, exc, delay)
                 await asyncio.sleep(delay)
 
+    async def _say_offline(self, client: aiomqtt.Client, since: float) -> None:
+        """A clean stop: say so before disconnecting (a clean DISCONNECT discards the will,
+        and the cloud should not wait for a heartbeat to time out). Best effort, 2 s."""
+        offline = Presence(self.cid, False, since, "stopped")
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(2):
+                await client.publish(
+                    self.topics.presence(self.cid), encode(offline), qos=1, retain=True
+                )
+                log.info("%s: stopping; told the cloud", self.cid)
+
     async def _listen(self, client: aiomqtt.Client) -> None:
-        ack_topic = self.topics.meter_ack(self.cid)
-        request_topic = self.topics.request(self.cid)
         desired = {self.topics.desired(self.cid, n): n for n in self.outlet_numbers}
+        handlers = {
+            self.topics.meter_ack(self.cid): self._on_meter_ack,
+            self.topics.request(self.cid): self._on_status_request,
+        }
         async for message in client.messages:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            if topic in desired:
-                self._on_desired(desired[topic], payload, retained=bool(message.retain))
-                continue
-            if topic == request_topic:
-                self._on_status_request(payload)
-                continue
-            if topic != ack_topic:
-                log.warning(
-                    "%s: ignoring a message on %s, which it did not subscribe to", self.cid, topic
-                )
-                continue
             try:
-                ack = decode(MeterAck, payload)
-            except CodecError as exc:
-                log.warning("%s: ignoring bad message on %s: %s", self.cid, topic, exc)
-                continue
-            freed = self.buffer.ack(ack.seqs)
-            for seq in ack.seqs:
-                self._sent_at.pop(seq, None)
-            log.debug("%s: ack for %s freed %d frames", self.cid, ack.seqs, freed)
-            self._check_done()
+                if topic in desired:
+                    self._on_desired(desired[topic], payload, retained=bool(message.retain))
+                elif topic in handlers:
+                    handlers[topic](payload)
+                else:
+                    log.warning(
+                        "%s: ignoring a message on %s, which it did not subscribe to",
+                        self.cid,
+                        topic[:200],
+                    )
+            except Exception:
+                # One message must not stop the link (and with it every later OFF). The
+                # handlers decode first, so what lands here is a fault of ours: logged in
+                # full, the breakers left as they are, the next message read.
+                log.exception("%s: handling a message on %s failed", self.cid, topic[:200])
 
     def _check_done(self) -> None:
         limit = self.settings.minutes

@@ -1,8 +1,9 @@
-"""The reconciler's memory on disk: per outlet, what was applied; and the cloud clock offset.
+"""The reconciler's memory on disk: per outlet, what was applied.
 
 Written (and fsynced by SQLite) before a command is acknowledged, so an acknowledged
-generation is never applied twice, even across a power cut. The clock offset rides along
-with those writes.
+generation is never applied twice, even across a power cut. The cloud clock is not kept:
+after a boot the local clock may have jumped, so the edge learns it again from the cloud
+(reconciler rule 5). A ``clock_offset`` left in ``meta`` by an older version is ignored.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ class CommandMemory:
             " applied_generation INTEGER NOT NULL, on_ INTEGER NOT NULL,"
             " charge_id TEXT, stop_at REAL)"
         )
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL)")
-        self._offset: float | None = None
 
     def close(self) -> None:
-        self._write_offset()
         self.db.close()
 
     def load(self, outlets: range) -> dict[int, OutletMemory]:
@@ -41,9 +39,7 @@ class CommandMemory:
         return {n: stored.get(n, OutletMemory(n)) for n in outlets}
 
     def save(self, memory: OutletMemory) -> None:
-        """Persist one outlet's memory (and a newly learned clock offset): one fsync."""
-        self.db.execute("BEGIN")
-        self._write_offset()
+        """Persist one outlet's memory: one fsync."""
         self.db.execute(
             "INSERT INTO outlets VALUES (?, ?, ?, ?, ?) ON CONFLICT (outlet) DO UPDATE SET"
             " applied_generation = excluded.applied_generation, on_ = excluded.on_,"
@@ -56,26 +52,3 @@ class CommandMemory:
                 memory.stop_at,
             ),
         )
-        self.db.execute("COMMIT")
-
-    def clock_offset(self) -> float | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'clock_offset'").fetchone()
-        return float(row[0]) if row else None
-
-    def save_clock_offset(self, offset: float) -> None:
-        """Remember the offset; it reaches the disk with the next ``save`` (or ``close``).
-
-        It is an estimate that the next live command refreshes, not worth an fsync of its
-        own on the way to a breaker.
-        """
-        self._offset = offset
-
-    def _write_offset(self) -> None:
-        if self._offset is None:
-            return
-        self.db.execute(
-            "INSERT INTO meta VALUES ('clock_offset', ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (self._offset,),
-        )
-        self._offset = None

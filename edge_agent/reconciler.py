@@ -20,12 +20,20 @@ Safety rules, in the order they are checked:
    a "pending" or "failed" answer, and a car must not start charging an hour later.
 4. **Charges stop by the edge's own timer** at ``end_at``, whether or not the cloud is
    reachable (``tick``).
-5. **Clock skew must not stretch a charge.** Times in messages are the cloud's. The edge
-   estimates the cloud clock as ``local + offset``, learning ``offset`` from desired
-   states delivered live (``ClockOffset``: retained deliveries may be old and teach
-   nothing, and one delayed message cannot pull the estimate back). ``end_at`` is compared with that estimate, and the
-   charge's length is capped by ``end_at − issued_at`` counted from receipt, so even an
-   unknown skew cannot make a charge longer than the cloud asked for.
+5. **Clock skew must neither stretch nor revive a charge.** Times in messages are the
+   cloud's; the edge's own clock may be minutes or days off. The edge judges every time
+   against an estimate of the cloud clock, ``local + offset`` (``CloudClock``), learned
+   only from the cloud time in ``meter/ack`` messages: the cloud sends one live for every
+   batch, each minute, and never retains it. A command never teaches the clock that judges
+   it, and nothing is learned from a previous boot (the local clock may have jumped since).
+   Until the first ``meter/ack`` of this boot has arrived the estimate is unknown, and an
+   ON *waits* (``Decision.waiting``): the breaker stays OFF, nothing is acknowledged, and
+   the agent asks again once the clock is known, when the command is judged by the same
+   rules as any other. OFF never waits. The estimate is the largest of the last few samples
+   (the least delayed), so it lags the cloud by at most the transit time of the fastest
+   recent ack; one ack that sat in a queue cannot pull it back. And the charge's length is
+   capped by ``end_at − issued_at`` counted from receipt, so even an error in the estimate
+   cannot make a charge longer than the cloud asked for.
 6. **After a reboot every breaker is OFF** until its desired state has been seen. The same
    generation ON, still within ``end_at``, is restored (a power cut does not end a charge);
    anything else stays OFF.
@@ -94,6 +102,8 @@ Action = Switch | Acknowledge | Report
 class Decision:
     memory: OutletMemory
     actions: tuple[Action, ...] = ()
+    #: An ON that cannot be judged yet (the cloud clock is unknown): ask again once it is.
+    waiting: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,23 +115,29 @@ def desired(
     memory: OutletMemory,
     want: DesiredState,
     *,
-    cloud_now: float,
+    cloud_now: float | None,
     limits: Limits = Limits(),
     restoring: bool = False,
 ) -> Decision:
-    """A desired state arrived. ``restoring``: the first one seen for this outlet since boot."""
+    """A desired state arrived. ``restoring``: the first one seen for this outlet since boot.
+
+    ``cloud_now`` is None while the cloud clock is unknown: an ON then waits (rule 5)."""
     n, gen = memory.outlet, want.generation
+    judged = gen > memory.applied_generation or (gen == memory.applied_generation and restoring)
+    if cloud_now is None and want.on and judged:
+        return Decision(memory, (), waiting=True)
     if gen < memory.applied_generation or (gen == memory.applied_generation and not restoring):
         return Decision(memory, (Acknowledge(n, gen, CommandOutcome.STALE),))
     if gen == memory.applied_generation:  # restoring after a reboot: same command again
         # Both what we remembered and what the message says must still allow the charge.
         ends = [t for t in (memory.stop_at, want.end_at) if t is not None]
-        if want.on and memory.on and all(cloud_now < t for t in ends):
+        if want.on and memory.on and cloud_now is not None and all(cloud_now < t for t in ends):
             return Decision(replace(memory, stop_at=min(ends, default=None)), (Switch(n, True),))
         return Decision(replace(memory, on=False), ())
     if not want.on:
         stopped = OutletMemory(n, gen, False, want.charge_id, None)
         return Decision(stopped, (Switch(n, False, (gen, CommandOutcome.APPLIED)),))
+    assert cloud_now is not None  # an ON without a clock waited above
     stop_at = _stop_at(want, cloud_now)
     if stop_at is not None and stop_at <= cloud_now:  # end_at passed, or no time left at all
         return _refuse(memory, gen, CommandOutcome.EXPIRED)
@@ -144,8 +160,12 @@ def _stop_at(want: DesiredState, cloud_now: float) -> float | None:
     return min(want.end_at, cloud_now + (want.end_at - want.issued_at))
 
 
-def tick(memory: OutletMemory, *, cloud_now: float) -> Decision:
-    """Time passed: stop a charge whose time is up, online or not."""
+def tick(memory: OutletMemory, *, cloud_now: float | None) -> Decision:
+    """Time passed: stop a charge whose time is up, online or not.
+
+    Without a cloud clock nothing can have been switched ON since boot, so nothing is due."""
+    if cloud_now is None:
+        return Decision(memory)
     if memory.on and memory.stop_at is not None and cloud_now >= memory.stop_at:
         return _open(memory, EdgeEventKind.BREAKER_SWITCHED, "end_at reached")
     return Decision(memory)
@@ -184,27 +204,39 @@ def overcurrent(memory: OutletMemory, *, current_a: float, limit_a: float) -> De
     return _open(memory, EdgeEventKind.OVERCURRENT_TRIP, detail, current_a)
 
 
-class ClockOffset:
-    """The cloud clock as the edge sees it: ``local + offset``, learned from live commands.
+class CloudClock:
+    """The cloud clock as the edge sees it: ``local + offset``, learned from ``meter/ack``.
 
-    Each live desired state gives a sample ``issued_at − local receipt time``, which is the
-    true offset minus however long the message took. A message that sat in a queue would
-    pull the estimate back and make a late command look fresh, so the estimate is the
-    largest of the last ``WINDOW`` samples (the least delayed one). A real jump of either
-    clock is accepted once ``WINDOW`` samples agree.
+    Each ``meter/ack`` carries the cloud's time when it was sent; ``at − local receipt
+    time`` is the true offset minus however long the ack took. An ack that sat in a queue
+    would pull the estimate back and make a late command look fresh, so the estimate is
+    the largest of the last ``WINDOW`` samples (the least delayed one). A real jump of
+    either clock is accepted once ``WINDOW`` samples agree. Unknown (None) until the first
+    sample: there is no default, and nothing is carried over from a previous boot.
     """
 
     WINDOW = 5
 
-    def __init__(self, offset: float | None = None) -> None:
-        self._samples: list[float] = [] if offset is None else [offset]
+    def __init__(self) -> None:
+        self._samples: list[float] = []
 
     @property
-    def offset(self) -> float:
-        return max(self._samples, default=0.0)
+    def offset(self) -> float | None:
+        return max(self._samples, default=None)
 
-    def learn(self, issued_at: float, received_local: float) -> None:
-        self._samples = [*self._samples, issued_at - received_local][-self.WINDOW :]
+    @property
+    def known(self) -> bool:
+        return bool(self._samples)
 
-    def cloud(self, local: float) -> float:
-        return local + self.offset
+    def learn(self, cloud_at: float, received_local: float) -> None:
+        self._samples = [*self._samples, cloud_at - received_local][-self.WINDOW :]
+
+    def cloud(self, local: float) -> float | None:
+        """The cloud's time now, or None while it is unknown (no ON may be judged)."""
+        offset = self.offset
+        return None if offset is None else local + offset
+
+    def stamp(self, local: float) -> float:
+        """A time to put in a report: the cloud's when known, else the edge's own."""
+        offset = self.offset
+        return local if offset is None else local + offset

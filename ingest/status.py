@@ -161,7 +161,11 @@ async def presence_changes(
                 [(p.controller_id, p.online, utc(p.since)) for p in fresh],
             )
     await _announce(conn, [p for p in changed if p.online], "connected")
-    await _announce(conn, [p for p in changed if not p.online], "disconnected")
+    offline = [p for p in changed if not p.online]
+    for reason in sorted({p.reason or "disconnected" for p in offline}):
+        await _announce(
+            conn, [p for p in offline if (p.reason or "disconnected") == reason], reason
+        )
     return changed
 
 

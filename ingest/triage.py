@@ -45,6 +45,9 @@ class Pending:
     acks: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     #: Controllers that spoke (meter, event, ack: never retained, so always live).
     heard: set[str] = field(default_factory=set)
+    #: Controllers that said they are online: each gets a time-only meter ack, its first
+    #: word of the cloud's clock (edges apply no ON before they have one).
+    clock_requests: set[str] = field(default_factory=set)
     messages: int = 0
 
     def __len__(self) -> int:
@@ -148,6 +151,8 @@ class Triage:
             pending.events.append(message)
         elif parsed.kind is TopicKind.PRESENCE:
             pending.presence[cid] = message
+            if message.online:
+                pending.clock_requests.add(cid)
         elif parsed.kind is TopicKind.STATE:
             pending.states[cid] = message
         elif parsed.kind is TopicKind.ACK:

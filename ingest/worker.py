@@ -171,6 +171,8 @@ class Ingest:
             if self._link is not None:
                 self._link.resume_reading()
             await self._write(batch)
+            if batch.clock_requests:
+                self._send_acks({cid: [] for cid in batch.clock_requests})
             for cid, seqs in batch.acks.items():
                 self._unacked[cid].extend(seqs)
             if batch.acks:
@@ -239,11 +241,12 @@ class Ingest:
         if link is None:
             return  # unacked batches are resent by the edge after its ack timeout
         sent = failed = 0
+        now = self.settings.now()  # the cloud's time: the edges set their clocks by it
         for cid, seqs in unacked.items():
             topic = self.topics.meter_ack(cid)
-            for start in range(0, len(seqs), MAX_ACK_SEQS):
+            for start in range(0, max(len(seqs), 1), MAX_ACK_SEQS):  # none: the time alone
                 chunk = tuple(seqs[start : start + MAX_ACK_SEQS])
-                if link.publish(topic, encode(MeterAck(cid, chunk)), qos=1):
+                if link.publish(topic, encode(MeterAck(cid, chunk, now)), qos=1):
                     sent += 1
                 else:
                     failed += 1

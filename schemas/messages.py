@@ -77,10 +77,16 @@ class MeterAck(NamedTuple):
 
     It names every committed ``seq`` rather than only the highest: a batch the broker
     dropped must never be deleted from the edge's buffer because a later one arrived.
+    An ack with no ``seqs`` only tells the time: the cloud sends one when a controller
+    comes online, so that a fresh edge need not wait for its first batch to learn it.
     """
 
     controller_id: ControllerId
-    seqs: Annotated[tuple[Seq, ...], Field(min_length=1, max_length=MAX_ACK_SEQS)]
+    seqs: Annotated[tuple[Seq, ...], Field(max_length=MAX_ACK_SEQS)]
+    #: The cloud's time when the ack was sent: the edge's only source for its estimate of
+    #: the cloud clock (a command never judges itself). Absent from older clouds' acks,
+    #: which still decode; an edge that hears only those applies no ON.
+    at: Timestamp | None = None
 
 
 class EdgeEventKind(enum.StrEnum):
@@ -166,6 +172,9 @@ class Presence(NamedTuple):
     controller_id: ControllerId
     online: bool
     since: Timestamp
+    #: Why a controller is offline: ``stopped`` when it says so on a clean stop,
+    #: ``connection lost`` in its will. Absent from older edges (still decoded).
+    reason: ShortText | None = None
 
 
 class StatusRequest(NamedTuple):

@@ -4,6 +4,7 @@ a fresh database, topic root and set of controller ids per test."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,6 +119,14 @@ class Installation:
     outlets: int = 8
     topic_root: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}/cl/v1")
     time_scale: float = 120.0
+    #: Every process's clock runs ``time_scale`` times faster from this instant, so the
+    #: cloud's times (in commands and meter acks) and the edges' agree, as in the demo.
+    time_origin: float = field(default_factory=time.time)
+
+    def now(self) -> float:
+        """The installation's time (what the gateway writes as a command's issued_at)."""
+        real = time.time()
+        return self.time_origin + (real - self.time_origin) * self.time_scale
 
     def env(self, **extra: Any) -> dict[str, str]:
         env = {
@@ -126,6 +135,7 @@ class Installation:
             "CHARGELINE_TOPIC_ROOT": self.topic_root,
             "CHARGELINE_DATA_DIR": str(self.tmp / "data"),
             "CHARGELINE_TIME_SCALE": str(self.time_scale),
+            "CHARGELINE_TIME_ORIGIN": repr(self.time_origin),
             "CHARGELINE_LOG_LEVEL": "INFO",
         }
         env.update({f"CHARGELINE_{k.upper()}": str(v) for k, v in extra.items()})

@@ -45,8 +45,12 @@ class AuthServer:
     def signing_key(self) -> ECKey:
         return ECKey.import_key(json.loads((self.data_dir / "keys" / "signing.jwk").read_text()))
 
-    def token_for(self, client: NewClient, **kwargs: Any) -> dict[str, Any]:
-        with OAuth2Client(client.client_id, client.client_secret) as oauth:
+    def token_for(
+        self, client: NewClient, method: str = "client_secret_basic", **kwargs: Any
+    ) -> dict[str, Any]:
+        with OAuth2Client(
+            client.client_id, client.client_secret, token_endpoint_auth_method=method
+        ) as oauth:
             token: dict[str, Any] = oauth.fetch_token(
                 self.token_url, grant_type="client_credentials", **kwargs
             )
@@ -135,6 +139,15 @@ def test_partner_gets_an_rfc9068_token_that_the_api_accepts(auth: AuthServer) ->
     assert [k["kid"] for k in jwks["keys"]] == [header["kid"]] and "d" not in jwks["keys"][0]
     meta = httpx2.get(f"{auth.url}/.well-known/oauth-authorization-server").json()
     assert meta["token_endpoint"] == auth.token_url and meta["issuer"] == auth.url
+
+
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_every_advertised_client_authentication_method_works(auth: AuthServer, method: str) -> None:
+    """Each method the metadata lists (RFC 8414) gets a token through authlib's client."""
+    meta = httpx2.get(f"{auth.url}/.well-known/oauth-authorization-server").json()
+    assert method in meta["token_endpoint_auth_methods_supported"]
+    token = auth.token_for(auth.writer, method)
+    assert auth.check(token["access_token"]).client_id == auth.writer.client_id
 
 
 def test_a_client_asking_for_less_gets_less_and_cannot_get_more(auth: AuthServer) -> None:

@@ -1,7 +1,9 @@
 """The edge agent process obeying (and refusing) desired states through the real broker.
 
-The test plays the cloud: it publishes retained desired states the way the gateway does
-and reads the edge's acknowledgements, events and retained reported state. Time on the
+The test plays the cloud: it publishes retained desired states the way the gateway does,
+acknowledges meter batches with the cloud's time the way ingest does (the edge's only
+source for the cloud clock), and reads the edge's acknowledgements, events and retained
+reported state. Time on the
 edge runs ``SCALE`` times faster; the "cloud" times in the commands use the same scale.
 """
 
@@ -26,6 +28,8 @@ from schemas.messages import (
     DesiredState,
     EdgeEvent,
     EdgeEventKind,
+    MeterAck,
+    MeterBatch,
     Presence,
     ReportedState,
 )
@@ -46,6 +50,7 @@ class Cloud:
         self.events: list[tuple[float, EdgeEvent]] = []  # (cloud time received, event)
         self.state: ReportedState | None = None
         self.online = asyncio.Event()  # set by a live (not retained) "online" presence
+        self._sending: set[asyncio.Task[None]] = set()
 
     def now(self) -> float:
         """Cloud time, running SCALE times faster than real time, like the edge's clock."""
@@ -75,14 +80,27 @@ class Cloud:
             payload = message.payload
             assert isinstance(payload, bytes)
             kind = message.topic.value.rsplit("/", 1)[1]
-            if kind == "ack":
+            if kind == "meter":
+                batch = decode(MeterBatch, payload)
+                self.tell(MeterAck(self.cid, (batch.seq,), self.now()))
+            elif kind == "ack":
                 self.acks.append(decode(CommandAck, payload))
             elif kind == "event":
                 self.events.append((self.now(), decode(EdgeEvent, payload)))
             elif kind == "state":
                 self.state = decode(ReportedState, payload)
             elif kind == "presence" and not message.retain and decode(Presence, payload).online:
+                # Like ingest: a controller that comes online is told the time at once.
+                self.tell(MeterAck(self.cid, (), self.now()))
                 self.online.set()
+
+    def tell(self, ack: MeterAck) -> None:
+        """Publish a meter ack without holding up the message loop (QoS 1 waits for PUBACK)."""
+        task = asyncio.create_task(
+            self.client.publish(self.topics.meter_ack(self.cid), encode(ack), qos=1)
+        )
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def edge_online(self) -> None:
         """Wait for the edge to connect, so that commands reach it live, not retained."""
@@ -120,7 +138,13 @@ class Cloud:
 async def cloud_for(inst: Installation, cid: str) -> AsyncIterator[Cloud]:
     topics = Topics(inst.topic_root)
     async with mqtt.client(MqttUrl(inst.mqtt_url), identifier=f"cloud-{uuid.uuid4().hex[:6]}") as c:
-        for topic in (topics.ack(cid), topics.event(cid), topics.state(cid), topics.presence(cid)):
+        for topic in (
+            topics.ack(cid),
+            topics.event(cid),
+            topics.state(cid),
+            topics.presence(cid),
+            topics.meter(cid),
+        ):
             await c.subscribe(topic, qos=1)
         cloud = Cloud(c, topics, cid, time.time())
         listener = asyncio.create_task(cloud.listen())
@@ -258,5 +282,56 @@ def test_failed_breaker_overcurrent_and_late_commands(installation: Installation
             await cloud.send(3, True, 7, age_s=600)  # issued ten minutes ago
             late = await cloud.ack_for(3, 7)
             assert late.outcome is CommandOutcome.REFUSED_OFFLINE and not late.breaker_on
+
+    asyncio.run(scenario())
+
+
+SKEWS = [-86_400, -600, 600, 86_400]
+
+
+def never_closed(edge: Proc, cloud: Cloud, outlet: int) -> None:
+    assert all(not a.breaker_on for a in cloud.acks if a.outlet == outlet)
+    assert f"outlet {outlet} breaker ON" not in edge.log(), "the breaker was closed"
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+def test_a_fresh_edge_refuses_a_live_on_issued_hours_ago(
+    installation: Installation, skew: int
+) -> None:
+    """Empty data directory, clock a day or 10 minutes off: a live ON issued 3 h ago (end
+    still ahead) is refused, not judged by its own issue time; a fresh one then applies."""
+    cid = installation.controllers[0]
+
+    async def scenario() -> None:
+        async with cloud_for(installation, cid) as cloud:
+            edge = start_edge(installation, cid, sim_clock_skew_s=skew)
+            await cloud.edge_online()
+            await cloud.send(3, True, 1, minutes=240, age_s=3 * 3600)
+            late = await cloud.ack_for(3, 1)
+            assert late.outcome is CommandOutcome.REFUSED_OFFLINE
+            never_closed(edge, cloud, 3)
+            await cloud.send(3, True, 2)
+            fresh = await cloud.ack_for(3, 2)
+            assert (fresh.outcome, fresh.breaker_on) == (CommandOutcome.APPLIED, True)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+def test_a_fresh_skewed_edge_does_not_revive_an_expired_retained_on(
+    installation: Installation, skew: int
+) -> None:
+    """A retained ON whose end_at passed a minute ago, found by a fresh edge whose clock is
+    10 minutes or a day off, is acknowledged as expired and never closes the breaker."""
+    cid = installation.controllers[1]
+
+    async def scenario() -> None:
+        async with cloud_for(installation, cid) as cloud:
+            await cloud.send(3, True, 1, minutes=30, age_s=31 * 60)  # end_at: a minute ago
+            edge = start_edge(installation, cid, sim_clock_skew_s=skew)
+            ack = await cloud.ack_for(3, 1)
+            assert ack.outcome is CommandOutcome.EXPIRED
+            await cloud.breaker(3, False)
+            never_closed(edge, cloud, 3)
 
     asyncio.run(scenario())

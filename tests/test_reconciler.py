@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from edge_agent.reconciler import (
     Acknowledge,
-    ClockOffset,
+    CloudClock,
     Decision,
     Limits,
     OutletMemory,
@@ -95,11 +95,12 @@ def test_a_late_delivery_cannot_stretch_the_charge_beyond_its_length() -> None:
     assert skewed.stop_at == T0 - 1200 + 1800  # 30 minutes from receipt, not 50
 
 
-def test_clock_offset_learned_from_a_live_command_corrects_a_skewed_clock() -> None:
-    for skew in (-600.0, 600.0):
-        clock = ClockOffset()
+def test_the_cloud_clock_learned_from_meter_acks_corrects_a_skewed_clock() -> None:
+    """An edge 10 minutes (or a day) off stops at end_at in cloud time, not its own."""
+    for skew in (-600.0, 600.0, -86_400.0, 86_400.0):
+        clock = CloudClock()
         local_at_receipt = T0 + skew
-        clock.learn(issued_at=T0, received_local=local_at_receipt)
+        clock.learn(cloud_at=T0, received_local=local_at_receipt)  # a meter ack, live
         memory, _ = run(
             desired(
                 OutletMemory(3),
@@ -114,17 +115,33 @@ def test_clock_offset_learned_from_a_live_command_corrects_a_skewed_clock() -> N
         ]
 
 
-def test_a_delayed_command_cannot_make_itself_look_fresh() -> None:
-    clock = ClockOffset()
-    clock.learn(issued_at=T0, received_local=T0 + 30)  # live command: local clock 30 s ahead
-    clock.learn(issued_at=T0 + 100, received_local=T0 + 730)  # sat in a queue for 600 s
+def test_a_delayed_ack_cannot_make_a_late_command_look_fresh() -> None:
+    clock = CloudClock()
+    clock.learn(cloud_at=T0, received_local=T0 + 30)  # local clock 30 s ahead
+    clock.learn(cloud_at=T0 + 100, received_local=T0 + 730)  # an ack that sat 600 s
     assert clock.offset == -30
     late = want(2, True, issued=T0 + 100)
     _, done = run(desired(OutletMemory(3, 1), late, cloud_now=clock.cloud(T0 + 730)))
     assert acks(done) == [CommandOutcome.REFUSED_OFFLINE]
-    for i in range(ClockOffset.WINDOW):  # the edge clock really jumped: accepted in time
-        clock.learn(issued_at=T0 + 1000 + i, received_local=T0 + 1630 + i)
+    for i in range(CloudClock.WINDOW):  # the edge clock really jumped: accepted in time
+        clock.learn(cloud_at=T0 + 1000 + i, received_local=T0 + 1630 + i)
     assert clock.offset == -630
+
+
+def test_without_a_cloud_clock_an_on_waits_and_an_off_applies() -> None:
+    """First boot, no meter ack yet: no ON is judged (nor acknowledged); OFF always is."""
+    assert CloudClock().cloud(T0) is None
+    decision = desired(OutletMemory(3), want(1, True), cloud_now=None)
+    assert decision.waiting and decision.actions == () and decision.memory == OutletMemory(3)
+    restore = desired(
+        OutletMemory(3, 7, True, "c", T0 + HOUR), want(7, True), cloud_now=None, restoring=True
+    )
+    assert restore.waiting and restore.actions == ()
+    memory, done = run(desired(OutletMemory(3), want(2, False), cloud_now=None))
+    assert switches(done) == [False] and acks(done) == [CommandOutcome.APPLIED]
+    _, done = run(desired(memory, want(1, True), cloud_now=None))
+    assert acks(done) == [CommandOutcome.STALE], "a stale ON needs no clock to be refused"
+    assert tick(OutletMemory(3, 7, True, "c", T0), cloud_now=None).actions == ()
 
 
 def test_after_a_reboot_the_same_generation_is_restored_only_while_it_is_valid() -> None:
@@ -220,3 +237,79 @@ def test_the_breaker_is_never_on_without_a_valid_generation(
         assert breaker == memory.on or not breaker, "breaker ON while memory says OFF"
         if breaker and memory.stop_at is not None:
             assert now < memory.stop_at, "breaker ON past its stop time"
+
+
+# --- the clock: no message sequence and no local clock offset energises a dead command ---
+clock_events = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("desired"),
+            st.integers(0, 12),  # generation
+            st.booleans(),  # on
+            st.floats(-4 * HOUR, 60),  # issued_at relative to the cloud's now
+            st.one_of(st.none(), st.floats(-600, 7200)),  # end_at relative to issued_at
+            st.booleans(),  # retained (the edge cannot tell its age) or live
+        ),
+        st.tuples(st.just("ack"), st.floats(0, 30)),  # a meter ack, and its transit time
+        st.tuples(st.just("tick"), st.floats(0, 3600)),
+        st.tuples(st.just("reboot"), st.sampled_from([-86_400.0, -600.0, 0.0, 600.0, 86_400.0])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([-86_400.0, -600.0, 0.0, 600.0, 86_400.0]), clock_events)
+@example(0.0, [("desired", 1, True, -3 * HOUR, 4 * HOUR, False), ("ack", 0.0)])
+@example(-600.0, [("desired", 1, True, -HOUR, HOUR - 60, True), ("ack", 0.0)])
+def test_no_clock_offset_or_message_order_closes_a_breaker_on_a_dead_command(  # noqa: PLR0912 (one branch per kind of event, like the stream it replays)
+    skew: float, stream: list[tuple[object, ...]]
+) -> None:
+    """An edge whose clock is ``skew`` off (and jumps at reboots), learning the cloud's time
+    only from meter acks: a breaker closes only for a command fresher than
+    ``start_max_age_s`` and before its ``end_at``, give or take the transit time of the
+    least delayed recent ack; with instant acks, exactly."""
+    limits = Limits()
+    memory, cloud, breaker, restoring = OutletMemory(3), T0, False, True
+    clock, waiting, slack = CloudClock(), None, 0.0
+    for event in stream:
+        local = cloud + skew
+        if event[0] == "tick":
+            cloud += float(event[1])  # type: ignore[arg-type]
+            decision = tick(memory, cloud_now=clock.cloud(cloud + skew))
+        elif event[0] == "reboot":
+            skew = float(event[1])  # type: ignore[arg-type]
+            breaker, restoring, clock, waiting, slack = False, True, CloudClock(), None, 0.0
+            continue
+        elif event[0] == "ack":
+            transit = float(event[1])  # type: ignore[arg-type]
+            clock.learn(cloud_at=cloud - transit, received_local=local)
+            slack = cloud - (clock.cloud(local) or cloud)  # how far the estimate lags
+            if waiting is None:
+                continue
+            msg = waiting
+            decision = desired(memory, msg, cloud_now=clock.cloud(local), restoring=restoring)
+        else:
+            _, gen, on, issued_rel, end_rel, _retained = event
+            issued = cloud + float(issued_rel)  # type: ignore[arg-type]
+            end = None if end_rel is None else issued + float(end_rel)  # type: ignore[arg-type]
+            msg = want(int(gen), bool(on), issued=issued, end=end)  # type: ignore[call-overload]
+            decision = desired(memory, msg, cloud_now=clock.cloud(local), restoring=restoring)
+        if event[0] != "tick":
+            if decision.waiting:
+                waiting = msg
+                continue
+            waiting, restoring = None, False
+            for action in decision.actions:
+                if isinstance(action, Switch) and action.on:
+                    assert clock.known, "energised before the cloud clock was known"
+                    assert msg.end_at is None or cloud < msg.end_at + slack, "after end_at"
+                    assert cloud - msg.issued_at <= limits.start_max_age_s + slack or (
+                        msg.generation == memory.applied_generation and memory.on
+                    ), "energised by a command older than start_max_age_s"
+        memory, done = run(decision)
+        for action in done:
+            if isinstance(action, Switch):
+                breaker = action.on
+        if breaker and memory.stop_at is not None:
+            assert cloud < memory.stop_at + slack, "breaker ON past its stop time"

@@ -10,7 +10,14 @@ from ingest.registry import RegistrySnapshot, import_registry
 from ingest.store import Store
 from ingest.triage import Pending, Triage
 from schemas.codec import encode
-from schemas.messages import EdgeEvent, EdgeEventKind, MeterBatch, MeterFrame, OutletReading
+from schemas.messages import (
+    MAX_SEQ,
+    EdgeEvent,
+    EdgeEventKind,
+    MeterBatch,
+    MeterFrame,
+    OutletReading,
+)
 from schemas.topics import Topics
 from tests.conftest import registry_for
 from tests.helpers import query
@@ -97,6 +104,27 @@ def test_energy_views_count_each_watt_hour_once(database: str) -> None:
     assert monthly == [(dt.date(2026, 1, 1), 119 * 50.0)]
     site = query(database, "SELECT outlets_wh, main_meter_wh FROM energy_site_daily")
     assert site == [(2 * 119 * 50.0, 119 * 100.0)]
+
+
+def test_seq_gaps_hold_at_the_limits_of_the_contract(database: str) -> None:
+    """Batch numbers 1 and 2^63 - 1 (both allowed by the wire contract) are stored, and
+    meter_seq_gaps lists what lies between instead of failing with bigint out of range."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    topic = Topics().meter("ctl-a")
+    top = MAX_SEQ
+    write(
+        database,
+        [
+            (topic, encode(batch(1, range(0, 1), 10))),
+            (topic, encode(batch(top - 1, range(1, 2), 10))),
+            (topic, encode(batch(top, range(2, 3), 10))),
+        ],
+    )
+    assert query(database, "SELECT * FROM meter_seq_gaps") == [("ctl-a", 2, top - 2, top - 3)]
+    write(database, [(topic, encode(batch(2, range(3, 4), 10)))])
+    assert query(database, "SELECT missing_from, missing_batches FROM meter_seq_gaps") == [
+        (3, top - 4)
+    ]
 
 
 def test_unknown_outlet_readings_are_kept_as_dead_letters(database: str) -> None:
