@@ -52,6 +52,26 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--scopes", nargs="+", required=True, help="e.g. charges:write charges:read")
     add.add_argument("--webhook-url", help="where chargeline posts this client's events")
+    clients_sub.add_parser("list", help="every client: id, name, scopes, webhook URL, state")
+    rotate = clients_sub.add_parser(
+        "rotate-secret", help="issue a new client secret (or webhook secret); prints it once"
+    )
+    rotate.add_argument("client_id")
+    rotate.add_argument(
+        "--webhook",
+        action="store_true",
+        help="rotate the webhook signing secret instead; the old one keeps signing beside it",
+    )
+    rotate.add_argument(
+        "--overlap-hours",
+        type=float,
+        default=24.0,
+        help="with --webhook: how long the old secret also signs (default 24)",
+    )
+    remove = clients_sub.add_parser(
+        "remove", help="disable a client: no tokens, no webhooks (its charges stay on record)"
+    )
+    remove.add_argument("client_id")
 
     sub.add_parser("auth", help="run the OAuth2 authorization server")
     sub.add_parser("gateway", help="run the partner API and the webhook deliverer")
@@ -121,7 +141,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "registry":
         return _registry_import(args.file)
     if args.command == "clients":
-        return _clients_add(args)
+        return _clients(args)
     if args.command in ("auth", "gateway"):
         return _serve(args.command)
     if args.command == "demo":
@@ -151,11 +171,50 @@ def _registry_import(path: Path) -> int:
     return 0
 
 
-def _clients_add(args: argparse.Namespace) -> int:
+def _clients(args: argparse.Namespace) -> int:
     from chargeline import services
-    from cloud_gateway.clients import add_client
+    from cloud_gateway import clients
 
     url = services.prepare_database(settings.load(settings.IngestSettings))
+    try:
+        if args.clients_command == "add":
+            return _clients_add(url, args)
+        if args.clients_command == "list":
+            for c in clients.list_clients(url):
+                state = f"removed {c.disabled_at:%Y-%m-%d}" if c.disabled_at else "active"
+                print(
+                    f"{c.client_id}  {c.name!r}  {' '.join(c.scopes)}"
+                    f"  webhook={c.webhook_url or '-'}  {state}"
+                )
+            return 0
+        if args.clients_command == "rotate-secret":
+            if args.webhook:
+                secret = clients.rotate_webhook_secret(
+                    url, args.client_id, overlap_s=args.overlap_hours * 3600
+                )
+                print(f"webhook_secret {secret}")
+                print(
+                    f"Shown once. For {args.overlap_hours:g} h every webhook carries a"
+                    " signature with the old secret too."
+                )
+            else:
+                secret = clients.rotate_client_secret(url, args.client_id)
+                print(f"client_secret  {secret}")
+                print("Shown once; the old secret no longer gets tokens.")
+            return 0
+        if args.clients_command == "remove":
+            clients.remove_client(url, args.client_id)
+            print(f"{args.client_id} removed: it gets no tokens and no webhooks")
+            return 0
+    except clients.UnknownClient as exc:
+        print(f"chargeline: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.clients_command)
+
+
+def _clients_add(url: str, args: argparse.Namespace) -> int:
+    from cloud_gateway.clients import add_client
+
     try:
         new = add_client(url, args.name, args.scopes, args.webhook_url)
     except ValueError as exc:

@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 
+from schemas import events
+
 #: Only for a client with a webhook URL: one without has asked for no webhooks, and its
 #: events would only be retried, and warned about, for 72 hours.
 _INSERT_EVENT = (
@@ -44,6 +46,7 @@ async def enqueue(
 
     ``charge_id`` puts the event in its charge's delivery order.
     """
+    events.check(kind, data)  # the contract the OpenAPI document publishes (schemas/events.py)
     public_id, body = event_body(kind, data)
     await conn.execute(_INSERT_EVENT, (public_id, charge_id, kind, body, client_id))
     return public_id

@@ -299,6 +299,9 @@ class GatewaySettings(CommonSettings):
         ge=1,
         description="a start unanswered this long fails, and an OFF command cancels it",
     )
+    max_body_bytes: int = Field(
+        default=16 * 1024, ge=256, description="request bodies larger than this get 413"
+    )
     max_charge_s: float = Field(
         default=24 * 3600, gt=0, description="default and longest charge (end_at - now)"
     )

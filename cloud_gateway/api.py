@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, fields
@@ -33,9 +34,10 @@ import psycopg
 from psycopg import errors
 from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -43,56 +45,71 @@ from chargeline import mqtt
 from chargeline.settings import GatewaySettings
 from chargeline.times import utc
 from cloud_gateway import commands
-from cloud_gateway.clients import SCOPES
 from cloud_gateway.commands import AckWaiter
+from cloud_gateway.models import Charge, OutletStatus, StartCharge, StatusRequestAccepted, Usage
+from cloud_gateway.openapi import document as openapi_document
+from cloud_gateway.problems import Problem
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
 from ingest import charges, lifecycle, status
 from schemas.codec import encode
-from schemas.messages import CHARGE_ID_PATTERN, CommandAck, DesiredState, StatusRequest
+from schemas.messages import (
+    CHARGE_ID_PATTERN,
+    OUTLET_ID_PATTERN,
+    CommandAck,
+    DesiredState,
+    StatusRequest,
+)
 
 log = logging.getLogger(__name__)
 
-PROBLEM = "https://chargeline.example/problems/"
+_CHARGE_ID = re.compile(CHARGE_ID_PATTERN)
+_OUTLET_ID = re.compile(OUTLET_ID_PATTERN)
 
 
-class StartCharge(BaseModel):
-    outlet_id: str = Field(min_length=1, max_length=64, description="printed in the QR code")
-    charge_id: str = Field(
-        min_length=1, max_length=64, pattern=CHARGE_ID_PATTERN, description="the partner's id"
+def _charge_id(request: Request) -> str:
+    """The charge id in the path; one outside its alphabet names no charge (404)."""
+    charge_id: str = request.path_params["charge_id"]
+    if not _CHARGE_ID.match(charge_id):
+        raise Problem.of("unknown-charge", "no such charge for this client")
+    return charge_id
+
+
+def _outlet_id(request: Request) -> str:
+    """The outlet id in the path; one outside its alphabet names no outlet (404)."""
+    outlet_id: str = request.path_params["outlet_id"]
+    if not _OUTLET_ID.match(outlet_id):
+        raise Problem.of("unknown-outlet", "no outlet with this id")
+    return outlet_id
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes:
+    from its Content-Length before anything is read, else while it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem.of("body-too-large", f"request bodies are limited to {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem.of("body-too-large", f"request bodies are limited to {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Problem.of("invalid-request", "the body was cut short") from None
+    return b"".join(chunks)
+
+
+def _invalid(exc: ValidationError) -> Problem:
+    """A 422 naming each field that is wrong and why (no input values echoed)."""
+    detail = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
     )
-    end_at: dt.datetime | None = Field(
-        default=None, description="RFC 3339; absent: 24 hours from now (the maximum)"
-    )
-
-
-class Problem(Exception):
-    """An RFC 9457 problem: ``kind`` becomes the ``type`` URI, ``detail`` says what to fix."""
-
-    def __init__(self, status: int, kind: str, title: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.kind = kind
-        self.title = title
-        self.detail = detail
-        self.extra = extra
-
-    def response(self, headers: dict[str, str] | None = None) -> Response:
-        body = {
-            "type": PROBLEM + self.kind,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            **self.extra,
-        }
-        return JSONResponse(
-            body, status_code=self.status, headers=headers, media_type="application/problem+json"
-        )
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(dt.UTC).isoformat()
+    return Problem.of("invalid-request", detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,20 +142,20 @@ class ChargeRow:
     outlet_no: int
 
     def json(self) -> dict[str, Any]:
-        """What the partner sees of a charge."""
-        return {
-            "charge_id": self.charge_id,
-            "outlet_id": self.outlet_id,
-            "state": self.state,
-            "requested_at": _iso(self.requested_at),
-            "started_at": _iso(self.started_at),
-            "current_rise_at": _iso(self.rise_at),
-            "stopped_at": _iso(self.stopped_at),
-            "end_at": _iso(self.end_at),
-            "stop_reason": self.stop_reason,
-            "failure": self.failure,
-            "energy_wh": round(self.energy_wh, 3),
-        }
+        """What the partner sees of a charge (``models.Charge``)."""
+        return Charge(
+            charge_id=self.charge_id,
+            outlet_id=self.outlet_id,
+            state=self.state,  # a State value, checked by the model
+            requested_at=self.requested_at,
+            started_at=self.started_at,
+            current_rise_at=self.rise_at,
+            stopped_at=self.stopped_at,
+            end_at=self.end_at,
+            stop_reason=self.stop_reason,
+            failure=self.failure,
+            energy_wh=round(self.energy_wh, 3),
+        ).model_dump(mode="json")
 
 
 _CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow))
@@ -287,20 +304,19 @@ class Gateway:
         try:
             caller = await self.tokens.check(request.headers.get("authorization"), scope)
         except TokenError as exc:
-            raise Problem(
-                exc.status,
-                exc.error.replace("_", "-"),
-                "Unauthorized" if exc.status == 401 else "Forbidden",
-                exc.description,
+            headers = {}
+            if exc.status in (401, 403):  # RFC 6750 §3
+                description = exc.description.replace("\\", "").replace('"', "'")
+                headers["WWW-Authenticate"] = (
+                    f'Bearer error="{exc.error}", error_description="{description}"'
+                )
+            raise Problem.of(
+                exc.error.replace("_", "-"), exc.description, headers=headers
             ) from None
         wait = self.limiter.take(caller.client_id)
         if wait:
-            raise Problem(
-                429,
-                "rate-limited",
-                "Too many requests",
-                "slow down",
-                retry_after_s=retry_after(wait),
+            raise Problem.of(
+                "rate-limited", "slow down", headers={"Retry-After": retry_after(wait)}
             )
         return caller
 
@@ -434,16 +450,11 @@ class Gateway:
     # --- handlers -----------------------------------------------------------------------
     async def start(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:write")
-        raw = await request.body()
+        raw = await _body(request, self.settings.max_body_bytes)
         try:
             body = StartCharge.model_validate_json(raw)
         except ValidationError as exc:
-            raise Problem(
-                422,
-                "invalid-request",
-                "Invalid request",
-                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
-            ) from None
+            raise _invalid(exc) from None
         now = self.settings.now()
         end_at = body.end_at.timestamp() if body.end_at else now + self.settings.max_charge_s
         digest = hashlib.sha256(
@@ -503,14 +514,14 @@ class Gateway:
     async def read(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:read")
         async with self.pool.connection() as conn:
-            row = await self._charge_row(conn, request.path_params["charge_id"])
+            row = await self._charge_row(conn, _charge_id(request))
         if row is None or row.client_id != caller.client_id:
             raise Problem(404, "unknown-charge", "Unknown charge", "no such charge for this client")
         return JSONResponse(row.json())
 
     async def stop(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:write")
-        charge_id = request.path_params["charge_id"]
+        charge_id = _charge_id(request)
         async with self.pool.connection() as conn:
             row = await self._charge_row(conn, charge_id)
             if row is None or row.client_id != caller.client_id:
@@ -549,7 +560,7 @@ class Gateway:
     async def outlet_status(self, request: Request) -> Response:
         """The outlet's last known state: its latest minute reading and its controller."""
         await self.authorize(request, "outlets:read")
-        outlet_id = request.path_params["outlet_id"]
+        outlet_id = _outlet_id(request)
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -566,23 +577,22 @@ class Gateway:
             row = await cur.fetchone()
         if row is None:
             raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
-        return JSONResponse(
-            {
-                "outlet_id": outlet_id,
-                "controller_online": bool(row["online"]),
-                "measured_at": _iso(row["minute"]),
-                "energy_wh": row["energy_wh"],
-                "voltage_v": row["voltage_v"],
-                "current_a": row["current_a"],
-                "breaker_on": row["breaker_on"],
-                "active_charge_id": row["active_charge_id"],
-            }
+        answer = OutletStatus(
+            outlet_id=outlet_id,
+            controller_online=bool(row["online"]),
+            measured_at=row["minute"],
+            energy_wh=row["energy_wh"],
+            voltage_v=row["voltage_v"],
+            current_a=row["current_a"],
+            breaker_on=row["breaker_on"],
+            active_charge_id=row["active_charge_id"],
         )
+        return JSONResponse(answer.model_dump(mode="json"))
 
     async def status_request(self, request: Request) -> Response:
         """Ask the edge for a fresh sample; the answer comes as an ``outlet.status`` webhook."""
         caller = await self.authorize(request, "outlets:read")
-        outlet_id = request.path_params["outlet_id"]
+        outlet_id = _outlet_id(request)
         client = self.client
         if client is None:
             raise Problem(
@@ -610,20 +620,18 @@ class Gateway:
             await client.publish(self.topics.request(controller_id), encode(ask), qos=1)
         except aiomqtt.MqttError as exc:  # recorded: the time-out answers from the store
             log.warning("status request %s not sent (%s)", request_id, exc)
-        return JSONResponse(
-            {
-                "request_id": request_id,
-                "outlet_id": outlet_id,
-                "state": "pending",
-                "requested_at": _iso(requested_at),
-            },
-            status_code=202,
+        accepted = StatusRequestAccepted(
+            request_id=request_id,
+            outlet_id=outlet_id,
+            state="pending",
+            requested_at=requested_at,
         )
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
 
     async def usage(self, request: Request) -> Response:
         """One month of the client's charges on an outlet: kWh, count and fee."""
         caller = await self.authorize(request, "usage:read")
-        outlet_id = request.path_params["outlet_id"]
+        outlet_id = _outlet_id(request)
         month = request.query_params.get("month", "")
         try:
             first = dt.datetime.strptime(month, "%Y-%m").date()
@@ -647,163 +655,22 @@ class Gateway:
             raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
         tariff, currency, timezone, count, energy_wh = row
         kwh = float(energy_wh) / 1000
-        return JSONResponse(
-            {
-                "outlet_id": outlet_id,
-                "month": month,
-                "timezone": timezone,
-                "charges": count,
-                "energy_kwh": round(kwh, 3),
-                "tariff_per_kwh": float(tariff),
-                "fee": round(kwh * float(tariff), 2),
-                "currency": currency,
-            }
+        usage = Usage(
+            outlet_id=outlet_id,
+            month=month,
+            timezone=timezone,
+            charges=count,
+            energy_kwh=round(kwh, 3),
+            tariff_per_kwh=float(tariff),
+            fee=round(kwh * float(tariff), 2),
+            currency=currency,
         )
-
-
-def openapi(settings: GatewaySettings) -> dict[str, Any]:
-    charge = {
-        "type": "object",
-        "properties": {
-            "charge_id": {"type": "string"},
-            "outlet_id": {"type": "string"},
-            "state": {"type": "string", "enum": [s.value for s in lifecycle.State]},
-            "requested_at": {"type": "string", "format": "date-time"},
-            "started_at": {"type": ["string", "null"], "format": "date-time"},
-            "current_rise_at": {"type": ["string", "null"], "format": "date-time"},
-            "stopped_at": {"type": ["string", "null"], "format": "date-time"},
-            "end_at": {"type": "string", "format": "date-time"},
-            "stop_reason": {"type": ["string", "null"]},
-            "failure": {"type": ["string", "null"]},
-            "energy_wh": {"type": "number"},
-        },
-    }
-    problem = {"$ref": "#/components/schemas/Problem"}
-
-    def answers(*codes: int, ok: dict[str, Any] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for code in codes:
-            if code < 300:
-                out[str(code)] = {
-                    "description": "the charge",
-                    "content": {
-                        "application/json": {
-                            "schema": ok or {"$ref": "#/components/schemas/Charge"}
-                        }
-                    },
-                }
-            else:
-                out[str(code)] = {
-                    "description": "a problem",
-                    "content": {"application/problem+json": {"schema": problem}},
-                }
-        return out
-
-    security: list[dict[str, list[str]]] = [{"bearer": []}]
-
-    def path_param(name: str) -> dict[str, Any]:
-        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "chargeline partner API", "version": "1"},
-        "components": {
-            "securitySchemes": {
-                "bearer": {
-                    "type": "oauth2",
-                    "flows": {
-                        "clientCredentials": {
-                            "tokenUrl": f"{settings.issuer}/oauth2/token",
-                            "scopes": dict(SCOPES),
-                        }
-                    },
-                }
-            },
-            "schemas": {
-                "StartCharge": StartCharge.model_json_schema(),
-                "Charge": charge,
-                "Problem": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                    },
-                },
-            },
-        },
-        "paths": {
-            "/v1/charges": {
-                "post": {
-                    "summary": "Start a charge (idempotent on charge_id)",
-                    "security": security,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/StartCharge"}
-                            }
-                        },
-                    },
-                    "responses": answers(200, 201, 202, 401, 403, 404, 409, 422, 429, 503),
-                }
-            },
-            "/v1/charges/{charge_id}": {
-                "get": {
-                    "summary": "Read a charge",
-                    "security": security,
-                    "parameters": [path_param("charge_id")],
-                    "responses": answers(200, 401, 403, 404, 429),
-                }
-            },
-            "/v1/outlets/{outlet_id}/status": {
-                "get": {
-                    "summary": "The outlet's last known status",
-                    "security": security,
-                    "parameters": [path_param("outlet_id")],
-                    "responses": answers(200, 401, 403, 404, 429, ok={"type": "object"}),
-                }
-            },
-            "/v1/outlets/{outlet_id}/status-requests": {
-                "post": {
-                    "summary": "Ask for a fresh status; it arrives as an outlet.status webhook",
-                    "security": security,
-                    "parameters": [path_param("outlet_id")],
-                    "responses": answers(202, 401, 403, 404, 429, 503, ok={"type": "object"}),
-                }
-            },
-            "/v1/outlets/{outlet_id}/usage": {
-                "get": {
-                    "summary": "A month of this client's charges on the outlet: kWh, count, fee",
-                    "security": security,
-                    "parameters": [
-                        path_param("outlet_id"),
-                        {
-                            "name": "month",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
-                        },
-                    ],
-                    "responses": answers(200, 401, 403, 404, 422, 429, ok={"type": "object"}),
-                }
-            },
-            "/v1/charges/{charge_id}/stop": {
-                "post": {
-                    "summary": "Stop a charge (idempotent)",
-                    "security": security,
-                    "parameters": [path_param("charge_id")],
-                    "responses": answers(200, 401, 403, 404, 429, 503),
-                }
-            },
-        },
-    }
+        return JSONResponse(usage.model_dump(mode="json"))
 
 
 def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     gateway = Gateway(settings, database_url)
-    document = openapi(settings)
+    document = openapi_document(settings)
 
     def handle(
         handler: Callable[[Request], Awaitable[Response]],
@@ -812,18 +679,24 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             try:
                 return await handler(request)
             except Problem as problem:
-                headers = {}
-                if problem.status == 401:
-                    headers["WWW-Authenticate"] = (
-                        f'Bearer error="invalid_token", error_description="{problem.detail}"'
-                    )
-                if problem.status == 403:
-                    headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
-                if "retry_after_s" in problem.extra:
-                    headers["Retry-After"] = problem.extra.pop("retry_after_s")
-                return problem.response(headers)
+                return problem.response()
 
         return wrapped
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return Problem.of(
+            "not-found", f"no {request.url.path!r} here; see /openapi.json"
+        ).response()
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        allow = (exc.headers or {}).get("Allow", "") if isinstance(exc, HTTPException) else ""
+        detail = f"{request.method} is not allowed here" + (f"; use {allow}" if allow else "")
+        headers = {"Allow": allow} if allow else None
+        return Problem.of("method-not-allowed", detail, headers=headers).response()
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return Problem.of("internal-error", "the request failed on our side; retry").response()
 
     async def spec(request: Request) -> Response:
         return JSONResponse(document)
@@ -858,7 +731,8 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
                 methods=["POST"],
             ),
             Route("/v1/outlets/{outlet_id}/usage", handle(gateway.usage), methods=["GET"]),
-            Route("/openapi.json", spec),
+            Route("/openapi.json", spec, methods=["GET"]),
         ],
+        exception_handlers={404: not_found, 405: not_allowed, Exception: internal},
         lifespan=lifespan,
     )

@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from authlib.oauth2.rfc6749 import ClientMixin
 
+from cloud_gateway.webhooks import new_secret as new_webhook_secret
+
 #: What a partner may be allowed to do.
 SCOPES = {
     "charges:write": "start and stop charges",
@@ -85,7 +87,7 @@ def add_client(url: str, name: str, scopes: list[str], webhook_url: str | None =
     new = NewClient(
         client_id=f"cl_{secrets.token_hex(8)}",
         client_secret=secrets.token_urlsafe(32),
-        webhook_secret=secrets.token_urlsafe(32),
+        webhook_secret=new_webhook_secret(),
     )
     with psycopg.connect(url) as conn:
         conn.execute(
@@ -116,3 +118,75 @@ def from_rows(rows: list[tuple[Any, ...]]) -> dict[str, PartnerClient]:
 
 def load_clients(conn: psycopg.Connection[Any]) -> dict[str, PartnerClient]:
     return from_rows(conn.execute(SELECT_ACTIVE).fetchall())
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What ``chargeline clients list`` shows of a client (no secrets)."""
+
+    client_id: str
+    name: str
+    scopes: list[str]
+    webhook_url: str | None
+    created_at: Any
+    disabled_at: Any
+
+
+class UnknownClient(LookupError):
+    """No client with that id (or it was removed)."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(f"no client {client_id!r}")
+        self.client_id = client_id
+
+
+def list_clients(url: str) -> list[ClientInfo]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT client_id, name, scopes, webhook_url, created_at, disabled_at"
+            " FROM oauth_clients ORDER BY created_at, client_id"
+        ).fetchall()
+    return [ClientInfo(*row) for row in rows]
+
+
+def rotate_client_secret(url: str, client_id: str) -> str:
+    """A new client secret; the old one stops working at once (tokens already issued live
+    out their 15 minutes at most)."""
+    secret = secrets.token_urlsafe(32)
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(
+            "UPDATE oauth_clients SET secret_sha256 = %s"
+            " WHERE client_id = %s AND disabled_at IS NULL",
+            (_sha256(secret), client_id),
+        )
+        if cur.rowcount != 1:
+            raise UnknownClient(client_id)
+    return secret
+
+
+def rotate_webhook_secret(url: str, client_id: str, *, overlap_s: float) -> str:
+    """A new webhook secret. For ``overlap_s`` the old one signs beside it (two signatures
+    in ``webhook-signature``), so the partner can switch its verifier at leisure."""
+    secret = new_webhook_secret()
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(
+            "UPDATE oauth_clients SET previous_webhook_secret = webhook_secret,"
+            " previous_webhook_secret_until = now() + make_interval(secs => %s),"
+            " webhook_secret = %s WHERE client_id = %s AND disabled_at IS NULL",
+            (overlap_s, secret, client_id),
+        )
+        if cur.rowcount != 1:
+            raise UnknownClient(client_id)
+    return secret
+
+
+def remove_client(url: str, client_id: str) -> None:
+    """Disable a client: no more tokens, no more webhooks. Its charges stay on record."""
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(
+            "UPDATE oauth_clients SET disabled_at = now(), webhook_url = NULL"
+            " WHERE client_id = %s AND disabled_at IS NULL",
+            (client_id,),
+        )
+        if cur.rowcount != 1:
+            raise UnknownClient(client_id)

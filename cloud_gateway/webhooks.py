@@ -5,10 +5,12 @@ Producers call ``chargeline.outbox.enqueue`` inside the transaction that records
 The deliverer:
 
 * wakes on NOTIFY from the outbox (``SETTLE_S`` after a commit) or when a retry is due;
-* posts each event as JSON to the client's webhook URL with three headers:
-  ``Webhook-Id`` (the event's public id: de-duplicate on it), ``Webhook-Timestamp`` (Unix
-  seconds) and ``Webhook-Signature: v1=<hex HMAC-SHA256(webhook secret,
-  "{id}.{timestamp}.{body}")>``;
+* posts each event as JSON to the client's webhook URL, signed as the Standard Webhooks
+  specification says, so a partner's off-the-shelf verifier accepts it: ``webhook-id``
+  (the event's public id: de-duplicate on it), ``webhook-timestamp`` (Unix seconds) and
+  ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, where
+  the key is the base64 part of the client's ``whsec_…`` secret. While a rotated secret
+  is still honoured, the header carries one signature per secret, space-separated;
 * counts any 2xx as delivered; anything else (an error status, a refused connection, a
   timeout) is retried with exponential backoff and jitter, up to ``GIVE_UP_AFTER`` (72 h);
 * delivers one charge's events strictly in order: an event waits while an earlier one of
@@ -21,13 +23,17 @@ that succeeded just before a crash may be repeated, which ``Webhook-Id`` makes h
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
 import logging
 import random
+import secrets
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -47,20 +53,49 @@ SETTLE_S = 0.02
 MAX_RETRY_S = 600.0
 
 
+SECRET_PREFIX = "whsec_"
+
+
+def new_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 32 random bytes in base64."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key a ``whsec_…`` secret stands for (its base64 part, decoded)."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("a webhook secret starts with whsec_")
+    try:
+        return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"a webhook secret is base64 after whsec_ ({exc})") from None
+
+
 def sign(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{event_id}.{timestamp}.".encode() + body, hashlib.sha256)
-    return f"v1={mac.hexdigest()}"
+    """One signature, ``v1,<base64>``, over ``{id}.{timestamp}.{body}``."""
+    signed = f"{event_id}.{timestamp}.".encode() + body
+    mac = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signature_header(secrets_: Sequence[str], event_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: one signature per secret, space-separated."""
+    return " ".join(sign(secret, event_id, timestamp, body) for secret in secrets_)
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: int = 300) -> bool:
-    """What a partner runs on receipt (also in docs): signature and freshness."""
+    """What a partner runs on receipt (docs/partner-api.md): a fresh timestamp and one
+    ``v1`` signature made with ``secret``. The tests check the same with the
+    ``standardwebhooks`` package."""
     try:
         timestamp = int(headers["webhook-timestamp"])
         expected = sign(secret, headers["webhook-id"], timestamp, body)
     except (KeyError, ValueError):
         return False
-    fresh = abs(time.time() - timestamp) <= tolerance_s
-    return fresh and hmac.compare_digest(expected, headers.get("webhook-signature", ""))
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    offered = headers.get("webhook-signature", "").split(" ")
+    return any(hmac.compare_digest(expected, candidate) for candidate in offered)
 
 
 def backoff_s(attempts: int, first: float = FIRST_RETRY_S, cap: float = MAX_RETRY_S) -> float:
@@ -76,13 +111,16 @@ class _Due:
     charge_id: str | None
     body: bytes
     url: str | None
-    secret: str
+    #: The client's secret, then a rotated one while it is still honoured.
+    secrets: tuple[str, ...]
     attempts: int
     created_at: float
 
 
 _DUE = """
-SELECT o.event_id, o.public_id, o.charge_id, o.body::text, c.webhook_url, c.webhook_secret,
+SELECT o.event_id, o.public_id, o.charge_id, o.body::text, c.webhook_url,
+       array_remove(ARRAY[c.webhook_secret, CASE WHEN c.previous_webhook_secret_until > now()
+                                                 THEN c.previous_webhook_secret END], NULL),
        o.attempts, extract(epoch FROM o.created_at)::float8
 FROM webhook_outbox o JOIN oauth_clients c USING (client_id)
 WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.next_attempt_at <= now()
@@ -140,7 +178,7 @@ class Deliverer:
         while True:
             cur = await conn.execute(_DUE, (self.batch,))
             due = [
-                _Due(r[0], r[1], r[2], r[3].encode(), r[4], r[5], r[6], r[7])
+                _Due(r[0], r[1], r[2], r[3].encode(), r[4], tuple(r[5]), r[6], r[7])
                 for r in await cur.fetchall()
             ]
             if not due:
@@ -173,7 +211,9 @@ class Deliverer:
             "content-type": "application/json",
             "webhook-id": event.public_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(event.secret, event.public_id, timestamp, event.body),
+            "webhook-signature": signature_header(
+                event.secrets, event.public_id, timestamp, event.body
+            ),
         }
         try:
             response = await self.http.post(event.url, content=event.body, headers=headers)

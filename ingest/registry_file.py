@@ -32,10 +32,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.messages import OUTLET_ID_PATTERN
 from schemas.topics import CONTROLLER_ID_RE, MAX_OUTLETS
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-PublicId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+PublicId = Annotated[str, Field(pattern=OUTLET_ID_PATTERN)]
 
 
 class _Strict(BaseModel):

@@ -45,6 +45,8 @@ PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 ShortText = Annotated[str, Field(max_length=200, pattern=PRINTABLE)]
 #: What a partner may use as a charge id.
 CHARGE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+#: An outlet's public id (what its QR code carries), as the registry allows it.
+OUTLET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ChargeId = Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
 
 

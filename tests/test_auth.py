@@ -19,13 +19,14 @@ from typing import Any
 
 import httpx2
 import pytest
+from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from cloud_gateway.clients import NewClient, add_client
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
-from tests.helpers import Proc, free_port, query, wait_port
+from tests.helpers import Proc, free_port, query, wait_for, wait_port
 
 AUDIENCE = "chargeline-api"
 
@@ -286,6 +287,52 @@ def test_cli_adds_a_client_showing_the_secret_once(database: str) -> None:
         fields["client_secret"].encode()
         not in json.dumps(query(database, "SELECT * FROM oauth_clients"), default=str).encode()
     )
+
+
+def test_cli_lists_rotates_and_removes_clients(auth: AuthServer) -> None:
+    """`clients list` shows no secrets; `rotate-secret` stops the old client secret at once
+    and prints the new one; `remove` stops tokens; unknown ids are a clear error."""
+    env = {"CHARGELINE_DATABASE_URL": auth.database, "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "chargeline", "clients", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert auth.writer.client_id in listed.stdout and "'WeCharge'" in listed.stdout
+    assert auth.writer.client_secret not in listed.stdout
+    assert auth.writer.webhook_secret not in listed.stdout
+
+    rotated = run("rotate-secret", auth.writer.client_id)
+    assert rotated.returncode == 0, rotated.stderr
+    new_secret = rotated.stdout.split()[1]
+    wait_for(lambda: _refused_token(auth, auth.writer), timeout=10, what="the old secret refused")
+    renewed = NewClient(auth.writer.client_id, new_secret, auth.writer.webhook_secret)
+    wait_for(lambda: auth.token_for(renewed), timeout=10, what="a token with the new secret")
+
+    hook = run("rotate-secret", auth.writer.client_id, "--webhook", "--overlap-hours", "2")
+    assert hook.returncode == 0 and hook.stdout.startswith("webhook_secret whsec_"), hook.stdout
+
+    removed = run("remove", auth.reader.client_id)
+    assert removed.returncode == 0, removed.stderr
+    assert "removed" in run("list").stdout
+    wait_for(lambda: _refused_token(auth, auth.reader), timeout=10, what="no token once removed")
+    unknown = run("remove", "cl_nobody")
+    assert unknown.returncode == 1 and "no client 'cl_nobody'" in unknown.stderr
+
+
+def _refused_token(auth: AuthServer, client: NewClient) -> bool:
+    try:
+        auth.token_for(client)
+    except OAuthError:
+        return True
+    return False
 
 
 def test_a_remembered_token_still_expires_and_keeps_its_scopes(auth: AuthServer) -> None:

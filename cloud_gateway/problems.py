@@ -1,0 +1,101 @@
+"""RFC 9457 problem documents: every error the partner API gives, from one catalogue.
+
+A handler raises ``Problem(status, kind, title, detail)``; ``kind`` must be in
+``CATALOGUE``, which the OpenAPI document lists, so partners can see every ``type`` they
+may meet. Unknown paths, wrong methods, oversized bodies and unexpected failures answer
+with problem documents too (``cloud_gateway.api`` installs the handlers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import JSONResponse, Response
+
+BASE = "https://chargeline.example/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    status: int
+    title: str
+    description: str
+
+
+CATALOGUE: dict[str, ProblemType] = {
+    "invalid-token": ProblemType(401, "Unauthorized", "no access token, or not a valid one"),
+    "insufficient-scope": ProblemType(403, "Forbidden", "the token lacks the scope the call needs"),
+    "unknown-charge": ProblemType(404, "Unknown charge", "no such charge for this client"),
+    "unknown-outlet": ProblemType(404, "Unknown outlet", "no outlet with this id"),
+    "not-found": ProblemType(404, "Not found", "no such path"),
+    "method-not-allowed": ProblemType(405, "Method not allowed", "see the Allow header"),
+    "charge-id-conflict": ProblemType(
+        409, "Charge id in use", "the charge id exists with a different request"
+    ),
+    "outlet-busy": ProblemType(409, "Outlet busy", "the outlet has an active charge"),
+    "body-too-large": ProblemType(413, "Body too large", "the request body exceeds the limit"),
+    "invalid-request": ProblemType(
+        422, "Invalid request", "a field, parameter or path segment does not match its schema"
+    ),
+    "end-at-past": ProblemType(422, "End time in the past", "end_at has already passed"),
+    "end-at-too-far": ProblemType(422, "End time too far", "end_at is beyond the longest charge"),
+    "rate-limited": ProblemType(429, "Too many requests", "wait for Retry-After seconds"),
+    "internal-error": ProblemType(500, "Internal error", "a fault of ours; retry later"),
+    "controller-offline": ProblemType(
+        503, "Controller offline", "the outlet's controller is offline; retry later"
+    ),
+    "broker-unavailable": ProblemType(
+        503, "Broker unavailable", "the command could not be sent; retry"
+    ),
+    "temporarily-unavailable": ProblemType(
+        503, "Temporarily unavailable", "the token could not be checked; retry"
+    ),
+}
+
+
+class Problem(Exception):
+    """An RFC 9457 problem: ``kind`` becomes the ``type`` URI, ``detail`` says what to fix.
+
+    ``headers`` go out with it (``Retry-After``, ``WWW-Authenticate``, ``Allow``)."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        known = CATALOGUE.get(kind)
+        if known is None or known.status != status:
+            raise ValueError(f"problem {kind!r} ({status}) is not in the catalogue")
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    @classmethod
+    def of(cls, kind: str, detail: str, **kwargs: Any) -> Problem:
+        known = CATALOGUE[kind]
+        return cls(known.status, kind, known.title, detail, **kwargs)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "type": BASE + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+    def response(self) -> Response:
+        return JSONResponse(
+            self.body(), status_code=self.status, headers=self.headers, media_type=MEDIA_TYPE
+        )

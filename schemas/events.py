@@ -1,0 +1,139 @@
+"""The webhook contract: the body of every event chargeline sends a partner, one model per
+event type.
+
+Producers build the ``data`` of an event as a plain dict (``chargeline.outbox.enqueue``);
+the outbox validates it against the model of its type before it is stored, and the
+gateway's OpenAPI document describes the webhooks from the same models, so the document
+cannot drift from what partners receive. Times are Unix epoch seconds (UTC), as in every
+event since the first; energy is in watt-hours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+ChargeState = Literal["requested", "on", "drawing", "stopping", "stopped", "failed"]
+
+
+class ChargeEvent(_Strict):
+    """What every charge event says."""
+
+    charge_id: str = Field(description="the partner's id for the charge")
+    outlet_id: str = Field(description="the outlet's public id (its QR code)")
+    state: ChargeState = Field(description="the charge's state after this event")
+    at: float = Field(description="when it happened (epoch seconds)")
+    end_at: float = Field(description="when the charge ends at the latest (epoch seconds)")
+
+
+class ChargeStarted(ChargeEvent):
+    """``charge.started``: the breaker closed."""
+
+
+class ChargeCurrentRise(ChargeEvent):
+    """``charge.current_rise``: the outlet's current crossed its threshold."""
+
+    current: str = Field(description="the measured current, e.g. '15.9 A'")
+
+
+class MeterReading(_Strict):
+    minute: float = Field(description="when the outlet's meter was read (epoch seconds)")
+    energy_wh: float = Field(description="the outlet's cumulative energy register")
+
+
+class ChargeMeter(_Strict):
+    first: MeterReading | None = Field(description="the reading the energy counts from")
+    last: MeterReading | None = Field(description="the reading the energy counts to")
+
+
+class ChargeStopped(ChargeEvent):
+    """``charge.stopped``: the breaker opened; the energy the car received."""
+
+    reason: str = Field(description="partner stopped, end_at reached, over-current trip, …")
+    energy_wh: float = Field(description="last − first, rounded to the mWh")
+    meter: ChargeMeter
+
+
+class ChargeFailed(ChargeEvent):
+    """``charge.failed``: a start that did not happen."""
+
+    reason: str = Field(description="breaker did not move, start timed out, or controller offline")
+
+
+class StatusReading(_Strict):
+    at: float
+    energy_wh: float
+    voltage_v: float
+    current_a: float
+    breaker_on: bool
+
+
+class ActiveCharge(_Strict):
+    charge_id: str
+    state: ChargeState
+    energy_wh: float
+
+
+class OutletStatusAnswer(_Strict):
+    """``outlet.status``: the answer to a status request."""
+
+    request_id: str
+    outlet_id: str
+    source: Literal["edge", "last_reading"] = Field(
+        description="edge: a fresh sample; last_reading: the edge did not answer in time"
+    )
+    reading: StatusReading | None
+    charge: ActiveCharge | None = Field(description="the outlet's active charge, if any")
+
+
+class ControllerPresence(_Strict):
+    """``controller.online`` / ``controller.offline``."""
+
+    controller_id: str
+    online: bool
+    since: float = Field(description="when the controller's connection started (epoch s)")
+    reason: str = Field(
+        description="connected, stopped, connection lost, disconnected, silent for … s, heard again"
+    )
+    outlet_ids: list[str]
+
+
+#: Every event type and the model of its ``data``.
+EVENTS: dict[str, type[BaseModel]] = {
+    "charge.started": ChargeStarted,
+    "charge.current_rise": ChargeCurrentRise,
+    "charge.stopped": ChargeStopped,
+    "charge.failed": ChargeFailed,
+    "outlet.status": OutletStatusAnswer,
+    "controller.online": ControllerPresence,
+    "controller.offline": ControllerPresence,
+}
+
+
+class UnknownEvent(ValueError):
+    """An event type the contract does not have."""
+
+
+def check(kind: str, data: dict[str, Any]) -> None:
+    """Raise (``UnknownEvent``, pydantic's ``ValidationError``) unless ``data`` is what
+    the contract promises for ``kind``."""
+    model = EVENTS.get(kind)
+    if model is None:
+        raise UnknownEvent(f"no webhook event type {kind!r}")
+    _adapters(model).validate_python(data, strict=True)
+
+
+_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {}
+
+
+def _adapters(model: type[BaseModel]) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    return adapter
