@@ -2,16 +2,25 @@
 
 Files live in ``ingest/sql`` as ``NNNN_name.sql``. A migration that differs between plain
 PostgreSQL and TimescaleDB comes as a pair, ``NNNN_name.plain.sql`` and
-``NNNN_name.timescale.sql``; the TimescaleDB one is used when the extension is available
-on the server. Every Timescale-specific statement lives in those ``.timescale.sql`` files.
+``NNNN_name.timescale.sql``; the TimescaleDB one is used when the extension can really be
+used: installed on the server *and* preloaded (``shared_preload_libraries``), or already
+created in the database. An extension that is installed but not preloaded cannot be
+created (the server closes the connection), so such a server gets the plain flavour, with
+a warning that says how to change that. Every Timescale-specific statement lives in those
+``.timescale.sql`` files.
 
 Each migration runs in its own transaction and is recorded in ``schema_migrations`` with
-the flavour it used; an advisory lock lets several processes call ``upgrade`` at once.
-Re-running applies nothing new.
+the flavour in force, in that transaction: a migration that failed is not recorded. The
+flavour is bound by the first *flavoured* migration that committed (0002), not by the
+plain ones before it, so a failed first attempt does not pin a flavour for ever. An
+advisory lock lets several processes call ``upgrade`` at once. Re-running applies nothing
+new. A failure is raised as it happened; releasing the lock on a broken connection never
+hides it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -32,11 +41,60 @@ class Migration:
     sql: str
 
 
-def available_flavour(conn: psycopg.Connection) -> str:
+@dataclass(frozen=True)
+class TimescaleState:
+    installed: bool  # in pg_available_extensions
+    preloaded: bool  # in shared_preload_libraries
+    created: bool  # CREATE EXTENSION already ran in this database
+
+
+def choose_flavour(state: TimescaleState) -> tuple[str, str | None]:
+    """The flavour to use, and a warning for the operator when TimescaleDB is there but
+    cannot be used."""
+    if state.created or (state.installed and state.preloaded):
+        return "timescale", None
+    if state.installed:
+        return "plain", (
+            "TimescaleDB is installed but not in shared_preload_libraries, so it cannot be"
+            " used; applying the plain flavour. To use TimescaleDB, add it there, restart"
+            " PostgreSQL and upgrade a new database."
+        )
+    return "plain", None
+
+
+def timescale_state(conn: psycopg.Connection) -> TimescaleState:
     row = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
+        " 'timescaledb' = ANY (string_to_array("
+        "   replace(current_setting('shared_preload_libraries'), ' ', ''), ',')),"
+        " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
     ).fetchone()
-    return "timescale" if row else "plain"
+    assert row is not None
+    return TimescaleState(bool(row[0]), bool(row[1]), bool(row[2]))
+
+
+def available_flavour(conn: psycopg.Connection) -> str:
+    flavour, warning = choose_flavour(timescale_state(conn))
+    if warning:
+        log.warning("%s", warning)
+    return flavour
+
+
+def flavoured_versions() -> set[int]:
+    """Versions that come as a .plain/.timescale pair."""
+    return {
+        int(match[1])
+        for entry in resources.files("ingest.sql").iterdir()
+        if (match := _NAME.match(entry.name)) and match[3] is not None
+    }
+
+
+def bound_flavour(recorded: list[tuple[int, str]], flavoured: set[int]) -> str | None:
+    """The flavour a database is bound to: that of its applied flavoured migrations."""
+    kinds = {flavour for version, flavour in recorded if version in flavoured}
+    if len(kinds) > 1:
+        raise RuntimeError(f"schema_migrations mixes flavours {sorted(kinds)}")
+    return kinds.pop() if kinds else None
 
 
 def load_migrations(flavour: str) -> list[Migration]:
@@ -67,9 +125,12 @@ def upgrade(url: str) -> list[str]:
                 " version integer PRIMARY KEY, name text NOT NULL, flavour text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            recorded = conn.execute("SELECT DISTINCT flavour FROM schema_migrations").fetchall()
-            flavour = recorded[0][0] if recorded else available_flavour(conn)
+            recorded = [
+                (int(v), str(f))
+                for v, f in conn.execute("SELECT version, flavour FROM schema_migrations")
+            ]
+            done = {version for version, _ in recorded}
+            flavour = bound_flavour(recorded, flavoured_versions()) or available_flavour(conn)
             for migration in load_migrations(flavour):
                 if migration.version in done:
                     continue
@@ -84,7 +145,10 @@ def upgrade(url: str) -> list[str]:
                     )
                 applied.append(f"{migration.version:04d}_{migration.name}")
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            # On a connection the failure broke, the lock went with the session: releasing
+            # it would only raise a second error over the one the operator must see.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied
 
 

@@ -8,7 +8,10 @@ minutes, the common case, cost a plain COPY; replays are absorbed by the key.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +23,8 @@ from ingest import charges, lifecycle, status
 from ingest.current_rise import RiseState, observe
 from ingest.triage import Pending
 from schemas.messages import EdgeEventKind
+
+log = logging.getLogger(__name__)
 
 _OUTLET_COLUMNS = (
     "controller_id",
@@ -72,6 +77,25 @@ class Store:
             await self._command_acks(pending)
             await self._charges(pending)
             await self._status(pending)
+        await self._refresh_late(pending)
+
+    async def _refresh_late(self, pending: Pending) -> None:
+        """After the commit: bring late minutes into the hourly aggregates (TimescaleDB
+        refreshes only its policy's window by itself; on plain PostgreSQL the procedure
+        does nothing). A failure here loses nothing: the minutes are stored."""
+        hours = late_hours(pending.batch_rows, now=time.time())
+        for start, end in hours:
+            try:
+                await self.conn.execute("CALL chargeline_refresh_late(%s, %s)", (start, end))
+            except psycopg.Error as exc:
+                log.warning(
+                    "late minutes %s..%s are stored, but refreshing their hourly aggregates"
+                    " failed (%s); the refresh policy or the next late batch will",
+                    start,
+                    end,
+                    exc,
+                )
+                return
 
     async def _insert_new(
         self,
@@ -257,3 +281,30 @@ def _text(value: str) -> str:
     """PostgreSQL text cannot hold NUL: a device's topic or a reason quoting it keeps it
     visible as ``\\x00`` instead of failing the write that holds everyone's readings."""
     return value.replace("\x00", "\\x00") if "\x00" in value else value
+
+
+#: Minutes older than this are late: below the aggregates' materialised part.
+LATE_AFTER_S = 2 * 3600
+
+
+def late_hours(
+    batch_rows: Sequence[tuple[Any, ...]], *, now: float
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """The hour ranges (merged, ``[start, end)``) that late batches wrote into.
+
+    ``batch_rows`` are ``(controller, seq, frames, first minute, last minute)``."""
+    hours: set[dt.datetime] = set()
+    for *_, first, last in batch_rows:
+        if first.timestamp() > now - LATE_AFTER_S:
+            continue
+        hour = first.replace(minute=0, second=0, microsecond=0)
+        while hour <= last:
+            hours.add(hour)
+            hour += dt.timedelta(hours=1)
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    for hour in sorted(hours):
+        if ranges and ranges[-1][1] == hour:
+            ranges[-1] = (ranges[-1][0], hour + dt.timedelta(hours=1))
+        else:
+            ranges.append((hour, hour + dt.timedelta(hours=1)))
+    return ranges

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
+import uuid
+
+import psycopg
+import pytest
 
 from ingest import migrations
 from ingest.registry import RegistrySnapshot, import_registry
-from ingest.store import Store
+from ingest.store import Store, late_hours
 from ingest.triage import Pending, Triage
 from schemas.codec import encode
 from schemas.messages import (
@@ -19,7 +24,7 @@ from schemas.messages import (
     OutletReading,
 )
 from schemas.topics import Topics
-from tests.conftest import registry_for
+from tests.conftest import database_url_for, registry_for
 from tests.helpers import query
 
 HOUR = 1_767_225_600  # 2026-01-01 00:00 UTC = 09:00 in Tokyo
@@ -34,7 +39,59 @@ def test_migrations_are_recorded_and_rerunnable(database: str) -> None:
     assert query(database, "SELECT version, name FROM schema_migrations ORDER BY version") == [
         (m.version, m.name) for m in shipped
     ]
-    assert query(database, "SELECT DISTINCT flavour FROM schema_migrations") == [("plain",)]
+    with psycopg.connect(database) as conn:  # the flavour this server can really use
+        flavour = migrations.available_flavour(conn)
+    assert query(database, "SELECT DISTINCT flavour FROM schema_migrations") == [(flavour,)]
+
+
+@pytest.mark.parametrize(
+    ("state", "flavour", "warned"),
+    [
+        (migrations.TimescaleState(False, False, False), "plain", False),
+        (migrations.TimescaleState(True, False, False), "plain", True),  # installed only
+        (migrations.TimescaleState(True, True, False), "timescale", False),
+        (migrations.TimescaleState(True, False, True), "timescale", False),  # created before
+    ],
+)
+def test_the_flavour_is_what_the_server_can_really_use(
+    state: migrations.TimescaleState, flavour: str, warned: bool
+) -> None:
+    """Installed but not preloaded is not usable (the server would close the connection)."""
+    chosen, warning = migrations.choose_flavour(state)
+    assert chosen == flavour and (warning is not None) == warned
+    if warning:
+        assert "shared_preload_libraries" in warning
+
+
+def test_only_flavoured_migrations_bind_the_flavour() -> None:
+    """0001 recorded as timescale by a run that failed in 0002 binds nothing."""
+    flavoured = migrations.flavoured_versions()
+    assert 2 in flavoured and 1 not in flavoured
+    assert migrations.bound_flavour([(1, "timescale")], flavoured) is None
+    assert migrations.bound_flavour([(1, "plain"), (2, "plain")], flavoured) == "plain"
+
+
+def test_a_failed_migration_is_not_recorded_and_its_own_error_is_shown(pg_url: str) -> None:
+    """A migration that fails leaves no record, raises its own error (not one from
+    releasing the lock), and the next upgrade carries on from there."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(pg_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:  # in 0002's way
+            conn.execute("CREATE TABLE outlet_energy_hourly_agg (x int)")
+        with pytest.raises(psycopg.Error) as failed:
+            migrations.upgrade(url)
+        assert "outlet_energy_hourly_agg" in str(failed.value)
+        assert query(url, "SELECT version FROM schema_migrations") == [(1,)]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE outlet_energy_hourly_agg")
+        assert migrations.upgrade(url)[0].startswith("0002_")
+        assert migrations.current_version(url) == len(migrations.load_migrations("plain"))
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def write(url: str, messages: list[tuple[str, bytes]]) -> Pending:
@@ -125,6 +182,59 @@ def test_seq_gaps_hold_at_the_limits_of_the_contract(database: str) -> None:
     assert query(database, "SELECT missing_from, missing_batches FROM meter_seq_gaps") == [
         (3, top - 4)
     ]
+
+
+def test_late_hours_are_the_hours_late_batches_wrote_into() -> None:
+    """Only batches older than LATE_AFTER_S count; touching hours merge into one range."""
+    at = dt.datetime.fromtimestamp(HOUR, dt.UTC)
+    rows = [
+        ("c", 1, 3, at + dt.timedelta(minutes=58), at + dt.timedelta(minutes=61)),
+        ("c", 2, 1, at + dt.timedelta(hours=5), at + dt.timedelta(hours=5)),
+        ("c", 3, 1, at + dt.timedelta(days=10), at + dt.timedelta(days=10)),  # recent
+    ]
+    now = HOUR + 10 * 86400 + 60
+    assert late_hours(rows, now=now) == [
+        (at, at + dt.timedelta(hours=2)),
+        (at + dt.timedelta(hours=5), at + dt.timedelta(hours=6)),
+    ]
+
+
+def test_minutes_ten_days_late_reach_the_energy_views_at_once(database: str) -> None:
+    """A controller back from a long outage: its energy shows in the hourly, daily and
+    monthly views right after the write, whatever the flavour (TimescaleDB refreshes its
+    continuous aggregates for exactly those hours)."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    topic = Topics().meter("ctl-a")
+    ten_days_ago = (int(time.time()) // 3600 - 240) * 3600
+    frames = tuple(
+        MeterFrame(
+            ten_days_ago + 60 * m,
+            1e5,
+            tuple(OutletReading(n, 1000 + 10.0 * m, 200.0, 3.0, True) for n in (1, 2)),
+        )
+        for m in range(0, 61)
+    )
+    write(database, [(topic, encode(MeterBatch("ctl-a", 1, frames)))])
+    hourly = query(
+        database,
+        "SELECT sum(energy_wh) FROM energy_outlet_hourly WHERE hour >= to_timestamp(%s)",
+        ten_days_ago,
+    )
+    daily = query(database, "SELECT sum(energy_wh) FROM energy_outlet_daily")
+    assert hourly == [(pytest.approx(2 * 600.0),)] and daily == hourly
+
+
+def test_the_analyst_reads_what_the_docs_promise_but_no_payload_bytes(database: str) -> None:
+    """meter_batches and dead_letters (without payload) are readable as chargeline_analyst."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    write(database, [(Topics().meter("ctl-a"), b"junk")])
+    with psycopg.connect(database) as conn:
+        conn.execute("SET ROLE chargeline_analyst")
+        conn.execute("SELECT * FROM meter_batches").fetchall()
+        ((reason,),) = conn.execute("SELECT reason FROM dead_letters").fetchall()
+        assert "MeterBatch payload" in reason
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT payload FROM dead_letters")
 
 
 def test_unknown_outlet_readings_are_kept_as_dead_letters(database: str) -> None:
