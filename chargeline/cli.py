@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
     db_sub.add_parser("url", help="print the database URL (starts the embedded server if needed)")
+    shell = db_sub.add_parser(
+        "shell",
+        help="psql on the database; the embedded server runs while it does",
+        description="Open psql on the configured database (CHARGELINE_DATABASE_URL), or on the"
+        " embedded server in the data directory, which is started for as long as psql runs."
+        " Arguments after 'shell' go to psql, e.g. chargeline db shell -c 'SELECT 1'.",
+    )
+    shell.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql")
 
     registry = sub.add_parser("registry", help="sites, controllers and outlets")
     reg_sub = registry.add_subparsers(dest="registry_command", required=True)
@@ -93,7 +101,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `db shell ARGS…`: ARGS belong to psql, dashes and all (argparse would claim them).
+    passed: list[str] = []
+    for i in range(len(argv) - 1):
+        if argv[i : i + 2] == ["db", "shell"]:
+            argv, passed = argv[: i + 2], argv[i + 2 :]
+            break
     args = _parser().parse_args(argv)
+    if getattr(args, "db_command", None) == "shell":
+        args.psql_args = passed
     if args.config is not None:
         if not args.config.is_file():
             print(f"chargeline: no settings file at {args.config}", file=sys.stderr)
@@ -133,6 +150,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(database_url(ingest.database_url, ingest.data_dir))
             return 0
+        if args.db_command == "shell":
+            return _db_shell(ingest, args.psql_args)
         from ingest import migrations
 
         url = services.prepare_database(ingest)
@@ -149,6 +168,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return demo.main(args)
     raise AssertionError(args.command)
+
+
+def _db_shell(ingest: settings.IngestSettings, psql_args: list[str]) -> int:
+    import subprocess
+
+    from chargeline.database import database_url, psql_command
+
+    psql = psql_command()
+    if psql is None:
+        print("chargeline: no psql found (apt-get install postgresql-client)", file=sys.stderr)
+        return 2
+    url = database_url(ingest.database_url, ingest.data_dir)
+    return subprocess.run([psql, url, *psql_args], check=False).returncode
 
 
 def _registry_import(path: Path) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import query
+from tests.helpers import query, wait_for
 
 
 @pytest.mark.slow
@@ -94,8 +94,11 @@ def test_ctrl_c_winds_the_demo_down_and_stops_everything(tmp_path: Path) -> None
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["charges"]["started"] >= 1 and summary["charges"]["still_running"] == 0
     assert summary["charges"]["stopped"] == summary["charges"]["started"], summary["charges"]
-    left = [pid for pid in _processes_with(str(tmp_path)) if pid != os.getpid()]
-    assert left == [], f"processes left running: {left}"
+    wait_for(  # the server's reaper notices it stopped within a second
+        lambda: not [pid for pid in _processes_with(str(tmp_path)) if pid != os.getpid()],
+        timeout=15,
+        what="no process left running",
+    )
 
 
 def _processes_with(text: str) -> list[int]:
@@ -110,3 +113,112 @@ def _processes_with(text: str) -> list[int]:
         if text.encode() in seen:
             found.append(int(proc.name))
     return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["SIGTERM", "SIGHUP", "SIGKILL"]
+)
+def test_every_way_out_of_the_demo_stops_what_it_started(tmp_path: Path, sig: int) -> None:
+    """SIGTERM (a service manager), SIGHUP (its terminal closed) and SIGKILL (a crash) to
+    the demo alone: its gateway, authorization server and embedded PostgreSQL all stop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
+    env["CHARGELINE_DATA_DIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargeline", "demo", "--time-scale", "120", "--fresh", "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the gateway and the authorization server are up
+        if "time:" in line:
+            break
+    wait_for(
+        lambda: len(_processes_with(str(tmp_path))) >= 4,  # demo, auth, gateway, postgres
+        timeout=60,
+        what="the demo's processes",
+    )
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    wait_for(
+        lambda: not [pid for pid in _processes_with(str(tmp_path)) if pid != os.getpid()],
+        timeout=30,
+        what=f"every process the demo started to stop after {signal.Signals(sig).name}",
+    )
+
+
+@pytest.mark.slow
+def test_a_second_run_adds_its_own_minutes_and_the_printed_query_works(tmp_path: Path) -> None:
+    """A rerun on the same data stores new minutes (its clock starts after the first run's),
+    the summary names every way charges ended, and its "try" command runs as printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
+    env["CHARGELINE_DATA_DIR"] = str(tmp_path)
+    runs = []
+    for fresh in (["--fresh"], []):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chargeline",
+                "demo",
+                "--duration",
+                "10",
+                "--seed",
+                "3",
+                "--time-scale",
+                "120",
+                *fresh,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        runs.append(json.loads((tmp_path / "demo" / "summary.json").read_text()))
+        assert "  endings      " in result.stdout
+    first, second = runs
+    assert second["store"]["outlet_readings_this_run"] > 0, second["store"]
+    assert second["store"]["outlet_readings"] == (
+        first["store"]["outlet_readings"] + second["store"]["outlet_readings_this_run"]
+    )
+    assert sum(second["charges"]["endings"].values()) == (
+        second["charges"]["stopped"] + second["charges"]["failed"]
+    )
+    # The printed command: CHARGELINE_DATA_DIR=… chargeline db shell (here through python -m).
+    shell = second["shell"]
+    assert shell.startswith(f"CHARGELINE_DATA_DIR={tmp_path / 'demo'} ") and shell.endswith(
+        " db shell"
+    )
+    query_run = subprocess.run(
+        [sys.executable, "-m", "chargeline", "db", "shell", "-c", "SELECT count(*) FROM outlets"],
+        capture_output=True,
+        text=True,
+        env={**env, "CHARGELINE_DATA_DIR": str(tmp_path / "demo")},
+        timeout=60,
+    )
+    assert query_run.returncode == 0 and " 24\n" in query_run.stdout, query_run
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--duration", "-5"], "--duration must be a positive number"),
+        (["--duration", "0"], "--duration must be a positive number"),
+        (["--outlets", "9"], "--outlets must be 1..8"),
+    ],
+)
+def test_bad_demo_options_are_refused(tmp_path: Path, option: list[str], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
+    env["CHARGELINE_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "chargeline", "demo", *option],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2 and message in result.stderr

@@ -44,6 +44,9 @@ class Tally:
     bad_signatures: int = 0
     duplicates: int = 0
     stopped_wh: list[float] = field(default_factory=list)  # per charge.stopped
+    #: Why charges ended: charge.stopped reasons ("over-current trip", …) and, prefixed
+    #: "failed: ", charge.failed reasons.
+    endings: Counter[str] = field(default_factory=Counter)
     start_ms: list[float] = field(default_factory=list)  # start call → answer, breaker ON
     rise_ms: list[float] = field(default_factory=list)  # start call → current-rise webhook
     feed: list[str] = field(default_factory=list)  # latest lines for the view
@@ -199,11 +202,13 @@ class Partner:
             tally.say(f"{subject}: {charge} current rise ({data.get('current')})")
         elif kind == "charge.stopped":
             tally.stopped_wh.append(float(data["energy_wh"]))
+            tally.endings[str(data.get("reason"))] += 1
             tally.say(
                 f"{subject}: {charge} stopped, {data['energy_wh'] / 1000:.2f} kWh"
                 f" ({data.get('reason')})"
             )
         elif kind == "charge.failed":
+            tally.endings[f"failed: {data.get('reason')}"] += 1
             tally.say(f"{subject}: {charge} failed ({data.get('reason')})")
         elif kind == "charge.started":
             tally.say(f"{subject}: {charge} started")

@@ -59,6 +59,9 @@ def main(args: argparse.Namespace) -> int:
     if not 1 <= args.time_scale <= 600:
         print("chargeline demo: --time-scale must be 1..600", file=sys.stderr)
         return 2
+    if args.duration is not None and not args.duration > 0:
+        print("chargeline demo: --duration must be a positive number of seconds", file=sys.stderr)
+        return 2
     common = settings.load(settings.IngestSettings, time_scale=args.time_scale)
     data_dir = (common.data_dir / "demo").resolve()
     if args.fresh and data_dir.exists():
@@ -78,6 +81,13 @@ def main(args: argparse.Namespace) -> int:
     print(f"chargeline demo: data in {data_dir}")
     url = services.prepare_database(ingest)
     print(f"  database: {url}")
+    # A run on the same data starts its clock after everything the earlier runs stored,
+    # so its minutes and charges are its own (an accelerated clock from now would replay
+    # minutes an earlier run already filled).
+    origin = time_origin_after(url, args.time_scale)
+    if origin is not None:
+        overrides["time_origin"] = origin
+        ingest = ingest.model_copy(update={"time_origin": origin})
     print(f"  registry: {import_registry(url, sample_registry(args.controllers, args.outlets))}")
     logins = _issue_logins(url, args.controllers) if embedded_broker else {}
     if logins:
@@ -175,12 +185,41 @@ async def _run(
                     database=url,
                     data_dir=ingest.data_dir,
                     seconds=time.monotonic() - started,
+                    shell=f"CHARGELINE_DATA_DIR={ingest.data_dir} {_chargeline()} db shell",
                 )
             view.write_summary(summary, ingest.data_dir / "summary.json")
             view.print_summary(summary)
         finally:
             for task in background:
                 task.cancel()
+
+
+def time_origin_after(url: str, scale: float) -> float | None:
+    """A time origin whose accelerated clock starts a minute after the latest minute or
+    charge time stored by earlier runs; None when nothing is stored, or at 1×."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM greatest("
+            " (SELECT max(minute) FROM outlet_readings),"
+            " (SELECT max(greatest(requested_at, started_at, stopped_at, end_at)) FROM charges)"
+            "))::float8"
+        ).fetchone()
+    latest: float | None = float(row[0]) if row and row[0] is not None else None
+    real = time.time()
+    if latest is None or scale <= 1 or latest + 60 <= real:
+        return None
+    start = latest + 60
+    # origin + (real - origin) * scale == start
+    return (real * scale - start) / (scale - 1)
+
+
+def _chargeline() -> str:
+    """How this user runs chargeline: the command on the PATH, else the venv's script."""
+    on_path = shutil.which("chargeline")
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if on_path and here and Path(on_path).resolve() == here:
+        return "chargeline"
+    return str(here) if here and here.name == "chargeline" else "chargeline"
 
 
 INGEST, GATEWAY = DEFAULT_SERVICE_NAMES[Role.INGEST], DEFAULT_SERVICE_NAMES[Role.GATEWAY]
@@ -278,6 +317,7 @@ async def _cloud(
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=runner.die_with_parent,  # a demo killed outright takes them along
             )
             log.close()
             procs.append(proc)

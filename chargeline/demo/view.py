@@ -181,6 +181,7 @@ def summary(
     database: str,
     data_dir: Path,
     seconds: float,
+    shell: str = "",
 ) -> dict[str, Any]:
     """The closing figures (also written to ``summary.json`` in the data directory)."""
     return {
@@ -193,6 +194,7 @@ def summary(
             "still_running": running,
             "refused": dict(tally.refused),
             "stopped_without_energy": sum(1 for wh in tally.stopped_wh if wh <= 0),
+            "endings": dict(tally.endings.most_common()),
         },
         "energy_kwh": round(sum(tally.stopped_wh) / 1000, 3),
         "store": {
@@ -217,6 +219,7 @@ def summary(
         },
         "database": database,
         "data_dir": str(data_dir),
+        "shell": shell,
     }
 
 
@@ -229,6 +232,7 @@ summary after {s["seconds"]:.0f} s
   charges      {ch["started"]} started, {ch["stopped"]} stopped, {ch["failed"]} failed,\
  {ch["still_running"]} still running; {s["energy_kwh"]:.2f} kWh delivered\
  ({ch["stopped_without_energy"]} stopped charges without energy)
+  endings      {_endings(ch["endings"])}
   store        {st["outlet_readings_this_run"]:,} outlet readings stored in this run;\
  {st["outlet_readings"]:,} in the database over {st["minutes"]} minutes,\
  {st["meter_batches"]:,} batches, {st["dead_letters"]} dead letters
@@ -244,6 +248,11 @@ summary after {s["seconds"]:.0f} s
 """,
         flush=True,
     )
+
+
+def _endings(endings: dict[str, int]) -> str:
+    """Every way a charge ended, over-current trips included: "partner stopped 7, …"."""
+    return ", ".join(f"{reason} {n}" for reason, n in endings.items()) or "none yet"
 
 
 def write_summary(s: dict[str, Any], path: Path) -> None:
