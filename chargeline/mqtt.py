@@ -52,6 +52,26 @@ def client(url: MqttUrl, *, identifier: str, **options: Any) -> aiomqtt.Client:
     return mqtt_client
 
 
+#: CONNACK refusals (MQTT 3.1.1 §3.2.2.3, as paho words them) that mean "this login".
+_LOGIN_REFUSALS = ("identifier not valid", "bad user name or password", "not authori")
+
+
+def refusal_hint(exc: BaseException, username: str | None) -> str:
+    """What probably went wrong when the broker refused to connect, for the log line.
+
+    chargeline's broker answers a wrong password as 'Client identifier not valid' (amqtt
+    has no other code for it), which sends people looking at the client id."""
+    text = str(exc).lower()
+    if not any(refusal in text for refusal in _LOGIN_REFUSALS):
+        return ""
+    return (
+        f"; the broker refused the login of {username!r}: most likely its password is wrong"
+        " or was rotated (chargeline broker credentials issue … prints a new one, to be put"
+        " in CHARGELINE_MQTT_URL), or the identity was revoked, or the client id is not"
+        " the username"
+    )
+
+
 def backoff(first: float = 0.2, cap: float = 10.0) -> Iterator[float]:
     """Growing, randomised reconnect delays ("full jitter"): no thundering herd after an outage."""
     ceiling = first

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 def prepare_database(settings: IngestSettings) -> str:
     """Resolve the database (embedded if unset) and bring its schema up to date."""
     url = database_url(settings.database_url, settings.data_dir)
+    where = "" if settings.database_url else f" (embedded, in {settings.data_dir}/postgres)"
+    log.info("database: %s%s", url, where)
     applied = migrations.upgrade(url)
     if applied:
         log.info("database schema upgraded: %s", ", ".join(applied))

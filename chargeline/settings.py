@@ -79,11 +79,20 @@ class MqttUrl:
         return f"MqttUrl('{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}')"
 
 
+def default_data_dir() -> Path:
+    """Where state lives unless CHARGELINE_DATA_DIR says otherwise: the same place from
+    any working directory ($XDG_DATA_HOME/chargeline, else ~/.local/share/chargeline)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "chargeline"
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHARGELINE_", extra="ignore")
 
     data_dir: Path = Field(
-        default=Path(".chargeline"), description="state: buffers, embedded database"
+        default_factory=default_data_dir,
+        description="state: edge buffers, the embedded database, keys"
+        " (default $XDG_DATA_HOME/chargeline or ~/.local/share/chargeline)",
     )
     database_url: str | None = Field(
         default=None, description="PostgreSQL; unset → embedded server"
@@ -320,3 +329,19 @@ class GatewaySettings(CommonSettings):
 def load(cls: type[S], **overrides: Any) -> S:
     """Build settings; keyword overrides (from command-line flags) win over everything."""
     return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def describe(settings_cls: type[CommonSettings]) -> str:
+    """Every setting a process reads, for its ``--help``: the environment variable, the
+    default and what it is for (from the model's field descriptions)."""
+    lines = ["settings (environment variables win over --config FILE; see deploy/*.example.toml):"]
+    for name, field in settings_cls.model_fields.items():
+        if field.default_factory is not None:
+            default = "see below" if name == "data_dir" else "computed"
+        else:
+            default = "unset" if field.default is None else repr(field.default)
+        if name == "data_dir":
+            default = str(default_data_dir())
+        what = f"  {field.description}" if field.description else ""
+        lines.append(f"  CHARGELINE_{name.upper():<28} {default}{what}")
+    return "\n".join(lines)

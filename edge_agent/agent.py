@@ -463,7 +463,13 @@ class EdgeAgent:
                 self.connected.clear()
                 self._client = None
                 delay = next(delays)
-                log.warning("%s: MQTT link down (%s); retrying in %.1f s", self.cid, exc, delay)
+                log.warning(
+                    "%s: MQTT link down (%s%s); retrying in %.1f s",
+                    self.cid,
+                    exc,
+                    mqtt.refusal_hint(exc, url.username),
+                    delay,
+                )
                 await asyncio.sleep(delay)
 
     async def _say_offline(self, client: aiomqtt.Client, since: float) -> None:

@@ -14,6 +14,7 @@ stamp=.venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   echo "installing chargeline and its dependencies into .venv …" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # PYTHONWARNINGS: the build backend's banners about editable installs drown the output.
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi

@@ -22,6 +22,7 @@ import pytest
 
 from broker import identities
 from broker.policy import Role
+from chargeline import mqtt
 from schemas.topics import TopicKind
 from tests.brokers import (
     MAX_PACKET,
@@ -217,9 +218,11 @@ def test_a_revoked_credential_is_refused_without_a_restart(broker: BrokerUnderTe
             except aiomqtt.MqttError:
                 assert time.monotonic() < deadline, "the re-issued credential never worked"
                 await asyncio.sleep(0.2)
-        with pytest.raises(aiomqtt.MqttError):  # rotated: the old password is refused
+        with pytest.raises(aiomqtt.MqttError) as refused:  # rotated: the old password
             async with broker.client(site.r, password=old_password):
                 pass
+        # What the edge logs about it names the likely cause, whatever code the broker used.
+        assert "password is wrong or was rotated" in mqtt.refusal_hint(refused.value, site.r)
         async with _good_clients(broker) as good, broker.client(site.r) as r:
             with psycopg.connect(site.database, autocommit=True) as conn:
                 identities.revoke(conn, site.r)
