@@ -4,6 +4,8 @@ a fresh database, topic root and set of controller ids per test."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,40 @@ from ingest import migrations
 from ingest.registry import import_registry
 from ingest.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 from tests.helpers import Proc, free_port, wait_port
+
+# --- the run's own temporary directory --------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this run a temporary directory no other run touches.
+
+    pytest's default, /tmp/pytest-of-USER, is shared by every run of that user, and each
+    run strips its group and other bits at start; the embedded PostgreSQL runs as its own
+    user and needs to reach its data there, so a second run started beside the first broke
+    it ("Connection refused"). xdist workers inherit the directory from the controller."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        path = Path(tempfile.mkdtemp(prefix="chargeline-tests-"))
+        path.chmod(0o755)
+        config.option.basetemp = str(path)
+        config.stash[_OWN_BASETEMP] = path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = config.stash.get(_OWN_BASETEMP, None)
+    failed = getattr(config, "_chargeline_failed", True)
+    if path is not None and not failed:
+        shutil.rmtree(path, ignore_errors=True)
+    elif path is not None:
+        print(f"\nchargeline: this run's processes and logs are in {path}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._chargeline_failed = exitstatus != 0  # type: ignore[attr-defined]
+
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
 
 # --- PostgreSQL --------------------------------------------------------------------------
 

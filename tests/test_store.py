@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -271,3 +274,31 @@ def test_text_postgresql_cannot_store_becomes_a_dead_letter_not_a_stuck_write(
     assert query(database, "SELECT count(*) FROM outlet_readings") == [(4,)]
     ((reason, payload),) = query(database, "SELECT reason, payload FROM dead_letters")
     assert "detail: String should match pattern" in reason and bytes(payload) == encode(poison)
+
+
+def test_a_second_test_run_beside_this_one_disturbs_nothing(pg_url: str, tmp_path: Path) -> None:
+    """Another pytest run of the same user (here: a small one, in a subprocess) keeps its
+    temporary files to itself: this run's embedded PostgreSQL still creates databases."""
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            "tests/test_store.py",
+            "-k",
+            "late_hours",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert other.returncode == 0, other.stdout + other.stderr
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'DROP DATABASE "{name}"')
