@@ -116,7 +116,7 @@ others = st.one_of(
             st.builds(OutletState, st.integers(1, 8), st.booleans(), st.integers(0, 9)), max_size=8
         ).map(tuple),
     ),
-    st.builds(Presence, cids, st.booleans(), times),
+    st.builds(Presence, cids, st.booleans(), times, st.none() | texts),
     st.builds(StatusRequest, cids, texts, times, st.integers(1, 8)),
 )
 KIND_OF = {cls: kind for kind, cls in MESSAGE_TYPES.items()}
