@@ -189,6 +189,22 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
             return bool(await super()._authenticate(session, None))
         return await self.access.authenticate(session=session)
 
+    async def _stop_handler(self, handler: BrokerProtocolHandler) -> None:
+        """Stop a handler whose reader really stops.
+
+        amqtt's reader loop reads inside ``asyncio.wait_for``, which in Python 3.11 can
+        swallow the cancel that ``stop()`` sends when a read completes at the same moment;
+        ``stop()`` then waits for ever for a reader that goes on reading, and with it the
+        broker's shutdown (seen as a demo that did not end on SIGTERM). The reader is
+        cancelled until it has ended, then amqtt stops the rest."""
+        reader = getattr(handler, "_reader_task", None)
+        if reader is not None and reader is not asyncio.current_task():
+            while not reader.done():
+                reader.cancel()
+                await asyncio.wait({reader}, timeout=0.5)
+            handler._reader_stopped.set()
+        await super()._stop_handler(handler)
+
     def _silent(self, handler: BrokerProtocolHandler, session: Session) -> None:
         log.warning(
             "%s silent for %.0f s (1.5 × keepalive): closing, its will follows",
@@ -368,7 +384,7 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
                     log.warning("%s is already connected: taking over", client_session.client_id)
                     _, old_handler = self._sessions[client_session.client_id]
                     await old_handler.handle_connection_closed()
-                    await old_handler.stop()
+                    await self._stop_handler(old_handler)
                     break
                 await asyncio.sleep(1)  # amqtt: "reconnecting too quickly, make it wait"
 

@@ -142,6 +142,17 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     }
 
     async def token(request: Request) -> Response:
+        # A token request is a few hundred bytes; a larger body is refused before it is read.
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > settings.max_body_bytes:
+            return JSONResponse(
+                {
+                    "error": "invalid_request",
+                    "error_description": "a token request needs a Content-Length of at most"
+                    f" {settings.max_body_bytes} bytes",
+                },
+                status_code=413 if declared.isdigit() else 411,
+            )
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
         wait = limiter.take(_caller(request, form))
         if wait:

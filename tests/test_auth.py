@@ -177,6 +177,17 @@ def test_bad_client_credentials_get_invalid_client(
     assert response.json()["error"] == "invalid_client"
 
 
+def test_an_oversized_token_request_is_refused_unread(auth: AuthServer) -> None:
+    """10 MB posted to the token endpoint: 413 with an OAuth2 error, nothing parsed."""
+    response = httpx2.post(
+        auth.token_url,
+        content=b"grant_type=client_credentials&pad=" + b"x" * (10 * 1024 * 1024),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        auth=(auth.writer.client_id, auth.writer.client_secret),
+    )
+    assert response.status_code == 413 and response.json()["error"] == "invalid_request"
+
+
 def test_only_client_credentials_is_granted(auth: AuthServer) -> None:
     response = httpx2.post(
         auth.token_url,

@@ -222,3 +222,40 @@ def test_bad_demo_options_are_refused(tmp_path: Path, option: list[str], message
         timeout=60,
     )
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.slow
+def test_services_sharing_the_embedded_database_stop_it_when_the_last_one_stops(
+    tmp_path: Path,
+) -> None:
+    """ingest and the authorization server, each started on its own on one data directory
+    (so one embedded PostgreSQL): SIGTERM to both, and nothing of theirs keeps running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
+    env["CHARGELINE_DATA_DIR"] = str(tmp_path)
+    env["CHARGELINE_AUTH_BIND"] = "127.0.0.1:0"
+    services = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chargeline", command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for command in ("ingest", "auth")
+    ]
+    wait_for(
+        lambda: (
+            (tmp_path / "postgres" / "postmaster.pid").exists()
+            and len(_processes_with(str(tmp_path))) >= 3
+        ),
+        timeout=60,
+        what="both services and their database",
+    )
+    for service in services:
+        service.send_signal(signal.SIGTERM)
+    for service in services:
+        service.wait(timeout=30)
+    wait_for(
+        lambda: not [pid for pid in _processes_with(str(tmp_path)) if pid != os.getpid()],
+        timeout=30,
+        what="the embedded PostgreSQL to stop with the last service",
+    )
