@@ -180,6 +180,7 @@ def test_a_second_run_adds_its_own_minutes_and_the_printed_query_works(tmp_path:
         assert result.returncode == 0, result.stdout + result.stderr
         runs.append(json.loads((tmp_path / "demo" / "summary.json").read_text()))
         assert "  endings      " in result.stdout
+        assert " db shell -c " in result.stdout  # the printed "try" line
     first, second = runs
     assert second["store"]["outlet_readings_this_run"] > 0, second["store"]
     assert second["store"]["outlet_readings"] == (
@@ -194,13 +195,13 @@ def test_a_second_run_adds_its_own_minutes_and_the_printed_query_works(tmp_path:
         " db shell"
     )
     query_run = subprocess.run(
-        [sys.executable, "-m", "chargeline", "db", "shell", "-c", "SELECT count(*) FROM outlets"],
+        [sys.executable, "-m", "chargeline", "db", "shell", "-c", second["try_sql"]],
         capture_output=True,
         text=True,
         env={**env, "CHARGELINE_DATA_DIR": str(tmp_path / "demo")},
         timeout=60,
     )
-    assert query_run.returncode == 0 and " 24\n" in query_run.stdout, query_run
+    assert query_run.returncode == 0 and "(10 rows)" in query_run.stdout, query_run
 
 
 @pytest.mark.parametrize(

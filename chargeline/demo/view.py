@@ -168,6 +168,13 @@ class View:
         )
 
 
+#: The query the summary suggests (kWh per outlet and day, latest first).
+TRY_SQL = (
+    "SELECT outlet_id, day, round((energy_wh / 1000)::numeric, 2) AS kwh"
+    " FROM energy_outlet_daily ORDER BY day DESC, kwh DESC LIMIT 10"
+)
+
+
 def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f} ms"
 
@@ -220,6 +227,7 @@ def summary(
         "database": database,
         "data_dir": str(data_dir),
         "shell": shell,
+        "try_sql": TRY_SQL,
     }
 
 
@@ -241,10 +249,9 @@ summary after {s["seconds"]:.0f} s
   latency      start → breaker ON p50 {_ms(start["p50"])}, p99 {_ms(start["p99"])};\
  start → current-rise webhook p50 {_ms(rise["p50"])}, p99 {_ms(rise["p99"])}
   data         {s["data_dir"]} (summary.json, logs/)
-  database     {s["database"]}
-  try          psql "{s["database"]}" -c \\
-                 "SELECT outlet_id, day, round(energy_wh / 1000, 2) AS kwh
-                  FROM energy_outlet_daily ORDER BY day DESC, kwh DESC LIMIT 10"
+  database     {s["database"]} (stopped with the demo: the command below starts it again)
+  try          {s["shell"]} -c \\
+                 "{TRY_SQL}"
 """,
         flush=True,
     )
