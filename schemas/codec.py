@@ -8,12 +8,13 @@ Decoding is the trust boundary for everything a device sends. It enforces, in or
 1. payload size (``MAX_PAYLOAD_BYTES``) before anything is parsed;
 2. msgpack's own limits on declared lengths (strings, arrays, maps, binaries), so a
    header that claims 4 GiB allocates nothing;
-3. nesting depth (``MAX_DEPTH``), counted without recursion, before anything walks the
-   value (pydantic, ``repr``);
-4. the wire version;
-5. the message's shape and every field's range, through pydantic in strict mode
+3. the wire version;
+4. the message's shape and every field's range, through pydantic in strict mode
    (no NaN/inf, no "12" for 12, outlets 1..8, …);
-6. cross-field rules pydantic cannot express (no duplicate outlets or minutes).
+5. cross-field rules pydantic cannot express (no duplicate outlets or minutes).
+
+A refused message nested deeper than any message can be (``MAX_DEPTH``, counted without
+recursion) is reported as such.
 
 Every failure is one ``CodecError`` whose ``reason`` says exactly what was wrong, with the
 path of the offending field (``frames[0].outlets[2].current_a``). Nothing else escapes:
@@ -85,28 +86,30 @@ def decode(kind: TopicKind | type[M], payload: bytes) -> M:
     """Decode and validate one payload; raise ``CodecError`` for anything wrong with it."""
     cls: type[M] = MESSAGE_TYPES[kind] if isinstance(kind, TopicKind) else kind
     name = cls.__name__
-    try:
-        return _decode(cls, name, payload)
-    except CodecError:
-        raise
-    except Exception as exc:  # the promise: nothing but CodecError leaves decode
-        detail = str(exc)[:80]
-        raise CodecError(
-            f"could not be decoded ({type(exc).__name__}: {detail})", kind=name
-        ) from None
-
-
-def _decode(cls: type[M], name: str, payload: bytes) -> M:
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise CodecError(f"expected bytes, got {type(payload).__name__}", kind=name)
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise CodecError(
             f"{len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES} byte limit", kind=name
         )
-    raw = _unpack(payload, name)
-    depth = _depth(raw)
-    if depth > MAX_DEPTH:
-        raise CodecError(f"nested deeper than {MAX_DEPTH} levels", kind=name)
+    raw: Any = None
+    try:
+        raw = _unpack(payload, name)
+        return _validate(cls, name, raw)
+    except Exception as exc:  # the promise: nothing but CodecError leaves decode
+        # Only a refused message pays for measuring its depth (half the cost of a decode):
+        # the reason then says what is wrong with a deep one rather than where it broke.
+        if _depth(raw) > MAX_DEPTH:
+            raise CodecError(f"nested deeper than {MAX_DEPTH} levels", kind=name) from None
+        if isinstance(exc, CodecError):
+            raise
+        detail = str(exc)[:80]
+        raise CodecError(
+            f"could not be decoded ({type(exc).__name__}: {detail})", kind=name
+        ) from None
+
+
+def _validate(cls: type[M], name: str, raw: Any) -> M:
     if not isinstance(raw, tuple) or not raw:
         raise CodecError(f"expected an array [version, …], got {type(raw).__name__}", kind=name)
     version, fields = raw[0], raw[1:]
