@@ -249,7 +249,7 @@ class EdgeAgent:
         at = self.cloud_clock.stamp(sample.at)
         self._send_event(EdgeEventKind.STATUS, o, at, detail=request.request_id)
 
-    def _on_desired(self, outlet: int, payload: bytes, *, retained: bool) -> None:
+    def _on_desired(self, outlet: int, payload: bytes) -> None:
         try:
             want = decode(DesiredState, payload)
         except CodecError as exc:
@@ -494,7 +494,7 @@ class EdgeAgent:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
                 if topic in desired:
-                    self._on_desired(desired[topic], payload, retained=bool(message.retain))
+                    self._on_desired(desired[topic], payload)
                 elif topic in handlers:
                     handlers[topic](payload)
                 else:

@@ -123,21 +123,22 @@ def desired(
 
     ``cloud_now`` is None while the cloud clock is unknown: an ON then waits (rule 5)."""
     n, gen = memory.outlet, want.generation
-    judged = gen > memory.applied_generation or (gen == memory.applied_generation and restoring)
-    if cloud_now is None and want.on and judged:
-        return Decision(memory, (), waiting=True)
-    if gen < memory.applied_generation or (gen == memory.applied_generation and not restoring):
+    again = gen == memory.applied_generation  # restoring after a reboot: same command again
+    if gen < memory.applied_generation or (again and not restoring):
         return Decision(memory, (Acknowledge(n, gen, CommandOutcome.STALE),))
-    if gen == memory.applied_generation:  # restoring after a reboot: same command again
-        # Both what we remembered and what the message says must still allow the charge.
-        ends = [t for t in (memory.stop_at, want.end_at) if t is not None]
-        if want.on and memory.on and cloud_now is not None and all(cloud_now < t for t in ends):
-            return Decision(replace(memory, stop_at=min(ends, default=None)), (Switch(n, True),))
-        return Decision(replace(memory, on=False), ())
     if not want.on:
+        if again:
+            return Decision(replace(memory, on=False), ())
         stopped = OutletMemory(n, gen, False, want.charge_id, None)
         return Decision(stopped, (Switch(n, False, (gen, CommandOutcome.APPLIED)),))
-    assert cloud_now is not None  # an ON without a clock waited above
+    if cloud_now is None:
+        return Decision(memory, (), waiting=True)
+    if again:
+        # Both what we remembered and what the message says must still allow the charge.
+        ends = [t for t in (memory.stop_at, want.end_at) if t is not None]
+        if memory.on and all(cloud_now < t for t in ends):
+            return Decision(replace(memory, stop_at=min(ends, default=None)), (Switch(n, True),))
+        return Decision(replace(memory, on=False), ())
     stop_at = _stop_at(want, cloud_now)
     if stop_at is not None and stop_at <= cloud_now:  # end_at passed, or no time left at all
         return _refuse(memory, gen, CommandOutcome.EXPIRED)
