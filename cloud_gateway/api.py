@@ -72,7 +72,7 @@ def _charge_id(request: Request) -> str:
     """The charge id in the path; one outside its alphabet names no charge (404)."""
     charge_id: str = request.path_params["charge_id"]
     if not _CHARGE_ID.match(charge_id):
-        raise Problem.of("unknown-charge", "no such charge for this client")
+        raise Problem("unknown-charge", "no such charge for this client")
     return charge_id
 
 
@@ -80,7 +80,7 @@ def _outlet_id(request: Request) -> str:
     """The outlet id in the path; one outside its alphabet names no outlet (404)."""
     outlet_id: str = request.path_params["outlet_id"]
     if not _OUTLET_ID.match(outlet_id):
-        raise Problem.of("unknown-outlet", "no outlet with this id")
+        raise Problem("unknown-outlet", "no outlet with this id")
     return outlet_id
 
 
@@ -89,17 +89,17 @@ async def _body(request: Request, limit: int) -> bytes:
     from its Content-Length before anything is read, else while it streams in."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem.of("body-too-large", f"request bodies are limited to {limit} bytes")
+        raise Problem("body-too-large", f"request bodies are limited to {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise Problem.of("body-too-large", f"request bodies are limited to {limit} bytes")
+                raise Problem("body-too-large", f"request bodies are limited to {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:
-        raise Problem.of("invalid-request", "the body was cut short") from None
+        raise Problem("invalid-request", "the body was cut short") from None
     return b"".join(chunks)
 
 
@@ -109,7 +109,7 @@ def _invalid(exc: ValidationError) -> Problem:
         f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
         for e in exc.errors(include_url=False)
     )
-    return Problem.of("invalid-request", detail)
+    return Problem("invalid-request", detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,13 +182,11 @@ def _reachable(row: tuple[Any, ...] | None, outlet_id: str, offline_hint: str) -
     """(controller, outlet number) from an ``(controller_id, outlet_no, online)`` lookup,
     or the problem: an unknown outlet (404) or an offline controller (503)."""
     if row is None:
-        raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+        raise Problem("unknown-outlet", f"no outlet {outlet_id!r}")
     controller_id, outlet_no, online = row
     if not online:
         raise Problem(
-            503,
             "controller-offline",
-            "Controller offline",
             f"the controller of outlet {outlet_id!r} is offline; {offline_hint}",
         )
     return controller_id, outlet_no
@@ -310,14 +308,10 @@ class Gateway:
                 headers["WWW-Authenticate"] = (
                     f'Bearer error="{exc.error}", error_description="{description}"'
                 )
-            raise Problem.of(
-                exc.error.replace("_", "-"), exc.description, headers=headers
-            ) from None
+            raise Problem(exc.error.replace("_", "-"), exc.description, headers=headers) from None
         wait = self.limiter.take(caller.client_id)
         if wait:
-            raise Problem.of(
-                "rate-limited", "slow down", headers={"Retry-After": retry_after(wait)}
-            )
+            raise Problem("rate-limited", "slow down", headers={"Retry-After": retry_after(wait)})
         return caller
 
     async def _charge_row(
@@ -378,9 +372,7 @@ class Gateway:
         client = self.client
         if client is None:
             raise Problem(
-                503,
                 "broker-unavailable",
-                "Broker unavailable",
                 "the command could not be sent; retry",
             )
         task = asyncio.create_task(commands.publish(client, self.topics, want))
@@ -394,12 +386,10 @@ class Gateway:
 
     def _end_at_problem(self, end_at: float, now: float) -> Problem | None:
         if end_at <= now:
-            return Problem(422, "end-at-past", "End time in the past", "end_at has already passed")
+            return Problem("end-at-past", "end_at has already passed")
         if end_at > now + self.settings.max_charge_s + 60:
             return Problem(
-                422,
                 "end-at-too-far",
-                "End time too far",
                 f"end_at may be at most {self.settings.max_charge_s / 3600:g} hours away",
             )
         return None
@@ -437,13 +427,9 @@ class Gateway:
             return await recorded.desired()
         except errors.UniqueViolation as exc:
             if "charges_one_active_per_outlet" in str(exc):
-                raise Problem(
-                    409, "outlet-busy", "Outlet busy", f"outlet {body.outlet_id!r} is charging"
-                ) from None
+                raise Problem("outlet-busy", f"outlet {body.outlet_id!r} is charging") from None
             raise Problem(
-                409,
                 "charge-id-conflict",
-                "Charge id in use",
                 f"charge {body.charge_id!r} exists",
             ) from None
 
@@ -485,9 +471,7 @@ class Gateway:
                         or bytes(existing.request_sha256) != digest
                     ):
                         raise Problem(
-                            409,
                             "charge-id-conflict",
-                            "Charge id in use",
                             f"charge {body.charge_id!r} exists with a different request",
                         )
                     return JSONResponse(existing.json(), status_code=200)
@@ -496,9 +480,7 @@ class Gateway:
                 _reachable(outlet, body.outlet_id, "no charge can start")
                 # Reachable now: the controller came online since the guard looked.
                 raise Problem(
-                    503,
                     "controller-offline",
-                    "Controller offline",
                     f"the controller of outlet {body.outlet_id!r} just came online; retry",
                 )
         controller_id, outlet_no = want.controller_id, want.outlet
@@ -516,7 +498,7 @@ class Gateway:
         async with self.pool.connection() as conn:
             row = await self._charge_row(conn, _charge_id(request))
         if row is None or row.client_id != caller.client_id:
-            raise Problem(404, "unknown-charge", "Unknown charge", "no such charge for this client")
+            raise Problem("unknown-charge", "no such charge for this client")
         return JSONResponse(row.json())
 
     async def stop(self, request: Request) -> Response:
@@ -525,9 +507,7 @@ class Gateway:
         async with self.pool.connection() as conn:
             row = await self._charge_row(conn, charge_id)
             if row is None or row.client_id != caller.client_id:
-                raise Problem(
-                    404, "unknown-charge", "Unknown charge", "no such charge for this client"
-                )
+                raise Problem("unknown-charge", "no such charge for this client")
             if row.state not in (
                 lifecycle.State.ON.value,
                 lifecycle.State.DRAWING.value,
@@ -576,7 +556,7 @@ class Gateway:
             )
             row = await cur.fetchone()
         if row is None:
-            raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+            raise Problem("unknown-outlet", f"no outlet {outlet_id!r}")
         answer = OutletStatus(
             outlet_id=outlet_id,
             controller_online=bool(row["online"]),
@@ -595,9 +575,7 @@ class Gateway:
         outlet_id = _outlet_id(request)
         client = self.client
         if client is None:
-            raise Problem(
-                503, "broker-unavailable", "Broker unavailable", "the request could not be sent"
-            )
+            raise Problem("broker-unavailable", "the request could not be sent")
         request_id = f"sr_{secrets.token_hex(12)}"
         async with self.pool.connection() as conn:
             cur = await conn.execute(
@@ -636,9 +614,7 @@ class Gateway:
         try:
             first = dt.datetime.strptime(month, "%Y-%m").date()
         except ValueError:
-            raise Problem(
-                422, "invalid-request", "Invalid request", "month must be given as YYYY-MM"
-            ) from None
+            raise Problem("invalid-request", "month must be given as YYYY-MM") from None
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT s.tariff_per_kwh, s.currency, s.timezone,"
@@ -652,7 +628,7 @@ class Gateway:
             )
             row = await cur.fetchone()
         if row is None:
-            raise Problem(404, "unknown-outlet", "Unknown outlet", f"no outlet {outlet_id!r}")
+            raise Problem("unknown-outlet", f"no outlet {outlet_id!r}")
         tariff, currency, timezone, count, energy_wh = row
         kwh = float(energy_wh) / 1000
         usage = Usage(
@@ -684,19 +660,17 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
         return wrapped
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return Problem.of(
-            "not-found", f"no {request.url.path!r} here; see /openapi.json"
-        ).response()
+        return Problem("not-found", f"no {request.url.path!r} here; see /openapi.json").response()
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
         allow = (exc.headers or {}).get("Allow", "") if isinstance(exc, HTTPException) else ""
         detail = f"{request.method} is not allowed here" + (f"; use {allow}" if allow else "")
         headers = {"Allow": allow} if allow else None
-        return Problem.of("method-not-allowed", detail, headers=headers).response()
+        return Problem("method-not-allowed", detail, headers=headers).response()
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return Problem.of("internal-error", "the request failed on our side; retry").response()
+        return Problem("internal-error", "the request failed on our side; retry").response()
 
     async def spec(request: Request) -> Response:
         return JSONResponse(document)

@@ -153,14 +153,7 @@ def rotate_client_secret(url: str, client_id: str) -> str:
     """A new client secret; the old one stops working at once (tokens already issued live
     out their 15 minutes at most)."""
     secret = secrets.token_urlsafe(32)
-    with psycopg.connect(url) as conn:
-        cur = conn.execute(
-            "UPDATE oauth_clients SET secret_sha256 = %s"
-            " WHERE client_id = %s AND disabled_at IS NULL",
-            (_sha256(secret), client_id),
-        )
-        if cur.rowcount != 1:
-            raise UnknownClient(client_id)
+    _update_active(url, client_id, "secret_sha256 = %s", _sha256(secret))
     return secret
 
 
@@ -168,25 +161,30 @@ def rotate_webhook_secret(url: str, client_id: str, *, overlap_s: float) -> str:
     """A new webhook secret. For ``overlap_s`` the old one signs beside it (two signatures
     in ``webhook-signature``), so the partner can switch its verifier at leisure."""
     secret = new_webhook_secret()
-    with psycopg.connect(url) as conn:
-        cur = conn.execute(
-            "UPDATE oauth_clients SET previous_webhook_secret = webhook_secret,"
-            " previous_webhook_secret_until = now() + make_interval(secs => %s),"
-            " webhook_secret = %s WHERE client_id = %s AND disabled_at IS NULL",
-            (overlap_s, secret, client_id),
-        )
-        if cur.rowcount != 1:
-            raise UnknownClient(client_id)
+    _update_active(
+        url,
+        client_id,
+        "previous_webhook_secret = webhook_secret,"
+        " previous_webhook_secret_until = now() + make_interval(secs => %s),"
+        " webhook_secret = %s",
+        overlap_s,
+        secret,
+    )
     return secret
 
 
 def remove_client(url: str, client_id: str) -> None:
     """Disable a client: no more tokens, no more webhooks. Its charges stay on record."""
+    _update_active(url, client_id, "disabled_at = now(), webhook_url = NULL")
+
+
+def _update_active(url: str, client_id: str, assignments: str, *values: Any) -> None:
+    """``UPDATE … SET assignments`` on one active client, or ``UnknownClient``."""
     with psycopg.connect(url) as conn:
         cur = conn.execute(
-            "UPDATE oauth_clients SET disabled_at = now(), webhook_url = NULL"
+            f"UPDATE oauth_clients SET {assignments}"  # assignments: our own constants
             " WHERE client_id = %s AND disabled_at IS NULL",
-            (client_id,),
+            (*values, client_id),
         )
         if cur.rowcount != 1:
             raise UnknownClient(client_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.events import ChargeState
 from schemas.messages import CHARGE_ID_PATTERN, OUTLET_ID_PATTERN
@@ -21,6 +21,8 @@ OutletId = Annotated[
     str, Field(pattern=OUTLET_ID_PATTERN, description="the outlet's public id (its QR code)")
 ]
 ChargeId = Annotated[str, Field(pattern=CHARGE_ID_PATTERN, description="the partner's id")]
+#: Times in answers are UTC, whatever the database session's time zone.
+Utc = Annotated[dt.datetime, AfterValidator(lambda t: t.astimezone(dt.UTC))]
 
 
 class StartCharge(BaseModel):
@@ -47,11 +49,11 @@ class Charge(_Answer):
     charge_id: str
     outlet_id: str
     state: ChargeState
-    requested_at: dt.datetime
-    started_at: dt.datetime | None = Field(description="when the breaker closed")
-    current_rise_at: dt.datetime | None = Field(description="when the car started to draw")
-    stopped_at: dt.datetime | None
-    end_at: dt.datetime = Field(description="when the charge ends at the latest")
+    requested_at: Utc
+    started_at: Utc | None = Field(description="when the breaker closed")
+    current_rise_at: Utc | None = Field(description="when the car started to draw")
+    stopped_at: Utc | None
+    end_at: Utc = Field(description="when the charge ends at the latest")
     stop_reason: str | None
     failure: str | None
     energy_wh: float = Field(description="energy delivered so far (Wh, rounded to the mWh)")
@@ -62,7 +64,7 @@ class OutletStatus(_Answer):
 
     outlet_id: str
     controller_online: bool
-    measured_at: dt.datetime | None = Field(description="the last stored minute reading")
+    measured_at: Utc | None = Field(description="the last stored minute reading")
     energy_wh: float | None
     voltage_v: float | None
     current_a: float | None
@@ -76,7 +78,7 @@ class StatusRequestAccepted(_Answer):
     request_id: str = Field(description="the outlet.status webhook carries it")
     outlet_id: str
     state: Literal["pending"]
-    requested_at: dt.datetime
+    requested_at: Utc
 
 
 class Usage(_Answer):

@@ -60,10 +60,12 @@ def _schemas() -> dict[str, Any]:
     return schemas
 
 
-def _problem_response(status: int) -> dict[str, Any]:
+def _problem_response(status: int | None) -> dict[str, Any]:
+    """A problem answer with ``status`` (its catalogue types named), or None: any other
+    (not found, method not allowed, internal error)."""
     kinds = [k for k, t in problems.CATALOGUE.items() if t.status == status]
     answer: dict[str, Any] = {
-        "description": "a problem: " + ", ".join(kinds) if kinds else "a problem",
+        "description": "a problem: " + ", ".join(kinds) if kinds else "any other problem",
         "content": {
             problems.MEDIA_TYPE: {"schema": {"$ref": _REF.format(model="ProblemDocument")}}
         },
@@ -92,7 +94,7 @@ def _operation(
     }
     for status in (401, 403, *problem_statuses, 429):
         responses[str(status)] = _problem_response(status)
-    responses["default"] = _problem_response(0)
+    responses["default"] = _problem_response(None)
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,

@@ -1,7 +1,7 @@
 """RFC 9457 problem documents: every error the partner API gives, from one catalogue.
 
-A handler raises ``Problem(status, kind, title, detail)``; ``kind`` must be in
-``CATALOGUE``, which the OpenAPI document lists, so partners can see every ``type`` they
+A handler raises ``Problem(kind, detail)``; ``kind`` must be in ``CATALOGUE``, which gives
+its status and title and which the OpenAPI document lists, so partners can see every ``type`` they
 may meet. Unknown paths, wrong methods, oversized bodies and unexpected failures answer
 with problem documents too (``cloud_gateway.api`` installs the handlers).
 """
@@ -61,30 +61,18 @@ class Problem(Exception):
     ``headers`` go out with it (``Retry-After``, ``WWW-Authenticate``, ``Allow``)."""
 
     def __init__(
-        self,
-        status: int,
-        kind: str,
-        title: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
+        self, kind: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
         known = CATALOGUE.get(kind)
-        if known is None or known.status != status:
-            raise ValueError(f"problem {kind!r} ({status}) is not in the catalogue")
+        if known is None:
+            raise ValueError(f"problem {kind!r} is not in the catalogue")
         super().__init__(detail)
-        self.status = status
+        self.status = known.status
         self.kind = kind
-        self.title = title
+        self.title = known.title
         self.detail = detail
         self.headers = headers or {}
         self.extra = extra
-
-    @classmethod
-    def of(cls, kind: str, detail: str, **kwargs: Any) -> Problem:
-        known = CATALOGUE[kind]
-        return cls(known.status, kind, known.title, detail, **kwargs)
 
     def body(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
@@ -126,14 +126,4 @@ def check(kind: str, data: dict[str, Any]) -> None:
     model = EVENTS.get(kind)
     if model is None:
         raise UnknownEvent(f"no webhook event type {kind!r}")
-    _adapters(model).validate_python(data, strict=True)
-
-
-_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {}
-
-
-def _adapters(model: type[BaseModel]) -> TypeAdapter[Any]:
-    adapter = _ADAPTERS.get(model)
-    if adapter is None:
-        adapter = _ADAPTERS[model] = TypeAdapter(model)
-    return adapter
+    model.model_validate(data, strict=True)
