@@ -56,14 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
     db_sub.add_parser("url", help="print the database URL (starts the embedded server if needed)")
-    shell = db_sub.add_parser(
+    # Everything after `db shell` goes to psql, dashes and all: main() takes it out of
+    # argv before argparse sees it (argparse.REMAINDER cannot start with an option).
+    db_sub.add_parser(
         "shell",
-        help="psql on the database; the embedded server runs while it does",
-        description="Open psql on the configured database (CHARGELINE_DATABASE_URL), or on the"
-        " embedded server in the data directory, which is started for as long as psql runs."
-        " Arguments after 'shell' go to psql, e.g. chargeline db shell -c 'SELECT 1'.",
+        help="psql on the database (arguments after 'shell' go to psql);"
+        " the embedded server runs while it does",
     )
-    shell.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed to psql")
 
     registry = sub.add_parser(
         "registry", help="sites, controllers and outlets", **_help(settings.IngestSettings)

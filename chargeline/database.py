@@ -60,6 +60,14 @@ def psql_command() -> str | None:
 
 
 def _start_reaper(pgdata: Path) -> None:
+    """A reaper for this server, unless one holds its lock already (every process that
+    joins the server comes here; only the first needs to start one)."""
+    with (pgdata / _REAPER_LOCK).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        fcntl.flock(lock, fcntl.LOCK_UN)  # the reaper takes it; a race leaves one of two
     subprocess.Popen(
         [sys.executable, "-m", "chargeline.database", "reap", str(pgdata)],
         stdin=subprocess.DEVNULL,

@@ -336,12 +336,10 @@ def describe(settings_cls: type[CommonSettings]) -> str:
     default and what it is for (from the model's field descriptions)."""
     lines = ["settings (environment variables win over --config FILE; see deploy/*.example.toml):"]
     for name, field in settings_cls.model_fields.items():
-        if field.default_factory is not None:
-            default = "see below" if name == "data_dir" else "computed"
-        else:
-            default = "unset" if field.default is None else repr(field.default)
-        if name == "data_dir":
-            default = str(default_data_dir())
+        value = field.get_default(call_default_factory=True)
+        default = (
+            "unset" if value is None else str(value) if isinstance(value, Path) else repr(value)
+        )
         what = f"  {field.description}" if field.description else ""
         lines.append(f"  CHARGELINE_{name.upper():<28} {default}{what}")
     return "\n".join(lines)

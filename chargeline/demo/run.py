@@ -214,12 +214,13 @@ def time_origin_after(url: str, scale: float) -> float | None:
 
 
 def _chargeline() -> str:
-    """How this user runs chargeline: the command on the PATH, else the venv's script."""
-    on_path = shutil.which("chargeline")
-    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if on_path and here and Path(on_path).resolve() == here:
+    """How this user runs chargeline: by name when the command on the PATH is this one,
+    else by its path (the venv's script); ``python -m chargeline`` runs it by name too."""
+    here = Path(sys.argv[0]).resolve()
+    if here.name != "chargeline":
         return "chargeline"
-    return str(here) if here and here.name == "chargeline" else "chargeline"
+    on_path = shutil.which("chargeline")
+    return "chargeline" if on_path and Path(on_path).resolve() == here else str(here)
 
 
 INGEST, GATEWAY = DEFAULT_SERVICE_NAMES[Role.INGEST], DEFAULT_SERVICE_NAMES[Role.GATEWAY]
