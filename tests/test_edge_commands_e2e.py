@@ -1,9 +1,9 @@
 """The edge agent process obeying (and refusing) desired states through the real broker.
 
-The test plays the cloud: it publishes retained desired states the way the gateway does,
-acknowledges meter batches with the cloud's time the way ingest does (the edge's only
-source for the cloud clock), and reads the edge's acknowledgements, events and retained
-reported state. Time on the
+The test plays the gateway: it publishes retained desired states the way the gateway does
+and reads the edge's acknowledgements, events and retained reported state. A real ingest
+runs beside it: its meter acks carry the cloud's time, the edge's only source for the
+cloud clock. Time on the
 edge runs ``SCALE`` times faster; the "cloud" times in the commands use the same scale.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,8 +28,6 @@ from schemas.messages import (
     DesiredState,
     EdgeEvent,
     EdgeEventKind,
-    MeterAck,
-    MeterBatch,
     Presence,
     ReportedState,
 )
@@ -43,19 +41,16 @@ SCALE = 60.0
 class Cloud:
     """Publishes desired states for one controller and collects what the edge says."""
 
-    def __init__(self, client: aiomqtt.Client, topics: Topics, cid: str, origin: float) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, topics: Topics, cid: str, now: Callable[[], float]
+    ) -> None:
         self.client, self.topics, self.cid = client, topics, cid
-        self.origin = origin  # real time at which simulated cloud time equals real time
+        #: The installation's clock (SCALE times faster), which ingest's acks carry too.
+        self.now = now
         self.acks: list[CommandAck] = []
         self.events: list[tuple[float, EdgeEvent]] = []  # (cloud time received, event)
         self.state: ReportedState | None = None
         self.online = asyncio.Event()  # set by a live (not retained) "online" presence
-        self._sending: set[asyncio.Task[None]] = set()
-
-    def now(self) -> float:
-        """Cloud time, running SCALE times faster than real time, like the edge's clock."""
-        real = time.time()
-        return real + (real - self.origin) * (SCALE - 1)
 
     async def send(
         self, outlet: int, on: bool, generation: int, *, minutes: float = 60, age_s: float = 0
@@ -80,27 +75,14 @@ class Cloud:
             payload = message.payload
             assert isinstance(payload, bytes)
             kind = message.topic.value.rsplit("/", 1)[1]
-            if kind == "meter":
-                batch = decode(MeterBatch, payload)
-                self.tell(MeterAck(self.cid, (batch.seq,), self.now()))
-            elif kind == "ack":
+            if kind == "ack":
                 self.acks.append(decode(CommandAck, payload))
             elif kind == "event":
                 self.events.append((self.now(), decode(EdgeEvent, payload)))
             elif kind == "state":
                 self.state = decode(ReportedState, payload)
             elif kind == "presence" and not message.retain and decode(Presence, payload).online:
-                # Like ingest: a controller that comes online is told the time at once.
-                self.tell(MeterAck(self.cid, (), self.now()))
                 self.online.set()
-
-    def tell(self, ack: MeterAck) -> None:
-        """Publish a meter ack without holding up the message loop (QoS 1 waits for PUBACK)."""
-        task = asyncio.create_task(
-            self.client.publish(self.topics.meter_ack(self.cid), encode(ack), qos=1)
-        )
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
 
     async def edge_online(self) -> None:
         """Wait for the edge to connect, so that commands reach it live, not retained."""
@@ -143,10 +125,11 @@ async def cloud_for(inst: Installation, cid: str) -> AsyncIterator[Cloud]:
             topics.event(cid),
             topics.state(cid),
             topics.presence(cid),
-            topics.meter(cid),
         ):
             await c.subscribe(topic, qos=1)
-        cloud = Cloud(c, topics, cid, time.time())
+        inst.time_scale = SCALE
+        inst.ingest().start()
+        cloud = Cloud(c, topics, cid, inst.now)
         listener = asyncio.create_task(cloud.listen())
         try:
             yield cloud
