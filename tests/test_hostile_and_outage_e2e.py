@@ -72,36 +72,47 @@ async def publish_all(url: str, messages: list[tuple[str, bytes, str]]) -> None:
             await client.publish(topic, payload, qos=1)
 
 
-def test_thousand_hostile_payloads_land_in_dead_letters_while_good_data_flows(
-    installation: Installation,
-) -> None:
-    """1,000 malformed or hostile payloads all become dead letters; the fleet's minutes all arrive."""
-    installation.ingest().start()
+def among_fleet_traffic(
+    installation: Installation, messages: list[tuple[str, bytes, str]]
+) -> list[tuple[str, str, bytes]]:
+    """Publish ``messages`` while the fleet sends its minutes; check that every minute is
+    stored and return the dead letters (topic, reason, payload) once all have come."""
     edges = run_fleet(installation)
-    hostile = hostile_payloads(Topics(installation.topic_root), installation.controllers[0])
-    assert len(hostile) == 1000
     # Unlike the edges, this publisher does not resend: wait until ingest is subscribed.
     wait_for(
         lambda: (
             query(installation.database, "SELECT count(DISTINCT controller_id) FROM meter_batches")[
                 0
             ][0]
-            == 3
+            == len(installation.controllers)
         ),
         timeout=60,
         what="ingest to store the first batches",
     )
-    asyncio.run(publish_all(installation.mqtt_url, hostile))
+    asyncio.run(publish_all(installation.mqtt_url, messages))
     wait_fleet(edges)
     assert_every_minute_once(installation)
     wait_for(
-        lambda: query(installation.database, "SELECT count(*) FROM dead_letters")[0][0] >= 1000,
+        lambda: (
+            query(installation.database, "SELECT count(*) FROM dead_letters")[0][0] >= len(messages)
+        ),
         timeout=30,
-        what="1,000 dead letters",
+        what=f"{len(messages)} dead letters",
     )
     rows = query(installation.database, "SELECT topic, reason, payload FROM dead_letters")
+    return [(topic, reason, bytes(payload)) for topic, reason, payload in rows]
+
+
+def test_thousand_hostile_payloads_land_in_dead_letters_while_good_data_flows(
+    installation: Installation,
+) -> None:
+    """1,000 malformed or hostile payloads all become dead letters; the fleet's minutes all arrive."""
+    installation.ingest().start()
+    hostile = hostile_payloads(Topics(installation.topic_root), installation.controllers[0])
+    assert len(hostile) == 1000
+    rows = among_fleet_traffic(installation, hostile)
     assert len(rows) == 1000
-    kept = sorted((topic, bytes(payload)) for topic, _, payload in rows)
+    kept = sorted((topic, payload) for topic, _, payload in rows)
     assert kept == sorted((topic, payload) for topic, payload, _ in hostile), (
         "payloads not kept byte for byte"
     )
@@ -127,30 +138,16 @@ def test_a_poison_message_among_good_traffic_stops_nothing(installation: Install
     """Arrays nested 1,000 and 100,000 deep on a registered controller's own meter topic
     become dead letters; every good minute is stored and ingest goes back to idle."""
     ingest = installation.ingest().start()
-    edges = run_fleet(installation)
     meter = Topics(installation.topic_root).meter(installation.controllers[0])
     poison = [
         (meter, b"\x91" * 1000 + b"\xc0", "nested 1,000 deep"),
         (meter, b"\x91" * 100_000 + b"\xc0", "nested 100,000 deep"),
         (meter, b"\x81\xa1k" * 1000 + b"\xc0", "maps nested 1,000 deep"),
     ]
-    wait_for(
-        lambda: query(installation.database, "SELECT count(*) FROM meter_batches")[0][0] > 0,
-        timeout=60,
-        what="ingest to store the first batches",
-    )
-    asyncio.run(publish_all(installation.mqtt_url, poison))
-    wait_fleet(edges)
-    assert_every_minute_once(installation)
-    wait_for(
-        lambda: query(installation.database, "SELECT count(*) FROM dead_letters")[0][0] >= 3,
-        timeout=30,
-        what="the poison in dead letters",
-    )
-    rows = query(installation.database, "SELECT reason, payload FROM dead_letters")
-    assert sorted(bytes(payload) for _, payload in rows) == sorted(p for _, p, _ in poison)
+    rows = among_fleet_traffic(installation, poison)
+    assert sorted(payload for _, _, payload in rows) == sorted(p for _, p, _ in poison)
     assert all(
-        "nested deeper than" in reason or "not valid msgpack" in reason for reason, _ in rows
+        "nested deeper than" in reason or "not valid msgpack" in reason for _, reason, _ in rows
     )
     # A spinning ingest burns a core; an idle one a few percent. 3 s of wall time, no
     # tighter than "less than half of it busy".
