@@ -182,6 +182,22 @@ def publish_presence(inst: Installation, cid: str, *, online: bool) -> None:
     asyncio.run(send())
 
 
+def offline_and_refusing(
+    partner: Partner, cid: str, *, reason: str, within: float, charge_id: str
+) -> dict[str, Any]:
+    """Wait for ``controller.offline`` with ``reason``; then a start there gets 503.
+    Returns the webhook's data."""
+    offline: dict[str, Any] = wait_for(
+        lambda: partner.event("controller.offline", controller_id=cid),
+        timeout=within,
+        what=f"controller.offline ({reason}) within {within:g} s",
+    )["data"]
+    assert offline["reason"] == reason
+    refused = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": charge_id})
+    assert problem(refused) == (503, "controller-offline")
+    return offline
+
+
 def problem(response: httpx2.Response) -> tuple[int, str]:
     assert response.headers["content-type"].startswith("application/problem+json")
     return response.status_code, response.json()["type"].rsplit("/", 1)[1]
@@ -384,17 +400,12 @@ def test_the_partner_hears_when_a_controller_goes_offline_and_comes_back(
     partner: Partner, installation: Installation
 ) -> None:
     cid = installation.controllers[0]
-    partner.edge.kill()  # SIGKILL: the broker sends the agent's will
-    offline = wait_for(
-        lambda: partner.event("controller.offline", controller_id=cid),
-        timeout=20,
-        what="controller.offline",
-    )["data"]
+    partner.edge.kill()  # SIGKILL: the broker sends the agent's will, which says why
+    offline = offline_and_refusing(
+        partner, cid, reason="connection lost", within=20, charge_id="wc-11"
+    )
     assert offline["online"] is False
-    assert offline["reason"] == "connection lost", "the will says why"
     assert offline["outlet_ids"] == [f"{cid}-{n}" for n in range(1, 9)]
-    refused = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": "wc-11"})
-    assert problem(refused) == (503, "controller-offline")
 
     partner.edge.start()
 
@@ -418,14 +429,7 @@ def test_a_controller_stopped_cleanly_is_offline_at_once(
     and a start is refused with 503 at once."""
     cid = installation.controllers[0]
     assert partner.edge.stop() == 0
-    offline = wait_for(
-        lambda: partner.event("controller.offline", controller_id=cid),
-        timeout=5,
-        what="controller.offline within 5 s of a clean stop",
-    )["data"]
-    assert offline["reason"] == "stopped"
-    refused = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": "wc-19"})
-    assert problem(refused) == (503, "controller-offline")
+    offline_and_refusing(partner, cid, reason="stopped", within=5, charge_id="wc-19")
 
 
 @pytest.mark.gateway(start_timeout_s=60)
@@ -529,14 +533,7 @@ def test_a_hung_controller_is_taken_offline_and_comes_back_when_heard_again(
     cid = installation.controllers[0]
     partner.edge.pause()
     try:
-        offline = wait_for(
-            lambda: partner.event("controller.offline", controller_id=cid),
-            timeout=20,
-            what="controller.offline from silence",
-        )["data"]
-        assert offline["reason"] == "silent for 3 s"
-        refused = partner.post("/v1/charges", {"outlet_id": f"{cid}-1", "charge_id": "wc-17"})
-        assert problem(refused) == (503, "controller-offline")
+        offline_and_refusing(partner, cid, reason="silent for 3 s", within=20, charge_id="wc-17")
     finally:
         partner.edge.resume()
     back = wait_for(
