@@ -28,13 +28,12 @@ from tests.helpers import Proc, free_port, wait_port
 def pytest_configure(config: pytest.Config) -> None:
     """Give this run a temporary directory no other run touches.
 
-    pytest's default, /tmp/pytest-of-USER, is shared by every run of that user, and each
-    run strips its group and other bits at start; the embedded PostgreSQL runs as its own
-    user and needs to reach its data there, so a second run started beside the first broke
-    it ("Connection refused"). xdist workers inherit the directory from the controller."""
+    pytest's default, /tmp/pytest-of-USER, is shared by every run of that user: each run
+    strips its group and other bits at start and prunes the numbered directories of
+    earlier runs, and two runs side by side broke each other's embedded PostgreSQL
+    ("Connection refused"). xdist workers get theirs below the controller's."""
     if config.option.basetemp is None and not hasattr(config, "workerinput"):
         path = Path(tempfile.mkdtemp(prefix="chargeline-tests-"))
-        path.chmod(0o755)
         config.option.basetemp = str(path)
         config.stash[_OWN_BASETEMP] = path
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import subprocess
-import sys
+import os
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -276,29 +274,12 @@ def test_text_postgresql_cannot_store_becomes_a_dead_letter_not_a_stuck_write(
     assert "detail: String should match pattern" in reason and bytes(payload) == encode(poison)
 
 
-def test_a_second_test_run_beside_this_one_disturbs_nothing(pg_url: str, tmp_path: Path) -> None:
-    """Another pytest run of the same user (here: a small one, in a subprocess) keeps its
-    temporary files to itself: this run's embedded PostgreSQL still creates databases."""
-    other = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-x",
-            "tests/test_store.py",
-            "-k",
-            "late_hours",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert other.returncode == 0, other.stdout + other.stderr
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-        conn.execute(f'DROP DATABASE "{name}"')
+def test_this_run_keeps_its_temporary_files_to_itself(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The run's temporary directory is its own, not under pytest's /tmp/pytest-of-USER,
+    which every run of the user re-chmods and prunes."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    assert "pytest-of-" not in str(root), root
+    assert root.name.startswith("chargeline-tests-"), root
