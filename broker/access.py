@@ -37,6 +37,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from broker import identities
 from broker.identities import Identity
 from broker.policy import Access, Policy
+from chargeline.logsafe import Summarised, shown
 from chargeline.mqtt import backoff
 from schemas.topics import DEFAULT_ROOT, Topics
 
@@ -58,6 +59,7 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
         self.policy = Policy(Topics(self.config.topic_root))
         self.identities: dict[str, Identity] = {}
         self.refusals: Counter[str] = Counter()
+        self._log = Summarised(log)
         # name -> (stored argon2 hash, HMAC of the password that matched it): a reconnect
         # with the same password skips argon2; a new hash (rotation) misses the cache.
         self._verified: dict[str, tuple[str, bytes]] = {}
@@ -126,7 +128,8 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
         refusal, identity = await self._check(session)
         if refusal is not None:
             self._refuse(
-                "connect", f"client id {session.client_id!r} as {session.username!r}: {refusal}"
+                "connect",
+                f"client id {shown(session.client_id)} as {shown(session.username)}: {refusal}",
             )
             return False
         setattr(session, IDENTITY, identity)
@@ -138,7 +141,7 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
         if not name:
             return "anonymous access is off", None
         if cn and session.username and session.username != cn:
-            return f"username differs from the certificate's CN {cn!r}", None
+            return f"username differs from the certificate's CN {shown(cn)}", None
         identity = self.identities.get(name)
         if identity is None:
             return "unknown identity", None
@@ -148,10 +151,14 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
             return "client id must equal the identity", None
         if cn is None and not await self._password_ok(identity, session.password):
             return "wrong password", None
+        if cn is not None and not _is_bound(identity, session):
+            # Revoking unbinds, and issuing binds the new certificate: an old (perhaps
+            # stolen) certificate is refused for the rest of its validity.
+            return "not the certificate issued for this identity (revoked or replaced)", None
         if session.will_flag and not self._may_publish(identity, session.will_topic):
             # The broker publishes a will on the client's behalf, past the publish check:
             # a will on another controller's desired topic would be a forged command.
-            return f"will topic {session.will_topic!r} is not one it may publish to", None
+            return f"will topic {shown(session.will_topic)} is not one it may publish to", None
         return None, identity
 
     def _may_publish(self, identity: Identity, topic: str | None) -> bool:
@@ -191,12 +198,20 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
             subscribing=action is Action.SUBSCRIBE,
         )
         if not allowed:
-            self._refuse(action.value, f"{identity.name} ({identity.role}) on {topic!r}")
+            self._refuse(
+                action.value,
+                f"{identity.name} ({identity.role}) on {shown(topic)}",
+                by=identity.name,
+            )
         return allowed
 
-    def _refuse(self, what: str, detail: str) -> None:
+    def _refuse(self, what: str, detail: str, by: str | None = None) -> None:
+        """Count a refusal; log it, or (in a flood) a summary of its kind now and then.
+        ``by``, an authenticated identity, gets its own allowance of lines (never a name
+        a client merely claimed: that would let it grow the set of kinds)."""
         self.refusals[what] += 1
-        log.warning("refused %s: %s (%s so far)", what, detail, _counts(self.refusals))
+        kind = f"refused {what}s" + (f" by {by}" if by else "")
+        self._log.warning(kind, "refused %s: %s (%s so far)", what, detail, _counts(self.refusals))
 
 
 def _counts(refusals: Counter[str]) -> str:
@@ -216,6 +231,16 @@ def _certificate_cn(session: Any) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
+
+
+def _is_bound(identity: Identity, session: Any) -> bool:
+    """Is the session's client certificate the one recorded when ``identity``'s was issued?"""
+    der = session.ssl_object.getpeercert(binary_form=True)
+    return (
+        identity.cert_sha256 is not None
+        and der is not None
+        and hmac.compare_digest(hashlib.sha256(der).digest(), identity.cert_sha256)
+    )
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -65,7 +65,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pki_sub.add_parser("init", help="create the CA")
     server = pki_sub.add_parser("server", help="the broker's certificate")
     server.add_argument("hosts", nargs="+", help="names and addresses clients connect to")
-    client = pki_sub.add_parser("client", help="a client certificate; CN = NAME")
+    client = pki_sub.add_parser(
+        "client",
+        help="a client certificate; CN = NAME. The only one NAME may connect with:"
+        " certificates issued to NAME before stop working",
+    )
     client.add_argument("name")
     client.add_argument("--role", choices=ROLES)
     client.add_argument("--days", type=int, default=825)
@@ -187,9 +191,10 @@ def _pki(args: argparse.Namespace) -> int:
     else:
         role = Role(_role_of(args.name, args.role))
         identities.check_name(args.name, role)
-        with psycopg.connect(_database(), autocommit=True) as conn:
+        with psycopg.connect(_database()) as conn:  # one transaction: issued and bound
             identities.ensure_certificate_only(conn, args.name, role)
-        issued = ca.issue_client(args.name, days=args.days)
+            issued = ca.issue_client(args.name, days=args.days)
+            identities.bind_certificate(conn, args.name, role, issued.sha256)
     print(f"certificate {issued.cert}")
     print(f"key         {issued.key} (mode 0600)")
     return 0

@@ -50,6 +50,8 @@ class Identity:
     pbkdf2: str | None
     revoked: bool
     rotated_at: datetime | None = None
+    #: SHA-256 of the one client certificate (DER) this identity may connect with.
+    cert_sha256: bytes | None = None
 
 
 def check_name(name: str, role: Role) -> None:
@@ -113,12 +115,14 @@ def _b64(data: bytes) -> str:
 
 # --- the table --------------------------------------------------------------------------
 
-_COLUMNS = "name, role, argon2, pbkdf2, revoked_at IS NOT NULL, rotated_at"
+_COLUMNS = "name, role, argon2, pbkdf2, revoked_at IS NOT NULL, rotated_at, cert_sha256"
 
 
 def _identity(row: tuple[Any, ...]) -> Identity:
-    name, role, argon2, pbkdf2, revoked, rotated_at = row
-    return Identity(name, Role(role), argon2, pbkdf2, revoked, rotated_at)
+    name, role, argon2, pbkdf2, revoked, rotated_at, cert = row
+    return Identity(
+        name, Role(role), argon2, pbkdf2, revoked, rotated_at, bytes(cert) if cert else None
+    )
 
 
 def issue(conn: psycopg.Connection, name: str, role: Role) -> str:
@@ -158,6 +162,13 @@ def ensure_certificate_only(conn: psycopg.Connection, name: str, role: Role) -> 
         raise IdentityError(f"{name!r} is a {existing.role} identity, not a {role}")
 
 
+def bind_certificate(conn: psycopg.Connection, name: str, role: Role, sha256: bytes) -> None:
+    """Make ``name`` (created, or un-revoked, if need be) accept exactly the certificate
+    whose DER SHA-256 is ``sha256``; any certificate issued to it before is refused."""
+    ensure_certificate_only(conn, name, role)
+    conn.execute("UPDATE mqtt_identities SET cert_sha256 = %s WHERE name = %s", (sha256, name))
+
+
 def store(
     conn: psycopg.Connection, name: str, role: Role, argon2: str | None, pbkdf2: str | None
 ) -> None:
@@ -185,8 +196,12 @@ def issue_missing_controllers(conn: psycopg.Connection) -> list[tuple[str, str]]
 
 
 def revoke(conn: psycopg.Connection, name: str) -> None:
+    # Revoking also forgets the certificate: issuing the identity again (a password or a
+    # new certificate) never re-admits an old, perhaps stolen, one.
     row = conn.execute(
-        "UPDATE mqtt_identities SET revoked_at = now() WHERE name = %s RETURNING name", (name,)
+        "UPDATE mqtt_identities SET revoked_at = now(), cert_sha256 = NULL WHERE name = %s"
+        " RETURNING name",
+        (name,),
     ).fetchone()
     if row is None:
         raise IdentityError(f"no identity named {name!r}")

@@ -39,6 +39,12 @@ class Issued:
     cert: Path
     key: Path
 
+    @property
+    def sha256(self) -> bytes:
+        """The certificate's fingerprint: SHA-256 of its DER form (what the broker binds)."""
+        pem = x509.load_pem_x509_certificate(self.cert.read_bytes())
+        return pem.fingerprint(hashes.SHA256())
+
 
 class LocalCA:
     def __init__(self, directory: Path) -> None:

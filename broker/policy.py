@@ -67,6 +67,16 @@ _GRANTS: tuple[tuple[Role, Access, str, tuple[TopicKind, ...]], ...] = (
     (Role.GATEWAY, Access.WRITE, "+", (TopicKind.DESIRED, TopicKind.REQUEST)),
 )
 
+#: The topics a role may leave a retained message on: the ones the wire contract retains
+#: (a controller's last state and presence, the gateway's desired state). Anything else
+#: published with the retain flag is delivered but not kept, so a client cannot park up
+#: to a packet's worth of data on each of its topics.
+_RETAINED: dict[Role, frozenset[TopicKind]] = {
+    Role.CONTROLLER: frozenset({TopicKind.STATE, TopicKind.PRESENCE}),
+    Role.GATEWAY: frozenset({TopicKind.DESIRED}),
+    Role.INGEST: frozenset(),
+}
+
 
 class Policy:
     """The grants for one topic root, and the decisions made from them."""
@@ -79,6 +89,15 @@ class Policy:
             for kind in kinds
         )
         self._cache: dict[tuple[str, Role, Access, str, bool], bool] = {}
+
+    def may_retain(self, *, name: str, role: Role, topic: str) -> bool:
+        """May ``name`` leave a retained message on ``topic`` (which it may publish to)?"""
+        parsed = self.topics.parse(topic)
+        return (
+            parsed is not None
+            and parsed.kind in _RETAINED[role]
+            and self.allows(name=name, role=role, access=Access.WRITE, topic=topic)
+        )
 
     def for_role(self, role: Role) -> list[Grant]:
         return [grant for grant in self.grants if grant.role is role]

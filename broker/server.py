@@ -11,6 +11,14 @@ fixes below each belong in amqtt itself; they are kept as small overrides of
 - messages a client has sent are all broadcast, in bursts, even when it disconnects right
   after (amqtt dropped what was still queued, though it had acknowledged it);
 - packets larger than ``broker_max_packet_bytes`` close the connection before they are read;
+- connections are capped in total and per source address (``chargeline.limits``); a
+  connection must send its CONNECT within ``broker_connect_timeout_s``, and a connection
+  that ends for any reason is closed at once (amqtt left sockets in CLOSE-WAIT);
+- QoS 2 publishes close the connection (the wire contract has none; amqtt kept every
+  unreleased one in memory), subscriptions per session are capped, and a client may
+  retain only on the topics the contract retains;
+- what a client controls (client id, username, topic) is cut short and escaped before it
+  is logged, and floods of refusals are logged as summaries (``chargeline.logsafe``);
 - the mTLS listener requires a client certificate (amqtt hard-codes "optional");
 - retained messages are delivered only for a session's own subscriptions, by lookup;
 - a message finds its subscribers by lookup, not by matching every filter held;
@@ -20,6 +28,7 @@ fixes below each belong in amqtt itself; they are kept as small overrides of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -38,11 +47,14 @@ from amqtt.mqtt.connack import (
 )
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import ApplicationMessage, Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
-from broker.access import RegistryAccess
+from broker.access import IDENTITY, RegistryAccess
+from chargeline.limits import ConnectionBudget, connection_cap, raise_file_limit
+from chargeline.logsafe import Summarised, shown
 from chargeline.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -56,6 +68,13 @@ DELIVERIES_PER_TURN = 64
 
 #: Topics whose matching wildcard filters the broker remembers (then it starts over).
 MAX_REMEMBERED_TOPICS = 100_000
+
+#: What a refused connection gets before it is closed: CONNACK, "server unavailable"
+#: (MQTT 3.1.1 §3.2.2.3, return code 3), which clients report as such.
+SERVER_UNAVAILABLE = bytes([0x20, 0x02, 0x00, 0x03])
+
+#: amqtt's SUBACK return code for a refused filter.
+SUBSCRIPTION_REFUSED = 0x80
 
 
 def amqtt_config(settings: BrokerSettings, database_url: str | None = None) -> dict[str, Any]:
@@ -95,9 +114,24 @@ def amqtt_config(settings: BrokerSettings, database_url: str | None = None) -> d
 class ChargelineBroker(Broker):  # type: ignore[misc]
     """amqtt's broker with the fixes chargeline cannot wait for. Keep each one small."""
 
-    def __init__(self, config: dict[str, Any], *, max_packet_bytes: int) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        max_packet_bytes: int,
+        max_connections: int = 10_000,
+        max_connections_per_address: int = 1_000,
+        connect_timeout_s: float = 5.0,
+        max_subscriptions: int = 100,
+    ) -> None:
         super().__init__(config)
         self.max_packet_bytes = max_packet_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.max_subscriptions = max_subscriptions
+        self.budget = ConnectionBudget(
+            connection_cap(max_connections, raise_file_limit()), max_connections_per_address
+        )
+        self.noisy = Summarised(log)
         self._closing: set[asyncio.Future[None]] = set()
         # amqtt logs repr(self._subscriptions) after every SUBSCRIBE, at debug level but
         # formatted whatever the level: every filter and session, per subscribe.
@@ -116,9 +150,50 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
-        # amqtt reads whatever length a packet header announces (up to 256 MB) into memory.
-        watched = _WatchedReader(StreamReaderAdapter(reader), self.max_packet_bytes)
-        await self._client_connected(listener_name, watched, StreamWriterAdapter(writer))
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        refusal = self.budget.admit(address)
+        if refusal is not None:
+            self.noisy.warning(
+                "connections refused", "refused a connection from %s: %s", address, refusal
+            )
+            with contextlib.suppress(Exception):
+                writer.write(SERVER_UNAVAILABLE)
+            writer.close()
+            return
+        try:
+            # amqtt reads whatever length a packet header announces (up to 256 MB).
+            watched = _WatchedReader(StreamReaderAdapter(reader), self.max_packet_bytes)
+            await self._client_connected(listener_name, watched, StreamWriterAdapter(writer))
+        finally:
+            self.budget.release(address)
+            # amqtt returns from a failed or ended session without always closing its
+            # socket: a client that left before CONNECT stayed in CLOSE-WAIT for ever.
+            writer.close()
+
+    async def _create_server_instance(
+        self,
+        listener_name: str,
+        listener_type: Any,
+        address: str | None,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:
+        # amqtt's TCP server, with a TLS handshake held to the CONNECT deadline (asyncio's
+        # default lets a silent client hold a socket for a minute before any CONNECT).
+        if str(getattr(listener_type, "value", listener_type)) != "tcp":
+            return await super()._create_server_instance(
+                listener_name, listener_type, address, port, ssl_context
+            )
+        return await asyncio.start_server(
+            partial(self.stream_connected, listener_name=listener_name),
+            address,
+            port,
+            reuse_address=True,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.connect_timeout_s if ssl_context else None,
+            backlog=1024,
+        )
 
     def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
         # amqtt sets CERT_OPTIONAL on every TLS listener (#387): a client without a
@@ -138,16 +213,26 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         # client could wipe or hijack a controller's session. Also the keepalive fix.
         where = format_client_message(address=remote_address, port=remote_port)
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(
-                reader, writer, self.plugins_manager
+            async with asyncio.timeout(self.connect_timeout_s):
+                handler, session = await _Handler.init_from_connect(
+                    reader, writer, self.plugins_manager
+                )
+        except TimeoutError:
+            self.noisy.warning(
+                "CONNECT deadlines missed",
+                "no CONNECT from %s within %.0f s: closing",
+                where,
+                self.connect_timeout_s,
             )
-        except MQTTError as exc:
-            log.warning("invalid CONNECT from %s: %s", where, exc)
             await writer.close()
-            raise
-        except (AMQTTError, NoDataError) as exc:
-            log.warning("no usable CONNECT from %s: %s", where, exc)
+            raise AMQTTError("no CONNECT in time") from None
+        except (MQTTError, AMQTTError, NoDataError) as exc:
+            self.noisy.warning(
+                "unusable CONNECTs", "no usable CONNECT from %s: %s", where, shown(exc, 200)
+            )
+            await writer.close()
             raise AMQTTError(exc) from exc
+        handler.refuse = partial(self._refuse_packet, writer)
 
         if not await self._authenticate_connect(session):
             code = IDENTIFIER_REJECTED if session.username else BAD_USERNAME_PASSWORD
@@ -183,6 +268,19 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         )
         session.keep_alive = 0
         return handler, session
+
+    def _refuse_packet(self, writer: WriterAdapter, session: Session | None, why: str) -> None:
+        """Close a connection whose client broke a rule no packet can answer."""
+        self.noisy.warning(
+            "connections closed for breaking the rules",
+            "closing %s: %s",
+            shown(session.client_id if session else None),
+            why,
+        )
+        # The raw transport, aborted: what is queued for the client is dropped with it.
+        transport = getattr(getattr(writer, "_writer", None), "transport", None)
+        if transport is not None:
+            transport.abort()
 
     async def _authenticate_connect(self, session: Session) -> bool:
         if self.access is None:  # development broker: anonymous
@@ -234,12 +332,71 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
     # wildcard filters (the services') are matched one by one.
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        # Capped per session: amqtt held any number of filters (20 × 10,000 cost 72 MiB).
+        held: set[str] = _held_filters(session)
+        if subscription[0] not in held and len(held) >= self.max_subscriptions:
+            self.noisy.warning(
+                "subscriptions over the cap",
+                "%s holds %d topic filters already: refused %s",
+                shown(session.client_id),
+                len(held),
+                shown(subscription[0]),
+            )
+            return SUBSCRIPTION_REFUSED
         self._filters_changed += 1
-        return int(await super().add_subscription(subscription, session))
+        code = int(await super().add_subscription(subscription, session))
+        if code != SUBSCRIPTION_REFUSED:
+            held.add(subscription[0])
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        _held_filters(session).discard(a_filter)
+        return int(super()._del_subscription(a_filter, session))
 
     async def _del_all_subscriptions(self, session: Session) -> None:
         self._filters_changed += 1
         await super()._del_all_subscriptions(session)
+        _held_filters(session).clear()
+
+    async def _handle_disconnect(
+        self,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        disconnect_waiter: asyncio.Future[Any],
+    ) -> None:
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+        # A clean session ends with its connection (MQTT 3.1.1 §3.1.2.4); amqtt kept its
+        # subscriptions and queues until the same client id came back, if ever.
+        current = self._sessions.get(client_session.client_id, (None, None))[0]
+        if client_session.clean_session and current is client_session:
+            await self._delete_session(client_session.client_id)
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        # Only the topics the wire contract retains keep a message (broker/policy.py).
+        identity = getattr(source_session, IDENTITY, None)
+        if (
+            identity is not None
+            and self.access is not None
+            and topic_name
+            and data  # an empty payload clears: always allowed where publishing is
+            and not self.access.policy.may_retain(
+                name=identity.name, role=identity.role, topic=topic_name
+            )
+        ):
+            self.noisy.warning(
+                "retained messages refused",
+                "%s may not retain on %s: delivered, not kept",
+                identity.name,
+                shown(topic_name),
+            )
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
 
     def _filters_for(self, topic: str) -> list[str]:
         version = (self._filters_changed, len(self._subscriptions))
@@ -448,6 +605,32 @@ class ChargelineBroker(Broker):  # type: ignore[misc]
         )
 
 
+def _held_filters(session: Session) -> set[str]:
+    held: set[str] | None = getattr(session, "chargeline_filters", None)
+    if held is None:
+        held = set()
+        session.chargeline_filters = held
+    return held
+
+
+class _Handler(BrokerProtocolHandler):  # type: ignore[misc]
+    """amqtt's protocol handler, refusing QoS 2 publishes.
+
+    Nothing in the wire contract uses QoS 2, and amqtt kept every QoS 2 message whose PUBREL
+    never came, for as long as the broker ran (a controller's two connections grew it by
+    500 MiB). MQTT 3.1.1 cannot refuse one publish, so the connection is closed, unread.
+    """
+
+    refuse: Callable[[Session | None, str], None] | None = None
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        if publish_packet.qos == QOS_2:
+            if self.refuse is not None:
+                self.refuse(self.session, "a QoS 2 publish (this broker takes QoS 0 and 1)")
+            return
+        await super().handle_publish(publish_packet)
+
+
 class _Subscriptions(dict[str, list[tuple[Session, int]]]):
     """amqtt's topic filter → subscribers map, with a repr that does not list them all."""
 
@@ -515,6 +698,10 @@ class EmbeddedBroker:
         self.broker = ChargelineBroker(
             amqtt_config(self.settings, self.database_url),
             max_packet_bytes=self.settings.broker_max_packet_bytes,
+            max_connections=self.settings.broker_max_connections,
+            max_connections_per_address=self.settings.broker_max_connections_per_address,
+            connect_timeout_s=self.settings.broker_connect_timeout_s,
+            max_subscriptions=self.settings.broker_max_subscriptions,
         )
         await self.broker.start()
         listening = [

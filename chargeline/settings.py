@@ -191,6 +191,23 @@ class BrokerSettings(CommonSettings):
     broker_max_packet_bytes: int = Field(
         default=512 * 1024, ge=1024, description="larger MQTT packets close the connection"
     )
+    broker_max_connections: int = Field(
+        default=10_000,
+        ge=1,
+        description="connections held at once; more are refused (kept below the file limit)",
+    )
+    broker_max_connections_per_address: int = Field(
+        default=1_000,
+        ge=1,
+        description="connections from one source address (raise it for controllers behind"
+        " one NAT address)",
+    )
+    broker_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="a connection must send its CONNECT this soon"
+    )
+    broker_max_subscriptions: int = Field(
+        default=100, ge=10, description="topic filters one session may hold"
+    )
     broker_allow_anonymous: bool = Field(
         default=False,
         description="development only: no authentication and no topic rules at all",

@@ -59,7 +59,9 @@ class Site:
         site.ca = LocalCA(tmp / "pki")
         site.ca.init()
         site.ca.issue_server(["127.0.0.1", "localhost"])
-        site.ca.issue_client(site.b)
+        issued = site.ca.issue_client(site.b)
+        with psycopg.connect(database, autocommit=True) as conn:
+            identities.bind_certificate(conn, site.b, Role.CONTROLLER, issued.sha256)
         now = dt.datetime.now(dt.UTC)
         expired = site.ca.issue_client(site.a, days=1, now=now - dt.timedelta(days=10))
         os.replace(expired.cert, tmp / "pki" / "expired.pem")
