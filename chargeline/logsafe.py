@@ -79,3 +79,53 @@ class Summarised:
                 kind,
                 over_s,
             )
+
+
+#: Libraries that log a line per client misstep (amqtt per failed connection, asyncio
+#: per failed accept), in full.
+CHATTY_LIBRARIES = ("amqtt", "asyncio", "transitions", "uvicorn")
+
+
+class FloodFilter(logging.Filter):
+    """For log handlers: lines from ``libraries`` (whose lines a client can trigger) pass
+    ``burst`` times per kind (their first ``KEY_CHARS`` characters) and interval, and no
+    such line is longer than ``MAX_CHARS``. What is held back is counted in ``dropped``.
+    chargeline's own lines pass untouched (they use ``shown`` and ``Summarised``)."""
+
+    KEY_CHARS = 40
+    MAX_CHARS = 500
+    MAX_KINDS = 1_000
+
+    def __init__(
+        self,
+        libraries: tuple[str, ...] = CHATTY_LIBRARIES,
+        interval_s: float = 10.0,
+        burst: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.libraries = libraries
+        self.interval_s, self.burst, self.clock = interval_s, burst, clock
+        self._window: dict[str, tuple[float, int]] = {}
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in self.libraries:
+            return True
+        if record.levelno >= logging.ERROR and record.exc_info:
+            return True  # crashes are always worth their lines
+        text = record.getMessage()
+        key = f"{record.name}:{text[: self.KEY_CHARS]}"
+        now = self.clock()
+        started, count = self._window.get(key, (now, 0))
+        if now - started >= self.interval_s:
+            started, count = now, 0
+        if count >= self.burst:
+            self.dropped += 1
+            return False
+        if len(self._window) >= self.MAX_KINDS and key not in self._window:
+            self._window.clear()
+        self._window[key] = (started, count + 1)
+        if len(text) > self.MAX_CHARS:
+            record.msg, record.args = shown(text, self.MAX_CHARS), None
+        return True

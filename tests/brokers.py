@@ -101,12 +101,14 @@ class Site:
 class BrokerUnderTest:
     kind = ""
 
-    def __init__(self, site: Site, tmp: Path) -> None:
+    def __init__(self, site: Site, tmp: Path, settings: dict[str, str] | None = None) -> None:
         self.site, self.tmp = site, tmp
+        self.settings = settings or {}  # CHARGELINE_… variables of this broker
         self.ports = {"tcp": free_port(), "tls": free_port(), "mtls": free_port()}
 
     def env(self) -> dict[str, str]:
         return {
+            **self.settings,
             **self.site.env(),
             "CHARGELINE_DATA_DIR": str(self.tmp / "data"),
             "CHARGELINE_BROKER_BIND": f"127.0.0.1:{self.ports['tcp']}",
