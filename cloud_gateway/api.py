@@ -117,6 +117,7 @@ class _NewCharge:
     """A charge the current call has just created, as ``charges.apply_to_new`` needs it."""
 
     charge: lifecycle.Charge
+    partner_charge_id: str
     outlet_id: str
     end_at: dt.datetime
 
@@ -125,7 +126,8 @@ class _NewCharge:
 class ChargeRow:
     """A ``charges`` row as the API reads it (``class_row`` fills it by column name)."""
 
-    charge_id: str
+    charge_id: str  # the system's key (charges.internal_id)
+    partner_charge_id: str  # the client's own id for it: the only one it ever sees
     outlet_id: str
     state: str
     requested_at: dt.datetime
@@ -144,7 +146,7 @@ class ChargeRow:
     def json(self) -> dict[str, Any]:
         """What the partner sees of a charge (``models.Charge``)."""
         return Charge(
-            charge_id=self.charge_id,
+            charge_id=self.partner_charge_id,
             outlet_id=self.outlet_id,
             state=self.state,  # a State value, checked by the model
             requested_at=self.requested_at,
@@ -160,6 +162,10 @@ class ChargeRow:
 
 _CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow))
 _SELECT_CHARGE = f"SELECT {', '.join(_CHARGE_COLUMNS)} FROM charges WHERE charge_id = %s"
+_SELECT_OWN_CHARGE = (
+    f"SELECT {', '.join(_CHARGE_COLUMNS)} FROM charges"
+    " WHERE client_id = %s AND partner_charge_id = %s"
+)
 
 
 async def _select_charge(
@@ -168,6 +174,16 @@ async def _select_charge(
     """Send the query (in pipeline mode it waits for the next sync); fetch from the cursor."""
     cur = conn.cursor(row_factory=class_row(ChargeRow))
     await cur.execute(_SELECT_CHARGE, (charge_id,))
+    return cur
+
+
+async def _select_own_charge(
+    conn: psycopg.AsyncConnection[Any], client_id: str, partner_charge_id: str
+) -> psycopg.AsyncCursor[ChargeRow]:
+    """``_select_charge`` by the id a client gave: another client's charges do not exist
+    for it (the same id names a different charge, or none)."""
+    cur = conn.cursor(row_factory=class_row(ChargeRow))
+    await cur.execute(_SELECT_OWN_CHARGE, (client_id, partner_charge_id))
     return cur
 
 
@@ -314,10 +330,13 @@ class Gateway:
             raise Problem("rate-limited", "slow down", headers={"Retry-After": retry_after(wait)})
         return caller
 
-    async def _charge_row(
-        self, conn: psycopg.AsyncConnection[Any], charge_id: str
-    ) -> ChargeRow | None:
-        return await (await _select_charge(conn, charge_id)).fetchone()
+    async def _own_charge(
+        self, conn: psycopg.AsyncConnection[Any], caller: Caller, partner_charge_id: str
+    ) -> ChargeRow:
+        row = await (await _select_own_charge(conn, caller.client_id, partner_charge_id)).fetchone()
+        if row is None:
+            raise Problem("unknown-charge", "no such charge for this client")
+        return row
 
     async def _await_ack(
         self,
@@ -345,6 +364,7 @@ class Gateway:
                     cur,
                     new.charge,
                     event,
+                    partner_charge_id=new.partner_charge_id,
                     outlet_id=new.outlet_id,
                     end_at=new.end_at,
                     columns=_CHARGE_COLUMNS,
@@ -400,6 +420,7 @@ class Gateway:
         body: StartCharge,
         *,
         client_id: str,
+        charge_id: str,
         end_at: float,
         now: float,
         digest: bytes,
@@ -411,14 +432,15 @@ class Gateway:
                 recorded = await commands.send_start(
                     conn,
                     outlet_id=body.outlet_id,
-                    charge_id=body.charge_id,
+                    charge_id=charge_id,
                     end_at=end_at,
                     issued_at=now,
                     issued_by=client_id,
                 )
                 await charges.create(
                     conn,
-                    charge_id=body.charge_id,
+                    charge_id=charge_id,
+                    partner_charge_id=body.charge_id,
                     client_id=client_id,
                     outlet_id=body.outlet_id,
                     end_at=end_at,
@@ -449,6 +471,7 @@ class Gateway:
             ).encode()
         ).digest()
         bad_end = self._end_at_problem(end_at, now)
+        charge_id = charges.internal_id(caller.client_id, body.charge_id)
         async with self.pool.connection() as conn:
             # The usual case is one round trip and the commit: the command and the charge
             # are written only if the outlet exists, its controller is online and the
@@ -456,20 +479,23 @@ class Gateway:
             want = None
             if bad_end is None:
                 want = await self._record_start(
-                    conn, body, client_id=caller.client_id, end_at=end_at, now=now, digest=digest
+                    conn,
+                    body,
+                    client_id=caller.client_id,
+                    charge_id=charge_id,
+                    end_at=end_at,
+                    now=now,
+                    digest=digest,
                 )
             if want is None:
                 # Nothing was written: say why, or answer a repeated request.
                 async with conn.pipeline():
-                    by_id = await _select_charge(conn, body.charge_id)
+                    by_id = await _select_own_charge(conn, caller.client_id, body.charge_id)
                     by_outlet = await conn.execute(_OUTLET_LOOKUP, (body.outlet_id,))
                 existing = await by_id.fetchone()
                 outlet = await by_outlet.fetchone()
                 if existing is not None:
-                    if (
-                        existing.client_id != caller.client_id
-                        or bytes(existing.request_sha256) != digest
-                    ):
+                    if bytes(existing.request_sha256) != digest:
                         raise Problem(
                             "charge-id-conflict",
                             f"charge {body.charge_id!r} exists with a different request",
@@ -487,27 +513,23 @@ class Gateway:
         answer = self.waiter.expect(controller_id, outlet_no, want.generation)
         await self._publish(want)
         new = _NewCharge(
-            lifecycle.start(body.charge_id, want.generation), body.outlet_id, utc(end_at)
+            lifecycle.start(charge_id, want.generation), body.charge_id, body.outlet_id, utc(end_at)
         )
-        row = await self._await_ack(body.charge_id, want, answer, new=new)
+        row = await self._await_ack(charge_id, want, answer, new=new)
         status = 201 if row.state != lifecycle.State.REQUESTED.value else 202
         return JSONResponse(row.json(), status_code=status)
 
     async def read(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:read")
         async with self.pool.connection() as conn:
-            row = await self._charge_row(conn, _charge_id(request))
-        if row is None or row.client_id != caller.client_id:
-            raise Problem("unknown-charge", "no such charge for this client")
+            row = await self._own_charge(conn, caller, _charge_id(request))
         return JSONResponse(row.json())
 
     async def stop(self, request: Request) -> Response:
         caller = await self.authorize(request, "charges:write")
-        charge_id = _charge_id(request)
         async with self.pool.connection() as conn:
-            row = await self._charge_row(conn, charge_id)
-            if row is None or row.client_id != caller.client_id:
-                raise Problem("unknown-charge", "no such charge for this client")
+            row = await self._own_charge(conn, caller, _charge_id(request))
+            charge_id = row.charge_id
             if row.state not in (
                 lifecycle.State.ON.value,
                 lifecycle.State.DRAWING.value,
@@ -539,20 +561,23 @@ class Gateway:
 
     async def outlet_status(self, request: Request) -> Response:
         """The outlet's last known state: its latest minute reading and its controller."""
-        await self.authorize(request, "outlets:read")
+        caller = await self.authorize(request, "outlets:read")
         outlet_id = _outlet_id(request)
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
+            # Another client's charge shows only as "charging": never its id or figures.
             await cur.execute(
                 "SELECT s.online, r.minute, r.energy_wh, r.voltage_v, r.current_a, r.breaker_on,"
-                " (SELECT charge_id FROM charges c WHERE c.outlet_id = o.outlet_id"
-                f"   AND c.state IN ({charges.ACTIVE_SQL})) AS active_charge_id"
+                " a.client_id IS NOT NULL AS charging,"
+                " CASE WHEN a.client_id = %s THEN a.partner_charge_id END AS active_charge_id"
                 " FROM outlets o LEFT JOIN controller_status s USING (controller_id)"
                 " LEFT JOIN LATERAL (SELECT * FROM outlet_readings r"
                 "   WHERE r.controller_id = o.controller_id AND r.outlet_no = o.outlet_no"
                 "   ORDER BY minute DESC LIMIT 1) r ON true"
+                " LEFT JOIN charges a ON a.outlet_id = o.outlet_id"
+                f"   AND a.state IN ({charges.ACTIVE_SQL})"
                 " WHERE o.outlet_id = %s",
-                (outlet_id,),
+                (caller.client_id, outlet_id),
             )
             row = await cur.fetchone()
         if row is None:
@@ -565,6 +590,7 @@ class Gateway:
             voltage_v=row["voltage_v"],
             current_a=row["current_a"],
             breaker_on=row["breaker_on"],
+            charging=row["charging"],
             active_charge_id=row["active_charge_id"],
         )
         return JSONResponse(answer.model_dump(mode="json"))

@@ -69,7 +69,10 @@ class OutletStatus(_Answer):
     voltage_v: float | None
     current_a: float | None
     breaker_on: bool | None
-    active_charge_id: str | None
+    charging: bool = Field(description="a charge is active on the outlet, whoever started it")
+    active_charge_id: str | None = Field(
+        description="the active charge's id, when it is this client's (others' stay private)"
+    )
 
 
 class StatusRequestAccepted(_Answer):

@@ -11,7 +11,9 @@ a charge it has just created: it writes only if the row is untouched since.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from functools import cache
@@ -39,8 +41,17 @@ OutletKey = tuple[str, int]
 _COLUMNS = (
     "charge_id, state, start_generation, stop_generation, started_at, rise_at, stopped_at,"
     " stop_reason, failure, first_minute, first_energy_wh, last_minute, last_energy_wh,"
-    " energy_wh, reported, client_id, outlet_id, end_at"
+    " energy_wh, reported, client_id, outlet_id, end_at, partner_charge_id"
 )
+
+
+def internal_id(client_id: str, partner_charge_id: str) -> str:
+    """The system-wide key of a client's charge: its id is the client's own, so two clients
+    may both use ``order-1`` and neither can take, or detect, the other's. Deterministic,
+    so a repeated start finds its charge; 26 base32 characters (130 bits) of SHA-256,
+    within the wire contract's charge id alphabet."""
+    digest = hashlib.sha256(f"{client_id}\n{partner_charge_id}".encode()).digest()
+    return "ch" + base64.b32encode(digest).decode().lower()[:26]
 
 
 def _reading(minute: dt.datetime | None, energy: float | None) -> Reading | None:
@@ -69,6 +80,7 @@ async def create(
     conn: psycopg.AsyncConnection[Any],
     *,
     charge_id: str,
+    partner_charge_id: str,
     client_id: str,
     outlet_id: str,
     end_at: float,
@@ -85,15 +97,16 @@ async def create(
     previous charge must not announce this one's rise).
     """
     await conn.execute(
-        "INSERT INTO charges (charge_id, client_id, outlet_id, controller_id, outlet_no,"
-        " request_sha256, state, start_generation, end_at)"
-        " SELECT %s, %s, %s, c.controller_id, c.outlet_no, %s, %s, c.generation, %s"
+        "INSERT INTO charges (charge_id, partner_charge_id, client_id, outlet_id,"
+        " controller_id, outlet_no, request_sha256, state, start_generation, end_at)"
+        " SELECT %s, %s, %s, %s, c.controller_id, c.outlet_no, %s, %s, c.generation, %s"
         # An ON command names its charge only in the transaction that creates the charge;
         # so while no charge has this id, the one found is the one just recorded.
         " FROM commands c WHERE c.charge_id = %s AND c.turn_on"
         " AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %s)",
         (
             charge_id,
+            partner_charge_id,
             client_id,
             outlet_id,
             request_sha256,
@@ -129,14 +142,16 @@ async def apply(
     after, notices = lifecycle.step(before, event)
     if after != before:
         await conn.execute(f"UPDATE charges SET {_SET} WHERE charge_id = %s", (*_values(after),))
-    client_id, outlet_id, end_at = row[15], row[16], row[17]
+    client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
     for notice in notices:
         await enqueue(
             conn,
             client_id=client_id,
             kind=notice.kind,
             charge_id=charge_id,
-            data=webhook_data(after, notice, outlet_id=outlet_id, end_at=end_at),
+            data=webhook_data(
+                after, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
+            ),
         )
     return after, notices
 
@@ -199,6 +214,7 @@ async def apply_to_new(
     charge: Charge,
     event: Event,
     *,
+    partner_charge_id: str,
     outlet_id: str,
     end_at: dt.datetime,
     columns: Sequence[str] = ("charge_id", "state"),
@@ -213,7 +229,12 @@ async def apply_to_new(
     """
     after, notices = lifecycle.step(charge, event)
     events = [
-        event_body(n.kind, webhook_data(after, n, outlet_id=outlet_id, end_at=end_at))
+        event_body(
+            n.kind,
+            webhook_data(
+                after, n, partner_charge_id=partner_charge_id, outlet_id=outlet_id, end_at=end_at
+            ),
+        )
         for n in notices
     ]
     await cur.execute(
@@ -228,10 +249,16 @@ async def apply_to_new(
 
 
 def webhook_data(
-    charge: Charge, notice: Notice, *, outlet_id: str, end_at: dt.datetime
+    charge: Charge,
+    notice: Notice,
+    *,
+    partner_charge_id: str,
+    outlet_id: str,
+    end_at: dt.datetime,
 ) -> dict[str, Any]:
+    """An event's data; it names the charge by the partner's own id."""
     data: dict[str, Any] = {
-        "charge_id": charge.charge_id,
+        "charge_id": partner_charge_id,
         "outlet_id": outlet_id,
         "state": charge.state.value,
         "at": notice.at,

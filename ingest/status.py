@@ -117,19 +117,22 @@ async def _notify(
     reading: dict[str, Any] | None,
 ) -> None:
     cur = await conn.execute(
-        "SELECT charge_id, state, energy_wh FROM charges WHERE outlet_id = %s"
-        f" AND state IN ({charges.ACTIVE_SQL})",
+        "SELECT client_id, partner_charge_id, state, energy_wh FROM charges"
+        f" WHERE outlet_id = %s AND state IN ({charges.ACTIVE_SQL})",
         (outlet_id,),
     )
     charge = await cur.fetchone()
+    own = charge is not None and charge[0] == client_id
+    # Another client's charge is only "charging": its id, state and energy stay its own.
     data: dict[str, Any] = {
         "request_id": request_id,
         "outlet_id": outlet_id,
         "source": source,
         "reading": reading,
-        "charge": None
-        if charge is None
-        else {"charge_id": charge[0], "state": charge[1], "energy_wh": round(charge[2], 3)},
+        "charging": charge is not None,
+        "charge": {"charge_id": charge[1], "state": charge[2], "energy_wh": round(charge[3], 3)}
+        if charge is not None and own
+        else None,
     }
     await enqueue(conn, client_id=client_id, kind="outlet.status", data=data)
 

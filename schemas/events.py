@@ -89,7 +89,10 @@ class OutletStatusAnswer(_Strict):
         description="edge: a fresh sample; last_reading: the edge did not answer in time"
     )
     reading: StatusReading | None
-    charge: ActiveCharge | None = Field(description="the outlet's active charge, if any")
+    charging: bool = Field(description="a charge is active on the outlet, whoever started it")
+    charge: ActiveCharge | None = Field(
+        description="the outlet's active charge, when it is this client's"
+    )
 
 
 class ControllerPresence(_Strict):

@@ -54,6 +54,7 @@ async def _create(
         await charges.create(
             conn,
             charge_id=charge_id,
+            partner_charge_id=charge_id,
             client_id=client_id,
             outlet_id=f"ctl-a-{outlet}",
             end_at=T0 + 3600,
@@ -115,6 +116,7 @@ async def _apply_to_new(url: str, charge_id: str, event: Event) -> int:
             cur,
             lifecycle.start(charge_id, 1),
             event,
+            partner_charge_id=charge_id,
             outlet_id="ctl-a-1",
             end_at=utc(T0 + 3600),
         )
@@ -289,6 +291,7 @@ def test_a_client_without_a_webhook_url_gets_no_events_and_wakes_no_deliverer(
                 conn.cursor(),
                 lifecycle.start(charge_id, 1),
                 on,
+                partner_charge_id=charge_id,
                 outlet_id=f"ctl-a-{outlet}",
                 end_at=utc(T0 + 3600),
             )

@@ -5,6 +5,7 @@ the partner uses authlib's OAuth2 client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
@@ -38,6 +39,7 @@ class Partner:
     receiver: Receiver
     reader_token: str
     edge: Proc
+    token_url: str
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> httpx2.Response:
         response: httpx2.Response = self.oauth.post(f"{self.api}{path}", json=body or {})
@@ -125,9 +127,37 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
         timeout=30,
         what="the controller online",
     )
-    yield Partner(f"http://127.0.0.1:{api_port}", oauth, client, receiver, reader_token, edge)
+    yield Partner(
+        f"http://127.0.0.1:{api_port}",
+        oauth,
+        client,
+        receiver,
+        reader_token,
+        edge,
+        f"{issuer}/oauth2/token",
+    )
     oauth.close()
     receiver.stop()
+
+
+@contextlib.contextmanager
+def another_partner(partner: Partner, installation: Installation) -> Iterator[Partner]:
+    """A second partner with every scope and its own webhook receiver, on the same API."""
+    receiver = Receiver()
+    receiver.start()
+    rival = add_client(
+        installation.database,
+        "Rival",
+        ["charges:write", "charges:read", "outlets:read", "usage:read"],
+        receiver.url,
+    )
+    oauth = OAuth2Client(rival.client_id, rival.client_secret, token_endpoint=partner.token_url)
+    oauth.fetch_token(grant_type="client_credentials")
+    try:
+        yield Partner(partner.api, oauth, rival, receiver, "", partner.edge, partner.token_url)
+    finally:
+        oauth.close()
+        receiver.stop()
 
 
 def start_unanswered(partner: Partner, installation: Installation, charge_id: str) -> str:
@@ -618,3 +648,47 @@ def test_the_served_openapi_document_holds_against_the_running_gateway(
             )
 
         check()
+
+
+def test_partners_see_only_their_own_charges_and_share_no_ids(
+    partner: Partner, installation: Installation
+) -> None:
+    """Findings 6 and 7 of the security review. Two partners use the same charge id on
+    two outlets of one controller: both charges start (ids are each client's own), each
+    partner reads, stops and hears about its own only; the other's outlet shows as
+    charging, without the other's charge id, state or energy, in the status answer and in
+    the outlet.status webhook."""
+    cid = installation.controllers[0]
+    mine, theirs = f"{cid}-2", f"{cid}-4"
+    started = partner.post("/v1/charges", {"outlet_id": mine, "charge_id": "order-1"})
+    assert started.status_code == 201, started.text
+    with another_partner(partner, installation) as rival:
+        assert problem(rival.get("/v1/charges/order-1")) == (404, "unknown-charge")
+        own = rival.post("/v1/charges", {"outlet_id": theirs, "charge_id": "order-1"})
+        assert own.status_code == 201, own.text
+        assert own.json()["outlet_id"] == theirs
+
+        seen = rival.get(f"/v1/outlets/{mine}/status").json()
+        assert seen["charging"] is True and seen["active_charge_id"] is None
+        assert partner.get(f"/v1/outlets/{mine}/status").json()["active_charge_id"] == "order-1"
+        note = rival.status(mine)
+        assert note["charging"] is True and note["charge"] is None
+        assert partner.status(mine)["charge"]["charge_id"] == "order-1"
+
+        stopped = rival.post("/v1/charges/order-1/stop")
+        assert stopped.status_code == 200 and stopped.json()["outlet_id"] == theirs
+        wait_for(
+            lambda: rival.event("charge.stopped", charge_id="order-1"),
+            timeout=20,
+            what="the rival's charge.stopped",
+        )
+        assert partner.get("/v1/charges/order-1").json()["state"] in ("on", "drawing")
+        assert partner.event("charge.stopped", charge_id="order-1") is None
+        assert {w["data"]["outlet_id"] for w in partner.webhooks("order-1")} == {mine}
+        assert {w["data"]["outlet_id"] for w in rival.webhooks("order-1")} == {theirs}
+        leaked = [
+            body
+            for body in rival.events(lambda b: True)
+            if mine in json.dumps(body) and body["type"] != "outlet.status"
+        ]
+        assert leaked == []
