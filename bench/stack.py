@@ -81,7 +81,7 @@ def partner_stack(
     with ExitStack() as stack:
         url = stack.enter_context(amqtt_broker(tmp))
         db = database(tmp, controllers)
-        client = add_client(db, "bench", scopes, webhook_url)
+        client = add_client(db, "bench", scopes, webhook_url, allow_private=True)
         auth_port, api_port = free_port(), free_port()
         common = {
             "CHARGELINE_DATABASE_URL": db,
@@ -89,6 +89,7 @@ def partner_stack(
             "CHARGELINE_DATA_DIR": str(tmp / "data"),
             "CHARGELINE_LOG_LEVEL": "WARNING",
             "CHARGELINE_ISSUER": f"http://127.0.0.1:{auth_port}",
+            "CHARGELINE_WEBHOOK_ALLOW_PRIVATE": "true",
             "CHARGELINE_AUTH_BIND": f"127.0.0.1:{auth_port}",
             "CHARGELINE_API_BIND": f"127.0.0.1:{api_port}",
             # the benchmarks measure the servers, not the per-client limits

@@ -290,7 +290,14 @@ def _clients_add(url: str, args: argparse.Namespace) -> int:
     from cloud_gateway.clients import add_client
 
     try:
-        new = add_client(url, args.name, args.scopes, args.webhook_url)
+        gateway = settings.load(settings.GatewaySettings)
+        new = add_client(
+            url,
+            args.name,
+            args.scopes,
+            args.webhook_url,
+            allow_private=gateway.webhook_allow_private,
+        )
     except ValueError as exc:
         print(f"chargeline: {exc}", file=sys.stderr)
         return 2

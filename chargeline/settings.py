@@ -331,6 +331,17 @@ class GatewaySettings(CommonSettings):
     max_charge_s: float = Field(
         default=24 * 3600, gt=0, description="default and longest charge (end_at - now)"
     )
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="a webhook post unanswered this long failed"
+    )
+    webhook_concurrency: int = Field(
+        default=4, ge=1, le=64, description="webhook posts in flight per client"
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="allow webhook URLs on loopback, private or link-local addresses"
+        " (a closed network or a test; never for partners on the internet)",
+    )
     status_timeout_s: float = Field(
         default=30.0,
         ge=1,

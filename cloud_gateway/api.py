@@ -243,7 +243,12 @@ class Gateway:
         self.waiter = AckWaiter(self.topics)
         self.client: aiomqtt.Client | None = None
         self._publishing: set[asyncio.Task[None]] = set()
-        self.deliverer = Deliverer(database_url, http=self.http)
+        self.deliverer = Deliverer(
+            database_url,
+            timeout_s=settings.webhook_timeout_s,
+            concurrency=settings.webhook_concurrency,
+            allow_private=settings.webhook_allow_private,
+        )
 
     # --- background: MQTT link --------------------------------------------------------
     async def mqtt_forever(self) -> None:

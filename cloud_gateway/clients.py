@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from authlib.oauth2.rfc6749 import ClientMixin
 
+from cloud_gateway.destinations import resolve_problem
 from cloud_gateway.webhooks import new_secret as new_webhook_secret
 
 #: What a partner may be allowed to do.
@@ -76,14 +77,25 @@ class NewClient:
     webhook_secret: str
 
 
-def add_client(url: str, name: str, scopes: list[str], webhook_url: str | None = None) -> NewClient:
+def add_client(
+    url: str,
+    name: str,
+    scopes: list[str],
+    webhook_url: str | None = None,
+    *,
+    allow_private: bool = False,
+) -> NewClient:
+    """Register a partner. ``allow_private`` lets its webhook URL point inside the
+    cloud's network (``destinations``): a closed network or a test, never the internet."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise ValueError(f"unknown scopes {unknown}; known: {sorted(SCOPES)}")
     if not scopes:
         raise ValueError("a client needs at least one scope")
-    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
-        raise ValueError(f"webhook URL {webhook_url!r} must start with http:// or https://")
+    if webhook_url is not None:
+        problem = resolve_problem(webhook_url, allow_private=allow_private)
+        if problem is not None:
+            raise ValueError(f"the webhook URL {problem}")
     new = NewClient(
         client_id=f"cl_{secrets.token_hex(8)}",
         client_secret=secrets.token_urlsafe(32),

@@ -14,7 +14,14 @@ The deliverer:
 * counts any 2xx as delivered; anything else (an error status, a refused connection, a
   timeout) is retried with exponential backoff and jitter, up to ``GIVE_UP_AFTER`` (72 h);
 * delivers one charge's events strictly in order: an event waits while an earlier one of
-  the same charge is undelivered. Different charges do not wait for each other.
+  the same charge is undelivered. Different charges do not wait for each other;
+* gives each client its own lane (``_Lane``): its own connection pool, a few posts at
+  once, each cut off after ``timeout_s``, and a bounded number of events taken on. A
+  partner whose endpoint hangs delays only its own webhooks;
+* stops delivering to a disabled client, and refuses to post to a URL whose host is (or
+  resolves to) a loopback, private, link-local or otherwise internal address unless the
+  gateway allows it (``webhook_allow_private``): a partner's URL must not make the cloud
+  fetch from inside its own network.
 
 State lives in the table, so a restarted gateway carries on where it stopped; a delivery
 that succeeded just before a crash may be repeated, which ``Webhook-Id`` makes harmless.
@@ -40,6 +47,8 @@ from typing import Any
 
 import httpx2
 import psycopg
+
+from cloud_gateway.destinations import destination_problem
 
 log = logging.getLogger(__name__)
 
@@ -121,91 +130,162 @@ _DUE = """
 SELECT o.event_id, o.public_id, o.charge_id, o.body::text, c.webhook_url,
        array_remove(ARRAY[c.webhook_secret, CASE WHEN c.previous_webhook_secret_until > now()
                                                  THEN c.previous_webhook_secret END], NULL),
-       o.attempts, extract(epoch FROM o.created_at)::float8
+       o.attempts, extract(epoch FROM o.created_at)::float8, o.client_id
 FROM webhook_outbox o JOIN oauth_clients c USING (client_id)
 WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND o.next_attempt_at <= now()
+  AND c.disabled_at IS NULL
+  AND NOT o.event_id = ANY(%(in_flight)s) AND NOT o.client_id = ANY(%(full)s)
   AND NOT EXISTS (
       SELECT 1 FROM webhook_outbox p
       WHERE p.charge_id = o.charge_id AND p.event_id < o.event_id
         AND p.delivered_at IS NULL AND p.gave_up_at IS NULL)
 ORDER BY o.event_id
-LIMIT %s
+LIMIT %(batch)s
+"""
+
+#: Seconds until the next event that ``_DUE`` could return comes due.
+_NEXT_DUE = """
+SELECT extract(epoch FROM min(o.next_attempt_at) - now())::float8
+FROM webhook_outbox o JOIN oauth_clients c USING (client_id)
+WHERE o.delivered_at IS NULL AND o.gave_up_at IS NULL AND c.disabled_at IS NULL
+  AND NOT o.event_id = ANY(%(in_flight)s) AND NOT o.client_id = ANY(%(full)s)
 """
 
 
+class _Lane:
+    """One client's deliveries: its own connection pool, at most ``concurrency`` posts at
+    once, each bounded in time, and at most ``QUEUED`` events taken on. A client whose
+    endpoint hangs fills its own lane; the others never wait for it."""
+
+    QUEUED_PER_POST = 8
+
+    def __init__(self, concurrency: int, timeout_s: float) -> None:
+        self.posts = asyncio.Semaphore(concurrency)
+        self.capacity = concurrency * self.QUEUED_PER_POST
+        self.timeout_s = timeout_s
+        self.taken = 0  # events handed to this lane and not yet recorded
+        self.http = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(timeout_s, connect=min(3.0, timeout_s)),
+            limits=httpx2.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency
+            ),
+            follow_redirects=False,
+        )
+
+    @property
+    def full(self) -> bool:
+        return self.taken >= self.capacity
+
+
 class Deliverer:
+    """Delivers due events, each client in its own lane (see ``_Lane``)."""
+
     def __init__(
         self,
         url: str,
         *,
-        http: httpx2.AsyncClient | None = None,
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
+        concurrency: int = 4,
         batch: int = 200,
         first_retry_s: float = FIRST_RETRY_S,
         max_retry_s: float = MAX_RETRY_S,
+        allow_private: bool = False,
     ) -> None:
         self.url = url
-        self.http = http or httpx2.AsyncClient(timeout=timeout_s)
+        self.timeout_s, self.concurrency = timeout_s, concurrency
         self.batch = batch
         self.first_retry_s, self.max_retry_s = first_retry_s, max_retry_s
+        self.allow_private = allow_private
         self.delivered = 0
         self.failed_attempts = 0
+        self._lanes: dict[str, _Lane] = {}
+        self._in_flight: set[int] = set()
 
     async def run(self) -> None:
-        """Deliver until cancelled; survives database outages."""
+        """Deliver until cancelled; survives database outages. The scanning connection
+        only finds due events and hands them to lanes; lanes record outcomes on a second
+        connection, and each record wakes the scanner (for the next event of a charge)."""
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
-                    await conn.execute("LISTEN chargeline_outbox")
+                async with (
+                    await psycopg.AsyncConnection.connect(self.url, autocommit=True) as scan,
+                    await psycopg.AsyncConnection.connect(self.url, autocommit=True) as record,
+                    asyncio.TaskGroup() as lanes,
+                ):
+                    await scan.execute("LISTEN chargeline_outbox")
                     while True:
-                        await self._deliver_due(conn)
-                        await self._wait(conn)
+                        await self._dispatch_due(scan, record, lanes)
+                        await self._wait(scan)
             except psycopg.Error as exc:
                 log.warning("webhook deliverer lost the database (%s); retrying", exc)
+                self._in_flight.clear()
+                for lane in self._lanes.values():
+                    lane.taken = 0
                 await asyncio.sleep(2)
 
+    def _exclusions(self) -> dict[str, Any]:
+        return {
+            "in_flight": list(self._in_flight),
+            "full": [client for client, lane in self._lanes.items() if lane.full],
+        }
+
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        cur = await conn.execute(
-            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM webhook_outbox"
-            " WHERE delivered_at IS NULL AND gave_up_at IS NULL"
-        )
+        cur = await conn.execute(_NEXT_DUE, self._exclusions())
         row = await cur.fetchone()
         due_in = 30.0 if row is None or row[0] is None else max(0.05, float(row[0]))
         async for _ in conn.notifies(timeout=min(due_in, 30.0), stop_after=1):
             await asyncio.sleep(SETTLE_S)
 
-    async def _deliver_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        while True:
-            cur = await conn.execute(_DUE, (self.batch,))
-            due = [
-                _Due(r[0], r[1], r[2], r[3].encode(), r[4], tuple(r[5]), r[6], r[7])
-                for r in await cur.fetchall()
-            ]
-            if not due:
-                return
-            by_charge: dict[str | None, list[_Due]] = defaultdict(list)
-            for event in due:
-                by_charge[event.charge_id or event.public_id].append(event)
-            results = await asyncio.gather(*(self._deliver_in_order(q) for q in by_charge.values()))
-            for outcomes in results:
-                for event, error in outcomes:
-                    await self._record(conn, event, error)
-            if all(error is not None for outcomes in results for _, error in outcomes):
-                return  # everything due failed: wait for the retries to come due
+    async def _dispatch_due(
+        self,
+        scan: psycopg.AsyncConnection[Any],
+        record: psycopg.AsyncConnection[Any],
+        lanes: asyncio.TaskGroup,
+    ) -> None:
+        cur = await scan.execute(_DUE, {**self._exclusions(), "batch": self.batch})
+        due = [
+            (r[8], _Due(r[0], r[1], r[2], r[3].encode(), r[4], tuple(r[5]), r[6], r[7]))
+            for r in await cur.fetchall()
+        ]
+        by_charge: dict[tuple[str, str], list[_Due]] = defaultdict(list)
+        for client_id, event in due:
+            by_charge[client_id, event.charge_id or event.public_id].append(event)
+        for (client_id, _), events in by_charge.items():
+            lane = self._lanes.get(client_id)
+            if lane is None:
+                lane = self._lanes[client_id] = _Lane(self.concurrency, self.timeout_s)
+            lane.taken += len(events)
+            self._in_flight.update(e.event_id for e in events)
+            lanes.create_task(self._deliver_in_order(lane, events, record))
 
-    async def _deliver_in_order(self, events: list[_Due]) -> list[tuple[_Due, str | None]]:
-        """Post one charge's due events in order, stopping at the first failure."""
-        done: list[tuple[_Due, str | None]] = []
-        for event in events:
-            error = await self._post(event)
-            done.append((event, error))
-            if error is not None:
-                break
-        return done
+    async def _deliver_in_order(
+        self, lane: _Lane, events: list[_Due], record: psycopg.AsyncConnection[Any]
+    ) -> None:
+        """Post one charge's due events in order, stopping at the first failure; record
+        each outcome. Whatever happens, the events leave the lane and the in-flight set
+        (an outcome not recorded is delivered again: ``webhook-id`` makes that harmless)."""
+        try:
+            for event in events:
+                error = await self._post(lane, event)
+                await self._record(record, event, error)
+                if error is not None:
+                    break
+            await record.execute("SELECT pg_notify('chargeline_outbox', '')")
+        except Exception as exc:  # a lane must never take the deliverer down
+            if isinstance(exc, psycopg.Error):
+                log.warning("webhook outcome not recorded (%s); it will be retried", exc)
+            else:
+                log.exception("webhook delivery failed unexpectedly")
+        finally:
+            lane.taken -= len(events)
+            self._in_flight.difference_update(e.event_id for e in events)
 
-    async def _post(self, event: _Due) -> str | None:
+    async def _post(self, lane: _Lane, event: _Due) -> str | None:
         if not event.url:
             return "the client has no webhook URL"
+        refusal = await destination_problem(event.url, allow_private=self.allow_private)
+        if refusal is not None:
+            return refusal
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
@@ -216,7 +296,10 @@ class Deliverer:
             ),
         }
         try:
-            response = await self.http.post(event.url, content=event.body, headers=headers)
+            async with lane.posts, asyncio.timeout(lane.timeout_s):
+                response = await lane.http.post(event.url, content=event.body, headers=headers)
+        except TimeoutError:
+            return f"no answer within {lane.timeout_s:g} s"
         except httpx2.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
         if 200 <= response.status_code < 300:
@@ -258,5 +341,7 @@ class Deliverer:
         )
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.http.aclose()
+        for lane in self._lanes.values():
+            with contextlib.suppress(Exception):
+                await lane.http.aclose()
+        self._lanes.clear()

@@ -172,6 +172,7 @@ class Installation:
             "CHARGELINE_TIME_SCALE": str(self.time_scale),
             "CHARGELINE_TIME_ORIGIN": repr(self.time_origin),
             "CHARGELINE_LOG_LEVEL": "INFO",
+            "CHARGELINE_WEBHOOK_ALLOW_PRIVATE": "true",  # partners' receivers are on loopback
         }
         env.update({f"CHARGELINE_{k.upper()}": str(v) for k, v in extra.items()})
         return env

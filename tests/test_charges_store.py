@@ -36,7 +36,9 @@ T0 = 1_800_000_000.0
 @pytest.fixture
 def setup(database: str) -> tuple[str, str]:
     import_registry(database, registry_for(["ctl-a"], 2))
-    client = add_client(database, "WeCharge", ["charges:write"], "http://127.0.0.1:9/hooks")
+    client = add_client(
+        database, "WeCharge", ["charges:write"], "http://127.0.0.1:9/hooks", allow_private=True
+    )
     return database, client.client_id
 
 
@@ -276,7 +278,9 @@ def test_a_client_without_a_webhook_url_gets_no_events_and_wakes_no_deliverer(
     retried and warned about for 72 hours, and every step woke the deliverer."""
     import_registry(database, registry_for(["ctl-a"], 2))
     reader = add_client(database, "Reports", ["charges:write"])  # no webhook URL
-    partner = add_client(database, "WeCharge", ["charges:write"], "http://127.0.0.1:9/hooks")
+    partner = add_client(
+        database, "WeCharge", ["charges:write"], "http://127.0.0.1:9/hooks", allow_private=True
+    )
     on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10)
 
     async def wakeups_during(step: Any) -> int:

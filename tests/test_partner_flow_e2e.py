@@ -86,6 +86,7 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
         "WeCharge",
         ["charges:write", "charges:read", "outlets:read", "usage:read"],
         receiver.url,
+        allow_private=True,
     )
     reader = add_client(inst.database, "Reports", ["charges:read"])
     auth_port, api_port = free_port(), free_port()
@@ -150,6 +151,7 @@ def another_partner(partner: Partner, installation: Installation) -> Iterator[Pa
         "Rival",
         ["charges:write", "charges:read", "outlets:read", "usage:read"],
         receiver.url,
+        allow_private=True,
     )
     oauth = OAuth2Client(rival.client_id, rival.client_secret, token_endpoint=partner.token_url)
     oauth.fetch_token(grant_type="client_credentials")

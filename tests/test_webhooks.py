@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +40,7 @@ PLAN = [
 
 
 def client_for(database: str, receiver: Receiver) -> NewClient:
-    return add_client(database, "WeCharge", ["charges:read"], receiver.url)
+    return add_client(database, "WeCharge", ["charges:read"], receiver.url, allow_private=True)
 
 
 def event_data(kind: str, charge: str | None, n: int) -> dict[str, object]:
@@ -101,7 +104,7 @@ def test_events_are_signed_delivered_once_and_in_order(database: str, receiver: 
     client = client_for(database, receiver)
 
     async def scenario() -> float:
-        deliverer = Deliverer(database)
+        deliverer = Deliverer(database, allow_private=True)
         task = asyncio.create_task(deliverer.run())
         await asyncio.sleep(0.3)  # listening
         start = time.monotonic()
@@ -146,7 +149,7 @@ def test_a_rotated_webhook_secret_signs_beside_the_old_one_until_the_overlap_end
     new = rotate_webhook_secret(database, client.client_id, overlap_s=3600)
 
     async def deliver(count: int) -> None:
-        deliverer = Deliverer(database)
+        deliverer = Deliverer(database, allow_private=True)
         task = asyncio.create_task(deliverer.run())
         await until(lambda: len(receiver.accepted) == count, 10)
         task.cancel()
@@ -192,7 +195,7 @@ def test_receiver_down_then_failing_then_back_loses_nothing_across_restarts(
     client = client_for(database, receiver)  # the receiver is not even listening yet
 
     async def scenario() -> None:
-        first = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0)
+        first = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0, allow_private=True)
         task = asyncio.create_task(first.run())
         await add_events(database, client, 0, 3)
         await until(lambda: first.failed_attempts >= 3, 10)
@@ -201,7 +204,7 @@ def test_receiver_down_then_failing_then_back_loses_nothing_across_restarts(
 
         receiver.status = 500
         receiver.start()
-        second = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0)
+        second = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0, allow_private=True)
         task = asyncio.create_task(second.run())
         await add_events(database, client, 3, len(PLAN))
         await until(lambda: receiver.refused >= 4, 15)
@@ -221,3 +224,82 @@ def test_receiver_down_then_failing_then_back_loses_nothing_across_restarts(
     assert query(database, "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL") == [
         (0,)
     ]
+
+
+class Tarpit:
+    """A webhook endpoint that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hooks"
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.held:
+            sock.close()
+
+
+def test_a_hanging_endpoint_delays_only_its_own_clients_webhooks(
+    database: str, receiver: Receiver
+) -> None:
+    """Finding 8 of the security review. One partner's endpoint hangs (a tarpit) with 300
+    events queued for it; another partner's 20 webhooks, enqueued one at a time while
+    the tarpit holds its connections, each arrive within a second."""
+    receiver.start()
+    tarpit = Tarpit()
+    stuck = add_client(database, "Stuck", ["charges:read"], tarpit.url, allow_private=True)
+    healthy = client_for(database, receiver)
+
+    async def scenario() -> list[float]:
+        async with await psycopg.AsyncConnection.connect(database) as conn:
+            for n in range(300):
+                await enqueue(
+                    conn,
+                    client_id=stuck.client_id,
+                    kind="charge.started",
+                    data=event_data("charge.started", f"ch-{n}", n),
+                    charge_id=f"ch-{n}",
+                )
+            await conn.commit()
+        deliverer = Deliverer(database, timeout_s=5, allow_private=True)
+        task = asyncio.create_task(deliverer.run())
+        await until(lambda: len(tarpit.held) >= 4, 10)  # the tarpit holds its posts
+        latencies = []
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
+            for n in range(20):
+                start = time.monotonic()
+                await enqueue(
+                    conn,
+                    client_id=healthy.client_id,
+                    kind="charge.started",
+                    data=event_data("charge.started", f"ok-{n}", n),
+                    charge_id=f"ok-{n}",
+                )
+                await until(lambda n=n: len(receiver.accepted) > n, 30)
+                latencies.append(time.monotonic() - start)
+        assert len(tarpit.held) <= 4, "the stuck client's lane holds at most 4 posts"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await deliverer.aclose()
+        return latencies
+
+    try:
+        latencies = asyncio.run(scenario())
+    finally:
+        tarpit.close()
+    assert max(latencies) < 1.0, [round(x, 2) for x in latencies]
+    waiting = query(
+        database,
+        "SELECT count(*) FROM webhook_outbox WHERE client_id = %s AND delivered_at IS NULL",
+        stuck.client_id,
+    )
+    assert waiting[0][0] == 300, "the stuck client's events wait for retries, none lost"

@@ -163,6 +163,7 @@ async def _run(
                     f"WeCharge demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
                     ["charges:write", "charges:read", "outlets:read", "usage:read"],
                     f"http://127.0.0.1:{port}/hooks",
+                    allow_private=True,  # the demo's partner is on this machine
                 )
                 partner = Partner(
                     client, api=api, token_url=token_url, port=port, tally=tally, now=ingest.now
@@ -300,6 +301,7 @@ async def _cloud(
         "CHARGELINE_TIME_ORIGIN": repr(ingest.time_origin),
         "CHARGELINE_LOG_LEVEL": "INFO",
         "CHARGELINE_ISSUER": issuer,
+        "CHARGELINE_WEBHOOK_ALLOW_PRIVATE": "true",  # the demo's partner is on this machine
         "CHARGELINE_AUTH_BIND": f"127.0.0.1:{auth_port}",
         "CHARGELINE_API_BIND": f"127.0.0.1:{api_port}",
     }
