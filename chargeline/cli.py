@@ -73,40 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("file", type=Path)
 
-    clients = sub.add_parser(
-        "clients", help="partner applications (OAuth2 clients)", **_help(settings.IngestSettings)
-    )
-    clients_sub = clients.add_subparsers(dest="clients_command", required=True)
-    add = clients_sub.add_parser("add", help="register a client; prints its secret once")
-    add.add_argument("name")
-    add.add_argument("--scopes", nargs="+", required=True, help="e.g. charges:write charges:read")
-    add.add_argument("--webhook-url", help="where chargeline posts this client's events")
-    clients_sub.add_parser("list", help="every client: id, name, scopes, webhook URL, state")
-    rotate = clients_sub.add_parser(
-        "rotate-secret", help="issue a new client secret (or webhook secret); prints it once"
-    )
-    rotate.add_argument("client_id")
-    rotate.add_argument(
-        "--webhook",
-        action="store_true",
-        help="rotate the webhook signing secret instead; the old one keeps signing beside it",
-    )
-    rotate.add_argument(
-        "--overlap-hours",
-        type=float,
-        default=24.0,
-        help="with --webhook: how long the old secret also signs (default 24)",
-    )
-    remove = clients_sub.add_parser(
-        "remove", help="disable a client: no tokens, no webhooks (its charges stay on record)"
-    )
-    remove.add_argument("client_id")
+    _clients_parser(sub)
 
     sub.add_parser(
         "auth",
         help="run the OAuth2 authorization server",
         **_help(settings.GatewaySettings, "CHARGELINE_AUTH_BIND (default 127.0.0.1:8001)"),
     )
+    _keys_parser(sub)
     sub.add_parser(
         "gateway",
         help="run the partner API and the webhook deliverer",
@@ -136,6 +110,69 @@ def _version() -> str:
         return version("chargeline")
     except PackageNotFoundError:
         return "unknown (not installed)"
+
+
+def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``chargeline clients …``: partner applications."""
+    clients = sub.add_parser(
+        "clients", help="partner applications (OAuth2 clients)", **_help(settings.IngestSettings)
+    )
+    clients_sub = clients.add_subparsers(dest="clients_command", required=True)
+    add = clients_sub.add_parser("add", help="register a client; prints its secret once")
+    add.add_argument("name")
+    add.add_argument("--scopes", nargs="+", required=True, help="e.g. charges:write charges:read")
+    add.add_argument("--webhook-url", help="where chargeline posts this client's events")
+    clients_sub.add_parser("list", help="every client: id, name, scopes, webhook URL, state")
+    rotate = clients_sub.add_parser(
+        "rotate-secret", help="issue a new client secret (or webhook secret); prints it once"
+    )
+    rotate.add_argument("client_id")
+    rotate.add_argument(
+        "--webhook",
+        action="store_true",
+        help="rotate the webhook signing secret instead; the old one keeps signing beside it",
+    )
+    rotate.add_argument(
+        "--overlap-hours",
+        type=float,
+        default=24.0,
+        help="with --webhook: how long the old secret also signs (default 24)",
+    )
+    disable = clients_sub.add_parser(
+        "disable",
+        help="stop a client at once: no tokens (issued ones refused within seconds),"
+        " no webhooks; undo with enable",
+    )
+    disable.add_argument("client_id")
+    enable = clients_sub.add_parser("enable", help="let a disabled client back in")
+    enable.add_argument("client_id")
+    remove = clients_sub.add_parser(
+        "remove", help="disable a client for good (its charges stay on record)"
+    )
+    remove.add_argument("client_id")
+
+
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``chargeline keys …``: the token signing keys."""
+    signing = sub.add_parser(
+        "keys",
+        help="the authorization server's token signing keys",
+        **_help(settings.GatewaySettings),
+    )
+    keys_sub = signing.add_subparsers(dest="keys_command", required=True)
+    rotate_key = keys_sub.add_parser(
+        "rotate",
+        help="sign with a new key from now on; the old one stays published until the"
+        " tokens it signed have expired (the running servers notice by themselves)",
+    )
+    rotate_key.add_argument(
+        "--retire-after",
+        type=float,
+        metavar="SECONDS",
+        help="how long the old key stays published (default: the longest token lifetime"
+        " plus the leeway; 0 withdraws it, and every token it signed, at once)",
+    )
+    keys_sub.add_parser("list", help="the published keys: kid and until when")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +240,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _registry_import(args.file)
     if args.command == "clients":
         return _clients(args)
+    if args.command == "keys":
+        return _keys(args)
     if args.command in ("auth", "gateway"):
         return _serve(args.command)
     if args.command == "demo":
@@ -255,10 +294,9 @@ def _clients(args: argparse.Namespace) -> int:
             return _clients_add(url, args)
         if args.clients_command == "list":
             for c in clients.list_clients(url):
-                state = f"removed {c.disabled_at:%Y-%m-%d}" if c.disabled_at else "active"
                 print(
                     f"{c.client_id}  {c.name!r}  {' '.join(c.scopes)}"
-                    f"  webhook={c.webhook_url or '-'}  {state}"
+                    f"  webhook={c.webhook_url or '-'}  {c.state}"
                 )
             return 0
         if args.clients_command == "rotate-secret":
@@ -274,16 +312,57 @@ def _clients(args: argparse.Namespace) -> int:
             else:
                 secret = clients.rotate_client_secret(url, args.client_id)
                 print(f"client_secret  {secret}")
-                print("Shown once; the old secret no longer gets tokens.")
+                print(
+                    "Shown once; the old secret no longer gets tokens, and the tokens it got"
+                    " are refused within seconds."
+                )
+            return 0
+        if args.clients_command == "disable":
+            clients.disable_client(url, args.client_id)
+            print(
+                f"{args.client_id} disabled: no tokens (those it has are refused within"
+                " seconds), no webhooks; its charges stay stoppable with"
+                " `chargeline charges stop`. `chargeline clients enable` undoes this."
+            )
+            return 0
+        if args.clients_command == "enable":
+            clients.enable_client(url, args.client_id)
+            print(f"{args.client_id} enabled: it can get tokens again; its webhooks resume")
             return 0
         if args.clients_command == "remove":
             clients.remove_client(url, args.client_id)
-            print(f"{args.client_id} removed: it gets no tokens and no webhooks")
+            print(f"{args.client_id} removed for good: it gets no tokens and no webhooks")
             return 0
     except clients.UnknownClient as exc:
         print(f"chargeline: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(args.clients_command)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import time
+
+    from cloud_gateway import keys
+
+    gateway = settings.load(settings.GatewaySettings)
+    directory = gateway.data_dir / "keys"
+    if args.keys_command == "rotate":
+        retire_after = args.retire_after
+        if retire_after is None:
+            retire_after = gateway.token_max_lifetime_s + gateway.token_leeway_s
+        if retire_after < 0:
+            print("chargeline: --retire-after must be 0 or more seconds", file=sys.stderr)
+            return 2
+        rotated = keys.rotate(directory, retire_after_s=retire_after)
+        until = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(rotated.retires_at))
+        print(f"signing with {rotated.new_kid} from now on")
+        print(f"{rotated.old_kid} stays published until {until}")
+        return 0
+    ring = keys.KeyRing(directory)
+    for entry in ring.jwks()["keys"]:
+        role = "signing" if entry["kid"] == ring.signing.kid else "previous"
+        print(f"{entry['kid']}  {role}")
+    return 0
 
 
 def _clients_add(url: str, args: argparse.Namespace) -> int:

@@ -313,6 +313,12 @@ class GatewaySettings(CommonSettings):
     jwks_url: str | None = Field(default=None, description="unset: {issuer}/.well-known/jwks.json")
     token_ttl_s: int = Field(default=600, ge=30, le=900, description="access token lifetime")
     token_leeway_s: int = Field(default=30, ge=0, le=60, description="clock leeway on tokens")
+    token_max_lifetime_s: int = Field(
+        default=900,
+        ge=30,
+        le=3600,
+        description="the API refuses tokens whose exp - iat exceeds this",
+    )
     token_rate_per_s: float = Field(default=20.0, gt=0, description="token requests per client")
     token_burst: int = Field(default=40, ge=1)
     api_rate_per_s: float = Field(default=200.0, gt=0, description="API requests per client")

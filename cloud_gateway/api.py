@@ -44,12 +44,13 @@ from starlette.routing import Route
 from chargeline import mqtt
 from chargeline.settings import GatewaySettings
 from chargeline.times import utc
-from cloud_gateway import commands
+from cloud_gateway import commands, standing
 from cloud_gateway.commands import AckWaiter
 from cloud_gateway.models import Charge, OutletStatus, StartCharge, StatusRequestAccepted, Usage
 from cloud_gateway.openapi import document as openapi_document
 from cloud_gateway.problems import Problem
 from cloud_gateway.ratelimit import RateLimiter, retry_after
+from cloud_gateway.standing import Standing
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
 from ingest import charges, lifecycle, status
@@ -237,8 +238,11 @@ class Gateway:
             audience=settings.audience,
             jwks_url=settings.jwks,
             leeway_s=settings.token_leeway_s,
+            max_lifetime_s=settings.token_max_lifetime_s,
             http=self.http,
         )
+        self.database_url = database_url
+        self.standing = Standing()
         self.limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.waiter = AckWaiter(self.topics)
         self.client: aiomqtt.Client | None = None
@@ -319,16 +323,23 @@ class Gateway:
                 await self._publish(cancel)
 
     # --- helpers ----------------------------------------------------------------------
+    async def _check_standing(self, caller: Caller) -> None:
+        """A validly signed token of a client disabled, removed or rotated since is void."""
+        if caller.client_id not in self.standing.clients:
+            async with self.pool.connection() as conn:
+                await standing.lookup(conn, self.standing, caller.client_id)
+        refusal = self.standing.refusal(caller.client_id, float(caller.claims["iat"]))
+        if refusal is not None:
+            raise TokenError(401, "invalid_token", refusal)
+
     async def authorize(self, request: Request, scope: str) -> Caller:
         try:
             caller = await self.tokens.check(request.headers.get("authorization"), scope)
+            await self._check_standing(caller)
         except TokenError as exc:
             headers = {}
-            if exc.status in (401, 403):  # RFC 6750 §3
-                description = exc.description.replace("\\", "").replace('"', "'")
-                headers["WWW-Authenticate"] = (
-                    f'Bearer error="{exc.error}", error_description="{description}"'
-                )
+            if exc.status in (401, 403):  # RFC 6750 §3: a fixed text, nothing echoed
+                headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
             raise Problem(exc.error.replace("_", "-"), exc.description, headers=headers) from None
         wait = self.limiter.take(caller.client_id)
         if wait:
@@ -711,6 +722,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
         await gateway.pool.open()
         await gateway.acks_pool.open()
         tasks = [
+            asyncio.create_task(standing.watch(gateway.database_url, gateway.standing)),
             asyncio.create_task(gateway.mqtt_forever()),
             asyncio.create_task(gateway.deliverer.run()),
             asyncio.create_task(gateway.timeouts_forever()),

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg
 from authlib.oauth2 import AuthorizationServer
@@ -40,16 +41,16 @@ log = logging.getLogger(__name__)
 
 
 class _TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
-    def __init__(self, key: ECKey, settings: GatewaySettings) -> None:
+    def __init__(self, ring: keys.KeyRing, settings: GatewaySettings) -> None:
         super().__init__(
             issuer=settings.issuer,
             alg=keys.ALGORITHM,
             expires_generator=lambda client, grant_type: settings.token_ttl_s,
         )
-        self.key, self.audience = key, settings.audience
+        self.ring, self.audience = ring, settings.audience
 
     def get_jwks(self) -> ECKey:
-        return self.key
+        return self.ring.current()
 
     def get_audiences(self, client: Any, user: Any, scope: Any) -> str:
         return self.audience
@@ -68,8 +69,9 @@ class _TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
             "jti": self.get_jti(client, grant_type, user, scope),
             "scope": scope,
         }
-        header = {"alg": self.alg, "typ": "at+jwt", "kid": self.key.kid}
-        return jwt.encode(header, claims, self.key)
+        key = self.ring.current()  # a rotated key signs from the next token on
+        header = {"alg": self.alg, "typ": "at+jwt", "kid": key.kid}
+        return jwt.encode(header, claims, key)
 
 
 class _Server(AuthorizationServer):  # type: ignore[misc]
@@ -114,24 +116,48 @@ class _FormRequest(OAuth2Request):  # type: ignore[misc]
         return self._form
 
 
-def _caller(request: Request, form: dict[str, str]) -> str:
-    """Rate-limit key: the client id the caller claims, else its address."""
+def _credentials(request: Request, form: dict[str, str]) -> tuple[str, str] | None:
+    """The (client id, secret) a token request presents: HTTP Basic, else the form."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("basic "):
-        with contextlib.suppress(ValueError):
-            return base64.b64decode(auth[6:]).decode().split(":", 1)[0]
-    if form.get("client_id"):
-        return form["client_id"]
-    return request.client.host if request.client else "?"
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            return unquote(client_id), unquote(secret)
+        return None
+    if form.get("client_id") and form.get("client_secret"):
+        return form["client_id"], form["client_secret"]
+    return None
+
+
+def _authenticated(server: _Server, request: Request, form: dict[str, str]) -> str | None:
+    """The client id, if the request's credentials are right. Only an authenticated id
+    may key a rate limit: one that is merely claimed (every token names its client)
+    would let anyone spend another client's allowance."""
+    presented = _credentials(request, form)
+    if presented is None:
+        return None
+    client = server.clients.get(presented[0])
+    return presented[0] if client is not None and client.check_client_secret(presented[1]) else None
+
+
+#: RFC 6749 §5.2 ``invalid_client``, the same words whether the id is unknown or the
+#: secret wrong, so the endpoint does not tell which client ids exist.
+_INVALID_CLIENT = {
+    "error": "invalid_client",
+    "error_description": "client authentication failed (unknown client, wrong secret,"
+    " or a disabled client)",
+}
 
 
 def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
-    key = keys.load_or_create(settings.data_dir / "keys" / "signing.jwk")
+    ring = keys.KeyRing(settings.data_dir / "keys")
     server = _Server({})
     server.register_grant(_ClientCredentials)
-    server.register_token_generator("default", _TokenGenerator(key, settings))
-    limiter = RateLimiter(settings.token_rate_per_s, settings.token_burst)
-    jwks = keys.public_jwks(key)
+    server.register_token_generator("default", _TokenGenerator(ring, settings))
+    # Two limits: per source address for every request (a stranger spends only its own
+    # address's allowance), and per client once its credentials are right.
+    by_source = RateLimiter(settings.token_rate_per_s, settings.token_burst)
+    by_client = RateLimiter(settings.token_rate_per_s, settings.token_burst)
     metadata = {
         "issuer": settings.issuer,
         "token_endpoint": f"{settings.issuer}/oauth2/token",
@@ -154,20 +180,33 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
                 status_code=413 if declared.isdigit() else 411,
             )
         form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        wait = limiter.take(_caller(request, form))
+        source = request.client.host if request.client else "?"
+        wait = by_source.take(source)
+        client_id = _authenticated(server, request, form) if not wait else None
+        if client_id is not None:
+            wait = by_client.take(client_id)
         if wait:
             return JSONResponse(
                 {"error": "slow_down", "error_description": "too many token requests"},
                 status_code=429,
-                headers={"Retry-After": retry_after(wait)},
+                headers={"Retry-After": retry_after(wait), "Cache-Control": "no-store"},
             )
-        oauth_request = _FormRequest(request, form)
-        response: Response = server.create_token_response(oauth_request)
+        if client_id is None and _credentials(request, form) is not None:
+            # RFC 6749 §5.2: 401 with a challenge when HTTP Basic was tried, else 400.
+            basic = request.headers.get("authorization", "").lower().startswith("basic ")
+            response: Response = JSONResponse(
+                _INVALID_CLIENT,
+                status_code=401 if basic else 400,
+                headers={"WWW-Authenticate": 'Basic realm="chargeline"'} if basic else None,
+            )
+        else:
+            response = server.create_token_response(_FormRequest(request, form))
         response.headers["Cache-Control"] = "no-store"
         return response
 
     async def keyset(request: Request) -> Response:
-        return JSONResponse(jwks, headers={"Cache-Control": "max-age=300"})
+        # Short-lived in caches: after a rotation the API must find the new key here.
+        return JSONResponse(ring.jwks(), headers={"Cache-Control": "max-age=60"})
 
     async def discovery(request: Request) -> Response:
         return JSONResponse(metadata)

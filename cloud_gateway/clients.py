@@ -142,30 +142,46 @@ class ClientInfo:
     webhook_url: str | None
     created_at: Any
     disabled_at: Any
+    removed_at: Any
+
+    @property
+    def state(self) -> str:
+        if self.removed_at is not None:
+            return f"removed {self.removed_at:%Y-%m-%d %H:%M}"
+        if self.disabled_at is not None:
+            return f"disabled {self.disabled_at:%Y-%m-%d %H:%M}"
+        return "active"
 
 
 class UnknownClient(LookupError):
-    """No client with that id (or it was removed)."""
+    """No client with that id, or none in the state the change needs."""
 
-    def __init__(self, client_id: str) -> None:
-        super().__init__(f"no client {client_id!r}")
+    def __init__(self, client_id: str, why: str = "") -> None:
+        super().__init__(f"no client {client_id!r}{why}")
         self.client_id = client_id
 
 
 def list_clients(url: str) -> list[ClientInfo]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT client_id, name, scopes, webhook_url, created_at, disabled_at"
+            "SELECT client_id, name, scopes, webhook_url, created_at, disabled_at, removed_at"
             " FROM oauth_clients ORDER BY created_at, client_id"
         ).fetchall()
     return [ClientInfo(*row) for row in rows]
 
 
 def rotate_client_secret(url: str, client_id: str) -> str:
-    """A new client secret; the old one stops working at once (tokens already issued live
-    out their 15 minutes at most)."""
+    """A new client secret. The old one stops getting tokens at once, and the tokens it
+    got stop working within seconds (``tokens_valid_after``)."""
     secret = secrets.token_urlsafe(32)
-    _update_active(url, client_id, "secret_sha256 = %s", _sha256(secret))
+    _update(
+        url,
+        client_id,
+        "secret_sha256 = %s, tokens_valid_after = now()",
+        _sha256(secret),
+        state="disabled_at IS NULL",
+        why=" that is active",
+    )
     return secret
 
 
@@ -173,7 +189,7 @@ def rotate_webhook_secret(url: str, client_id: str, *, overlap_s: float) -> str:
     """A new webhook secret. For ``overlap_s`` the old one signs beside it (two signatures
     in ``webhook-signature``), so the partner can switch its verifier at leisure."""
     secret = new_webhook_secret()
-    _update_active(
+    _update(
         url,
         client_id,
         "previous_webhook_secret = webhook_secret,"
@@ -181,22 +197,55 @@ def rotate_webhook_secret(url: str, client_id: str, *, overlap_s: float) -> str:
         " webhook_secret = %s",
         overlap_s,
         secret,
+        state="removed_at IS NULL",
+        why=" that is not removed",
     )
     return secret
 
 
+def disable_client(url: str, client_id: str) -> None:
+    """No new tokens, every token already issued refused within seconds, no webhooks
+    (they wait, and go out if the client is enabled again within 72 h). Its charges run
+    on and stay stoppable by the operator (``chargeline charges stop``)."""
+    _update(
+        url,
+        client_id,
+        "disabled_at = now(), tokens_valid_after = now()",
+        state="disabled_at IS NULL",
+        why=" that is active",
+    )
+
+
+def enable_client(url: str, client_id: str) -> None:
+    """Undo ``disable_client``: the client gets tokens again (the ones it had stay void)."""
+    _update(
+        url,
+        client_id,
+        "disabled_at = NULL",
+        state="disabled_at IS NOT NULL AND removed_at IS NULL",
+        why=" that is disabled (a removed client cannot come back)",
+    )
+
+
 def remove_client(url: str, client_id: str) -> None:
-    """Disable a client: no more tokens, no more webhooks. Its charges stay on record."""
-    _update_active(url, client_id, "disabled_at = now(), webhook_url = NULL")
+    """Disable a client for good: no tokens, no webhooks. Its charges stay on record."""
+    _update(
+        url,
+        client_id,
+        "disabled_at = coalesce(disabled_at, now()), removed_at = now(), webhook_url = NULL,"
+        " tokens_valid_after = now()",
+        state="removed_at IS NULL",
+        why=" that is not removed already",
+    )
 
 
-def _update_active(url: str, client_id: str, assignments: str, *values: Any) -> None:
-    """``UPDATE … SET assignments`` on one active client, or ``UnknownClient``."""
+def _update(url: str, client_id: str, assignments: str, *values: Any, state: str, why: str) -> None:
+    """``UPDATE … SET assignments`` on one client in ``state``, or ``UnknownClient``."""
     with psycopg.connect(url) as conn:
         cur = conn.execute(
-            f"UPDATE oauth_clients SET {assignments}"  # assignments: our own constants
-            " WHERE client_id = %s AND disabled_at IS NULL",
+            f"UPDATE oauth_clients SET {assignments}"  # assignments, state: our constants
+            f" WHERE client_id = %s AND {state}",
             (*values, client_id),
         )
         if cur.rowcount != 1:
-            raise UnknownClient(client_id)
+            raise UnknownClient(client_id, why)

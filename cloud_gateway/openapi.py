@@ -27,7 +27,7 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "integer", "minimum": 1},
     },
     "WWW-Authenticate": {
-        "description": "RFC 6750: Bearer, with error and error_description",
+        "description": "RFC 6750: Bearer, with error (the problem's detail says why)",
         "schema": {"type": "string"},
     },
     "Allow": {"description": "the methods this path accepts", "schema": {"type": "string"}},

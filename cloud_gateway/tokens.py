@@ -2,16 +2,23 @@
 
 A token passes only if: its header names an allowed algorithm (ES256: ``none``, HMAC and
 everything else are refused before any key is touched) and ``typ`` ``at+jwt``; its ``kid``
-is in the authorization server's JWKS (fetched from ``jwks_url``, cached, refetched at
-most every ``REFETCH_S`` when an unknown key id appears); the signature verifies; ``iss``
-and ``aud`` are ours; ``exp``, ``nbf`` and ``iat`` hold within the leeway; and its
-``scope`` includes what the endpoint needs. Every refusal says why. A token whose
-signature has passed is remembered by its text, so later calls only check its times and
-scope.
+is in the authorization server's JWKS; the signature verifies; ``iss`` and ``aud`` are
+ours; ``exp``, ``nbf`` and ``iat`` hold within the leeway, ``iat`` is present and the
+lifetime ``exp - iat`` is at most ``max_lifetime_s`` (a token minted for years is
+refused, whoever signed it); and its ``scope`` includes what the endpoint needs. Every
+refusal says why, with any value taken from the token cut short (``logsafe.shown``).
+
+The JWKS is fetched from ``jwks_url`` and kept for ``KEYS_MAX_AGE_S``; a token naming an
+unknown key id makes it refetch, at most once every ``REFETCH_S`` (a caller arriving
+inside that interval waits for it rather than failing: a key rotation causes no
+refusals). A token whose signature has passed is remembered by its text together with
+its key id, and the memory is emptied whenever the key set changes: a key withdrawn from
+the JWKS withdraws the tokens it signed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +29,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
+from chargeline.logsafe import shown
 from cloud_gateway import keys
 
 ALLOWED_ALGORITHMS = [keys.ALGORITHM]
@@ -47,24 +55,37 @@ class Caller:
 
 
 class TokenValidator:
-    REFETCH_S = 30.0
+    REFETCH_S = 5.0
+    KEYS_MAX_AGE_S = 300.0
     #: Tokens whose signature has been verified, by their exact text: a partner sends the
     #: same token for minutes, and the signature check is most of a token check's cost.
     CACHE_SIZE = 10_000
 
     def __init__(
-        self, *, issuer: str, audience: str, jwks_url: str, leeway_s: int, http: httpx2.AsyncClient
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        leeway_s: int,
+        http: httpx2.AsyncClient,
+        max_lifetime_s: int = 900,
     ) -> None:
         self.issuer, self.audience, self.jwks_url = issuer, audience, jwks_url
         self.leeway_s, self.http = leeway_s, http
+        self.max_lifetime_s = max_lifetime_s
         self._keys: KeySet | None = None
+        self._kids: frozenset[str] = frozenset()
         self._fetched_at = -1e9
+        self._fetching = asyncio.Lock()
         self._verified: dict[str, dict[str, Any]] = {}
 
     async def check(self, authorization: str | None, scope: str) -> Caller:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise _invalid("missing bearer token (Authorization: Bearer <token>)")
         token = authorization[7:].strip()
+        if self._keys is not None and time.monotonic() - self._fetched_at > self.KEYS_MAX_AGE_S:
+            await self._refetch()  # a withdrawn key is noticed even if no new one appears
         claims = self._verified.get(token)
         if claims is None:
             claims = await self._verify(token)
@@ -85,9 +106,9 @@ class TokenValidator:
             raise _invalid(f"not a JWT: {exc}") from None
         alg = header.get("alg")
         if alg not in ALLOWED_ALGORITHMS:
-            raise _invalid(f"algorithm {alg!r} is not accepted (only {ALLOWED_ALGORITHMS})")
+            raise _invalid(f"algorithm {shown(alg)} is not accepted (only {ALLOWED_ALGORITHMS})")
         if str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
-            raise _invalid(f"token type {header.get('typ')!r} is not an access token (at+jwt)")
+            raise _invalid(f"token type {shown(header.get('typ'))} is not an access token (at+jwt)")
         keyset = await self._keyset(header.get("kid"))
         try:
             decoded = jwt.decode(token, keyset, algorithms=ALLOWED_ALGORITHMS)
@@ -109,27 +130,50 @@ class TokenValidator:
                 raise _invalid(f"the {name!r} claim is missing")
         if not isinstance(claims["exp"], int | float) or claims["exp"] < now - leeway:
             raise _invalid("the token has expired")
+        if not isinstance(claims["iat"], int | float):
+            raise _invalid("the 'iat' claim is not a number")
+        if claims["exp"] - claims["iat"] > self.max_lifetime_s:
+            raise _invalid(
+                f"the token's lifetime (exp - iat) exceeds {self.max_lifetime_s} s:"
+                " tokens are short-lived"
+            )
         for name in ("nbf", "iat"):
             value = claims.get(name)
             if value is not None and (not isinstance(value, int | float) or value > now + leeway):
                 raise _invalid(f"the token is not valid yet ({name} is in the future)")
 
     async def _keyset(self, kid: object) -> KeySet:
-        if self._keys is None or (
-            not any(k.kid == kid for k in self._keys.keys)
-            and time.monotonic() - self._fetched_at > self.REFETCH_S
-        ):
+        if self._keys is None or kid not in self._kids:
+            await self._refetch(wait=True)
+        assert self._keys is not None
+        if kid not in self._kids:
+            raise _invalid(f"unknown signing key {shown(kid)}")
+        return self._keys
+
+    async def _refetch(self, *, wait: bool = False) -> None:
+        """Fetch the JWKS, at most once every ``REFETCH_S``. With ``wait``, a caller
+        inside the interval waits for its end (a new key is being rolled out); without,
+        it goes on with the keys it has. Verified tokens are forgotten when the key set
+        changes."""
+        async with self._fetching:
+            since = time.monotonic() - self._fetched_at
+            if since < self.REFETCH_S and self._keys is not None:
+                if not wait:
+                    return
+                await asyncio.sleep(self.REFETCH_S - since)
             try:
                 response = await self.http.get(self.jwks_url, timeout=5)
                 response.raise_for_status()
-                self._keys = KeySet.import_key_set(response.json())
-                self._fetched_at = time.monotonic()
+                keys = KeySet.import_key_set(response.json())
             except (httpx2.HTTPError, ValueError, JoseError) as exc:
+                self._fetched_at = time.monotonic()
                 if self._keys is None:
                     raise TokenError(
                         503, "temporarily_unavailable", f"cannot fetch signing keys: {exc}"
                     ) from None
-        assert self._keys is not None
-        if not any(k.kid == kid for k in self._keys.keys):
-            raise _invalid(f"unknown signing key {kid!r}")
-        return self._keys
+                return
+            self._fetched_at = time.monotonic()
+            kids = frozenset(str(k.kid) for k in keys.keys)
+            if kids != self._kids:
+                self._verified.clear()
+            self._keys, self._kids = keys, kids
