@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         **_help(settings.GatewaySettings, "CHARGELINE_AUTH_BIND (default 127.0.0.1:8001)"),
     )
     _keys_parser(sub)
+    charges_parser = sub.add_parser(
+        "charges", help="the operator's actions on charges", **_help(settings.GatewaySettings)
+    )
+    charges_sub = charges_parser.add_subparsers(dest="charges_command", required=True)
+    stop = charges_sub.add_parser(
+        "stop",
+        help="stop a charge as the operator (any client's, also a disabled one's)",
+    )
+    stop.add_argument("charge_id", help="the client's id for it (with --client) or the system's")
+    stop.add_argument("--client", help="the client whose charge id this is")
     sub.add_parser(
         "gateway",
         help="run the partner API and the webhook deliverer",
@@ -242,6 +252,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _clients(args)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "charges":
+        return _charges(args)
     if args.command in ("auth", "gateway"):
         return _serve(args.command)
     if args.command == "demo":
@@ -337,6 +349,31 @@ def _clients(args: argparse.Namespace) -> int:
         print(f"chargeline: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(args.clients_command)
+
+
+def _charges(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from chargeline import services
+    from cloud_gateway import operator
+
+    gateway = settings.load(settings.GatewaySettings)
+    url = services.prepare_database(settings.load(settings.IngestSettings))
+    try:
+        stopped = asyncio.run(
+            operator.stop_charge(gateway, url, args.charge_id, client_id=args.client)
+        )
+    except operator.ChargeNotFound as exc:
+        print(f"chargeline: {exc}", file=sys.stderr)
+        return 1
+    if stopped.generation is None:
+        print(f"{stopped.charge_id} was {stopped.state_before}: nothing to stop")
+    else:
+        print(
+            f"{stopped.charge_id} (client {stopped.client_id}, outlet {stopped.outlet_id}):"
+            f" OFF sent as command {stopped.generation}; it was {stopped.state_before}"
+        )
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -213,6 +213,8 @@ class Deliverer:
                     asyncio.TaskGroup() as lanes,
                 ):
                     await scan.execute("LISTEN chargeline_outbox")
+                    # A client enabled again (or given a webhook URL) has events due.
+                    await scan.execute("LISTEN chargeline_clients")
                     while True:
                         await self._dispatch_due(scan, record, lanes)
                         await self._wait(scan)

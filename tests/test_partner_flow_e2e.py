@@ -5,9 +5,13 @@ the partner uses authlib's OAuth2 client."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +22,8 @@ import psycopg
 import pytest
 import standardwebhooks
 from authlib.integrations.httpx_client import OAuth2Client
+from joserfc import jwt
+from joserfc.jwk import ECKey
 
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
@@ -694,3 +700,148 @@ def test_partners_see_only_their_own_charges_and_share_no_ids(
             if mine in json.dumps(body) and body["type"] != "outlet.status"
         ]
         assert leaked == []
+
+
+def chargeline(installation: Installation, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator's command line, with the installation's settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "chargeline", *args],
+        env={**os.environ, **installation.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_disabled_client_is_stopped_at_once_and_the_operator_can_stop_its_charges(
+    partner: Partner, installation: Installation
+) -> None:
+    """Finding 9 of the security review. `clients disable`: within seconds the token the
+    partner holds is refused and it gets no new one, its webhooks stop, and its running
+    charge is stopped by the operator (`charges stop`). `clients enable` lets it back in
+    with a new token (the old one stays void), and the held webhook goes out."""
+    outlet = f"{installation.controllers[0]}-5"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "dis-1"})
+    assert started.status_code == 201, started.text
+    client_id = partner.client.client_id
+    old_token = dict(partner.oauth.token)
+
+    disabled = chargeline(installation, "clients", "disable", client_id)
+    assert disabled.returncode == 0, disabled.stderr
+    wait_for(
+        lambda: partner.get("/v1/charges/dis-1").status_code == 401,
+        timeout=5,
+        what="the held token refused within seconds",
+    )
+    fetched = httpx2.post(
+        partner.token_url,
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, partner.client.client_secret),
+    )
+    assert fetched.status_code == 401 and fetched.json()["error"] == "invalid_client"
+
+    stopped = chargeline(installation, "charges", "stop", "dis-1", "--client", client_id)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "OFF sent" in stopped.stdout
+    wait_for(
+        lambda: (
+            query(
+                installation.database,
+                "SELECT state FROM charges WHERE client_id = %s AND partner_charge_id = 'dis-1'",
+                client_id,
+            )
+            == [("stopped",)]
+        ),
+        timeout=20,
+        what="the operator's stop reaching the breaker",
+    )
+    time.sleep(2)  # the deliverer had time to post the stop, if it were allowed to
+    assert partner.event("charge.stopped", charge_id="dis-1") is None
+
+    enabled = chargeline(installation, "clients", "enable", client_id)
+    assert enabled.returncode == 0, enabled.stderr
+    partner.oauth.token = old_token
+    assert partner.get("/v1/charges/dis-1").status_code == 401, "the old token stays void"
+    wait_for(
+        lambda: partner.oauth.fetch_token(grant_type="client_credentials"),
+        timeout=10,
+        what="a new token",
+    )
+    assert partner.get("/v1/charges/dis-1").json()["state"] == "stopped"
+    stop = wait_for(
+        lambda: partner.event("charge.stopped", charge_id="dis-1"),
+        timeout=20,
+        what="the held charge.stopped webhook",
+    )
+    assert stop["data"]["reason"] == "operator stopped"
+
+
+def test_a_signing_key_rotation_fails_no_token_and_withdraws_what_it_must(
+    partner: Partner, installation: Installation
+) -> None:
+    """Finding 10. After `keys rotate`, tokens of the old key and of the new one both work
+    at once (the API fetches the new key when it first sees it). A rotation that
+    withdraws the previous key at once (`--retire-after 0`) voids that key's tokens,
+    although the API had verified and cached them."""
+    first = partner.oauth.token["access_token"]
+    assert partner.get("/v1/outlets/" + f"{installation.controllers[0]}-1/status").is_success
+
+    def call(token: str) -> int:
+        response = httpx2.get(
+            f"{partner.api}/v1/outlets/{installation.controllers[0]}-1/status",
+            headers={"authorization": f"Bearer {token}"},
+        )
+        return response.status_code
+
+    rotated = chargeline(installation, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    second = partner.oauth.fetch_token(grant_type="client_credentials")["access_token"]
+    assert _kid(second) != _kid(first)
+    assert call(second) == 200 and call(first) == 200
+    jwks = httpx2.get(partner.token_url.replace("oauth2/token", ".well-known/jwks.json")).json()
+    assert {k["kid"] for k in jwks["keys"]} == {_kid(first), _kid(second)}
+
+    withdrawn = chargeline(installation, "keys", "rotate", "--retire-after", "0")
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    third = partner.oauth.fetch_token(grant_type="client_credentials")["access_token"]
+    assert call(third) == 200
+    assert call(second) == 401, "a withdrawn key's tokens are refused, cached or not"
+    assert call(first) == 200, "the first key is still published until its tokens expire"
+
+
+def _kid(token: str) -> str:
+    header = json.loads(base64.urlsafe_b64decode(token.split(".", maxsplit=1)[0] + "=="))
+    return str(header["kid"])
+
+
+def test_tokens_minted_for_long_or_without_iat_are_refused(
+    partner: Partner, installation: Installation
+) -> None:
+    """Finding 10. A token signed with the server's own key but valid for ten years, or
+    without ``iat``, is refused: the lifetime, not only the signature, is checked."""
+    key = ECKey.import_key(
+        json.loads((installation.tmp / "data" / "keys" / "signing.jwk").read_text())
+    )
+    now = int(time.time())
+    issuer = partner.token_url.removesuffix("/oauth2/token")
+    claims = {
+        "iss": issuer,
+        "aud": "chargeline-api",
+        "sub": partner.client.client_id,
+        "client_id": partner.client.client_id,
+        "scope": "outlets:read",
+        "jti": "x",
+    }
+    header = {"alg": "ES256", "typ": "at+jwt", "kid": key.kid}
+    ten_years = jwt.encode(header, {**claims, "iat": now, "exp": now + 10 * 365 * 86400}, key)
+    no_iat = jwt.encode(header, {**claims, "exp": now + 300}, key)
+    fine = jwt.encode(header, {**claims, "iat": now, "exp": now + 300}, key)
+    path = f"{partner.api}/v1/outlets/{installation.controllers[0]}-1/status"
+    answers = {
+        name: httpx2.get(path, headers={"authorization": f"Bearer {token}"})
+        for name, token in (("ten years", ten_years), ("no iat", no_iat), ("fine", fine))
+    }
+    assert answers["fine"].status_code == 200
+    assert answers["ten years"].status_code == 401
+    assert "lifetime" in answers["ten years"].json()["detail"]
+    assert answers["no iat"].status_code == 401 and "iat" in answers["no iat"].json()["detail"]

@@ -1,0 +1,85 @@
+"""What the operator does to charges from the command line (``chargeline charges``).
+
+Stopping a charge as the operator is what the partner's stop does (an OFF command with
+the next generation, recorded with the charge's ``StopRequested`` in one transaction,
+then published retained), on the operator's authority instead of a token's: it works for
+a disabled or removed client too, whose charges must not run on unattended. The edge's
+acknowledgement reaches the charge through ingest, as for every command.
+
+The command line connects to the broker with its own identity of the gateway role (for
+example ``chargeline broker credentials issue svc_operator --role gateway``), given in
+``CHARGELINE_MQTT_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from chargeline import mqtt
+from chargeline.settings import GatewaySettings
+from cloud_gateway import commands
+from ingest import charges, lifecycle
+
+STOPPABLE = (
+    lifecycle.State.REQUESTED.value,
+    lifecycle.State.ON.value,
+    lifecycle.State.DRAWING.value,
+)
+
+
+class ChargeNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stopped:
+    charge_id: str
+    client_id: str
+    outlet_id: str
+    state_before: str
+    generation: int | None  # None: nothing to stop (it had stopped, or was stopping)
+
+
+async def stop_charge(
+    settings: GatewaySettings, database_url: str, charge: str, *, client_id: str | None = None
+) -> Stopped:
+    """Stop ``charge``: a client's own id with ``client_id``, else the system's key."""
+    key = charges.internal_id(client_id, charge) if client_id else charge
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT charge_id, client_id, outlet_id, controller_id, outlet_no, state"
+            " FROM charges WHERE charge_id = %s OR (client_id = %s AND partner_charge_id = %s)",
+            (key, client_id, charge),
+        )
+        row: Any = await cur.fetchone()
+        if row is None:
+            raise ChargeNotFound(
+                f"no charge {charge!r}" + (f" of client {client_id!r}" if client_id else "")
+            )
+        charge_id, owner, outlet_id, controller_id, outlet_no, state = row
+        if state not in STOPPABLE:
+            return Stopped(charge_id, owner, outlet_id, state, None)
+        now = settings.now()
+        async with conn.transaction():
+            want = await commands.record(
+                conn,
+                controller_id=controller_id,
+                outlet=outlet_no,
+                on=False,
+                charge_id=charge_id,
+                end_at=None,
+                issued_at=now,
+                issued_by="operator",
+            )
+            await charges.apply(
+                conn, charge_id, lifecycle.StopRequested(want.generation, "operator stopped", now)
+            )
+    url = settings.mqtt
+    identifier = url.username or f"chargeline-operator-{os.getpid()}"
+    async with mqtt.client(url, identifier=identifier) as client:
+        await commands.publish(client, settings.topics, want)
+    return Stopped(charge_id, owner, outlet_id, state, want.generation)
