@@ -321,6 +321,10 @@ class GatewaySettings(CommonSettings):
     )
     token_rate_per_s: float = Field(default=20.0, gt=0, description="token requests per client")
     token_burst: int = Field(default=40, ge=1)
+    token_source_rate_per_s: float = Field(
+        default=100.0, gt=0, description="token requests per source address (any client)"
+    )
+    token_source_burst: int = Field(default=200, ge=1)
     api_rate_per_s: float = Field(default=200.0, gt=0, description="API requests per client")
     api_burst: int = Field(default=400, ge=1)
     start_wait_s: float = Field(

@@ -46,7 +46,14 @@ from chargeline.settings import GatewaySettings
 from chargeline.times import utc
 from cloud_gateway import commands, standing
 from cloud_gateway.commands import AckWaiter
-from cloud_gateway.models import Charge, OutletStatus, StartCharge, StatusRequestAccepted, Usage
+from cloud_gateway.models import (
+    MONTH_PATTERN,
+    Charge,
+    OutletStatus,
+    StartCharge,
+    StatusRequestAccepted,
+    Usage,
+)
 from cloud_gateway.openapi import document as openapi_document
 from cloud_gateway.problems import Problem
 from cloud_gateway.ratelimit import RateLimiter, retry_after
@@ -67,6 +74,7 @@ log = logging.getLogger(__name__)
 
 _CHARGE_ID = re.compile(CHARGE_ID_PATTERN)
 _OUTLET_ID = re.compile(OUTLET_ID_PATTERN)
+_MONTH = re.compile(MONTH_PATTERN)
 
 
 def _charge_id(request: Request) -> str:
@@ -653,10 +661,9 @@ class Gateway:
         caller = await self.authorize(request, "usage:read")
         outlet_id = _outlet_id(request)
         month = request.query_params.get("month", "")
-        try:
-            first = dt.datetime.strptime(month, "%Y-%m").date()
-        except ValueError:
-            raise Problem("invalid-request", "month must be given as YYYY-MM") from None
+        if not _MONTH.match(month):
+            raise Problem("invalid-request", "month must be given as YYYY-MM (1000-01 to 9999-12)")
+        first = dt.datetime.strptime(month, "%Y-%m").date()
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT s.tariff_per_kwh, s.currency, s.timezone,"

@@ -156,7 +156,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     server.register_token_generator("default", _TokenGenerator(ring, settings))
     # Two limits: per source address for every request (a stranger spends only its own
     # address's allowance), and per client once its credentials are right.
-    by_source = RateLimiter(settings.token_rate_per_s, settings.token_burst)
+    by_source = RateLimiter(settings.token_source_rate_per_s, settings.token_source_burst)
     by_client = RateLimiter(settings.token_rate_per_s, settings.token_burst)
     metadata = {
         "issuer": settings.issuer,

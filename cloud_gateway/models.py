@@ -15,7 +15,10 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from schemas.events import ChargeState
 from schemas.messages import CHARGE_ID_PATTERN, OUTLET_ID_PATTERN
 
-__all__ = ["CHARGE_ID_PATTERN", "OUTLET_ID_PATTERN"]
+__all__ = ["CHARGE_ID_PATTERN", "MONTH_PATTERN", "OUTLET_ID_PATTERN"]
+
+#: A usage month, ``YYYY-MM``: a real month of a four-digit year (0000-00 is none).
+MONTH_PATTERN = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"
 
 OutletId = Annotated[
     str, Field(pattern=OUTLET_ID_PATTERN, description="the outlet's public id (its QR code)")
@@ -88,7 +91,7 @@ class Usage(_Answer):
     """``GET /v1/outlets/{outlet_id}/usage``: a month of this client's charges."""
 
     outlet_id: str
-    month: str = Field(description="YYYY-MM, in the site's time zone")
+    month: str = Field(pattern=MONTH_PATTERN, description="YYYY-MM, in the site's time zone")
     timezone: str
     charges: int
     energy_kwh: float

@@ -184,7 +184,7 @@ def document(settings: GatewaySettings) -> dict[str, Any]:
         "in": "query",
         "required": True,
         "description": "YYYY-MM, in the site's time zone",
-        "schema": {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"},
+        "schema": {"type": "string", "pattern": models.MONTH_PATTERN},
     }
     charge = "Charge"
     return {

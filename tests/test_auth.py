@@ -88,6 +88,8 @@ def auth(database: str, tmp_path: Path) -> Iterator[AuthServer]:
         "CHARGELINE_ISSUER": url,
         "CHARGELINE_TOKEN_RATE_PER_S": "5",
         "CHARGELINE_TOKEN_BURST": "10",
+        "CHARGELINE_TOKEN_SOURCE_RATE_PER_S": "10",
+        "CHARGELINE_TOKEN_SOURCE_BURST": "20",
     }
     proc = Proc("auth", ["auth"], env, tmp_path).start()
     wait_port(port, proc=proc)
@@ -373,3 +375,51 @@ def test_a_remembered_token_still_expires_and_keeps_its_scopes(auth: AuthServer)
         return outcomes
 
     assert asyncio.run(run()) == ["ok", "insufficient_scope", "invalid_token"]
+
+
+def _post_from(source: str, url: str, **kwargs: Any) -> httpx2.Response:
+    """A token request from another loopback address, as another machine would send it."""
+    transport = httpx2.HTTPTransport(local_address=source)
+    with httpx2.Client(transport=transport) as client:
+        return client.post(url, data={"grant_type": "client_credentials"}, **kwargs)
+
+
+def test_nobody_can_spend_another_clients_token_allowance(auth: AuthServer) -> None:
+    """Finding 11 of the security review. A stranger who knows the writer's client id (it
+    is in every token) floods the token endpoint with it and wrong secrets, from another
+    address: the stranger is slowed down, the writer still gets its tokens."""
+    codes = [
+        _post_from("127.0.0.2", auth.token_url, auth=(auth.writer.client_id, "wrong")).status_code
+        for _ in range(40)
+    ]
+    assert codes[0] == 401 and codes[-1] == 429, codes
+    for _ in range(3):
+        assert auth.token_for(auth.writer)["access_token"]
+
+
+def test_unknown_ids_and_wrong_secrets_get_the_same_answer(auth: AuthServer) -> None:
+    """Finding 13. The token endpoint does not tell which client ids exist."""
+    answers = [
+        httpx2.post(
+            auth.token_url,
+            data={"grant_type": "client_credentials"},
+            auth=(client_id, "wrong-secret"),
+        )
+        for client_id in (auth.writer.client_id, "cl_00000000deadbeef")
+    ]
+    assert [a.status_code for a in answers] == [401, 401]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].headers["www-authenticate"] == answers[1].headers["www-authenticate"]
+    posted = [
+        httpx2.post(
+            auth.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": "wrong-secret",
+            },
+        )
+        for client_id in (auth.writer.client_id, "cl_00000000deadbeef")
+    ]
+    assert [p.status_code for p in posted] == [400, 400]
+    assert posted[0].json() == posted[1].json() == answers[0].json()

@@ -845,3 +845,34 @@ def test_tokens_minted_for_long_or_without_iat_are_refused(
     assert answers["ten years"].status_code == 401
     assert "lifetime" in answers["ten years"].json()["detail"]
     assert answers["no iat"].status_code == 401 and "iat" in answers["no iat"].json()["detail"]
+
+
+def test_token_headers_are_never_echoed_and_every_bad_month_is_named(
+    partner: Partner, installation: Installation
+) -> None:
+    """Finding 13. Quotes or non-Latin-1 characters in a token's header fields, or raw
+    bytes in the Authorization header, get a 401 whose WWW-Authenticate echoes nothing
+    (no header injection, no 500); a usage month the contract does not admit is a 422."""
+    path = f"{partner.api}/v1/outlets/{installation.controllers[0]}-1/status"
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    claims = part({"iss": "x", "exp": 1})
+    headers = [
+        {"alg": 'ES256", error_uri="https://evil.example', "typ": "at+jwt"},
+        {"alg": "ES256", "typ": 'at+jwt"\r\nSet-Cookie: a=b'},
+        {"alg": "ES256", "typ": "at+jwt", "kid": 'ключ\u2028"x'},
+    ]
+    for header in headers:
+        token = f"{part(header)}.{claims}.AAAA"
+        answer = httpx2.get(path, headers={"authorization": f"Bearer {token}"})
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        assert "set-cookie" not in answer.headers
+    raw = httpx2.get(path, headers={"authorization": b"Bearer \xc3\xa9\xff\xfe"})
+    assert raw.status_code == 401
+    outlet = f"{installation.controllers[0]}-1"
+    for month in ("0000-00", "0000-01", "2026-00", "2026-13", "99999-01"):
+        answer = partner.get(f"/v1/outlets/{outlet}/usage?month={month}")
+        assert problem(answer) == (422, "invalid-request"), month

@@ -303,3 +303,65 @@ def test_a_hanging_endpoint_delays_only_its_own_clients_webhooks(
         stuck.client_id,
     )
     assert waiting[0][0] == 300, "the stuck client's events wait for retries, none lost"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/hooks",
+        "http://localhost/hooks",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.1.2.3/hooks",
+        "http://[::1]/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://[fe80::1]/hooks",
+        "http://metadata.internal/hooks",
+    ],
+)
+def test_webhook_urls_into_the_clouds_own_network_are_refused(database: str, url: str) -> None:
+    """Finding 13 of the security review: the cloud fetches a partner's URL, so it must not
+    point inside the cloud. Refused at registration unless the operator allows it."""
+    with pytest.raises(ValueError, match="internal"):
+        add_client(database, "Prober", ["charges:read"], url)
+    assert add_client(database, "Lab", ["charges:read"], url, allow_private=True).client_id
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://user:pw@partner.example/hooks", "credentials"),
+        ("ftp://partner.example/hooks", "http:// or https://"),
+        ("https:///hooks", "no host"),
+        ("https://partner.example:99999/hooks", "not a valid URL"),
+    ],
+)
+def test_malformed_webhook_urls_are_refused_even_where_private_ones_are_allowed(
+    database: str, url: str, why: str
+) -> None:
+    with pytest.raises(ValueError, match=why):
+        add_client(database, "Odd", ["charges:read"], url, allow_private=True)
+
+
+def test_the_deliverer_posts_nothing_to_an_internal_address(
+    database: str, receiver: Receiver
+) -> None:
+    """A URL accepted earlier (a closed-network setting since withdrawn, or a name whose
+    DNS answer changed) is checked again before each delivery: nothing is posted, and the
+    outbox says why."""
+    receiver.start()
+    client = client_for(database, receiver)  # registered while loopback was allowed
+
+    async def scenario() -> None:
+        deliverer = Deliverer(database, first_retry_s=0.2, max_retry_s=1.0)
+        task = asyncio.create_task(deliverer.run())
+        await add_events(database, client, 0, 1)
+        await until(lambda: deliverer.failed_attempts >= 2, 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await deliverer.aclose()
+
+    asyncio.run(scenario())
+    assert receiver.accepted == []
+    ((error,),) = query(database, "SELECT last_error FROM webhook_outbox")
+    assert "internal address" in error
