@@ -426,10 +426,8 @@ def _clients_add(url: str, args: argparse.Namespace) -> int:
 
 def _serve(which: str) -> int:
     """Serve the authorization server (``auth``) or the partner API (``gateway``)."""
-    import uvicorn
-
     from chargeline import services
-    from cloud_gateway import api, auth_server
+    from cloud_gateway import api, auth_server, http_server
 
     gateway = settings.load(settings.GatewaySettings)
     url = services.prepare_database(settings.load(settings.IngestSettings))
@@ -438,8 +436,7 @@ def _serve(which: str) -> int:
         if which == "auth"
         else (api.create_app(gateway, url), gateway.api_bind)
     )
-    host, _, port = bind.rpartition(":")
-    uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False)
+    http_server.serve(app, bind, gateway)
     return 0
 
 

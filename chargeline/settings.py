@@ -341,6 +341,18 @@ class GatewaySettings(CommonSettings):
     max_charge_s: float = Field(
         default=24 * 3600, gt=0, description="default and longest charge (end_at - now)"
     )
+    http_request_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="a request must arrive in full (headers and body) this soon",
+    )
+    http_max_connections: int = Field(
+        default=4096, ge=1, description="connections held at once, per server"
+    )
+    http_max_connections_per_address: int = Field(
+        default=256, ge=1, description="connections from one source address, per server"
+    )
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="a webhook post unanswered this long failed"
     )

@@ -28,7 +28,7 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -106,8 +106,11 @@ class _FormRequest(OAuth2Request):  # type: ignore[misc]
     """An OAuth2Request that also answers ``.form``: authlib's client_secret_post reads the
     credentials from there, and the base class raises NotImplementedError."""
 
-    def __init__(self, request: Request, form: dict[str, str]) -> None:
-        super().__init__(request.method, str(request.url), headers=request.headers)
+    def __init__(self, request: Request, form: dict[str, str], url: str) -> None:
+        # ``url``: the endpoint as the issuer publishes it, not as the Host header claims
+        # (authlib refuses http:// unless the host is local, and behind a TLS proxy every
+        # request arrives as plain http).
+        super().__init__(request.method, url, headers=request.headers)
         self.payload = BasicOAuth2Payload(form)
         self._form = form
 
@@ -179,7 +182,10 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
                 },
                 status_code=413 if declared.isdigit() else 411,
             )
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        try:
+            form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        except ClientDisconnect:  # cut off (the request deadline) or gone: nobody to answer
+            return Response(status_code=400)
         source = request.client.host if request.client else "?"
         wait = by_source.take(source)
         client_id = _authenticated(server, request, form) if not wait else None
@@ -200,7 +206,9 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
                 headers={"WWW-Authenticate": 'Basic realm="chargeline"'} if basic else None,
             )
         else:
-            response = server.create_token_response(_FormRequest(request, form))
+            response = server.create_token_response(
+                _FormRequest(request, form, metadata["token_endpoint"])
+            )
         response.headers["Cache-Control"] = "no-store"
         return response
 

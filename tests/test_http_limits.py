@@ -1,0 +1,129 @@
+"""Slow and greedy HTTP clients against the authorization server (finding 12 of the
+security review): it runs with a distribution's 1,024 open files, as the reviewer found
+it, and must keep serving a partner while a stranger holds or trickles connections."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from cloud_gateway.clients import NewClient, add_client
+from tests.helpers import free_port, wait_for, wait_port
+
+PER_ADDRESS = 100
+TIMEOUT_S = 2
+
+
+def _low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+@pytest.fixture
+def server(database: str, tmp_path: Path) -> Iterator[tuple[str, NewClient, int]]:
+    port = free_port()
+    client = add_client(database, "WeCharge", ["charges:read"])
+    env = {
+        "CHARGELINE_DATABASE_URL": database,
+        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
+        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
+        "CHARGELINE_ISSUER": f"http://127.0.0.1:{port}",
+        "CHARGELINE_HTTP_REQUEST_TIMEOUT_S": str(TIMEOUT_S),
+        "CHARGELINE_HTTP_MAX_CONNECTIONS_PER_ADDRESS": str(PER_ADDRESS),
+        "PATH": "/usr/bin:/bin",
+    }
+    log = (tmp_path / "auth.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chargeline", "auth"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_low_file_limit,  # noqa: PLW1509  (set before exec, nothing else runs)
+    )
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}", client, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _from(address: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.settimeout(TIMEOUT_S + 10)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _token(url: str, client: NewClient) -> float:
+    started = time.monotonic()
+    answer = httpx2.post(
+        f"{url}/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client.client_id, client.client_secret),
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    return time.monotonic() - started
+
+
+def test_half_sent_requests_neither_lock_out_nor_stay(
+    server: tuple[str, NewClient, int],
+) -> None:
+    """1,100 connections from one stranger, each sending half a request (more than the
+    server's 1,024 open files): those over the per-address cap get 503 at once, the rest
+    are cut off with 408 at the request deadline, one trickling a byte a second too; a
+    partner gets tokens throughout."""
+    url, client, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    half = (
+        b"POST /oauth2/token HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\ngrant"
+    )
+    held: list[socket.socket] = []
+    try:
+        for _ in range(1_100):
+            sock = _from("127.0.0.2", port)
+            with contextlib.suppress(OSError):
+                sock.sendall(half)
+            held.append(sock)
+        trickler = _from("127.0.0.3", port)
+        took = [_token(url, client) for _ in range(3)]
+        assert held[-1].recv(64).startswith(b"HTTP/1.1 503")
+        started = time.monotonic()
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+            try:
+                trickler.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.5)
+            if time.monotonic() - started > TIMEOUT_S + 5:
+                break
+        assert trickler.recv(64).startswith(b"HTTP/1.1 408")
+        assert held[0].recv(64).startswith(b"HTTP/1.1 408")
+        took.append(_token(url, client))
+    finally:
+        for sock in held:
+            sock.close()
+    assert max(took) < 2.0, took
+
+
+def test_the_servers_raise_their_file_limit_and_keep_a_cap_below_it(
+    server: tuple[str, NewClient, int],
+) -> None:
+    """With a hard limit of 1,024 the cap stays below it: connections beyond it are
+    refused, not accepted into a server that then cannot open its database."""
+    url, client, pid = server
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    open_files = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert open_files.split()[3:5] == ["1024", "1024"]
+    wait_for(lambda: _token(url, client) < 5, timeout=10, what="a token")
