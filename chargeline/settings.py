@@ -351,7 +351,15 @@ class GatewaySettings(CommonSettings):
         default=4096, ge=1, description="connections held at once, per server"
     )
     http_max_connections_per_address: int = Field(
-        default=256, ge=1, description="connections from one source address, per server"
+        default=256,
+        ge=1,
+        description="connections from one source address, per server (behind a reverse"
+        " proxy, every connection comes from the proxy: raise it)",
+    )
+    http_trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description="addresses whose X-Forwarded-For names the real client (comma-separated;"
+        " empty: none)",
     )
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="a webhook post unanswered this long failed"

@@ -161,9 +161,10 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     # address's allowance), and per client once its credentials are right.
     by_source = RateLimiter(settings.token_source_rate_per_s, settings.token_source_burst)
     by_client = RateLimiter(settings.token_rate_per_s, settings.token_burst)
+    token_endpoint = f"{settings.issuer}/oauth2/token"
     metadata = {
         "issuer": settings.issuer,
-        "token_endpoint": f"{settings.issuer}/oauth2/token",
+        "token_endpoint": token_endpoint,
         "jwks_uri": f"{settings.issuer}/.well-known/jwks.json",
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -206,9 +207,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
                 headers={"WWW-Authenticate": 'Basic realm="chargeline"'} if basic else None,
             )
         else:
-            response = server.create_token_response(
-                _FormRequest(request, form, metadata["token_endpoint"])
-            )
+            response = server.create_token_response(_FormRequest(request, form, token_endpoint))
         response.headers["Cache-Control"] = "no-store"
         return response
 

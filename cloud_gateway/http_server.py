@@ -132,5 +132,7 @@ def serve(app: Any, bind: str, settings: GatewaySettings) -> None:
         http=guarded(settings),
         backlog=1024,
         timeout_keep_alive=5,
+        proxy_headers=bool(settings.http_trusted_proxies),
+        forwarded_allow_ips=settings.http_trusted_proxies or None,
         h11_max_incomplete_event_size=16 * 1024,
     )
