@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         " the embedded server runs while it does",
     )
 
+    login = db_sub.add_parser(
+        "login",
+        help="create a database login for one service (least privilege); prints its URL once",
+    )
+    login.add_argument("name", help="the login's name, e.g. cl_gateway")
+    login.add_argument(
+        "service", choices=["broker", "auth", "gateway", "webhooks", "ingest"], help="its grants"
+    )
+
     registry = sub.add_parser(
         "registry", help="sites, controllers and outlets", **_help(settings.IngestSettings)
     )
@@ -91,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stop.add_argument("charge_id", help="the client's id for it (with --client) or the system's")
     stop.add_argument("--client", help="the client whose charge id this is")
+    sub.add_parser(
+        "webhooks",
+        help="run only the webhook deliverer (with gateway_deliver_webhooks=false)",
+        **_help(settings.GatewaySettings),
+    )
     sub.add_parser(
         "gateway",
         help="run the partner API and the webhook deliverer",
@@ -233,27 +247,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         url = services.prepare_database(ingest)
         return runner.run(services.run_ingest(ingest, url))
     if args.command == "db":
-        ingest = settings.load(settings.IngestSettings)
-        if args.db_command == "url":
-            from chargeline.database import database_url
-
-            print(database_url(ingest.database_url, ingest.data_dir))
-            return 0
-        if args.db_command == "shell":
-            return _db_shell(ingest, args.psql_args)
-        from ingest import migrations
-
-        url = services.prepare_database(ingest)
-        print(f"schema at version {migrations.current_version(url)}")
-        return 0
-    if args.command == "registry":
-        return _registry_import(args.file)
-    if args.command == "clients":
-        return _clients(args)
-    if args.command == "keys":
-        return _keys(args)
-    if args.command == "charges":
-        return _charges(args)
+        return _db(args)
+    simple: dict[str, Callable[[], int]] = {
+        "registry": lambda: _registry_import(args.file),
+        "clients": lambda: _clients(args),
+        "keys": lambda: _keys(args),
+        "webhooks": _webhooks,
+        "charges": lambda: _charges(args),
+    }
+    if args.command in simple:
+        return simple[args.command]()
     if args.command in ("auth", "gateway"):
         return _serve(args.command)
     if args.command == "demo":
@@ -261,6 +264,36 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return demo.main(args)
     raise AssertionError(args.command)
+
+
+def _db(args: argparse.Namespace) -> int:
+    from chargeline import services
+
+    ingest = settings.load(settings.IngestSettings)
+    if args.db_command == "url":
+        from chargeline.database import database_url
+
+        print(database_url(ingest.database_url, ingest.data_dir))
+        return 0
+    if args.db_command == "shell":
+        return _db_shell(ingest, args.psql_args)
+    from ingest import migrations, roles
+
+    url = services.prepare_database(ingest)
+    if args.db_command == "login":
+        try:
+            login_url = roles.create_login(url, args.name, args.service)
+        except (ValueError, roles.DatabaseError) as exc:
+            print(f"chargeline: {exc}", file=sys.stderr)
+            return 2
+        print(login_url)
+        print(
+            f"Shown once. Give it to the {args.service} service as CHARGELINE_DATABASE_URL.",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"schema at version {migrations.current_version(url)}")
+    return 0
 
 
 def _db_shell(ingest: settings.IngestSettings, psql_args: list[str]) -> int:
@@ -349,6 +382,30 @@ def _clients(args: argparse.Namespace) -> int:
         print(f"chargeline: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(args.clients_command)
+
+
+def _webhooks() -> int:
+    """Deliver webhooks only: the gateway runs with gateway_deliver_webhooks=false, and
+    this process has the database role that may read webhook secrets."""
+    from chargeline import services
+    from cloud_gateway.webhooks import Deliverer
+
+    gateway = settings.load(settings.GatewaySettings)
+    url = services.prepare_database(settings.load(settings.IngestSettings))
+    deliverer = Deliverer(
+        url,
+        timeout_s=gateway.webhook_timeout_s,
+        concurrency=gateway.webhook_concurrency,
+        allow_private=gateway.webhook_allow_private,
+    )
+
+    async def deliver() -> None:
+        try:
+            await deliverer.run()
+        finally:
+            await deliverer.aclose()
+
+    return runner.run(deliver())
 
 
 def _charges(args: argparse.Namespace) -> int:

@@ -126,6 +126,7 @@ class FloodFilter(logging.Filter):
         if len(self._window) >= self.MAX_KINDS and key not in self._window:
             self._window.clear()
         self._window[key] = (started, count + 1)
-        if len(text) > self.MAX_CHARS:
-            record.msg, record.args = shown(text, self.MAX_CHARS), None
+        limit = self.MAX_CHARS * (20 if record.levelno >= logging.ERROR else 1)
+        if len(text) > limit:
+            record.msg, record.args = shown(text, limit), None
         return True

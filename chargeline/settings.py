@@ -361,6 +361,11 @@ class GatewaySettings(CommonSettings):
         description="addresses whose X-Forwarded-For names the real client (comma-separated;"
         " empty: none)",
     )
+    gateway_deliver_webhooks: bool = Field(
+        default=True,
+        description="the gateway also delivers webhooks; false: `chargeline webhooks` does,"
+        " with its own database role (the gateway's then cannot read webhook secrets)",
+    )
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="a webhook post unanswered this long failed"
     )

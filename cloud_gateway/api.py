@@ -731,9 +731,10 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
         tasks = [
             asyncio.create_task(standing.watch(gateway.database_url, gateway.standing)),
             asyncio.create_task(gateway.mqtt_forever()),
-            asyncio.create_task(gateway.deliverer.run()),
             asyncio.create_task(gateway.timeouts_forever()),
         ]
+        if settings.gateway_deliver_webhooks:
+            tasks.append(asyncio.create_task(gateway.deliverer.run()))
         try:
             yield
         finally:

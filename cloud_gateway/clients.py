@@ -119,9 +119,9 @@ def add_client(
 
 #: The clients that may get tokens.
 SELECT_ACTIVE = (
-    "SELECT client_id, name, secret_sha256, scopes, webhook_url, webhook_secret"
+    "SELECT client_id, name, secret_sha256, scopes, webhook_url, '' AS webhook_secret"
     " FROM oauth_clients WHERE disabled_at IS NULL"
-)
+)  # the authorization server's view: no webhook secrets (its role may not read them)
 
 
 def from_rows(rows: list[tuple[Any, ...]]) -> dict[str, PartnerClient]:

@@ -114,9 +114,23 @@ def load_migrations(flavour: str) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+def _up_to_date(url: str) -> bool:
+    """Is every migration applied? Read-only, so a service's own role (which may only read
+    ``schema_migrations``) can start on a schema its owner has brought up to date."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return False
+        done = {int(v) for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+    known = {m.version for m in load_migrations("plain")}
+    return known <= done
+
+
 def upgrade(url: str) -> list[str]:
     """Apply every pending migration; return the names applied."""
     applied: list[str] = []
+    if _up_to_date(url):
+        return applied
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:

@@ -108,12 +108,12 @@ class BrokerUnderTest:
 
     def env(self) -> dict[str, str]:
         return {
-            **self.settings,
             **self.site.env(),
             "CHARGELINE_DATA_DIR": str(self.tmp / "data"),
             "CHARGELINE_BROKER_BIND": f"127.0.0.1:{self.ports['tcp']}",
             "CHARGELINE_BROKER_TLS_BIND": f"127.0.0.1:{self.ports['tls']}",
             "CHARGELINE_BROKER_MTLS_BIND": f"127.0.0.1:{self.ports['mtls']}",
+            **self.settings,
         }
 
     def start(self) -> None:

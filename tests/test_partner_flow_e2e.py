@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from joserfc.jwk import ECKey
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
 from cloud_gateway.clients import NewClient, add_client
+from ingest import roles
 from schemas.codec import encode
 from schemas.messages import Presence
 from schemas.topics import Topics
@@ -107,10 +109,26 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
     }
     marker = request.node.get_closest_marker("gateway")
     common.update(marker.kwargs if marker else {})
-    auth = Proc("auth", ["auth"], inst.env(**common), inst.tmp).start()
-    gateway = Proc("gateway", ["gateway"], inst.env(**common), inst.tmp).start()
+    # Each service with its own database login (least privilege): every test here also
+    # proves that the grants of migration 0019 are enough for what it does.
+    tag = uuid.uuid4().hex[:8]
+    login = {
+        service: roles.create_login(inst.database, f"t{tag}_{service}", service)
+        for service in ("auth", "gateway", "webhooks", "ingest")
+    }
+    auth = Proc("auth", ["auth"], inst.env(**common, database_url=login["auth"]), inst.tmp)
+    auth.start()
+    gateway = Proc(
+        "gateway",
+        ["gateway"],
+        inst.env(**common, database_url=login["gateway"], gateway_deliver_webhooks="false"),
+        inst.tmp,
+    ).start()
+    Proc(
+        "webhooks", ["webhooks"], inst.env(**common, database_url=login["webhooks"]), inst.tmp
+    ).start()
     marker = request.node.get_closest_marker("ingest")
-    inst.ingest(**(marker.kwargs if marker else {})).start()
+    inst.ingest(**(marker.kwargs if marker else {}), database_url=login["ingest"]).start()
     edge_settings: dict[str, Any] = {
         "sample_interval_s": 1,
         "sim_autoplay": "false",
