@@ -224,6 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"chargeline: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from ingest.migrations import MigrationRefused
+
+        if not isinstance(exc, MigrationRefused):
+            raise
+        print(f"chargeline: {exc}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -114,6 +114,17 @@ def load_migrations(flavour: str) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+class MigrationRefused(RuntimeError):
+    """A pending migration this login may not apply (a service's own login)."""
+
+    def __init__(self, migration: Migration, exc: Exception) -> None:
+        super().__init__(
+            f"migration {migration.version:04d}_{migration.name} is pending and this database"
+            f" login may not apply it ({exc}); run `chargeline db upgrade` with the schema"
+            " owner's URL, then start the service again"
+        )
+
+
 def _up_to_date(url: str) -> bool:
     """Is every migration applied? Read-only, so a service's own role (which may only read
     ``schema_migrations``) can start on a schema its owner has brought up to date."""
@@ -134,11 +145,13 @@ def upgrade(url: str) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL, flavour text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+            if exists is None or exists[0] is None:
+                conn.execute(
+                    "CREATE TABLE schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL, flavour text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
             recorded = [
                 (int(v), str(f))
                 for v, f in conn.execute("SELECT version, flavour FROM schema_migrations")
@@ -152,7 +165,10 @@ def upgrade(url: str) -> list[str]:
                     "applying migration %04d_%s (%s)", migration.version, migration.name, flavour
                 )
                 with conn.transaction():
-                    conn.execute(migration.sql.encode())
+                    try:
+                        conn.execute(migration.sql.encode())
+                    except psycopg.errors.InsufficientPrivilege as exc:
+                        raise MigrationRefused(migration, exc) from None
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, flavour) VALUES (%s, %s, %s)",
                         (migration.version, migration.name, flavour),

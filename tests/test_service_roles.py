@@ -93,3 +93,21 @@ def test_the_broker_runs_on_its_own_login(site: Site, tmp_path: Path) -> None:
         assert asyncio.run(scenario()) == [(f"cl/v1/ctl/{site.b}/meter", b"reading")]
     finally:
         broker.stop()
+
+
+def test_a_service_login_facing_a_pending_migration_says_who_must_apply_it(
+    database: str,
+) -> None:
+    url = _login(database, "gateway")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("DELETE FROM schema_migrations WHERE version = 15")
+    done = subprocess.run(
+        [sys.executable, "-m", "chargeline", "db", "upgrade"],
+        env={"CHARGELINE_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "0015_analyst_reads_batches_and_dead_letters is pending" in done.stderr
+    assert "schema owner" in done.stderr and "Traceback" not in done.stderr
