@@ -65,6 +65,8 @@ def _host_port(bind: str) -> tuple[str, str]:
 _PER_LISTENER = [
     "# the client id is the identity: nobody can take over another controller's session",
     "use_username_as_clientid true",
+    "# the wire contract has no QoS 2: a client publishing with it is disconnected",
+    "max_qos 1",
 ]
 
 

@@ -88,7 +88,7 @@ def auth(database: str, tmp_path: Path) -> Iterator[AuthServer]:
         "CHARGELINE_ISSUER": url,
         "CHARGELINE_TOKEN_RATE_PER_S": "5",
         "CHARGELINE_TOKEN_BURST": "10",
-        "CHARGELINE_TOKEN_SOURCE_RATE_PER_S": "10",
+        "CHARGELINE_TOKEN_SOURCE_RATE_PER_S": "2",
         "CHARGELINE_TOKEN_SOURCE_BURST": "20",
     }
     proc = Proc("auth", ["auth"], env, tmp_path).start()
@@ -377,21 +377,21 @@ def test_a_remembered_token_still_expires_and_keeps_its_scopes(auth: AuthServer)
     assert asyncio.run(run()) == ["ok", "insufficient_scope", "invalid_token"]
 
 
-def _post_from(source: str, url: str, **kwargs: Any) -> httpx2.Response:
-    """A token request from another loopback address, as another machine would send it."""
-    transport = httpx2.HTTPTransport(local_address=source)
-    with httpx2.Client(transport=transport) as client:
-        return client.post(url, data={"grant_type": "client_credentials"}, **kwargs)
-
-
 def test_nobody_can_spend_another_clients_token_allowance(auth: AuthServer) -> None:
     """Finding 11 of the security review. A stranger who knows the writer's client id (it
     is in every token) floods the token endpoint with it and wrong secrets, from another
     address: the stranger is slowed down, the writer still gets its tokens."""
-    codes = [
-        _post_from("127.0.0.2", auth.token_url, auth=(auth.writer.client_id, "wrong")).status_code
-        for _ in range(40)
-    ]
+    codes: list[int] = []
+    # From another loopback address, as another machine would send them.
+    transport = httpx2.HTTPTransport(local_address="127.0.0.2")
+    with httpx2.Client(transport=transport) as stranger:
+        while 429 not in codes and len(codes) < 500:
+            answer = stranger.post(
+                auth.token_url,
+                data={"grant_type": "client_credentials"},
+                auth=(auth.writer.client_id, "wrong"),
+            )
+            codes.append(answer.status_code)
     assert codes[0] == 401 and codes[-1] == 429, codes
     for _ in range(3):
         assert auth.token_for(auth.writer)["access_token"]

@@ -421,3 +421,24 @@ def test_retained_desired_states_survive_a_restart_byte_for_byte(
     broker.wait_saved(since)
     broker.restart(sig)
     assert asyncio.run(read_back()) == payloads
+
+
+def test_a_qos2_publish_closes_the_connection_on_either_broker(broker: BrokerUnderTest) -> None:
+    """The wire contract has no QoS 2 (security review, finding 2): both brokers close the
+    connection of a client that publishes with it, instead of holding the message."""
+    site = broker.site
+    sock, connack = raw_connect(
+        broker.ports["tcp"],
+        connect_packet(site.a, username=site.a, password=site.passwords[site.a]),
+    )
+    assert connack == bytes([0x20, 0x02, 0x00, 0x00])
+    topic = TOPICS.meter(site.a).encode()
+    body = len(topic).to_bytes(2, "big") + topic + (1).to_bytes(2, "big") + b"qos2"
+    sock.sendall(bytes([0x34, len(body)]) + body)
+    sock.settimeout(10)
+    try:
+        answer = sock.recv(16)
+    except ConnectionResetError:
+        answer = b""
+    sock.close()
+    assert answer == b"", f"answered {answer!r} (a PUBREC would mean it kept the message)"
