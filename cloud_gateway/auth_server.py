@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -143,6 +144,13 @@ def _authenticated(server: _Server, request: Request, form: dict[str, str]) -> s
     return presented[0] if client is not None and client.check_client_secret(presented[1]) else None
 
 
+async def _after_second_of(moment: float) -> None:
+    """Wait until the whole second after ``moment`` (at most one second)."""
+    wait = math.floor(moment) + 1 - time.time()
+    if 0 < wait <= 1:
+        await asyncio.sleep(wait)
+
+
 #: RFC 6749 §5.2 ``invalid_client``, the same words whether the id is unknown or the
 #: secret wrong, so the endpoint does not tell which client ids exist.
 _INVALID_CLIENT = {
@@ -192,6 +200,10 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
         client_id = _authenticated(server, request, form) if not wait else None
         if client_id is not None:
             wait = by_client.take(client_id)
+            # Tokens carry iat in whole seconds, and the API refuses those issued at or
+            # before the second the client's credentials last changed: a token asked for
+            # within that second is issued at the next one, so it is not born void.
+            await _after_second_of(server.clients[client_id].tokens_valid_after)
         if wait:
             return JSONResponse(
                 {"error": "slow_down", "error_description": "too many token requests"},

@@ -40,6 +40,8 @@ class PartnerClient(ClientMixin):  # type: ignore[misc]
     scopes: frozenset[str]
     webhook_url: str | None
     webhook_secret: str
+    #: The API refuses this client's tokens issued at or before this epoch second.
+    tokens_valid_after: float = 0.0
 
     # --- what authlib asks of a client ---------------------------------------------------
     def get_client_id(self) -> str:
@@ -119,13 +121,17 @@ def add_client(
 
 #: The clients that may get tokens.
 SELECT_ACTIVE = (
-    "SELECT client_id, name, secret_sha256, scopes, webhook_url, '' AS webhook_secret"
+    "SELECT client_id, name, secret_sha256, scopes, webhook_url, '' AS webhook_secret,"
+    " extract(epoch FROM tokens_valid_after)::float8"
     " FROM oauth_clients WHERE disabled_at IS NULL"
 )  # the authorization server's view: no webhook secrets (its role may not read them)
 
 
 def from_rows(rows: list[tuple[Any, ...]]) -> dict[str, PartnerClient]:
-    return {r[0]: PartnerClient(r[0], r[1], bytes(r[2]), frozenset(r[3]), r[4], r[5]) for r in rows}
+    return {
+        r[0]: PartnerClient(r[0], r[1], bytes(r[2]), frozenset(r[3]), r[4], r[5], float(r[6]))
+        for r in rows
+    }
 
 
 def load_clients(conn: psycopg.Connection[Any]) -> dict[str, PartnerClient]:

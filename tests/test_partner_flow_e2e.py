@@ -894,3 +894,33 @@ def test_token_headers_are_never_echoed_and_every_bad_month_is_named(
     for month in ("0000-00", "0000-01", "2026-00", "2026-13", "99999-01"):
         answer = partner.get(f"/v1/outlets/{outlet}/usage?month={month}")
         assert problem(answer) == (422, "invalid-request"), month
+
+
+def test_a_rotated_secret_voids_old_tokens_and_a_new_token_works_at_once(
+    partner: Partner, installation: Installation
+) -> None:
+    """Finding 9. After `clients rotate-secret`, the token the partner held is refused
+    within seconds, and a token fetched with the new secret right away works (it is not
+    mistaken for one issued before the rotation)."""
+    path = f"/v1/outlets/{installation.controllers[0]}-1/status"
+    assert partner.get(path).status_code == 200
+    rotated = chargeline(installation, "clients", "rotate-secret", partner.client.client_id)
+    assert rotated.returncode == 0, rotated.stderr
+    wait_for(
+        lambda: partner.get(path).status_code == 401,
+        timeout=5,
+        what="the old token refused",
+    )
+    new_secret = rotated.stdout.split()[1]
+
+    def fresh_token() -> str | None:
+        answer = httpx2.post(
+            partner.token_url,
+            data={"grant_type": "client_credentials"},
+            auth=(partner.client.client_id, new_secret),
+        )
+        return str(answer.json()["access_token"]) if answer.status_code == 200 else None
+
+    token = wait_for(fresh_token, timeout=10, what="a token with the new secret")
+    answer = httpx2.get(f"{partner.api}{path}", headers={"authorization": f"Bearer {token}"})
+    assert answer.status_code == 200, answer.text

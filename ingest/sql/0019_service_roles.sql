@@ -27,7 +27,8 @@ GRANT SELECT ON schema_migrations
 
 GRANT SELECT ON mqtt_identities TO chargeline_broker;
 
-GRANT SELECT (client_id, name, secret_sha256, scopes, webhook_url, disabled_at)
+GRANT SELECT (client_id, name, secret_sha256, scopes, webhook_url, disabled_at,
+              tokens_valid_after)
     ON oauth_clients TO chargeline_auth;
 
 GRANT SELECT ON sites, controllers, outlets, controller_status, outlet_readings
