@@ -106,6 +106,8 @@ def _env(tmp: Path, db: str, port: int) -> dict[str, str]:
         "CHARGELINE_DATA_DIR": str(tmp / f"broker-{port}"),
         "CHARGELINE_BROKER_BIND": f"127.0.0.1:{port}",
         "CHARGELINE_LOG_LEVEL": "WARNING",
+        # The whole fleet connects from loopback; in the field each site has its own address.
+        "CHARGELINE_BROKER_MAX_CONNECTIONS_PER_ADDRESS": "100000",
     }
 
 

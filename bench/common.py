@@ -114,6 +114,8 @@ def amqtt_broker(tmp: Path) -> Iterator[str]:
         # Like the Mosquitto beside it (allow_anonymous): these benchmarks measure the data
         # path; bench.broker measures both brokers with their access policy.
         "CHARGELINE_BROKER_ALLOW_ANONYMOUS": "true",
+        # The whole fleet connects from loopback; in the field each site has its own address.
+        "CHARGELINE_BROKER_MAX_CONNECTIONS_PER_ADDRESS": "100000",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "chargeline", "broker", "--bind", f"127.0.0.1:{port}"], env=env
