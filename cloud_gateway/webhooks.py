@@ -207,23 +207,29 @@ class Deliverer:
         connection, and each record wakes the scanner (for the next event of a charge)."""
         while True:
             try:
-                async with (
-                    await psycopg.AsyncConnection.connect(self.url, autocommit=True) as scan,
-                    await psycopg.AsyncConnection.connect(self.url, autocommit=True) as record,
-                    asyncio.TaskGroup() as lanes,
-                ):
-                    await scan.execute("LISTEN chargeline_outbox")
-                    # A client enabled again (or given a webhook URL) has events due.
-                    await scan.execute("LISTEN chargeline_clients")
-                    while True:
-                        await self._dispatch_due(scan, record, lanes)
-                        await self._wait(scan)
-            except psycopg.Error as exc:
-                log.warning("webhook deliverer lost the database (%s); retrying", exc)
+                await self._run_connected()
+            # The lanes' TaskGroup hands on the scanner's error inside an ExceptionGroup.
+            except* psycopg.Error as lost:
+                log.warning(
+                    "webhook deliverer lost the database (%s); retrying", lost.exceptions[0]
+                )
                 self._in_flight.clear()
                 for lane in self._lanes.values():
                     lane.taken = 0
                 await asyncio.sleep(2)
+
+    async def _run_connected(self) -> None:
+        async with (
+            await psycopg.AsyncConnection.connect(self.url, autocommit=True) as scan,
+            await psycopg.AsyncConnection.connect(self.url, autocommit=True) as record,
+            asyncio.TaskGroup() as lanes,
+        ):
+            await scan.execute("LISTEN chargeline_outbox")
+            # A client enabled again (or given a webhook URL) has events due.
+            await scan.execute("LISTEN chargeline_clients")
+            while True:
+                await self._dispatch_due(scan, record, lanes)
+                await self._wait(scan)
 
     def _exclusions(self) -> dict[str, Any]:
         return {

@@ -365,3 +365,31 @@ def test_the_deliverer_posts_nothing_to_an_internal_address(
     assert receiver.accepted == []
     ((error,),) = query(database, "SELECT last_error FROM webhook_outbox")
     assert "internal address" in error
+
+
+def test_the_deliverer_survives_losing_the_database(database: str, receiver: Receiver) -> None:
+    """The database drops every connection of the deliverer (a restart, a failover): it
+    reconnects and delivers what was added meanwhile."""
+    receiver.start()
+    client = client_for(database, receiver)
+
+    async def scenario() -> None:
+        deliverer = Deliverer(database, allow_private=True)
+        task = asyncio.create_task(deliverer.run())
+        await add_events(database, client, 0, 1)
+        await until(lambda: len(receiver.accepted) == 1, 10)
+        async with await psycopg.AsyncConnection.connect(database, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        await add_events(database, client, 1, 3)
+        await until(lambda: len(receiver.accepted) == 3, 20)
+        assert not task.done(), "the deliverer must not have stopped"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await deliverer.aclose()
+
+    asyncio.run(scenario())
+    assert sorted(place(b) for b in receiver.bodies()) == [0, 1, 2]
