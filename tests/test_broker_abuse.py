@@ -110,14 +110,20 @@ def test_idle_and_abandoned_sockets_lock_nobody_out(broker: Amqtt) -> None:
             idle.append(_from("127.0.0.2", port))
         connect_times = [_good_traffic_works(broker) for _ in range(3)]
 
-        # Over the cap: refused at once, and told why.
-        refused = idle[-1]
-        refused.settimeout(5)
-        assert refused.recv(4) == bytes([0x20, 0x02, 0x00, 0x03])
-        # Under the cap but silent: closed at the deadline.
-        first = idle[0]
-        first.settimeout(CONNECT_TIMEOUT_S + 10)
-        assert first.recv(4) == b""
+        # Every idle socket has been answered: over the cap, refused at once and told why
+        # (CONNACK 3); under it, closed at the deadline. (Which ones were over the cap
+        # depends on how fast they were opened: slots free up at each deadline.)
+        answers = []
+        for sock in idle:
+            sock.settimeout(CONNECT_TIMEOUT_S + 10)
+            try:
+                answers.append(sock.recv(4))
+            except ConnectionResetError:
+                answers.append(b"")
+        refused = bytes([0x20, 0x02, 0x00, 0x03])
+        assert set(answers) <= {refused, b""}, set(answers)
+        assert answers.count(refused) > 0, "no socket was over the per-address cap"
+        assert answers[0] == b"", "the first, admitted, was closed at the deadline"
         connect_times.append(_good_traffic_works(broker))
     finally:
         stop.set()
