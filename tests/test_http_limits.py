@@ -98,7 +98,6 @@ def test_half_sent_requests_neither_lock_out_nor_stay(
             held.append(sock)
         trickler = _from("127.0.0.3", port)
         took = [_token(url, client) for _ in range(3)]
-        assert held[-1].recv(64).startswith(b"HTTP/1.1 503")
         started = time.monotonic()
         for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
             try:
@@ -109,7 +108,12 @@ def test_half_sent_requests_neither_lock_out_nor_stay(
             if time.monotonic() - started > TIMEOUT_S + 5:
                 break
         assert trickler.recv(64).startswith(b"HTTP/1.1 408")
-        assert held[0].recv(64).startswith(b"HTTP/1.1 408")
+        # Each held connection was answered: over the cap with 503 at once, under it with
+        # 408 at the deadline (which ones depends on how fast they were opened).
+        answers = [sock.recv(64)[:12] for sock in held]
+        assert set(answers) <= {b"HTTP/1.1 503", b"HTTP/1.1 408"}, set(answers)
+        assert answers.count(b"HTTP/1.1 503") > 0, "no connection was over the cap"
+        assert answers[0] == b"HTTP/1.1 408"
         took.append(_token(url, client))
     finally:
         for sock in held:
