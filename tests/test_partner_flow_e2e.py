@@ -808,6 +808,7 @@ def test_a_signing_key_rotation_fails_no_token_and_withdraws_what_it_must(
         response = httpx2.get(
             f"{partner.api}/v1/outlets/{installation.controllers[0]}-1/status",
             headers={"authorization": f"Bearer {token}"},
+            timeout=15,  # a call with a new kid may wait for the API's next JWKS fetch (5 s)
         )
         return response.status_code
 
