@@ -310,6 +310,11 @@ class EdgeAgent:
                 )
             for outlet, want in list(self._waiting.items()):
                 self._decide(outlet, want)
+            # A better estimate of the cloud's time may put a charge past its stop time:
+            # stop it now rather than at the next sample.
+            cloud_now = self.cloud_clock.cloud(self.clock.now())
+            for memory in list(self.memory.values()):
+                self._execute(reconciler.tick(memory, cloud_now=cloud_now))
         freed = self.buffer.ack(ack.seqs) if ack.seqs else 0
         for seq in ack.seqs:
             self._sent_at.pop(seq, None)
