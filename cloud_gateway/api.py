@@ -554,29 +554,17 @@ class Gateway:
         async with self.pool.connection() as conn:
             row = await self._own_charge(conn, caller, _charge_id(request))
             charge_id = row.charge_id
-            if row.state not in (
-                lifecycle.State.ON.value,
-                lifecycle.State.DRAWING.value,
-                lifecycle.State.REQUESTED.value,
-            ):
+            if lifecycle.State(row.state) not in lifecycle.STOPPABLE:
                 return JSONResponse(row.json())  # stopping, stopped or failed: idempotent
             async with conn.pipeline(), conn.transaction():
-                want = await commands.record(
+                want = await commands.record_stop(
                     conn,
+                    charge_id=charge_id,
                     controller_id=row.controller_id,
                     outlet=row.outlet_no,
-                    on=False,
-                    charge_id=charge_id,
-                    end_at=None,
-                    issued_at=self.settings.now(),
                     issued_by=caller.client_id,
-                )
-                await charges.apply(
-                    conn,
-                    charge_id,
-                    lifecycle.StopRequested(
-                        want.generation, "partner stopped", self.settings.now()
-                    ),
+                    reason="partner stopped",
+                    now=self.settings.now(),
                 )
         answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
         await self._publish(want)

@@ -20,6 +20,7 @@ import aiomqtt
 import psycopg
 
 from chargeline.times import utc, utc_or_none
+from ingest import charges, lifecycle
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import CommandAck, DesiredState
 from schemas.topics import TopicKind, Topics
@@ -140,6 +141,32 @@ async def record(conn: psycopg.AsyncConnection[Any], **command: Any) -> DesiredS
     """``send_record`` and wait for the generation (``send_record``'s keyword arguments)."""
     want = await (await send_record(conn, **command)).desired()
     assert want is not None  # an unguarded command always writes its row
+    return want
+
+
+async def record_stop(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    charge_id: str,
+    controller_id: str,
+    outlet: int,
+    issued_by: str,
+    reason: str,
+    now: float,
+) -> DesiredState:
+    """Stop a charge, in the caller's transaction: the OFF command with the outlet's next
+    generation and the charge's ``StopRequested``, together. Publish after the commit."""
+    want = await record(
+        conn,
+        controller_id=controller_id,
+        outlet=outlet,
+        on=False,
+        charge_id=charge_id,
+        end_at=None,
+        issued_at=now,
+        issued_by=issued_by,
+    )
+    await charges.apply(conn, charge_id, lifecycle.StopRequested(want.generation, reason, now))
     return want
 
 

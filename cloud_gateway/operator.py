@@ -24,12 +24,6 @@ from chargeline.settings import GatewaySettings
 from cloud_gateway import commands
 from ingest import charges, lifecycle
 
-STOPPABLE = (
-    lifecycle.State.REQUESTED.value,
-    lifecycle.State.ON.value,
-    lifecycle.State.DRAWING.value,
-)
-
 
 class ChargeNotFound(LookupError):
     pass
@@ -61,22 +55,17 @@ async def stop_charge(
                 f"no charge {charge!r}" + (f" of client {client_id!r}" if client_id else "")
             )
         charge_id, owner, outlet_id, controller_id, outlet_no, state = row
-        if state not in STOPPABLE:
+        if lifecycle.State(state) not in lifecycle.STOPPABLE:
             return Stopped(charge_id, owner, outlet_id, state, None)
-        now = settings.now()
         async with conn.transaction():
-            want = await commands.record(
+            want = await commands.record_stop(
                 conn,
+                charge_id=charge_id,
                 controller_id=controller_id,
                 outlet=outlet_no,
-                on=False,
-                charge_id=charge_id,
-                end_at=None,
-                issued_at=now,
                 issued_by="operator",
-            )
-            await charges.apply(
-                conn, charge_id, lifecycle.StopRequested(want.generation, "operator stopped", now)
+                reason="operator stopped",
+                now=settings.now(),
             )
     url = settings.mqtt
     identifier = url.username or f"chargeline-operator-{os.getpid()}"

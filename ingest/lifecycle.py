@@ -51,6 +51,8 @@ class State(enum.StrEnum):
 
 
 ACTIVE = frozenset({State.REQUESTED, State.ON, State.DRAWING, State.STOPPING})
+#: States a stop request acts on (a stopping charge is already on its way).
+STOPPABLE = ACTIVE - {State.STOPPING}
 
 #: A reading below this fraction of the one before means the meter was reset or replaced.
 RESET_BELOW = 0.5
