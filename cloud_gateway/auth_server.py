@@ -35,7 +35,14 @@ from starlette.routing import Route
 
 from chargeline.settings import GatewaySettings
 from cloud_gateway import keys
-from cloud_gateway.clients import SCOPES, SELECT_ACTIVE, PartnerClient, from_rows, load_clients
+from cloud_gateway.clients import (
+    SCOPES,
+    SELECT_ACTIVE,
+    PartnerClient,
+    from_rows,
+    load_clients,
+    watch,
+)
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 
 log = logging.getLogger(__name__)
@@ -253,15 +260,8 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
 
 async def _watch_clients(url: str, server: _Server) -> None:
     """Reload clients when the table changes (a new client, a revoked one)."""
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                await conn.execute("LISTEN chargeline_clients")
-                while True:
-                    cur = await conn.execute(SELECT_ACTIVE)
-                    server.clients = from_rows(await cur.fetchall())
-                    async for _ in conn.notifies(timeout=30, stop_after=1):
-                        log.info("clients changed; reloading")
-        except psycopg.Error as exc:
-            log.warning("client watcher lost the database (%s); retrying", exc)
-            await asyncio.sleep(2)
+
+    def load(rows: list[tuple[Any, ...]]) -> None:
+        server.clients = from_rows(rows)
+
+    await watch(url, SELECT_ACTIVE, load, what="authorization server clients")

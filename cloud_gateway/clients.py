@@ -7,9 +7,12 @@ as safe and keeps the token endpoint fast.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,8 @@ from authlib.oauth2.rfc6749 import ClientMixin
 
 from cloud_gateway.destinations import resolve_problem
 from cloud_gateway.webhooks import new_secret as new_webhook_secret
+
+log = logging.getLogger(__name__)
 
 #: What a partner may be allowed to do.
 SCOPES = {
@@ -255,3 +260,23 @@ def _update(url: str, client_id: str, assignments: str, *values: Any, state: str
         )
         if cur.rowcount != 1:
             raise UnknownClient(client_id, why)
+
+
+async def watch(
+    url: str, query: str, apply: Callable[[list[tuple[Any, ...]]], None], *, what: str
+) -> None:
+    """Hand ``query``'s rows to ``apply`` now and whenever the clients table changes (its
+    ``chargeline_clients`` notification, and every 30 s as a safety net), until
+    cancelled; through a database outage the last rows stay in force."""
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute("LISTEN chargeline_clients")
+                while True:
+                    cur = await conn.execute(query)
+                    apply(await cur.fetchall())
+                    async for _ in conn.notifies(timeout=30, stop_after=1):
+                        pass
+        except psycopg.Error as exc:
+            log.warning("%s: database unavailable (%s); retrying", what, exc)
+            await asyncio.sleep(2)

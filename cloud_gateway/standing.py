@@ -10,14 +10,12 @@ rotated). The gateway keeps every client's standing in memory and reloads it whe
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-log = logging.getLogger(__name__)
+from cloud_gateway import clients
 
 _SELECT = (
     "SELECT client_id, disabled_at IS NULL,"
@@ -60,19 +58,6 @@ async def lookup(conn: psycopg.AsyncConnection[Any], standing: Standing, client_
     standing.update(await cur.fetchall())
 
 
-async def watch(url: str, standing: Standing, ready: asyncio.Event | None = None) -> None:
+async def watch(url: str, standing: Standing) -> None:
     """Keep ``standing`` current: load everything, then reload on each change."""
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                await conn.execute("LISTEN chargeline_clients")
-                while True:
-                    cur = await conn.execute(_SELECT)
-                    standing.replace(await cur.fetchall())
-                    if ready is not None:
-                        ready.set()
-                    async for _ in conn.notifies(timeout=30, stop_after=1):
-                        pass
-        except psycopg.Error as exc:
-            log.warning("client standing: database unavailable (%s); retrying", exc)
-            await asyncio.sleep(2)
+    await clients.watch(url, _SELECT, standing.replace, what="client standing")
