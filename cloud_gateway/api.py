@@ -181,9 +181,7 @@ async def _select_charge(
     conn: psycopg.AsyncConnection[Any], charge_id: str
 ) -> psycopg.AsyncCursor[ChargeRow]:
     """Send the query (in pipeline mode it waits for the next sync); fetch from the cursor."""
-    cur = conn.cursor(row_factory=class_row(ChargeRow))
-    await cur.execute(_SELECT_CHARGE, (charge_id,))
-    return cur
+    return await _charge_cursor(conn, _SELECT_CHARGE, (charge_id,))
 
 
 async def _select_own_charge(
@@ -191,8 +189,14 @@ async def _select_own_charge(
 ) -> psycopg.AsyncCursor[ChargeRow]:
     """``_select_charge`` by the id a client gave: another client's charges do not exist
     for it (the same id names a different charge, or none)."""
+    return await _charge_cursor(conn, _SELECT_OWN_CHARGE, (client_id, partner_charge_id))
+
+
+async def _charge_cursor(
+    conn: psycopg.AsyncConnection[Any], query: str, params: tuple[str, ...]
+) -> psycopg.AsyncCursor[ChargeRow]:
     cur = conn.cursor(row_factory=class_row(ChargeRow))
-    await cur.execute(_SELECT_OWN_CHARGE, (client_id, partner_charge_id))
+    await cur.execute(query, params)
     return cur
 
 

@@ -352,10 +352,20 @@ def subscribe_packet(packet_id: int, filters: list[str], qos: int = 1) -> bytes:
     return b"\x82" + _remaining(len(body)) + body
 
 
-def publish_packet(packet_id: int, topic: str, payload: bytes) -> bytes:
-    """A QoS 1 PUBLISH."""
+def publish_packet(packet_id: int, topic: str, payload: bytes, qos: int = 1) -> bytes:
+    """A PUBLISH at QoS 1 (or 2: which the wire contract never uses)."""
     body = _string(topic) + struct.pack("!H", packet_id) + payload
-    return b"\x32" + _remaining(len(body)) + body
+    return bytes([0x30 | qos << 1]) + _remaining(len(body)) + body
+
+
+def connect_from(address: str, port: int, timeout: float = 10) -> socket.socket:
+    """A TCP connection to 127.0.0.1:``port`` from another loopback ``address`` (Linux
+    routes all of 127/8 to this machine), as a stranger on the network would open it."""
+    sock = socket.socket()
+    sock.bind((address, 0))
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
 
 
 #: DISCONNECT: the client is leaving on purpose (no will).

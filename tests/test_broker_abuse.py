@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -27,7 +26,15 @@ from broker.pki import LocalCA
 from broker.policy import Role
 from schemas.topics import TopicKind
 from tests.brokers import MAX_PACKET, TOPICS, Amqtt, Site, tls_connack
-from tests.helpers import connect_packet, drain, rss_kib, subscribe_packet, wait_for
+from tests.helpers import (
+    connect_from,
+    connect_packet,
+    drain,
+    publish_packet,
+    rss_kib,
+    subscribe_packet,
+    wait_for,
+)
 
 INGEST, GATEWAY = "svc_ingest", "svc_gateway"
 CONNECT_TIMEOUT_S = 2
@@ -51,14 +58,6 @@ def broker(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Amq
 
 def _open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _from(address: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.bind((address, 0))
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def _good_traffic_works(broker: Amqtt) -> float:
@@ -99,7 +98,7 @@ def test_idle_and_abandoned_sockets_lock_nobody_out(broker: Amqtt) -> None:
     def flood() -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError):
-                _from("127.0.0.3", port).close()
+                connect_from("127.0.0.3", port).close()
                 flooded[0] += 1
 
     flooder = threading.Thread(target=flood, daemon=True)
@@ -107,7 +106,7 @@ def test_idle_and_abandoned_sockets_lock_nobody_out(broker: Amqtt) -> None:
     idle: list[socket.socket] = []
     try:
         for _ in range(5_000):
-            idle.append(_from("127.0.0.2", port))
+            idle.append(connect_from("127.0.0.2", port))
         connect_times = [_good_traffic_works(broker) for _ in range(3)]
 
         # Every idle socket has been answered: over the cap, refused at once and told why
@@ -143,18 +142,6 @@ def test_idle_and_abandoned_sockets_lock_nobody_out(broker: Amqtt) -> None:
     assert "more connections refused" in logged or "refused a connection" in logged
 
 
-def _qos2_publish(packet_id: int, topic: str, payload: bytes) -> bytes:
-    body = struct.pack("!H", len(topic)) + topic.encode() + struct.pack("!H", packet_id) + payload
-    length = len(body)
-    encoded = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        encoded.append(digit | (0x80 if length else 0))
-        if not length:
-            break
-    return b"\x34" + bytes(encoded) + body
-
-
 def test_qos2_publishes_are_refused_and_hold_no_memory(broker: Amqtt) -> None:
     """Finding 2. A controller sending QoS 2 publishes it never releases (no PUBREL), over
     several connections: each connection is closed at its first QoS 2 publish, the
@@ -164,12 +151,12 @@ def test_qos2_publishes_are_refused_and_hold_no_memory(broker: Amqtt) -> None:
     payload = os.urandom(MAX_PACKET - 200)
 
     def attack() -> None:
-        sock = _from("127.0.0.1", broker.ports["tcp"])
+        sock = connect_from("127.0.0.1", broker.ports["tcp"])
         sock.sendall(connect_packet(site.a, username=site.a, password=site.passwords[site.a]))
         assert sock.recv(4) == bytes([0x20, 0x02, 0x00, 0x00])
         with contextlib.suppress(OSError):
             for packet_id in range(1, 400):  # 25 MB of unreleased messages, if kept
-                sock.sendall(_qos2_publish(packet_id, TOPICS.meter(site.a), payload))
+                sock.sendall(publish_packet(packet_id, TOPICS.meter(site.a), payload, qos=2))
         sock.settimeout(10)
         with contextlib.suppress(OSError):
             while sock.recv(65536):  # no PUBREC: the connection ends
@@ -192,7 +179,7 @@ def test_client_chosen_values_are_logged_short(broker: Amqtt) -> None:
     grows by a few kilobytes, not by 12 MB, and shows each value cut short."""
     log_before = len(broker.proc.log())
     for i in range(200):
-        sock = _from("127.0.0.2", broker.ports["tcp"])
+        sock = connect_from("127.0.0.2", broker.ports["tcp"])
         long = f"{i:03d}" + "x" * 30_000
         sock.sendall(connect_packet(long, username=long, password="wrong"))
         assert sock.recv(4)[:3] == bytes([0x20, 0x02, 0x00])  # a refusal
@@ -213,7 +200,7 @@ def test_subscriptions_are_capped_per_session_and_freed_with_it(broker: Amqtt) -
     ]  # each a distinct filter over a topic A may read
 
     def granted() -> list[int]:
-        sock = _from("127.0.0.1", broker.ports["tcp"])
+        sock = connect_from("127.0.0.1", broker.ports["tcp"])
         sock.sendall(connect_packet(site.a, username=site.a, password=site.passwords[site.a]))
         assert sock.recv(4) == bytes([0x20, 0x02, 0x00, 0x00])
         codes: list[int] = []

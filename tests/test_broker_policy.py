@@ -34,7 +34,7 @@ from tests.brokers import (
     raw_connect,
     tls_connack,
 )
-from tests.helpers import connect_packet, drain
+from tests.helpers import connect_packet, drain, publish_packet
 
 INGEST, GATEWAY = "svc_ingest", "svc_gateway"
 
@@ -432,9 +432,7 @@ def test_a_qos2_publish_closes_the_connection_on_either_broker(broker: BrokerUnd
         connect_packet(site.a, username=site.a, password=site.passwords[site.a]),
     )
     assert connack == bytes([0x20, 0x02, 0x00, 0x00])
-    topic = TOPICS.meter(site.a).encode()
-    body = len(topic).to_bytes(2, "big") + topic + (1).to_bytes(2, "big") + b"qos2"
-    sock.sendall(bytes([0x34, len(body)]) + body)
+    sock.sendall(publish_packet(1, TOPICS.meter(site.a), b"qos2", qos=2))
     sock.settimeout(10)
     try:
         answer = sock.recv(16)

@@ -33,15 +33,20 @@ ALLOWED = {
 }
 
 
-def _login(database: str, service: str) -> str:
-    """`chargeline db login` as an operator runs it; the URL it prints."""
-    done = subprocess.run(
-        [sys.executable, "-m", "chargeline", "db", "login", f"r{uuid.uuid4().hex[:8]}", service],
+def _chargeline(database: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line as an operator runs it, on ``database``."""
+    return subprocess.run(
+        [sys.executable, "-m", "chargeline", *args],
         env={"CHARGELINE_DATABASE_URL": database, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def _login(database: str, service: str) -> str:
+    """`chargeline db login`; the URL it prints."""
+    done = _chargeline(database, "db", "login", f"r{uuid.uuid4().hex[:8]}", service)
     assert done.returncode == 0, done.stderr
     assert "Shown once" in done.stderr
     return done.stdout.strip()
@@ -67,13 +72,7 @@ def test_each_service_reads_only_the_secrets_it_needs(database: str, service: st
 
 def test_a_login_for_an_unknown_service_or_a_bad_name_is_refused(database: str) -> None:
     for args in (["someone", "everything"], ["Robert'); DROP TABLE x;--", "gateway"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "chargeline", "db", "login", *args],
-            env={"CHARGELINE_DATABASE_URL": database, "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _chargeline(database, "db", "login", *args)
         assert done.returncode == 2, done.stderr
 
 
@@ -101,13 +100,7 @@ def test_a_service_login_facing_a_pending_migration_says_who_must_apply_it(
     url = _login(database, "gateway")
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("DELETE FROM schema_migrations WHERE version = 15")
-    done = subprocess.run(
-        [sys.executable, "-m", "chargeline", "db", "upgrade"],
-        env={"CHARGELINE_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _chargeline(url, "db", "upgrade")
     assert done.returncode == 1, done.stderr
     assert "0015_analyst_reads_batches_and_dead_letters is pending" in done.stderr
     assert "schema owner" in done.stderr and "Traceback" not in done.stderr
