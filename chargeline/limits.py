@@ -38,9 +38,6 @@ class ConnectionBudget:
     def open(self) -> int:
         return self._count
 
-    def open_from(self, address: str) -> int:
-        return self._open.get(address, 0)
-
     def admit(self, address: str) -> str | None:
         if self._count >= self.total:
             return f"the server is at its cap of {self.total} connections"

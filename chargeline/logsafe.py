@@ -35,7 +35,7 @@ class Summarised:
 
     ``warning(kind, msg, *args)`` logs the first ``burst`` events of ``kind`` in each
     ``interval_s``; the others are counted, and the next event of that kind after the
-    interval (or ``flush``) logs how many were left out. Keep ``kind`` to a bounded set
+    interval logs how many were left out. Keep ``kind`` to a bounded set
     (never a value a client chose): one is remembered per kind.
     """
 
@@ -64,11 +64,6 @@ class Summarised:
             return
         self._logged[kind] += 1
         self.logger.warning(msg, *args)
-
-    def flush(self) -> None:
-        now = self.clock()
-        for kind in list(self._quiet):
-            self._report_quiet(kind, now - self._since.get(kind, now))
 
     def _report_quiet(self, kind: str, over_s: float) -> None:
         left_out = self._quiet.pop(kind, 0)
