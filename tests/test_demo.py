@@ -33,14 +33,15 @@ def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -
 
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     charges, webhooks = summary["charges"], summary["webhooks"]
-    assert charges["started"] >= 10 and charges["stopped"] == charges["started"], charges
-    assert charges["failed"] == 0 and charges["still_running"] == 0, charges
-    assert charges["stopped_without_energy"] == 0 and summary["energy_kwh"] > 0, summary
+    seen = f"{json.dumps(summary, indent=1)}\n{output}"  # the partner's feed says why
+    assert charges["started"] >= 10 and charges["stopped"] == charges["started"], seen
+    assert charges["failed"] == 0 and charges["still_running"] == 0, seen
+    assert charges["stopped_without_energy"] == 0 and summary["energy_kwh"] > 0, seen
     # Every webhook was delivered, verified by the partner, and each is a charge's step.
-    assert webhooks["written"] == webhooks["delivered"] == webhooks["received_by_partner"]
-    assert webhooks["bad_signatures"] == 0 and webhooks["gave_up"] == 0
+    assert webhooks["written"] == webhooks["delivered"] == webhooks["received_by_partner"], seen
+    assert webhooks["bad_signatures"] == 0 and webhooks["gave_up"] == 0, seen
     by_type = webhooks["by_type"]
-    assert by_type["charge.started"] == by_type["charge.stopped"] == charges["started"]
+    assert by_type["charge.started"] == by_type["charge.stopped"] == charges["started"], seen
     assert by_type["charge.current_rise"] >= charges["started"] - 2  # the last ones may not
     assert by_type.get("outlet.status", 0) >= 1
     assert summary["latency_ms"]["start_to_breaker"]["count"] == charges["started"]

@@ -31,6 +31,7 @@ from cloud_gateway.clients import NewClient
 from cloud_gateway.webhooks import verify
 
 Event = dict[str, Any]
+CALL_ATTEMPTS = 4  # an API call whose answer was lost is sent this many times in all
 
 
 @dataclass
@@ -50,9 +51,11 @@ class Tally:
     start_ms: list[float] = field(default_factory=list)  # start call → answer, breaker ON
     rise_ms: list[float] = field(default_factory=list)  # start call → current-rise webhook
     feed: list[str] = field(default_factory=list)  # latest lines for the view
+    said: int = 0  # lines said so far, the ones dropped from ``feed`` included
 
     def say(self, line: str) -> None:
         self.feed.append(f"{time.strftime('%H:%M:%S')} {line}")
+        self.said += 1
         del self.feed[:-200]
 
 
@@ -116,9 +119,23 @@ class Partner:
 
     # --- calls ---------------------------------------------------------------------------
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One API call; the response (authlib renews the token when it expires)."""
+        """One API call; the response (authlib renews the token when it expires).
+
+        A call whose answer was lost (a timeout, a dropped connection) is sent again, as an
+        app would: starts and stops are idempotent on the charge id, so a repeated call
+        answers with the same charge. The last attempt's error is raised.
+        """
         assert self.oauth is not None, "use `async with partner.running()`"
-        return await self.oauth.request(method, f"{self.api}{path}", json=body)
+        attempt = 1
+        while True:
+            try:
+                return await self.oauth.request(method, f"{self.api}{path}", json=body)
+            except httpx2.TransportError as exc:
+                if attempt == CALL_ATTEMPTS:
+                    raise
+                self.tally.say(f"{method} {path}: {exc!r}; sending it again")
+                await asyncio.sleep(attempt)
+                attempt += 1
 
     async def start(self, outlet_id: str, charge_id: str, end_at: float | None) -> str:
         """Scan → start; the charge's state as answered, or ``refused: …``."""
@@ -131,7 +148,9 @@ class Partner:
         took_ms = (time.monotonic() - began) * 1000
         if response.status_code in (200, 201, 202):
             state = str(response.json()["state"])
-            if state == "on":
+            # A repeated start (its first answer was lost) answers with the charge as it
+            # is now: drawing already, or even ended, after the breaker went ON.
+            if state in ("on", "drawing", "stopping", "stopped"):
                 self.tally.started += 1
                 self.tally.start_ms.append(took_ms)
             elif response.status_code == 202:

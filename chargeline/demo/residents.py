@@ -34,6 +34,9 @@ from edge_agent.simulated import SimulatedSite
 MINUTE = 60.0
 KINDS = ("leaves", "end-time", "fills-up", "trips")
 WEIGHTS = (0.35, 0.25, 0.25, 0.15)
+#: How long a resident who stopped a charge waits for its charge.stopped (real seconds): a
+#: webhook that failed once is sent again after 1, 2, 4, 8, 16 … seconds.
+ENDED_WITHIN_S = 60.0
 FAULT_CURRENT_A = 26.0  # above the edge's over-current limit (20 A by default)
 
 
@@ -120,8 +123,8 @@ class World:
         try:
             end_at = partner.now() + plan.end_after_s if plan.end_after_s else None
             state = await partner.start(outlet_id, charge_id, end_at)
-            if state not in ("on", "requested"):
-                return  # refused or failed at once: the resident gives up
+            if state.startswith("refused") or state == "failed":
+                return  # the resident gives up
             self.charges[outlet_id] = charge_id
             self.plans[outlet_id] = plan
             if plan.kind == "leaves":
@@ -142,8 +145,10 @@ class World:
                 await self._until(ended, 24 * 3600)
             if not ended.done():
                 await partner.stop(charge_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(ended), 30)
+            try:  # webhooks are retried with backoff
+                await asyncio.wait_for(asyncio.shield(ended), ENDED_WITHIN_S)
+            except TimeoutError:
+                partner.tally.say(f"{charge_id}: no end heard {ENDED_WITHIN_S:.0f} s after stop")
         finally:
             ended.cancel()
             self.charges.pop(outlet_id, None)

@@ -99,9 +99,9 @@ class View:
 
     def feed_lines(self) -> list[str]:
         """Feed lines not yet printed (plain mode prints them as they come)."""
-        new = self.tally.feed[self._printed :] if self._printed <= len(self.tally.feed) else []
-        self._printed = len(self.tally.feed)
-        return new
+        unseen = min(self.tally.said - self._printed, len(self.tally.feed))
+        self._printed = self.tally.said
+        return self.tally.feed[len(self.tally.feed) - unseen :]
 
     def _plain(self, c: Counters) -> None:
         for line in self.feed_lines():
