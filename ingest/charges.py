@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from collections import defaultdict
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -26,15 +25,12 @@ from chargeline.outbox import enqueue, event_body
 from chargeline.times import epoch_or_none, utc_or_none
 from ingest import lifecycle
 from ingest.lifecycle import Charge, Event, Notice, Reading, State
-from ingest.triage import Pending
-from schemas.messages import EdgeEventKind
 
 #: ``lifecycle.ACTIVE`` as an SQL list, literal so that the partial index on active
 #: charges (``charges_one_active_per_outlet``) serves queries using ``state IN (…)``.
 ACTIVE_SQL = ", ".join(sorted(f"'{state.value}'" for state in lifecycle.ACTIVE))
 
 #: Edge events that mean the breaker opened by itself, ending a charge.
-_BREAKER_OPENED = (EdgeEventKind.BREAKER_SWITCHED, EdgeEventKind.OVERCURRENT_TRIP)
 
 OutletKey = tuple[str, int]
 
@@ -294,38 +290,3 @@ async def open_charges(
         " GROUP BY c.controller_id, c.outlet_no"
     )
     return {(r[0], r[1]): (list(r[2]), float(r[3])) for r in await cur.fetchall()}
-
-
-def route(
-    pending: Pending, open_: dict[OutletKey, tuple[list[str], float]]
-) -> tuple[
-    defaultdict[str, list[tuple[float, Event]]], defaultdict[OutletKey, list[tuple[float, float]]]
-]:
-    """Which lifecycle inputs each open charge gets from one write, and the current
-    observations per outlet for the rise detector. Pure."""
-    feed: defaultdict[str, list[tuple[float, Event]]] = defaultdict(list)
-    currents: defaultdict[OutletKey, list[tuple[float, float]]] = defaultdict(list)
-
-    def to_charges(key: OutletKey, at: float, event: Event) -> None:
-        for charge_id in open_[key][0]:
-            feed[charge_id].append((at, event))
-
-    for ack in pending.command_acks:
-        key = (ack.controller_id, ack.outlet)
-        if key in open_:
-            to_charges(key, ack.at, lifecycle.Acked.of(ack))
-    for edge in pending.events:
-        key = (edge.controller_id, edge.outlet)
-        if key not in open_:
-            continue
-        if edge.kind is EdgeEventKind.CURRENT_CROSSED:
-            currents[key].append((edge.at, edge.current_a))
-        elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
-            to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh))
-    for cid, outlet, minute, energy_wh, _volts, current_a, breaker_on in pending.outlet_rows:
-        key = (cid, outlet)
-        if key in open_:
-            at = minute.timestamp()
-            to_charges(key, at, lifecycle.MinuteReading(at, energy_wh, breaker_on))
-            currents[key].append((at, current_a))
-    return feed, currents

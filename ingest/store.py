@@ -19,7 +19,7 @@ import psycopg
 from psycopg import errors, sql
 
 from chargeline.times import utc
-from ingest import charges, lifecycle, status
+from ingest import charges, lifecycle, routing, status
 from ingest.current_rise import RiseState, observe
 from ingest.triage import Pending
 from schemas.messages import EdgeEventKind
@@ -221,7 +221,7 @@ class Store:
         open_ = await charges.open_charges(self.conn)
         if not open_:
             return
-        feed, currents = charges.route(pending, open_)
+        feed, currents = routing.route(pending, open_)
         for key, observations in currents.items():
             for at, current_a in await self._rises(key, observations, open_[key][1]):
                 for charge_id in open_[key][0]:
