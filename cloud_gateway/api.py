@@ -44,6 +44,7 @@ from starlette.routing import Route
 from chargeline import mqtt
 from chargeline.settings import GatewaySettings
 from chargeline.times import utc
+from charging import charges, lifecycle, status
 from cloud_gateway import commands, standing
 from cloud_gateway.commands import AckWaiter
 from cloud_gateway.models import (
@@ -60,7 +61,6 @@ from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.standing import Standing
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
-from ingest import charges, lifecycle, status
 from schemas.codec import encode
 from schemas.messages import (
     CHARGE_ID_PATTERN,

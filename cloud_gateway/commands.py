@@ -20,7 +20,7 @@ import aiomqtt
 import psycopg
 
 from chargeline.times import utc, utc_or_none
-from ingest import charges, lifecycle
+from charging import charges, lifecycle
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import CommandAck, DesiredState
 from schemas.topics import TopicKind, Topics

@@ -21,8 +21,8 @@ import psycopg
 
 from chargeline import mqtt
 from chargeline.settings import GatewaySettings
+from charging import charges, lifecycle
 from cloud_gateway import commands
-from ingest import charges, lifecycle
 
 
 class ChargeNotFound(LookupError):

@@ -1,6 +1,6 @@
 """Webhooks to partners: the outbox table, and a deliverer that never loses or reorders one.
 
-Producers call ``chargeline.outbox.enqueue`` inside the transaction that records the fact
+Producers call ``charging.outbox.enqueue`` inside the transaction that records the fact
 (a charge started, the current rose, …), so an event exists exactly when its fact does.
 The deliverer:
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ingest import lifecycle
-from ingest.charges import OutletKey
-from ingest.lifecycle import Event
+from charging import lifecycle
+from charging.charges import OutletKey
+from charging.lifecycle import Event
 from ingest.triage import Pending
 from schemas.messages import EdgeEventKind
 

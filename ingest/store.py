@@ -19,8 +19,9 @@ import psycopg
 from psycopg import errors, sql
 
 from chargeline.times import utc
-from ingest import charges, lifecycle, routing, status
-from ingest.current_rise import RiseState, observe
+from charging import charges, lifecycle, status
+from charging.current_rise import RiseState, observe
+from ingest import routing
 from ingest.triage import Pending
 from schemas.messages import EdgeEventKind
 

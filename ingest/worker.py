@@ -17,7 +17,7 @@ Three tasks share one ``Pending`` buffer:
   as much as the batch it acknowledges). In steady operation a controller sends one batch
   a minute, so each batch still gets its own ack, at most ``ack_max_delay_s`` later.
 * **registry** reloads the registry on NOTIFY from the database, or periodically.
-* **silence** is the application heartbeat (``ingest.status``): a controller that has
+* **silence** is the application heartbeat (``charging.status``): a controller that has
   said nothing for ``silence_timeout_s`` is marked offline and the partners are told.
 """
 
@@ -37,7 +37,7 @@ import psycopg
 from chargeline import mqtt
 from chargeline.paho_link import PahoLink
 from chargeline.settings import IngestSettings
-from ingest import status
+from charging import status
 from ingest.registry import RegistrySnapshot
 from ingest.store import Store
 from ingest.triage import Pending, Triage

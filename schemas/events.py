@@ -1,7 +1,7 @@
 """The webhook contract: the body of every event chargeline sends a partner, one model per
 event type.
 
-Producers build the ``data`` of an event as a plain dict (``chargeline.outbox.enqueue``);
+Producers build the ``data`` of an event as a plain dict (``charging.outbox.enqueue``);
 the outbox validates it against the model of its type before it is stored, and the
 gateway's OpenAPI document describes the webhooks from the same models, so the document
 cannot drift from what partners receive. Times are Unix epoch seconds (UTC), as in every

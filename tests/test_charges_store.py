@@ -11,9 +11,9 @@ import pytest
 from psycopg import errors
 
 from chargeline.times import utc
+from charging import charges, lifecycle
+from charging.lifecycle import Acked, Event, MinuteReading, State, StopRequested
 from cloud_gateway.clients import add_client
-from ingest import charges, lifecycle
-from ingest.lifecycle import Acked, Event, MinuteReading, State, StopRequested
 from ingest.registry import import_registry
 from schemas.codec import encode
 from schemas.messages import (

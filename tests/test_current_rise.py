@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.current_rise import RELEASE, RiseState, observe
+from charging.current_rise import RELEASE, RiseState, observe
 
 THRESHOLD = 6.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.lifecycle import (
+from charging.lifecycle import (
     Acked,
     BreakerOpened,
     Charge,

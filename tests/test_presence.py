@@ -1,9 +1,9 @@
-"""Which presence messages count (ingest.status.news): pure, no broker needed."""
+"""Which presence messages count (charging.status.news): pure, no broker needed."""
 
 from __future__ import annotations
 
 from chargeline.times import utc
-from ingest.status import news
+from charging.status import news
 from schemas.messages import Presence
 
 T0 = 1_800_000_000.0

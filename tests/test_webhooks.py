@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import standardwebhooks
 
-from chargeline.outbox import enqueue
+from charging.outbox import enqueue
 from cloud_gateway.clients import NewClient, add_client, rotate_webhook_secret
 from cloud_gateway.webhooks import Deliverer, new_secret, verify
 from ingest import migrations

@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from chargeline.outbox import enqueue, event_body
 from chargeline.times import epoch_or_none, utc_or_none
-from ingest import lifecycle
-from ingest.lifecycle import Charge, Event, Notice, Reading, State
+from charging import lifecycle
+from charging.lifecycle import Charge, Event, Notice, Reading, State
+from charging.outbox import enqueue, event_body
 
 #: ``lifecycle.ACTIVE`` as an SQL list, literal so that the partial index on active
 #: charges (``charges_one_active_per_outlet``) serves queries using ``state IN (…)``.

@@ -28,9 +28,9 @@ from typing import Any
 
 import psycopg
 
-from chargeline.outbox import enqueue
 from chargeline.times import utc
-from ingest import charges
+from charging import charges
+from charging.outbox import enqueue
 from schemas.messages import EdgeEvent, Presence
 
 #: Who hears about controllers: partners with a webhook that may use outlets.
