@@ -19,10 +19,10 @@ from typing import Any
 
 import psycopg
 
-from ingest import migrations
-from ingest.registry import import_registry
-from ingest.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 from schemas.messages import MeterBatch, MeterFrame, OutletReading
+from store import migrations
+from store.registry import import_registry
+from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 from tests.helpers import free_port, wait_port
 
 MINUTE0 = 1_767_225_600
@@ -63,7 +63,7 @@ def database(tmp: Path, controllers: list[str]) -> str:
     """A fresh migrated database with ``controllers`` registered (8 outlets each)."""
     server = os.environ.get("CHARGELINE_DATABASE_URL")
     if not server:
-        from chargeline.database import embedded_url
+        from store.database import embedded_url
 
         server = embedded_url(tmp)
     name = f"bench_{uuid.uuid4().hex[:8]}"

@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chargeline: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        from ingest.migrations import MigrationRefused
+        from store.migrations import MigrationRefused
 
         if not isinstance(exc, MigrationRefused):
             raise
@@ -278,13 +278,13 @@ def _db(args: argparse.Namespace) -> int:
 
     ingest = settings.load(settings.IngestSettings)
     if args.db_command == "url":
-        from chargeline.database import database_url
+        from store.database import database_url
 
         print(database_url(ingest.database_url, ingest.data_dir))
         return 0
     if args.db_command == "shell":
         return _db_shell(ingest, args.psql_args)
-    from ingest import migrations, roles
+    from store import migrations, roles
 
     url = services.prepare_database(ingest)
     if args.db_command == "login":
@@ -306,7 +306,7 @@ def _db(args: argparse.Namespace) -> int:
 def _db_shell(ingest: settings.IngestSettings, psql_args: list[str]) -> int:
     import subprocess
 
-    from chargeline.database import database_url, psql_command
+    from store.database import database_url, psql_command
 
     psql = psql_command()
     if psql is None:
@@ -318,8 +318,8 @@ def _db_shell(ingest: settings.IngestSettings, psql_args: list[str]) -> int:
 
 def _registry_import(path: Path) -> int:
     from chargeline import services
-    from ingest.registry import import_registry
-    from ingest.registry_file import RegistryFileError, parse
+    from store.registry import import_registry
+    from store.registry_file import RegistryFileError, parse
 
     try:
         text = path.read_text(encoding="utf-8")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from chargeline.database import database_url
 from chargeline.settings import EdgeSettings, IngestSettings
 from edge_agent.agent import EdgeAgent
 from edge_agent.clock import ScaledClock
 from edge_agent.simulated import SimulatedSite
-from ingest import migrations
 from ingest.worker import Ingest
+from store import migrations
+from store.database import database_url
 
 log = logging.getLogger(__name__)
 

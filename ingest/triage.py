@@ -11,10 +11,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.registry import RegistrySnapshot
 from schemas.codec import CodecError, decode
 from schemas.messages import CommandAck, EdgeEvent, MeterBatch, Presence, ReportedState
 from schemas.topics import TopicKind, Topics
+from store.registry import RegistrySnapshot
 
 UTC = dt.UTC
 OutletRow = tuple[str, int, dt.datetime, float, float, float, bool]

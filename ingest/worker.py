@@ -38,12 +38,12 @@ from chargeline import mqtt
 from chargeline.paho_link import PahoLink
 from chargeline.settings import IngestSettings
 from charging import status
-from ingest.registry import RegistrySnapshot
 from ingest.store import Store
 from ingest.triage import Pending, Triage
 from schemas.codec import encode
 from schemas.messages import MAX_ACK_SEQS, MeterAck
 from schemas.topics import TopicKind
+from store.registry import RegistrySnapshot
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from broker.pki import LocalCA
 from broker.policy import Role
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
-from ingest.registry import import_registry
 from schemas.topics import Topics
+from store.registry import import_registry
 from tests.conftest import registry_for
 from tests.helpers import Proc, free_port, wait_port
 

@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from ingest import migrations
-from ingest.registry import import_registry
-from ingest.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
+from store import migrations
+from store.registry import import_registry
+from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 from tests.helpers import Proc, free_port, wait_port
 
 # --- the run's own temporary directory --------------------------------------------------
@@ -63,7 +63,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     configured = os.environ.get("CHARGELINE_DATABASE_URL")
     if configured:
         return configured
-    from chargeline.database import embedded_url
+    from store.database import embedded_url
 
     return embedded_url(tmp_path_factory.mktemp("pg"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ingest.registry import import_registry
+from store.registry import import_registry
 from tests.conftest import registry_for
 from tests.helpers import query
 

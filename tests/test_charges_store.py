@@ -14,7 +14,6 @@ from chargeline.times import utc
 from charging import charges, lifecycle
 from charging.lifecycle import Acked, Event, MinuteReading, State, StopRequested
 from cloud_gateway.clients import add_client
-from ingest.registry import import_registry
 from schemas.codec import encode
 from schemas.messages import (
     CommandAck,
@@ -26,6 +25,7 @@ from schemas.messages import (
     OutletReading,
 )
 from schemas.topics import Topics
+from store.registry import import_registry
 from tests.conftest import registry_for
 from tests.helpers import query
 from tests.test_store import write

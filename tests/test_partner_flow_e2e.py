@@ -29,10 +29,10 @@ from joserfc.jwk import ECKey
 from chargeline import mqtt
 from chargeline.settings import MqttUrl
 from cloud_gateway.clients import NewClient, add_client
-from ingest import roles
 from schemas.codec import encode
 from schemas.messages import Presence
 from schemas.topics import Topics
+from store import roles
 from tests.conftest import Installation
 from tests.helpers import Proc, Receiver, free_port, query, wait_for, wait_port
 

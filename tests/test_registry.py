@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.registry import import_registry
-from ingest.registry_file import RegistryFileError, parse
+from store.registry import import_registry
+from store.registry_file import RegistryFileError, parse
 from tests.helpers import query
 
 GOOD = """\

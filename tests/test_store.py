@@ -11,8 +11,6 @@ import uuid
 import psycopg
 import pytest
 
-from ingest import migrations
-from ingest.registry import RegistrySnapshot, import_registry
 from ingest.store import Store, late_hours
 from ingest.triage import Pending, Triage
 from schemas.codec import encode
@@ -25,6 +23,8 @@ from schemas.messages import (
     OutletReading,
 )
 from schemas.topics import Topics
+from store import migrations
+from store.registry import RegistrySnapshot, import_registry
 from tests.conftest import database_url_for, registry_for
 from tests.helpers import query
 

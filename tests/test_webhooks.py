@@ -18,7 +18,7 @@ import standardwebhooks
 from charging.outbox import enqueue
 from cloud_gateway.clients import NewClient, add_client, rotate_webhook_secret
 from cloud_gateway.webhooks import Deliverer, new_secret, verify
-from ingest import migrations
+from store import migrations
 from tests.helpers import Receiver, query
 
 

@@ -43,7 +43,7 @@ from chargeline.demo.residents import ENDED_WITHIN_S, World
 from chargeline.demo.site import controller_id_of, sample_registry
 from cloud_gateway.clients import add_client
 from edge_agent.simulated import SimulatedSite
-from ingest.registry import import_registry
+from store.registry import import_registry
 
 #: How long the closing residents, and then the last webhooks, may take.
 WIND_DOWN_S = ENDED_WITHIN_S + 30  # the residents see their charges end, then the rest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
+from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 
 SITE = "harbor-view"
 

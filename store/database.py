@@ -5,7 +5,7 @@ directory, and stops when the last of them exits, however it exits. embedded-pos
 counts its users in ``.handle_pids.json`` and stops the server in the last one's
 ``atexit``; a user killed without ``atexit`` (SIGKILL, a crash) stays on that list and the
 server would run for ever. So each server also gets a *reaper*: a small detached process
-(``python -m chargeline.database reap PGDATA``, one per server, held by a lock file) that
+(``python -m store.database reap PGDATA``, one per server, held by a lock file) that
 drops dead processes from the list every second and stops the server once none is left.
 """
 
@@ -69,7 +69,7 @@ def _start_reaper(pgdata: Path) -> None:
             return
         fcntl.flock(lock, fcntl.LOCK_UN)  # the reaper takes it; a race leaves one of two
     subprocess.Popen(
-        [sys.executable, "-m", "chargeline.database", "reap", str(pgdata)],
+        [sys.executable, "-m", "store.database", "reap", str(pgdata)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -120,4 +120,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "reap":
         reap(Path(sys.argv[2]))
     else:
-        sys.exit("usage: python -m chargeline.database reap PGDATA")
+        sys.exit("usage: python -m store.database reap PGDATA")

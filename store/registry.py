@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from ingest.registry_file import Registry
+from store.registry_file import Registry
 
 log = logging.getLogger(__name__)
 

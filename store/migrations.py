@@ -1,6 +1,6 @@
 """Versioned SQL migrations: ``chargeline db upgrade``.
 
-Files live in ``ingest/sql`` as ``NNNN_name.sql``. A migration that differs between plain
+Files live in ``store/sql`` as ``NNNN_name.sql``. A migration that differs between plain
 PostgreSQL and TimescaleDB comes as a pair, ``NNNN_name.plain.sql`` and
 ``NNNN_name.timescale.sql``; the TimescaleDB one is used when the extension can really be
 used: installed on the server *and* preloaded (``shared_preload_libraries``), or already
@@ -84,7 +84,7 @@ def flavoured_versions() -> set[int]:
     """Versions that come as a .plain/.timescale pair."""
     return {
         int(match[1])
-        for entry in resources.files("ingest.sql").iterdir()
+        for entry in resources.files("store.sql").iterdir()
         if (match := _NAME.match(entry.name)) and match[3] is not None
     }
 
@@ -99,7 +99,7 @@ def bound_flavour(recorded: list[tuple[int, str]], flavoured: set[int]) -> str |
 
 def load_migrations(flavour: str) -> list[Migration]:
     found: dict[int, Migration] = {}
-    for entry in resources.files("ingest.sql").iterdir():
+    for entry in resources.files("store.sql").iterdir():
         match = _NAME.match(entry.name)
         if not match:
             continue
