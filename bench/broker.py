@@ -37,9 +37,9 @@ from bench.common import database, emit, parser, workdir
 from broker import identities
 from broker.identities import DEFAULT_SERVICE_NAMES
 from broker.policy import Role
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
-from chargeline.stats import percentile
+from kernel import mqtt
+from kernel.settings import MqttUrl
+from kernel.stats import percentile
 from schemas.topics import TopicKind, Topics
 from tests.helpers import connect_packet, free_port, rss_kib, subscribe_packet, wait_port
 

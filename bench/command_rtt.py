@@ -20,9 +20,9 @@ from authlib.integrations.httpx_client import OAuth2Client
 
 from bench.common import emit, parser, workdir
 from bench.stack import Stack, ms, partner_stack
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
-from chargeline.stats import percentile
+from kernel import mqtt
+from kernel.settings import MqttUrl
+from kernel.stats import percentile
 
 CID = "b0000"
 

@@ -29,9 +29,10 @@ from pathlib import Path
 from statistics import median
 
 from bench.common import amqtt_broker, database, emit, mosquitto_broker, parser, rows, workdir
-from chargeline import mqtt
-from chargeline.settings import IngestSettings, MqttUrl
+from ingest.settings import IngestSettings
 from ingest.worker import SUBSCRIBED, Ingest
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from schemas.topics import Topics
 
 CONTROLLERS = 500

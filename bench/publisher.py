@@ -14,7 +14,7 @@ import time
 import paho.mqtt.client as paho
 
 from bench.common import batch
-from chargeline.settings import MqttUrl
+from kernel.settings import MqttUrl
 from schemas.codec import encode
 from schemas.topics import Topics
 

@@ -37,8 +37,8 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from broker import identities
 from broker.identities import Identity
 from broker.policy import Access, Policy
-from chargeline.logsafe import Summarised, shown
-from chargeline.mqtt import backoff
+from kernel.logsafe import Summarised, shown
+from kernel.mqtt import backoff
 from schemas.topics import DEFAULT_ROOT, Topics
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,15 @@ from typing import Any
 
 import psycopg
 
-from chargeline import runner, settings
+from broker.settings import BrokerSettings
+from kernel import runner, settings
 
 ROLES = ("controller", "ingest", "gateway")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from chargeline.settings import BrokerSettings, describe
+    from broker.settings import BrokerSettings
+    from kernel.settings import describe
 
     broker = sub.add_parser(
         "broker",
@@ -93,16 +95,17 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _database() -> str:
-    from chargeline import services
+    from store.database import prepare_database
 
-    return services.prepare_database(settings.load(settings.IngestSettings))
+    return prepare_database(settings.load(settings.CommonSettings))
 
 
 def _serve(args: argparse.Namespace) -> int:
     from broker.server import serve
+    from store.database import prepare_database
 
-    config = settings.load(settings.BrokerSettings, broker_bind=args.bind)
-    url = None if config.broker_allow_anonymous else _database()
+    config = settings.load(BrokerSettings, broker_bind=args.bind)
+    url = None if config.broker_allow_anonymous else prepare_database(config)
     return runner.run(serve(config, url))
 
 
@@ -151,7 +154,7 @@ def _export(args: argparse.Namespace) -> int:
     from broker import export, identities
     from broker.policy import Policy
 
-    config = settings.load(settings.BrokerSettings)
+    config = settings.load(BrokerSettings)
     with psycopg.connect(_database()) as conn:
         known = identities.all_identities(conn)
     common: dict[str, Any] = {

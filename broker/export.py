@@ -28,7 +28,7 @@ from pathlib import Path
 
 from broker.identities import Identity, Pbkdf2
 from broker.policy import Access, Policy, Role
-from chargeline.settings import BrokerSettings
+from broker.settings import BrokerSettings
 
 
 @dataclass(frozen=True)

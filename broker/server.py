@@ -11,14 +11,14 @@ fixes below each belong in amqtt itself; they are kept as small overrides of
 - messages a client has sent are all broadcast, in bursts, even when it disconnects right
   after (amqtt dropped what was still queued, though it had acknowledged it);
 - packets larger than ``broker_max_packet_bytes`` close the connection before they are read;
-- connections are capped in total and per source address (``chargeline.limits``); a
+- connections are capped in total and per source address (``kernel.limits``); a
   connection must send its CONNECT within ``broker_connect_timeout_s``, and a connection
   that ends for any reason is closed at once (amqtt left sockets in CLOSE-WAIT);
 - QoS 2 publishes close the connection (the wire contract has none; amqtt kept every
   unreleased one in memory), subscriptions per session are capped, and a client may
   retain only on the topics the contract retains;
 - what a client controls (client id, username, topic) is cut short and escaped before it
-  is logged, and floods of refusals are logged as summaries (``chargeline.logsafe``);
+  is logged, and floods of refusals are logged as summaries (``kernel.logsafe``);
 - the mTLS listener requires a client certificate (amqtt hard-codes "optional");
 - retained messages are delivered only for a session's own subscriptions, by lookup;
 - a message finds its subscribers by lookup, not by matching every filter held;
@@ -53,9 +53,9 @@ from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
 from broker.access import IDENTITY, RegistryAccess
-from chargeline.limits import ConnectionBudget, connection_cap, raise_file_limit
-from chargeline.logsafe import Summarised, shown
-from chargeline.settings import BrokerSettings
+from broker.settings import BrokerSettings
+from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
+from kernel.logsafe import Summarised, shown
 
 log = logging.getLogger(__name__)
 

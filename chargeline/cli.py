@@ -12,7 +12,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker import cli as broker_cli
-from chargeline import runner, settings
+from cloud_gateway.settings import GatewaySettings
+from edge_agent.settings import EdgeSettings
+from ingest.settings import IngestSettings
+from kernel import runner, settings
+from store.database import prepare_database
 
 
 def _help(settings_cls: type[settings.CommonSettings], listens: str = "") -> dict[str, Any]:
@@ -36,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     edge = sub.add_parser(
         "edge",
         help="run an edge agent (simulated outlets)",
-        **_help(settings.EdgeSettings, "nothing: it connects to CHARGELINE_MQTT_URL"),
+        **_help(EdgeSettings, "nothing: it connects to CHARGELINE_MQTT_URL"),
     )
     edge.add_argument("--controller-id", required=True)
     edge.add_argument(
@@ -49,10 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "ingest",
         help="run the ingest worker",
-        **_help(settings.IngestSettings, "nothing: it subscribes at CHARGELINE_MQTT_URL"),
+        **_help(IngestSettings, "nothing: it subscribes at CHARGELINE_MQTT_URL"),
     )
 
-    db = sub.add_parser("db", help="database schema", **_help(settings.IngestSettings))
+    db = sub.add_parser("db", help="database schema", **_help(IngestSettings))
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
     db_sub.add_parser("url", help="print the database URL (starts the embedded server if needed)")
@@ -74,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     registry = sub.add_parser(
-        "registry", help="sites, controllers and outlets", **_help(settings.IngestSettings)
+        "registry", help="sites, controllers and outlets", **_help(IngestSettings)
     )
     reg_sub = registry.add_subparsers(dest="registry_command", required=True)
     imp = reg_sub.add_parser(
@@ -87,11 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "auth",
         help="run the OAuth2 authorization server",
-        **_help(settings.GatewaySettings, "CHARGELINE_AUTH_BIND (default 127.0.0.1:8001)"),
+        **_help(GatewaySettings, "CHARGELINE_AUTH_BIND (default 127.0.0.1:8001)"),
     )
     _keys_parser(sub)
     charges_parser = sub.add_parser(
-        "charges", help="the operator's actions on charges", **_help(settings.GatewaySettings)
+        "charges", help="the operator's actions on charges", **_help(GatewaySettings)
     )
     charges_sub = charges_parser.add_subparsers(dest="charges_command", required=True)
     stop = charges_sub.add_parser(
@@ -103,12 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "webhooks",
         help="run only the webhook deliverer (with gateway_deliver_webhooks=false)",
-        **_help(settings.GatewaySettings),
+        **_help(GatewaySettings),
     )
     sub.add_parser(
         "gateway",
         help="run the partner API and the webhook deliverer",
-        **_help(settings.GatewaySettings, "CHARGELINE_API_BIND (default 127.0.0.1:8000)"),
+        **_help(GatewaySettings, "CHARGELINE_API_BIND (default 127.0.0.1:8000)"),
     )
 
     demo = sub.add_parser(
@@ -139,7 +143,7 @@ def _version() -> str:
 def _clients_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``chargeline clients …``: partner applications."""
     clients = sub.add_parser(
-        "clients", help="partner applications (OAuth2 clients)", **_help(settings.IngestSettings)
+        "clients", help="partner applications (OAuth2 clients)", **_help(IngestSettings)
     )
     clients_sub = clients.add_subparsers(dest="clients_command", required=True)
     add = clients_sub.add_parser("add", help="register a client; prints its secret once")
@@ -181,7 +185,7 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     signing = sub.add_parser(
         "keys",
         help="the authorization server's token signing keys",
-        **_help(settings.GatewaySettings),
+        **_help(GatewaySettings),
     )
     keys_sub = signing.add_subparsers(dest="keys_command", required=True)
     rotate_key = keys_sub.add_parser(
@@ -243,15 +247,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return broker_cli.dispatch(args)
     if args.command == "edge":
         edge = settings.load(
-            settings.EdgeSettings,
+            EdgeSettings,
             controller_id=args.controller_id,
             minutes=args.minutes,
             sim_autoplay=args.autoplay,
         )
         return runner.run(services.run_edge(edge))
     if args.command == "ingest":
-        ingest = settings.load(settings.IngestSettings)
-        url = services.prepare_database(ingest)
+        ingest = settings.load(IngestSettings)
+        url = prepare_database(ingest)
         return runner.run(services.run_ingest(ingest, url))
     if args.command == "db":
         return _db(args)
@@ -274,9 +278,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from chargeline import services
 
-    ingest = settings.load(settings.IngestSettings)
+    ingest = settings.load(IngestSettings)
     if args.db_command == "url":
         from store.database import database_url
 
@@ -286,7 +289,7 @@ def _db(args: argparse.Namespace) -> int:
         return _db_shell(ingest, args.psql_args)
     from store import migrations, roles
 
-    url = services.prepare_database(ingest)
+    url = prepare_database(ingest)
     if args.db_command == "login":
         try:
             login_url = roles.create_login(url, args.name, args.service)
@@ -303,7 +306,7 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_shell(ingest: settings.IngestSettings, psql_args: list[str]) -> int:
+def _db_shell(ingest: IngestSettings, psql_args: list[str]) -> int:
     import subprocess
 
     from store.database import database_url, psql_command
@@ -317,7 +320,6 @@ def _db_shell(ingest: settings.IngestSettings, psql_args: list[str]) -> int:
 
 
 def _registry_import(path: Path) -> int:
-    from chargeline import services
     from store.registry import import_registry
     from store.registry_file import RegistryFileError, parse
 
@@ -331,16 +333,15 @@ def _registry_import(path: Path) -> int:
     except RegistryFileError as exc:
         print(exc, file=sys.stderr)
         return 1
-    url = services.prepare_database(settings.load(settings.IngestSettings))
+    url = prepare_database(settings.load(IngestSettings))
     print(f"{path}: {import_registry(url, registry)}")
     return 0
 
 
 def _clients(args: argparse.Namespace) -> int:
-    from chargeline import services
     from cloud_gateway import clients
 
-    url = services.prepare_database(settings.load(settings.IngestSettings))
+    url = prepare_database(settings.load(IngestSettings))
     try:
         if args.clients_command == "add":
             return _clients_add(url, args)
@@ -394,11 +395,10 @@ def _clients(args: argparse.Namespace) -> int:
 def _webhooks() -> int:
     """Deliver webhooks only: the gateway runs with gateway_deliver_webhooks=false, and
     this process has the database role that may read webhook secrets."""
-    from chargeline import services
     from cloud_gateway.webhooks import Deliverer
 
-    gateway = settings.load(settings.GatewaySettings)
-    url = services.prepare_database(settings.load(settings.IngestSettings))
+    gateway = settings.load(GatewaySettings)
+    url = prepare_database(settings.load(IngestSettings))
     deliverer = Deliverer(
         url,
         timeout_s=gateway.webhook_timeout_s,
@@ -418,11 +418,10 @@ def _webhooks() -> int:
 def _charges(args: argparse.Namespace) -> int:
     import asyncio
 
-    from chargeline import services
     from cloud_gateway import operator
 
-    gateway = settings.load(settings.GatewaySettings)
-    url = services.prepare_database(settings.load(settings.IngestSettings))
+    gateway = settings.load(GatewaySettings)
+    url = prepare_database(settings.load(IngestSettings))
     try:
         stopped = asyncio.run(
             operator.stop_charge(gateway, url, args.charge_id, client_id=args.client)
@@ -445,7 +444,7 @@ def _keys(args: argparse.Namespace) -> int:
 
     from cloud_gateway import keys
 
-    gateway = settings.load(settings.GatewaySettings)
+    gateway = settings.load(GatewaySettings)
     directory = gateway.data_dir / "keys"
     if args.keys_command == "rotate":
         retire_after = args.retire_after
@@ -470,7 +469,7 @@ def _clients_add(url: str, args: argparse.Namespace) -> int:
     from cloud_gateway.clients import add_client
 
     try:
-        gateway = settings.load(settings.GatewaySettings)
+        gateway = settings.load(GatewaySettings)
         new = add_client(
             url,
             args.name,
@@ -490,11 +489,10 @@ def _clients_add(url: str, args: argparse.Namespace) -> int:
 
 def _serve(which: str) -> int:
     """Serve the authorization server (``auth``) or the partner API (``gateway``)."""
-    from chargeline import services
     from cloud_gateway import api, auth_server, http_server
 
-    gateway = settings.load(settings.GatewaySettings)
-    url = services.prepare_database(settings.load(settings.IngestSettings))
+    gateway = settings.load(GatewaySettings)
+    url = prepare_database(settings.load(IngestSettings))
     app, bind = (
         (auth_server.create_app(gateway, url), gateway.auth_bind)
         if which == "auth"

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from chargeline.settings import EdgeSettings, IngestSettings
 from edge_agent.agent import EdgeAgent
 from edge_agent.clock import ScaledClock
+from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
+from ingest.settings import IngestSettings
 from ingest.worker import Ingest
-from store import migrations
-from store.database import database_url
 
 log = logging.getLogger(__name__)
-
-
-def prepare_database(settings: IngestSettings) -> str:
-    """Resolve the database (embedded if unset) and bring its schema up to date."""
-    url = database_url(settings.database_url, settings.data_dir)
-    where = "" if settings.database_url else f" (embedded, in {settings.data_dir}/postgres)"
-    log.info("database: %s%s", url, where)
-    applied = migrations.upgrade(url)
-    if applied:
-        log.info("database schema upgraded: %s", ", ".join(applied))
-    return url
 
 
 async def run_ingest(settings: IngestSettings, url: str) -> None:

@@ -21,10 +21,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from chargeline.times import epoch_or_none, utc_or_none
 from charging import lifecycle
 from charging.lifecycle import Charge, Event, Notice, Reading, State
 from charging.outbox import enqueue, event_body
+from kernel.times import epoch_or_none, utc_or_none
 
 #: ``lifecycle.ACTIVE`` as an SQL list, literal so that the partial index on active
 #: charges (``charges_one_active_per_outlet``) serves queries using ``state IN (…)``.

@@ -28,9 +28,9 @@ from typing import Any
 
 import psycopg
 
-from chargeline.times import utc
 from charging import charges
 from charging.outbox import enqueue
+from kernel.times import utc
 from schemas.messages import EdgeEvent, Presence
 
 #: Who hears about controllers: partners with a webhook that may use outlets.

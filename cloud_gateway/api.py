@@ -41,9 +41,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from chargeline import mqtt
-from chargeline.settings import GatewaySettings
-from chargeline.times import utc
 from charging import charges, lifecycle, status
 from cloud_gateway import commands, standing
 from cloud_gateway.commands import AckWaiter
@@ -58,9 +55,12 @@ from cloud_gateway.models import (
 from cloud_gateway.openapi import document as openapi_document
 from cloud_gateway.problems import Problem
 from cloud_gateway.ratelimit import RateLimiter, retry_after
+from cloud_gateway.settings import GatewaySettings
 from cloud_gateway.standing import Standing
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
+from kernel import mqtt
+from kernel.times import utc
 from schemas.codec import encode
 from schemas.messages import (
     CHARGE_ID_PATTERN,

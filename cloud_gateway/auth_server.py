@@ -33,7 +33,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from chargeline.settings import GatewaySettings
 from cloud_gateway import keys
 from cloud_gateway.clients import (
     SCOPES,
@@ -44,6 +43,7 @@ from cloud_gateway.clients import (
     watch,
 )
 from cloud_gateway.ratelimit import RateLimiter, retry_after
+from cloud_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 

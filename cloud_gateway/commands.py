@@ -19,8 +19,8 @@ from typing import Any
 import aiomqtt
 import psycopg
 
-from chargeline.times import utc, utc_or_none
 from charging import charges, lifecycle
+from kernel.times import utc, utc_or_none
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import CommandAck, DesiredState
 from schemas.topics import TopicKind, Topics

@@ -5,7 +5,7 @@ in full: 3,000 half-sent requests were held by the gateway, and with a distribut
 1,024 file descriptors, 1,100 of them locked everyone out. ``GuardedHttp`` is uvicorn's
 httptools protocol with three limits:
 
-- connections are capped in total and per source address (``chargeline.limits``); one
+- connections are capped in total and per source address (``kernel.limits``); one
   over the cap gets ``503`` and is closed at once;
 - each request must arrive in full (headers and body) within ``http_request_timeout_s``
   of the connection opening or of the previous response, else ``408`` and the connection
@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from chargeline.limits import ConnectionBudget, connection_cap, raise_file_limit
-from chargeline.logsafe import Summarised
-from chargeline.settings import GatewaySettings
+from cloud_gateway.settings import GatewaySettings
+from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
+from kernel.logsafe import Summarised
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def serve(app: Any, bind: str, settings: GatewaySettings) -> None:
         port=int(port),
         log_level="warning",
         access_log=False,
-        log_config=None,  # our handlers (chargeline.runner), which hold back floods
+        log_config=None,  # our handlers (kernel.runner), which hold back floods
         http=guarded(settings),
         backlog=1024,
         timeout_keep_alive=5,

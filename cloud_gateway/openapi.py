@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from chargeline.settings import GatewaySettings
 from cloud_gateway import models, problems
 from cloud_gateway.clients import SCOPES
+from cloud_gateway.settings import GatewaySettings
 from schemas import events
 
 _REF = "#/components/schemas/{model}"

@@ -19,10 +19,10 @@ from typing import Any
 
 import psycopg
 
-from chargeline import mqtt
-from chargeline.settings import GatewaySettings
 from charging import charges, lifecycle
 from cloud_gateway import commands
+from cloud_gateway.settings import GatewaySettings
+from kernel import mqtt
 
 
 class ChargeNotFound(LookupError):

@@ -29,8 +29,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
-from chargeline.logsafe import shown
 from cloud_gateway import keys
+from kernel.logsafe import shown
 
 ALLOWED_ALGORITHMS = [keys.ALGORITHM]
 

@@ -29,14 +29,14 @@ from typing import Self
 
 import aiomqtt
 
-from chargeline import mqtt
-from chargeline.settings import EdgeSettings
 from edge_agent import reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import ScaledClock
 from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
 from edge_agent.memory import CommandMemory
 from edge_agent.reconciler import Acknowledge, CloudClock, Decision, Limits, Report, Switch
+from edge_agent.settings import EdgeSettings
+from kernel import mqtt
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import (
     CommandAck,

@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from chargeline.times import utc
 from charging import charges, lifecycle, status
 from charging.current_rise import RiseState, observe
 from ingest import routing
 from ingest.triage import Pending
+from kernel.times import utc
 from schemas.messages import EdgeEventKind
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Three tasks share one ``Pending`` buffer:
 
-* **receive** reads MQTT messages (``chargeline.paho_link``: the per-message cost decides
+* **receive** reads MQTT messages (``ingest.paho_link``: the per-message cost decides
   how many controllers one process serves) and triages each into the buffer. When the
   buffer holds ``max_pending_messages`` it stops reading the socket, so a slow or absent
   database costs bounded memory and TCP pushes back to the broker. Anything lost on the
@@ -34,12 +34,12 @@ from typing import Any, Self
 
 import psycopg
 
-from chargeline import mqtt
-from chargeline.paho_link import PahoLink
-from chargeline.settings import IngestSettings
 from charging import status
+from ingest.paho_link import PahoLink
+from ingest.settings import IngestSettings
 from ingest.store import Store
 from ingest.triage import Pending, Triage
+from kernel import mqtt
 from schemas.codec import encode
 from schemas.messages import MAX_ACK_SEQS, MeterAck
 from schemas.topics import TopicKind

@@ -21,6 +21,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kernel.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,19 @@ def reap(pgdata: Path, *, every_s: float = 1.0) -> None:
                 with contextlib.suppress(subprocess.CalledProcessError):
                     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
                 return
+
+
+def prepare_database(settings: CommonSettings) -> str:
+    """Resolve the database (embedded if unset) and bring its schema up to date."""
+    from store import migrations  # psycopg: not for the reaper, which runs this module
+
+    url = database_url(settings.database_url, settings.data_dir)
+    where = "" if settings.database_url else f" (embedded, in {settings.data_dir}/postgres)"
+    log.info("database: %s%s", url, where)
+    applied = migrations.upgrade(url)
+    if applied:
+        log.info("database schema upgraded: %s", ", ".join(applied))
+    return url
 
 
 if __name__ == "__main__":

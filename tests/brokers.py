@@ -24,8 +24,8 @@ import psycopg
 from broker import identities
 from broker.pki import LocalCA
 from broker.policy import Role
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from schemas.topics import Topics
 from store.registry import import_registry
 from tests.conftest import registry_for

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from tests.brokers import raw_connect
 from tests.conftest import Broker
 from tests.helpers import DISCONNECT_PACKET, connect_packet, drain, publish_packet

@@ -22,7 +22,7 @@ import pytest
 
 from broker import identities
 from broker.policy import Role
-from chargeline import mqtt
+from kernel import mqtt
 from schemas.topics import TopicKind
 from tests.brokers import (
     MAX_PACKET,

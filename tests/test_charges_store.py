@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from chargeline.times import utc
 from charging import charges, lifecycle
 from charging.lifecycle import Acked, Event, MinuteReading, State, StopRequested
 from cloud_gateway.clients import add_client
+from kernel.times import utc
 from schemas.codec import encode
 from schemas.messages import (
     CommandAck,

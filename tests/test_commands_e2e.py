@@ -9,9 +9,9 @@ import time
 import aiomqtt
 import psycopg
 
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
 from cloud_gateway.commands import AckWaiter, publish, record
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from schemas.messages import CommandOutcome, DesiredState
 from schemas.topics import Topics
 from tests.conftest import Installation

@@ -19,8 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from schemas.codec import decode, encode
 from schemas.messages import (
     CommandAck,

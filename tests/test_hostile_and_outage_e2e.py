@@ -10,8 +10,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from schemas.codec import encode
 from schemas.messages import MeterBatch, MeterFrame, OutletReading
 from schemas.topics import Topics

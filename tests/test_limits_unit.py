@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from chargeline.limits import ConnectionBudget, connection_cap
-from chargeline.logsafe import FloodFilter, Summarised, shown
+from kernel.limits import ConnectionBudget, connection_cap
+from kernel.logsafe import FloodFilter, Summarised, shown
 
 
 def test_the_budget_caps_per_address_and_in_total_and_forgets_closed_addresses() -> None:

@@ -1,11 +1,11 @@
-"""chargeline's aiomqtt client (chargeline/mqtt.py), without a broker."""
+"""chargeline's aiomqtt client (kernel/mqtt.py), without a broker."""
 
 from __future__ import annotations
 
 import asyncio
 
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
+from kernel import mqtt
+from kernel.settings import MqttUrl
 
 
 def test_a_cancel_that_meets_the_awaited_result_still_cancels() -> None:

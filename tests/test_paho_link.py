@@ -6,9 +6,9 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
-from chargeline import mqtt
-from chargeline.paho_link import READ_CHUNK, PahoLink
-from chargeline.settings import MqttUrl
+from ingest.paho_link import READ_CHUNK, PahoLink
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from tests.conftest import Broker
 from tests.helpers import NetCut
 

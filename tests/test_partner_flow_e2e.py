@@ -26,9 +26,9 @@ from authlib.integrations.httpx_client import OAuth2Client
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from chargeline import mqtt
-from chargeline.settings import MqttUrl
 from cloud_gateway.clients import NewClient, add_client
+from kernel import mqtt
+from kernel.settings import MqttUrl
 from schemas.codec import encode
 from schemas.messages import Presence
 from schemas.topics import Topics

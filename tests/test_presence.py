@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chargeline.times import utc
 from charging.status import news
+from kernel.times import utc
 from schemas.messages import Presence
 
 T0 = 1_800_000_000.0

@@ -26,9 +26,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chargeline.times import utc
 from cloud_gateway.clients import NewClient
 from cloud_gateway.webhooks import verify
+from kernel.times import utc
 
 Event = dict[str, Any]
 CALL_ATTEMPTS = 4  # an API call whose answer was lost is sent this many times in all

@@ -36,13 +36,18 @@ import psycopg
 from broker import identities
 from broker.identities import DEFAULT_SERVICE_NAMES
 from broker.policy import Role
-from chargeline import runner, services, settings
+from broker.settings import BrokerSettings
+from chargeline import services
 from chargeline.demo import view
 from chargeline.demo.partner import Partner, Tally
 from chargeline.demo.residents import ENDED_WITHIN_S, World
 from chargeline.demo.site import controller_id_of, sample_registry
 from cloud_gateway.clients import add_client
+from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
+from ingest.settings import IngestSettings
+from kernel import runner, settings
+from store.database import prepare_database
 from store.registry import import_registry
 
 #: How long the closing residents, and then the last webhooks, may take.
@@ -62,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         print("chargeline demo: --duration must be a positive number of seconds", file=sys.stderr)
         return 2
-    common = settings.load(settings.IngestSettings, time_scale=args.time_scale)
+    common = settings.load(IngestSettings, time_scale=args.time_scale)
     data_dir = (common.data_dir / "demo").resolve()
     if args.fresh and data_dir.exists():
         shutil.rmtree(data_dir)
@@ -77,9 +82,9 @@ def main(args: argparse.Namespace) -> int:
     embedded_broker = "CHARGELINE_MQTT_URL" not in os.environ
     if embedded_broker:
         overrides["mqtt_url"] = f"mqtt://127.0.0.1:{_free_port()}"
-    ingest = settings.load(settings.IngestSettings, **overrides)
+    ingest = settings.load(IngestSettings, **overrides)
     print(f"chargeline demo: data in {data_dir}")
-    url = services.prepare_database(ingest)
+    url = prepare_database(ingest)
     print(f"  database: {url}")
     # A run on the same data starts its clock after everything the earlier runs stored,
     # so its minutes and charges are its own (an accelerated clock from now would replay
@@ -117,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def _run(
     args: argparse.Namespace,
-    ingest: settings.IngestSettings,
+    ingest: IngestSettings,
     url: str,
     logins: dict[str, str],
     overrides: dict[str, Any],
@@ -130,7 +135,7 @@ async def _run(
     started = time.monotonic()
     controllers = [controller_id_of(c) for c in range(1, args.controllers + 1)]
     broker_settings = settings.load(
-        settings.BrokerSettings, **overrides, broker_bind=f"127.0.0.1:{ingest.mqtt.port}"
+        BrokerSettings, **overrides, broker_bind=f"127.0.0.1:{ingest.mqtt.port}"
     )
     broker = EmbeddedBroker(broker_settings, url) if logins else contextlib.nullcontext()
     tally = Tally()
@@ -140,7 +145,7 @@ async def _run(
         sites: dict[str, SimulatedSite] = {}
         for cid in controllers:
             edge = settings.load(
-                settings.EdgeSettings,
+                EdgeSettings,
                 **{**overrides, "mqtt_url": _login(overrides.get("mqtt_url"), logins, cid)},
                 controller_id=cid,
                 outlets=args.outlets,
@@ -287,7 +292,7 @@ async def _play(
 
 @contextlib.asynccontextmanager
 async def _cloud(
-    url: str, ingest: settings.IngestSettings, mqtt_url: str | None
+    url: str, ingest: IngestSettings, mqtt_url: str | None
 ) -> AsyncIterator[tuple[str, str]]:
     """The authorization server and the gateway as child processes; (API, token URL)."""
     auth_port, api_port = _free_port(), _free_port()

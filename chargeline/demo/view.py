@@ -23,7 +23,7 @@ from rich.table import Table
 from chargeline.demo.partner import Tally
 from chargeline.demo.residents import World
 from chargeline.demo.site import outlet_id_of
-from chargeline.stats import percentile
+from kernel.stats import percentile
 
 _COUNTERS = """
 SELECT (SELECT count(*) FROM outlet_readings),

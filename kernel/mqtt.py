@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
-from chargeline.settings import MqttUrl
+from kernel.settings import MqttUrl
 
 #: Without TCP_NODELAY a QoS 1 round trip through amqtt takes ~800 ms instead of ~4 ms
 #: (Nagle's algorithm meets delayed ACKs; FIELD-NOTES.md).

@@ -39,8 +39,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from chargeline.mqtt import backoff
-from chargeline.settings import MqttUrl
+from kernel.mqtt import backoff
+from kernel.settings import MqttUrl
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
-from chargeline.logsafe import FloodFilter
+from kernel.logsafe import FloodFilter
 
 log = logging.getLogger(__name__)
 
