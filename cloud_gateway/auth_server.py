@@ -153,9 +153,13 @@ def _authenticated(server: _Server, request: Request, form: dict[str, str]) -> s
 
 async def _after_second_of(moment: float) -> None:
     """Wait until the whole second after ``moment`` (at most one second)."""
-    wait = math.floor(moment) + 1 - time.time()
-    if 0 < wait <= 1:
+    target = math.floor(moment) + 1
+    wait = target - time.time()
+    if not 0 < wait <= 1:
+        return
+    while wait > 0:  # asyncio may wake a hair early (its clock's resolution): sleep again
         await asyncio.sleep(wait)
+        wait = target - time.time()
 
 
 #: RFC 6749 §5.2 ``invalid_client``, the same words whether the id is unknown or the
