@@ -3,15 +3,23 @@
 A handler raises ``Problem(kind, detail)``; ``kind`` must be in ``CATALOGUE``, which gives
 its status and title and which the OpenAPI document lists, so partners can see every ``type`` they
 may meet. Unknown paths, wrong methods, oversized bodies and unexpected failures answer
-with problem documents too (``cloud_gateway.api`` installs the handlers).
+with problem documents too (``HANDLERS``, which ``cloud_gateway.api`` installs).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from cloud_gateway.tokens import TokenError
+
+log = logging.getLogger(__name__)
 
 BASE = "https://chargeline.example/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -87,3 +95,42 @@ class Problem(Exception):
         return JSONResponse(
             self.body(), status_code=self.status, headers=self.headers, media_type=MEDIA_TYPE
         )
+
+
+def token_problem(exc: TokenError) -> Problem:
+    """A refused token as its problem, with RFC 6750's challenge: a fixed text (the error
+    code alone), nothing from the request echoed."""
+    headers = {}
+    if exc.status in (401, 403):
+        headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+    return Problem(exc.error.replace("_", "-"), exc.description, headers=headers)
+
+
+# --- the app's exception handlers: every error answers with a problem document ----------
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return exc.response()
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return Problem("not-found", f"no {request.url.path!r} here; see /openapi.json").response()
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    allow = (exc.headers or {}).get("Allow", "") if isinstance(exc, HTTPException) else ""
+    detail = f"{request.method} is not allowed here" + (f"; use {allow}" if allow else "")
+    headers = {"Allow": allow} if allow else None
+    return Problem("method-not-allowed", detail, headers=headers).response()
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return Problem("internal-error", "the request failed on our side; retry").response()
+
+
+HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    Problem: _problem,
+    404: _not_found,
+    405: _not_allowed,
+    Exception: _internal,
+}

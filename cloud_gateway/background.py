@@ -1,0 +1,115 @@
+"""The partner API's background loops, run by the app's lifespan in one ``TaskGroup`` and
+awaited before the pools close:
+
+* the MQTT link, which delivers the edge's acknowledgements to the calls waiting for them;
+* the time-outs: starts no breaker answered are failed and cancelled with an OFF, and
+  overdue status requests are answered from the store;
+* the client standing (disabled, removed, rotated clients), reloaded on every change;
+* the webhook deliverer, unless ``chargeline webhooks`` runs it.
+
+A loop that fails unexpectedly is logged with its traceback and started again after a
+pause (``supervised``); it never ends silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+import psycopg
+
+from charging import charges, lifecycle, status
+from cloud_gateway import commands, repository, standing
+from cloud_gateway.context import Gateway
+from cloud_gateway.problems import Problem
+from kernel import mqtt
+
+log = logging.getLogger(__name__)
+
+
+def start(tasks: asyncio.TaskGroup, gateway: Gateway) -> list[asyncio.Task[None]]:
+    """Every loop the gateway runs, started in ``tasks``."""
+    loops: dict[str, Callable[[], Awaitable[None]]] = {
+        "standing": lambda: standing.watch(gateway.database_url, gateway.standing),
+        "mqtt": lambda: mqtt_link(gateway),
+        "time-outs": lambda: timeouts(gateway),
+    }
+    if gateway.settings.gateway_deliver_webhooks:
+        loops["webhooks"] = gateway.deliverer.run
+    return [tasks.create_task(supervised(name, loop), name=name) for name, loop in loops.items()]
+
+
+async def supervised(name: str, loop: Callable[[], Awaitable[None]], pause_s: float = 1.0) -> None:
+    """Run ``loop`` for ever: if it fails (or returns), log why and start it again."""
+    while True:
+        try:
+            await loop()
+            log.error("gateway loop %s ended; starting it again", name)
+        except Exception:
+            log.exception("gateway loop %s failed; starting it again in %.0f s", name, pause_s)
+        await asyncio.sleep(pause_s)
+
+
+async def mqtt_link(gateway: Gateway) -> None:
+    """Hold the MQTT link; hand each command acknowledgement to whoever waits for it."""
+    delays = mqtt.backoff()
+    # The broker requires the client id to be the identity (one per process).
+    identifier = gateway.settings.mqtt.username or f"chargeline-gateway-{id(gateway):x}"
+    while True:
+        try:
+            async with mqtt.client(gateway.settings.mqtt, identifier=identifier) as client:
+                await client.subscribe(gateway.waiter.subscription, qos=1)
+                gateway.client = client
+                delays = mqtt.backoff()
+                async for message in client.messages:
+                    if isinstance(message.payload, bytes):
+                        gateway.waiter.deliver(message.topic.value, message.payload)
+        except aiomqtt.MqttError as exc:
+            gateway.client = None
+            delay = next(delays)
+            log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def timeouts(gateway: Gateway) -> None:
+    """Once a second: fail starts that will not happen, answer overdue status requests."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await expire_starts(gateway)
+            async with gateway.pool.connection() as conn, conn.transaction():
+                await status.answer_overdue(conn, older_than_s=gateway.settings.status_timeout_s)
+        except (psycopg.Error, aiomqtt.MqttError, Problem) as exc:
+            log.warning("time-out check failed (%s); retrying", exc)
+
+
+async def expire_starts(gateway: Gateway) -> None:
+    """Fail starts unanswered after ``start_timeout_s``, or whose controller went
+    offline, and cancel them with an OFF: an edge that comes back later finds a newer
+    generation and stays off."""
+    async with gateway.pool.connection() as conn:
+        for start in await repository.unanswered_starts(conn, gateway.settings.start_timeout_s):
+            async with conn.transaction():
+                now = gateway.settings.now()
+                why: lifecycle.Event = (
+                    lifecycle.ControllerOffline(now)
+                    if start.controller_offline
+                    else lifecycle.StartTimedOut(now)
+                )
+                stepped = await charges.apply(conn, start.charge_id, why)
+                if stepped is None or stepped[0].state is not lifecycle.State.FAILED:
+                    continue
+                cancel = await commands.record(
+                    conn,
+                    controller_id=start.controller_id,
+                    outlet=start.outlet_no,
+                    on=False,
+                    charge_id=start.charge_id,
+                    end_at=None,
+                    issued_at=now,
+                    issued_by="chargeline",
+                )
+            log.warning("charge %s: no answer from the breaker; cancelled", start.charge_id)
+            await gateway.publish(cancel)
