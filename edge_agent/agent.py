@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from types import TracebackType
 from typing import Self
@@ -108,10 +107,13 @@ class EdgeAgent:
         self.limits = Limits(start_max_age_s=settings.start_max_age_s)
         #: Outlets whose desired state has not been seen since boot (they stay OFF till then).
         self._restoring = set(self.outlet_numbers)
-        self._over_since: dict[int, float] = {}
-        #: Per outlet, the current levels it is above (reported once each until it falls
-        #: below half of the level again).
-        self._levels_high: dict[int, set[float]] = {n: set() for n in self.outlet_numbers}
+        self.current_limits = reconciler.CurrentLimits(
+            overcurrent_a=settings.overcurrent_a,
+            overcurrent_s=settings.overcurrent_s,
+            levels_a=tuple(settings.current_event_levels_a),
+        )
+        #: Per outlet, the over-current timer and the levels reported (``watch_current``).
+        self._watch = {n: reconciler.CurrentWatch() for n in self.outlet_numbers}
         #: Acks and events waiting for the link: (topic, payload). Bounded; oldest go first.
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=1000)
         self._outbox_ready = asyncio.Event()
@@ -170,38 +172,29 @@ class EdgeAgent:
 
     # --- commands ------------------------------------------------------------------------
     def _guard(self, sample: Sample) -> None:
-        """Run the reconciler's timer and the over-current guard on every sample."""
+        """Run the reconciler's timer, the over-current guard and the current-rise report
+        on every sample."""
         cloud_now = self.cloud_clock.cloud(sample.at)
-        limit_a, hold_s = self.settings.overcurrent_a, self.settings.overcurrent_s
         for o in sample.outlets:
             memory = self.memory.get(o.outlet)
             if memory is None:
                 continue
             self._execute(reconciler.tick(memory, cloud_now=cloud_now))
-            if o.current_a > limit_a and o.breaker_on:
-                since = self._over_since.setdefault(o.outlet, sample.at)
-                if sample.at - since >= hold_s:
-                    self._over_since.pop(o.outlet, None)
-                    self._execute(
-                        reconciler.overcurrent(
-                            self.memory[o.outlet], current_a=o.current_a, limit_a=limit_a
-                        )
-                    )
-            else:
-                self._over_since.pop(o.outlet, None)
-            self._report_crossing(o, self.cloud_clock.stamp(sample.at))
-
-    def _report_crossing(self, o: OutletSample, at: float) -> None:
-        """The fast path for current rise: seconds instead of the next minute batch."""
-        high = self._levels_high[o.outlet]
-        high.difference_update({lv for lv in high if o.current_a < lv / 2})
-        crossed = {lv for lv in self.settings.current_event_levels_a if o.current_a >= lv} - high
-        if not crossed:
-            return
-        high.update(crossed)
-        self._send_event(
-            EdgeEventKind.CURRENT_CROSSED, o, at, detail=f"rose through {max(crossed):g} A"
-        )
+            seen = reconciler.watch_current(
+                self.memory[o.outlet],
+                self._watch[o.outlet],
+                at=sample.at,
+                current_a=o.current_a,
+                breaker_on=o.breaker_on,
+                limits=self.current_limits,
+            )
+            self._watch[o.outlet] = seen.watch
+            if seen.trip is not None:
+                self._execute(seen.trip)
+            if seen.crossed_a is not None:  # the fast path: seconds, not the next minute
+                at = self.cloud_clock.stamp(sample.at)
+                detail = f"rose through {seen.crossed_a:g} A"
+                self._send_event(EdgeEventKind.CURRENT_CROSSED, o, at, detail=detail)
 
     def _send_event(
         self,
@@ -336,7 +329,9 @@ class EdgeAgent:
                     "ON" if feedback else "OFF",
                 )
                 if action.on and feedback:
-                    self._levels_high[action.outlet].clear()  # drawing nothing until now
+                    self._watch[action.outlet] = reconciler.breaker_closed(
+                        self._watch[action.outlet]
+                    )
                 after = reconciler.switched(memory, action, feedback=feedback)
                 memory = after.memory
                 self._remember(memory)
@@ -425,7 +420,7 @@ class EdgeAgent:
         delays = mqtt.backoff()
         url = self.settings.mqtt
         while True:
-            since = time.time()
+            since = self.clock.now()  # this connection's birth, in the edge's time
             will = aiomqtt.Will(
                 self.topics.presence(self.cid),
                 encode(Presence(self.cid, False, since, "connection lost")),
@@ -540,7 +535,7 @@ class EdgeAgent:
             last = self._sent_at.get(seq)
             if last is not None and (older_than is None or last > older_than):
                 continue
-            self._sent_at[seq] = time.monotonic()
+            self._sent_at[seq] = self.clock.monotonic()
             try:
                 await client.publish(topic, encode(MeterBatch(self.cid, seq, frames)), qos=1)
             except aiomqtt.MqttError as exc:
@@ -553,4 +548,4 @@ class EdgeAgent:
             await asyncio.sleep(timeout / 2)
             if self.connected.is_set():
                 with contextlib.suppress(aiomqtt.MqttError):
-                    await self._send_pending(older_than=time.monotonic() - timeout)
+                    await self._send_pending(older_than=self.clock.monotonic() - timeout)

@@ -20,6 +20,10 @@ class Clock(Protocol):
         """Sleep ``seconds`` of this clock's time."""
         ...
 
+    def monotonic(self) -> float:
+        """Real seconds from an arbitrary origin, for time-outs in real time (resends)."""
+        ...
+
 
 class ScaledClock:
     def __init__(self, scale: float = 1.0, *, start: float | None = None) -> None:
@@ -35,5 +39,5 @@ class ScaledClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.scale)
 
-    async def sleep_until(self, when: float) -> None:
-        await self.sleep(when - self.now())
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -41,6 +41,13 @@ Safety rules, in the order they are checked:
    by ``switched`` with the feedback contact's answer, which decides the acknowledged
    outcome (``applied`` or ``breaker_failed``) and records what is really there.
 8. **Sustained over-current trips locally** (``overcurrent``): OFF until a new generation.
+   "Sustained" is decided by ``watch_current`` on every sample: the current above
+   ``overcurrent_a`` with the breaker ON at every sample for ``overcurrent_s`` (edge time;
+   a sample below the limit, or with the breaker OFF, starts the count again).
+
+``watch_current`` also decides the fast path for current rise: a rise through one of
+``levels_a`` is reported at once (not with the next minute batch), each level once until
+the current falls below half of it, and every level is forgotten when the breaker closes.
 """
 
 from __future__ import annotations
@@ -203,6 +210,69 @@ def overcurrent(memory: OutletMemory, *, current_a: float, limit_a: float) -> De
     """Sustained current above ``limit_a``: open the breaker until a new generation."""
     detail = f"{current_a:.1f} A sustained above the {limit_a:.1f} A limit"
     return _open(memory, EdgeEventKind.OVERCURRENT_TRIP, detail, current_a)
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentLimits:
+    overcurrent_a: float = 20.0
+    overcurrent_s: float = 5.0
+    levels_a: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentWatch:
+    """What the edge remembers of one outlet's current between samples. Kept in memory
+    only: after a reboot every breaker is OFF (rule 6), so nothing is above anything."""
+
+    #: Edge time of the first sample of this spell above the limit with the breaker ON.
+    over_since: float | None = None
+    #: Levels reported and not yet fallen below half.
+    levels_high: frozenset[float] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """``watch_current``'s answer: the watch to keep, the trip to execute (rule 8) if the
+    over-current has lasted, and the highest level the current just rose through."""
+
+    watch: CurrentWatch
+    trip: Decision | None = None
+    crossed_a: float | None = None
+
+
+def watch_current(
+    memory: OutletMemory,
+    watch: CurrentWatch,
+    *,
+    at: float,
+    current_a: float,
+    breaker_on: bool,
+    limits: CurrentLimits,
+) -> Watched:
+    """One sample of one outlet (edge time ``at``): rule 8's hold timer and the current-rise
+    report."""
+    trip = None
+    over_since = watch.over_since
+    if current_a > limits.overcurrent_a and breaker_on:
+        over_since = at if over_since is None else over_since
+        if at - over_since >= limits.overcurrent_s:
+            over_since = None  # a breaker that did not open is counted again
+            trip = overcurrent(memory, current_a=current_a, limit_a=limits.overcurrent_a)
+    else:
+        over_since = None
+    high = {level for level in watch.levels_high if current_a >= level / 2}
+    crossed = {level for level in limits.levels_a if current_a >= level} - high
+    return Watched(
+        CurrentWatch(over_since, frozenset(high | crossed)),
+        trip,
+        max(crossed) if crossed else None,
+    )
+
+
+def breaker_closed(watch: CurrentWatch) -> CurrentWatch:
+    """The breaker has just closed: the outlet drew nothing until now, so every level may
+    be reported again."""
+    return replace(watch, levels_high=frozenset())
 
 
 class CloudClock:
