@@ -11,6 +11,7 @@ from edge_agent.reconciler import (
     CurrentLimits,
     CurrentWatch,
     OutletMemory,
+    Report,
     Switch,
     Watched,
     breaker_closed,
@@ -89,6 +90,7 @@ def test_the_trip_names_the_current_and_the_limit() -> None:
     trips = [seen.trip for *_, seen in run(steps) if seen.trip is not None]
     assert len(trips) == 1  # counted again from the next sample
     report = trips[0].actions[-1]
+    assert isinstance(report, Report)
     assert report.kind is EdgeEventKind.OVERCURRENT_TRIP
     assert report.detail == "26.0 A sustained above the 20.0 A limit"
 
