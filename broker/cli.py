@@ -4,7 +4,6 @@ issue certificates and export the policy for Mosquitto or EMQX."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +77,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from broker.identities import IdentityError
-    from broker.pki import PkiError
-
-    try:
-        if args.command == "pki":
-            return _pki(args)
-        if args.broker_command is None:
-            return _serve(args)
-        if args.broker_command == "credentials":
-            return _credentials(args)
-        return _export(args)
-    except (IdentityError, PkiError) as exc:
-        print(f"chargeline: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "pki":
+        return _pki(args)
+    if args.broker_command is None:
+        return _serve(args)
+    if args.broker_command == "credentials":
+        return _credentials(args)
+    return _export(args)
 
 
 def _database() -> str:

@@ -28,6 +28,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from broker.policy import Role
+from schemas.errors import Refused
 from schemas.topics import is_controller_id
 
 SERVICE_NAME_RE = re.compile(r"svc_[a-z0-9-]{1,40}")
@@ -38,8 +39,10 @@ _ARGON2 = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
 PBKDF2_ITERATIONS = 1000
 
 
-class IdentityError(Exception):
+class IdentityError(Refused):
     """A request about identities that cannot be done; the message says why."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)

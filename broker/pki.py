@@ -25,13 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from schemas.errors import Refused
+
 CA_DAYS = 3650
 SERVER_DAYS = 825
 CLIENT_DAYS = 825
 
 
-class PkiError(Exception):
+class PkiError(Refused):
     """A PKI request that cannot be done; the message says why."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from cloud_gateway.settings import GatewaySettings
 from edge_agent.settings import EdgeSettings
 from ingest.settings import IngestSettings
 from kernel import runner, settings
+from schemas.errors import ChargelineError
 from store.database import prepare_database
 
 
@@ -228,13 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"chargeline: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        from store.migrations import MigrationRefused
-
-        if not isinstance(exc, MigrationRefused):
-            raise
+    except ChargelineError as exc:  # every error of ours: one clear line (or one per problem)
         print(f"chargeline: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -321,18 +318,14 @@ def _db_shell(ingest: IngestSettings, psql_args: list[str]) -> int:
 
 def _registry_import(path: Path) -> int:
     from store.registry import import_registry
-    from store.registry_file import RegistryFileError, parse
+    from store.registry_file import parse
 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         print(f"chargeline: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
-    try:
-        registry = parse(text, source=str(path), suffix=path.suffix.lower())
-    except RegistryFileError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    registry = parse(text, source=str(path), suffix=path.suffix.lower())
     url = prepare_database(settings.load(IngestSettings))
     print(f"{path}: {import_registry(url, registry)}")
     return 0
@@ -342,53 +335,49 @@ def _clients(args: argparse.Namespace) -> int:
     from cloud_gateway import clients
 
     url = prepare_database(settings.load(IngestSettings))
-    try:
-        if args.clients_command == "add":
-            return _clients_add(url, args)
-        if args.clients_command == "list":
-            for c in clients.list_clients(url):
-                print(
-                    f"{c.client_id}  {c.name!r}  {' '.join(c.scopes)}"
-                    f"  webhook={c.webhook_url or '-'}  {c.state}"
-                )
-            return 0
-        if args.clients_command == "rotate-secret":
-            if args.webhook:
-                secret = clients.rotate_webhook_secret(
-                    url, args.client_id, overlap_s=args.overlap_hours * 3600
-                )
-                print(f"webhook_secret {secret}")
-                print(
-                    f"Shown once. For {args.overlap_hours:g} h every webhook carries a"
-                    " signature with the old secret too."
-                )
-            else:
-                secret = clients.rotate_client_secret(url, args.client_id)
-                print(f"client_secret  {secret}")
-                print(
-                    "Shown once; the old secret no longer gets tokens, and the tokens it got"
-                    " are refused within seconds."
-                )
-            return 0
-        if args.clients_command == "disable":
-            clients.disable_client(url, args.client_id)
+    if args.clients_command == "add":
+        return _clients_add(url, args)
+    if args.clients_command == "list":
+        for c in clients.list_clients(url):
             print(
-                f"{args.client_id} disabled: no tokens (those it has are refused within"
-                " seconds), no webhooks; its charges stay stoppable with"
-                " `chargeline charges stop`. `chargeline clients enable` undoes this."
+                f"{c.client_id}  {c.name!r}  {' '.join(c.scopes)}"
+                f"  webhook={c.webhook_url or '-'}  {c.state}"
             )
-            return 0
-        if args.clients_command == "enable":
-            clients.enable_client(url, args.client_id)
-            print(f"{args.client_id} enabled: it can get tokens again; its webhooks resume")
-            return 0
-        if args.clients_command == "remove":
-            clients.remove_client(url, args.client_id)
-            print(f"{args.client_id} removed for good: it gets no tokens and no webhooks")
-            return 0
-    except clients.UnknownClient as exc:
-        print(f"chargeline: {exc}", file=sys.stderr)
-        return 1
+        return 0
+    if args.clients_command == "rotate-secret":
+        if args.webhook:
+            secret = clients.rotate_webhook_secret(
+                url, args.client_id, overlap_s=args.overlap_hours * 3600
+            )
+            print(f"webhook_secret {secret}")
+            print(
+                f"Shown once. For {args.overlap_hours:g} h every webhook carries a"
+                " signature with the old secret too."
+            )
+        else:
+            secret = clients.rotate_client_secret(url, args.client_id)
+            print(f"client_secret  {secret}")
+            print(
+                "Shown once; the old secret no longer gets tokens, and the tokens it got"
+                " are refused within seconds."
+            )
+        return 0
+    if args.clients_command == "disable":
+        clients.disable_client(url, args.client_id)
+        print(
+            f"{args.client_id} disabled: no tokens (those it has are refused within"
+            " seconds), no webhooks; its charges stay stoppable with"
+            " `chargeline charges stop`. `chargeline clients enable` undoes this."
+        )
+        return 0
+    if args.clients_command == "enable":
+        clients.enable_client(url, args.client_id)
+        print(f"{args.client_id} enabled: it can get tokens again; its webhooks resume")
+        return 0
+    if args.clients_command == "remove":
+        clients.remove_client(url, args.client_id)
+        print(f"{args.client_id} removed for good: it gets no tokens and no webhooks")
+        return 0
     raise AssertionError(args.clients_command)
 
 
@@ -422,13 +411,7 @@ def _charges(args: argparse.Namespace) -> int:
 
     gateway = settings.load(GatewaySettings)
     url = prepare_database(settings.load(IngestSettings))
-    try:
-        stopped = asyncio.run(
-            operator.stop_charge(gateway, url, args.charge_id, client_id=args.client)
-        )
-    except operator.ChargeNotFound as exc:
-        print(f"chargeline: {exc}", file=sys.stderr)
-        return 1
+    stopped = asyncio.run(operator.stop_charge(gateway, url, args.charge_id, client_id=args.client))
     if stopped.generation is None:
         print(f"{stopped.charge_id} was {stopped.state_before}: nothing to stop")
     else:

@@ -21,6 +21,7 @@ from authlib.oauth2.rfc6749 import ClientMixin
 
 from cloud_gateway.destinations import resolve_problem
 from cloud_gateway.webhooks import new_secret as new_webhook_secret
+from schemas.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class ClientInfo:
         return "active"
 
 
-class UnknownClient(LookupError):
+class UnknownClient(NotFound):
     """No client with that id, or none in the state the change needs."""
 
     def __init__(self, client_id: str, why: str = "") -> None:

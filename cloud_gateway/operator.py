@@ -23,10 +23,11 @@ from charging import charges, lifecycle
 from cloud_gateway import commands
 from cloud_gateway.settings import GatewaySettings
 from kernel import mqtt
+from schemas.errors import NotFound
 
 
-class ChargeNotFound(LookupError):
-    pass
+class ChargeNotFound(NotFound):
+    """No charge with that id (for that client, when one is named)."""
 
 
 @dataclass(frozen=True)

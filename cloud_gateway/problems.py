@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cloud_gateway.tokens import TokenError
+from schemas.errors import ChargelineError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ CATALOGUE: dict[str, ProblemType] = {
 }
 
 
-class Problem(Exception):
+class Problem(ChargelineError):
     """An RFC 9457 problem: ``kind`` becomes the ``type`` URI, ``detail`` says what to fix.
 
     ``headers`` go out with it (``Retry-After``, ``WWW-Authenticate``, ``Allow``)."""

@@ -31,11 +31,12 @@ from joserfc.jws import extract_compact
 
 from cloud_gateway import keys
 from kernel.logsafe import shown
+from schemas.errors import Refused
 
 ALLOWED_ALGORITHMS = [keys.ALGORITHM]
 
 
-class TokenError(Exception):
+class TokenError(Refused):
     """A refused token: ``status`` 401 (``invalid_token``) or 403 (``insufficient_scope``)."""
 
     def __init__(self, status: int, error: str, description: str) -> None:

@@ -41,13 +41,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kernel.mqtt import backoff
 from kernel.settings import MqttUrl
+from schemas.errors import ChargelineError
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 
 
-class LinkError(Exception):
+class LinkError(ChargelineError, ConnectionError):
     """The broker refused the connection or a subscription."""
 
 

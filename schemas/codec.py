@@ -34,6 +34,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 import msgpack
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from schemas.errors import InputError
 from schemas.messages import (
     CommandAck,
     DesiredState,
@@ -68,13 +69,13 @@ MESSAGE_TYPES: Final[dict[TopicKind, type[Any]]] = {
 M = TypeVar("M", bound=tuple[Any, ...])
 
 
-class CodecError(ValueError):
+class CodecError(InputError):
     """A payload that is not a valid chargeline message. ``reason`` is for humans and logs."""
 
     def __init__(self, reason: str, *, kind: str | None = None) -> None:
         self.reason = reason
         self.kind = kind
-        super().__init__(f"{kind} payload: {reason}" if kind else reason)
+        super().__init__(f"{kind} payload: {reason}" if kind else reason, kind=kind)
 
 
 def encode(message: Message) -> bytes:

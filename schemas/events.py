@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.errors import InputError
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -119,7 +121,7 @@ EVENTS: dict[str, type[BaseModel]] = {
 }
 
 
-class UnknownEvent(ValueError):
+class UnknownEvent(InputError):
     """An event type the contract does not have."""
 
 

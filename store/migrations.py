@@ -28,6 +28,8 @@ from importlib import resources
 
 import psycopg
 
+from schemas.errors import Refused
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(plain|timescale))?\.sql$")
@@ -114,14 +116,15 @@ def load_migrations(flavour: str) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-class MigrationRefused(RuntimeError):
+class MigrationRefused(Refused):
     """A pending migration this login may not apply (a service's own login)."""
 
     def __init__(self, migration: Migration, exc: Exception) -> None:
         super().__init__(
             f"migration {migration.version:04d}_{migration.name} is pending and this database"
             f" login may not apply it ({exc}); run `chargeline db upgrade` with the schema"
-            " owner's URL, then start the service again"
+            " owner's URL, then start the service again",
+            migration=f"{migration.version:04d}_{migration.name}",
         )
 
 

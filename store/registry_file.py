@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.errors import InputError
 from schemas.messages import OUTLET_ID_PATTERN
 from schemas.topics import CONTROLLER_ID_RE, MAX_OUTLETS
 
@@ -111,7 +112,7 @@ def _no_repeats(what: str, values: list[str]) -> None:
         seen.add(value)
 
 
-class RegistryFileError(ValueError):
+class RegistryFileError(InputError):
     """Problems in a registry file; ``problems`` holds ``(line or None, message)``."""
 
     def __init__(self, source: str, problems: list[tuple[int | None, str]]) -> None:
@@ -120,7 +121,7 @@ class RegistryFileError(ValueError):
         lines = [
             f"{source}:{line}: {msg}" if line else f"{source}: {msg}" for line, msg in problems
         ]
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines), source=source)
 
 
 def parse(text: str, *, source: str = "registry", suffix: str = ".toml") -> Registry:
