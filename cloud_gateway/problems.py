@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cloud_gateway.tokens import TokenError
-from schemas.errors import ChargelineError
+from schemas.errors import ChargelineError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +98,27 @@ class Problem(ChargelineError):
         )
 
 
-def token_problem(exc: TokenError) -> Problem:
-    """A refused token as its problem, with RFC 6750's challenge: a fixed text (the error
-    code alone), nothing from the request echoed."""
-    headers = {}
-    if exc.status in (401, 403):
-        headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
-    return Problem(exc.error.replace("_", "-"), exc.description, headers=headers)
+def problem_for(exc: ChargelineError) -> Problem:
+    """The one mapping from the error tree to the problem a partner gets."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, TokenError):
+        # RFC 6750 §3: the challenge is a fixed text (the error code alone), nothing from
+        # the request echoed.
+        headers = {}
+        if exc.status in (401, 403):
+            headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+        return Problem(exc.error.replace("_", "-"), exc.description, headers=headers)
+    if isinstance(exc, InputError):
+        return Problem("invalid-request", str(exc))
+    log.error("unmapped %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return Problem("internal-error", "the request failed on our side; retry")
 
 
 # --- the app's exception handlers: every error answers with a problem document ----------
 async def _problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Problem)
-    return exc.response()
+    assert isinstance(exc, ChargelineError)
+    return problem_for(exc).response()
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -130,7 +138,7 @@ async def _internal(request: Request, exc: Exception) -> Response:
 
 
 HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-    Problem: _problem,
+    ChargelineError: _problem,
     404: _not_found,
     405: _not_allowed,
     Exception: _internal,
