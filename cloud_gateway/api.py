@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,7 +31,11 @@ from cloud_gateway.resources import charges, outlets
 from cloud_gateway.settings import GatewaySettings
 
 
-def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
+def create_app(
+    settings: GatewaySettings, database_url: str, *, http: httpx2.AsyncClient | None = None
+) -> Starlette:
+    """The partner API. ``http`` fetches the token keys (tests pass one that reaches an
+    in-process authorization server)."""
     document = openapi_document(settings)
 
     async def spec(request: Request) -> Response:
@@ -39,7 +44,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with (
-            Gateway.opened(settings, database_url) as gateway,
+            Gateway.opened(settings, database_url, http) as gateway,
             asyncio.TaskGroup() as tasks,
         ):
             loops = background.start(tasks, gateway)

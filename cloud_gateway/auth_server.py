@@ -245,12 +245,13 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         with psycopg.connect(database_url) as conn:
             server.clients = load_clients(conn)
-        watcher = asyncio.create_task(_watch_clients(database_url, server))
         log.info("authorization server for %s; %d clients", settings.issuer, len(server.clients))
-        try:
-            yield
-        finally:
-            watcher.cancel()
+        async with asyncio.TaskGroup() as tasks:  # the watcher ends, awaited, with the app
+            watcher = tasks.create_task(_watch_clients(database_url, server))
+            try:
+                yield
+            finally:
+                watcher.cancel()
 
     return Starlette(
         routes=[

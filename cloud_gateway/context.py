@@ -25,7 +25,7 @@ from starlette.requests import Request
 from charging import charges, lifecycle
 from cloud_gateway import commands, standing
 from cloud_gateway.commands import AckWaiter
-from cloud_gateway.problems import Problem, token_problem
+from cloud_gateway.problems import Problem
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.repository import CHARGE_COLUMNS, ChargeRow, Conn, charge_cursor, select_charge
 from cloud_gateway.settings import GatewaySettings
@@ -59,7 +59,11 @@ def of(request: Request) -> Gateway:
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, database_url: str) -> None:
+    def __init__(
+        self, settings: GatewaySettings, database_url: str, http: httpx2.AsyncClient | None = None
+    ) -> None:
+        """``http``: the client for fetching the token keys (default: a new one, closed with
+        the gateway)."""
         self.settings = settings
         self.topics = settings.topics
         self.database_url = database_url
@@ -80,7 +84,8 @@ class Gateway:
             open=False,
             kwargs={"autocommit": True, "options": "-c synchronous_commit=off"},
         )
-        self.http = httpx2.AsyncClient(timeout=10)
+        self.http = http or httpx2.AsyncClient(timeout=10)
+        self._own_http = http is None
         self.tokens = TokenValidator(
             issuer=settings.issuer,
             audience=settings.audience,
@@ -103,24 +108,25 @@ class Gateway:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def opened(cls, settings: GatewaySettings, database_url: str) -> AsyncIterator[Gateway]:
-        gateway = cls(settings, database_url)
+    async def opened(
+        cls, settings: GatewaySettings, database_url: str, http: httpx2.AsyncClient | None = None
+    ) -> AsyncIterator[Gateway]:
+        gateway = cls(settings, database_url, http)
         async with contextlib.AsyncExitStack() as stack:
             await gateway.pool.open()
             stack.push_async_callback(gateway.pool.close)
             await gateway.acks_pool.open()
             stack.push_async_callback(gateway.acks_pool.close)
-            stack.push_async_callback(gateway.http.aclose)
+            if gateway._own_http:
+                stack.push_async_callback(gateway.http.aclose)
             yield gateway
 
     # --- every call ---------------------------------------------------------------------
     async def authorize(self, request: Request, scope: str) -> Caller:
         """The caller of a valid token with ``scope``, within its rate; else the problem."""
-        try:
-            caller = await self.tokens.check(request.headers.get("authorization"), scope)
-            await self._check_standing(caller)
-        except TokenError as exc:
-            raise token_problem(exc) from None
+        # A refused token raises TokenError, which problems.HANDLERS answers (RFC 6750).
+        caller = await self.tokens.check(request.headers.get("authorization"), scope)
+        await self._check_standing(caller)
         wait = self.limiter.take(caller.client_id)
         if wait:
             raise Problem("rate-limited", "slow down", headers={"Retry-After": retry_after(wait)})

@@ -1,0 +1,138 @@
+"""The partner API in-process (tier: database): every answer a partner can get without a
+controller, through the real authorization server and gateway apps over a real database,
+in milliseconds instead of process start-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from cloud_gateway.clients import add_client
+from cloud_gateway.problems import MEDIA_TYPE
+from store.registry import import_registry
+from tests.conftest import registry_for
+from tests.inprocess import cloud
+
+pytestmark = pytest.mark.database
+
+Calls = Callable[[httpx2.AsyncClient, dict[str, str], str], Awaitable[None]]
+
+
+def with_cloud(database: str, tmp_path: Path, scopes: list[str], calls: Calls) -> None:
+    """Register a controller (never online) and a partner with ``scopes``; run ``calls``
+    with the API client, the partner's auth header and an outlet id."""
+    cid = f"c{uuid.uuid4().hex[:6]}"
+    import_registry(database, registry_for([cid], 2))
+    partner = add_client(database, "in-process partner", scopes)
+
+    async def main() -> None:
+        async with cloud(database, tmp_path) as (auth, partner_api):
+            answer = await auth.post(
+                "/oauth2/token",
+                data={"grant_type": "client_credentials"},
+                auth=(partner.client_id, partner.client_secret),
+            )
+            assert answer.status_code == 200, answer.text
+            bearer = {"authorization": f"Bearer {answer.json()['access_token']}"}
+            await calls(partner_api, bearer, f"{cid}-1")
+
+    asyncio.run(main())
+
+
+def problem(answer: httpx2.Response, status: int, kind: str) -> dict[str, object]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == MEDIA_TYPE
+    body: dict[str, object] = answer.json()
+    assert body["type"] == f"https://chargeline.example/problems/{kind}"
+    assert body["status"] == status
+    return body
+
+
+ALL = ["charges:write", "charges:read", "outlets:read", "usage:read"]
+
+
+def test_status_of_a_known_and_an_unknown_outlet(database: str, tmp_path: Path) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        known = await api.get(f"/v1/outlets/{outlet}/status", headers=bearer)
+        assert known.status_code == 200, known.text
+        body = known.json()
+        assert body["outlet_id"] == outlet
+        assert (body["controller_online"], body["charging"], body["measured_at"]) == (
+            False,
+            False,
+            None,
+        )
+        unknown = await api.get("/v1/outlets/nowhere-9/status", headers=bearer)
+        problem(unknown, 404, "unknown-outlet")
+
+    with_cloud(database, tmp_path, ALL, calls)
+
+
+def test_a_start_on_an_offline_controller_is_refused_and_records_nothing(
+    database: str, tmp_path: Path
+) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        start = await api.post(
+            "/v1/charges", json={"outlet_id": outlet, "charge_id": "wc-1"}, headers=bearer
+        )
+        body = problem(start, 503, "controller-offline")
+        assert outlet in str(body["detail"])
+        problem(await api.get("/v1/charges/wc-1", headers=bearer), 404, "unknown-charge")
+
+    with_cloud(database, tmp_path, ALL, calls)
+
+
+def test_tokens_missing_wrong_or_short_of_scope(database: str, tmp_path: Path) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        none = await api.get(f"/v1/outlets/{outlet}/status")
+        problem(none, 401, "invalid-token")
+        assert none.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        forged = await api.get(
+            f"/v1/outlets/{outlet}/status", headers={"authorization": "Bearer e30.e30.AAAA"}
+        )
+        problem(forged, 401, "invalid-token")
+        short = await api.post(
+            "/v1/charges", json={"outlet_id": outlet, "charge_id": "wc-2"}, headers=bearer
+        )
+        problem(short, 403, "insufficient-scope")
+        assert short.headers["www-authenticate"] == 'Bearer error="insufficient_scope"'
+
+    with_cloud(database, tmp_path, ["outlets:read"], calls)
+
+
+def test_usage_of_a_month_without_charges_and_a_malformed_month(
+    database: str, tmp_path: Path
+) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        usage = await api.get(f"/v1/outlets/{outlet}/usage?month=2026-11", headers=bearer)
+        assert usage.status_code == 200, usage.text
+        body = usage.json()
+        assert (body["charges"], body["energy_kwh"], body["fee"]) == (0, 0.0, 0.0)
+        assert body["tariff_per_kwh"] == 30.0
+        bad = await api.get(f"/v1/outlets/{outlet}/usage?month=2026-13", headers=bearer)
+        problem(bad, 422, "invalid-request")
+
+    with_cloud(database, tmp_path, ALL, calls)
+
+
+def test_unknown_paths_wrong_methods_and_oversized_bodies(database: str, tmp_path: Path) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        problem(await api.get("/v2/nothing", headers=bearer), 404, "not-found")
+        wrong = await api.delete("/v1/charges", headers=bearer)
+        problem(wrong, 405, "method-not-allowed")
+        assert wrong.headers["allow"] == "POST"
+        big = await api.post(
+            "/v1/charges",
+            content=b"{" + b" " * 20_000 + b"}",
+            headers={**bearer, "content-type": "application/json"},
+        )
+        problem(big, 413, "body-too-large")
+        invalid = await api.post("/v1/charges", json={"outlet_id": outlet}, headers=bearer)
+        assert "charge_id" in str(problem(invalid, 422, "invalid-request")["detail"])
+
+    with_cloud(database, tmp_path, ALL, calls)
