@@ -41,7 +41,8 @@ from kernel import mqtt
 from kernel.settings import MqttUrl
 from kernel.stats import percentile
 from schemas.topics import TopicKind, Topics
-from tests.helpers import connect_packet, free_port, rss_kib, subscribe_packet, wait_port
+from tests.mqtt_wire import connect_packet, subscribe_packet
+from tests.procs import free_port, rss_kib, wait_port
 
 TOPICS = Topics()
 INGEST = DEFAULT_SERVICE_NAMES[Role.INGEST]

@@ -23,7 +23,7 @@ from schemas.messages import MeterBatch, MeterFrame, OutletReading
 from store import migrations
 from store.registry import import_registry
 from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
-from tests.helpers import free_port, wait_port
+from tests.procs import free_port, wait_port
 
 MINUTE0 = 1_767_225_600
 

@@ -24,7 +24,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 from bench.common import emit, parser, workdir
 from bench.stack import Stack, ms, partner_stack
 from kernel.stats import percentile
-from tests.helpers import Receiver
+from tests.receiver import Receiver
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bench.common import amqtt_broker, emit, parser, workdir
-from tests.helpers import rss_kib
+from tests.procs import rss_kib
 
 
 def cpu_seconds(pid: int) -> float:

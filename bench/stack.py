@@ -20,7 +20,7 @@ import psycopg
 
 from bench.common import amqtt_broker, database
 from cloud_gateway.clients import NewClient, add_client
-from tests.helpers import free_port, wait_port
+from tests.procs import free_port, wait_port
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,3 @@ class FrameBuffer:
     def __len__(self) -> int:
         (count,) = self.db.execute("SELECT count(*) FROM frames").fetchone()
         return int(count)
-
-    def unsent(self) -> int:
-        (count,) = self.db.execute("SELECT count(*) FROM frames WHERE seq IS NULL").fetchone()
-        return int(count)

@@ -29,7 +29,7 @@ from kernel.settings import MqttUrl
 from schemas.topics import Topics
 from store.registry import import_registry
 from tests.conftest import registry_for
-from tests.helpers import Proc, free_port, wait_port
+from tests.procs import Proc, free_port, wait_port
 
 MAX_PACKET = 64 * 1024
 TOPICS = Topics()

@@ -19,7 +19,7 @@ import pytest
 from store import migrations
 from store.registry import import_registry
 from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
-from tests.helpers import Proc, free_port, wait_port
+from tests.procs import Proc, free_port, wait_port
 
 # --- the run's own temporary directory --------------------------------------------------
 
@@ -100,6 +100,23 @@ def _stop_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     for proc in reversed(mine):
         proc.stop(timeout=10)
     del Proc.registry[before:]
+
+
+TIERS = ("pure", "database", "processes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test is in exactly one tier (its module's ``pytestmark``), so ``-m pure`` or
+    ``-m "not processes"`` selects what a change needs."""
+    wrong = [
+        f"{item.nodeid}: {tiers or 'no tier'}"
+        for item in items
+        if len(tiers := [m.name for m in item.iter_markers() if m.name in TIERS]) != 1
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "tests need exactly one tier marker " + str(TIERS) + ":\n" + "\n".join(wrong)
+        )
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

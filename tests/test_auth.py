@@ -26,7 +26,10 @@ from joserfc.jwk import ECKey
 
 from cloud_gateway.clients import NewClient, add_client
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
-from tests.helpers import Proc, free_port, query, wait_for, wait_port
+from tests.db import query
+from tests.procs import Proc, free_port, wait_for, wait_port
+
+pytestmark = pytest.mark.processes
 
 AUDIENCE = "chargeline-api"
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from kernel import mqtt
 from kernel.settings import MqttUrl
 from tests.brokers import raw_connect
 from tests.conftest import Broker
-from tests.helpers import DISCONNECT_PACKET, connect_packet, drain, publish_packet
+from tests.mqtt_wire import DISCONNECT_PACKET, connect_packet, drain, publish_packet
+
+pytestmark = pytest.mark.processes
 
 
 def test_a_client_gets_retained_messages_only_for_its_own_subscriptions(broker: Broker) -> None:

@@ -26,15 +26,10 @@ from broker.pki import LocalCA
 from broker.policy import Role
 from schemas.topics import TopicKind
 from tests.brokers import MAX_PACKET, TOPICS, Amqtt, Site, tls_connack
-from tests.helpers import (
-    connect_from,
-    connect_packet,
-    drain,
-    publish_packet,
-    rss_kib,
-    subscribe_packet,
-    wait_for,
-)
+from tests.mqtt_wire import connect_from, connect_packet, drain, publish_packet, subscribe_packet
+from tests.procs import rss_kib, wait_for
+
+pytestmark = pytest.mark.processes
 
 INGEST, GATEWAY = "svc_ingest", "svc_gateway"
 CONNECT_TIMEOUT_S = 2

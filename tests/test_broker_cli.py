@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from store.registry import import_registry
 from tests.conftest import registry_for
-from tests.helpers import query
+from tests.db import query
+
+pytestmark = pytest.mark.processes
 
 
 def chargeline(database: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,10 @@ from broker import identities
 from broker.policy import Role
 from tests.brokers import Amqtt, BrokerUnderTest, Mosquitto, Site
 from tests.conftest import Installation
-from tests.helpers import Proc, query
+from tests.db import query
+from tests.procs import Proc
+
+pytestmark = pytest.mark.processes
 
 MINUTES = 12
 

@@ -34,7 +34,9 @@ from tests.brokers import (
     raw_connect,
     tls_connack,
 )
-from tests.helpers import connect_packet, drain, publish_packet
+from tests.mqtt_wire import connect_packet, drain, publish_packet
+
+pytestmark = pytest.mark.processes
 
 INGEST, GATEWAY = "svc_ingest", "svc_gateway"
 

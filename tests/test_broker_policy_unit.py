@@ -16,6 +16,8 @@ from broker.identities import Identity, Pbkdf2
 from broker.policy import Access, Policy, Role
 from schemas.topics import TopicKind, Topics, covers, matches
 
+pytestmark = pytest.mark.processes
+
 cids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
 POLICY = Policy(Topics())
 T = Topics()

@@ -27,8 +27,10 @@ from schemas.messages import (
 from schemas.topics import Topics
 from store.registry import import_registry
 from tests.conftest import registry_for
-from tests.helpers import query
+from tests.db import query
 from tests.test_store import write
+
+pytestmark = pytest.mark.database
 
 T0 = 1_800_000_000.0
 

@@ -35,6 +35,8 @@ from schemas.messages import (
 )
 from schemas.topics import TopicKind
 
+pytestmark = pytest.mark.pure
+
 cids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
 times = st.floats(min_value=946_684_800, max_value=4_102_444_800, allow_nan=False)
 minutes = st.integers(min_value=946_684_800 // 60 + 1, max_value=4_102_444_800 // 60).map(

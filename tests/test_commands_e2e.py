@@ -8,6 +8,7 @@ import time
 
 import aiomqtt
 import psycopg
+import pytest
 
 from cloud_gateway.commands import AckWaiter, publish, record
 from kernel import mqtt
@@ -15,7 +16,10 @@ from kernel.settings import MqttUrl
 from schemas.messages import CommandOutcome, DesiredState
 from schemas.topics import Topics
 from tests.conftest import Installation
-from tests.helpers import query, wait_for
+from tests.db import query
+from tests.procs import wait_for
+
+pytestmark = pytest.mark.processes
 
 
 def test_commands_are_numbered_published_answered_and_audited(installation: Installation) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from charging.current_rise import RELEASE, RiseState, observe
+
+pytestmark = pytest.mark.pure
 
 THRESHOLD = 6.0
 

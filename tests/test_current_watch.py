@@ -4,6 +4,7 @@ until the current falls below half of it."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from edge_agent.reconciler import (
     watch_current,
 )
 from schemas.messages import EdgeEventKind
+
+pytestmark = pytest.mark.pure
 
 LIMITS = CurrentLimits(overcurrent_a=20.0, overcurrent_s=5.0, levels_a=(1.0, 2.0, 4.0, 10.0))
 MEMORY = OutletMemory(outlet=3, applied_generation=7, on=True, charge_id="c1", stop_at=None)

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import query, wait_for
+from tests.db import query
+from tests.procs import wait_for
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.mark.slow

@@ -33,7 +33,10 @@ from schemas.messages import (
 )
 from schemas.topics import Topics
 from tests.conftest import Installation
-from tests.helpers import NetCut, Proc
+from tests.netcut import NetCut
+from tests.procs import Proc
+
+pytestmark = pytest.mark.processes
 
 SCALE = 60.0
 

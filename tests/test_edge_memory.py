@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edge_agent.memory import CommandMemory
 from edge_agent.reconciler import OutletMemory
+
+pytestmark = pytest.mark.pure
 
 
 def test_memory_survives_a_restart(tmp_path: Path) -> None:

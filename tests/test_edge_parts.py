@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edge_agent.buffer import FrameBuffer
 from edge_agent.simulated import SimulatedSite
 from schemas.messages import MeterFrame, OutletReading
+
+pytestmark = pytest.mark.pure
 
 T0 = 1_767_225_600.0
 

@@ -15,6 +15,8 @@ import pytest
 
 from schemas.errors import ChargelineError, InputError, NotFound, Refused
 
+pytestmark = pytest.mark.processes
+
 PACKAGES = ["schemas", "kernel", "store", "charging", "edge_agent", "broker", "ingest"]
 PACKAGES += ["cloud_gateway", "chargeline"]
 #: Subclasses of a library's own exceptions, raised into that library's code.
@@ -77,7 +79,6 @@ def chargeline(*args: str, database: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.database
 def test_the_cli_prints_one_line_for_an_error_of_ours(database: str, tmp_path: Path) -> None:
     unknown = chargeline("clients", "disable", "no-such-client", database=database)
     assert unknown.returncode == 1

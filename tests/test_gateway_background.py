@@ -9,6 +9,8 @@ import pytest
 
 from cloud_gateway.background import supervised
 
+pytestmark = pytest.mark.pure
+
 
 def test_a_failing_loop_is_logged_and_started_again(caplog: pytest.LogCaptureFixture) -> None:
     runs = 0

@@ -18,10 +18,11 @@ from schemas.topics import Topics
 from store import migrations
 from store.registry import import_registry
 from tests.conftest import Broker, Installation, registry_for
-from tests.helpers import cpu_seconds, query, wait_for
+from tests.db import query
+from tests.procs import cpu_seconds, wait_for
 from tests.test_telemetry_e2e import assert_every_minute_once, run_fleet, wait_fleet
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 MINUTE = 1_767_225_600  # 2026-01-01 00:00 UTC
 

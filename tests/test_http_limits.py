@@ -18,7 +18,10 @@ import httpx2
 import pytest
 
 from cloud_gateway.clients import NewClient, add_client
-from tests.helpers import connect_from, free_port, wait_for, wait_port
+from tests.mqtt_wire import connect_from
+from tests.procs import free_port, wait_for, wait_port
+
+pytestmark = pytest.mark.processes
 
 PER_ADDRESS = 100
 TIMEOUT_S = 2

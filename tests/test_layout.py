@@ -9,6 +9,10 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.pure
+
 ROOT = Path(__file__).resolve().parent.parent
 RULE = re.compile(r"^\| `(\w+)/` \| (.*?) \| (.*?) \|$")
 

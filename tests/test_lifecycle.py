@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,6 +24,8 @@ from charging.lifecycle import (
     step,
 )
 from schemas.messages import CommandOutcome
+
+pytestmark = pytest.mark.pure
 
 T0 = 1_800_000_000.0  # a minute boundary
 

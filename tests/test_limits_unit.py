@@ -9,6 +9,8 @@ import pytest
 from kernel.limits import ConnectionBudget, connection_cap
 from kernel.logsafe import FloodFilter, Summarised, shown
 
+pytestmark = pytest.mark.pure
+
 
 def test_the_budget_caps_per_address_and_in_total_and_forgets_closed_addresses() -> None:
     budget = ConnectionBudget(total=3, per_address=2)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kernel import mqtt
 from kernel.settings import MqttUrl
+
+pytestmark = pytest.mark.pure
 
 
 def test_a_cancel_that_meets_the_awaited_result_still_cancels() -> None:

@@ -6,11 +6,15 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from ingest.paho_link import READ_CHUNK, PahoLink
 from kernel import mqtt
 from kernel.settings import MqttUrl
 from tests.conftest import Broker
-from tests.helpers import NetCut
+from tests.netcut import NetCut
+
+pytestmark = pytest.mark.processes
 
 
 def _root() -> str:

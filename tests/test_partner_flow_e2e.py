@@ -34,7 +34,11 @@ from schemas.messages import Presence
 from schemas.topics import Topics
 from store import roles
 from tests.conftest import Installation
-from tests.helpers import Proc, Receiver, free_port, query, wait_for, wait_port
+from tests.db import query
+from tests.procs import Proc, free_port, wait_for, wait_port
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.processes
 
 SCALE = 60.0  # edge time: a minute reading every real second
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from charging.status import news
 from kernel.times import utc
 from schemas.messages import Presence
+
+pytestmark = pytest.mark.pure
 
 T0 = 1_800_000_000.0
 

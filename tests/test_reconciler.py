@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,8 @@ from edge_agent.reconciler import (
     tick,
 )
 from schemas.messages import CommandOutcome, DesiredState, EdgeEventKind
+
+pytestmark = pytest.mark.pure
 
 T0 = 1_800_000_000.0
 HOUR = 3600.0

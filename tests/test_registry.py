@@ -10,7 +10,9 @@ import pytest
 
 from store.registry import import_registry
 from store.registry_file import RegistryFileError, parse
-from tests.helpers import query
+from tests.db import query
+
+pytestmark = pytest.mark.processes
 
 GOOD = """\
 [[sites]]

@@ -17,8 +17,10 @@ import pytest
 
 from broker.pki import LocalCA
 from tests.conftest import Installation
-from tests.helpers import free_port, wait_port
+from tests.procs import free_port, wait_port
 from tests.test_partner_flow_e2e import Partner, partner  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.processes
 
 CONF = Path(__file__).parent.parent / "deploy" / "nginx" / "chargeline.conf"
 

@@ -16,7 +16,9 @@ import pytest
 from psycopg import errors
 
 from tests.brokers import Amqtt, Site
-from tests.helpers import drain
+from tests.mqtt_wire import drain
+
+pytestmark = pytest.mark.processes
 
 SECRETS = {
     "MQTT password hashes": "SELECT argon2, pbkdf2 FROM mqtt_identities",

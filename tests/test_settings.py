@@ -15,6 +15,8 @@ from edge_agent.settings import EdgeSettings
 from ingest.settings import IngestSettings
 from kernel import settings
 
+pytestmark = pytest.mark.processes
+
 
 def test_systemd_credentials_fill_settings_below_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

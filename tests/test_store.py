@@ -26,7 +26,9 @@ from schemas.topics import Topics
 from store import migrations
 from store.registry import RegistrySnapshot, import_registry
 from tests.conftest import database_url_for, registry_for
-from tests.helpers import query
+from tests.db import query
+
+pytestmark = pytest.mark.database
 
 HOUR = 1_767_225_600  # 2026-01-01 00:00 UTC = 09:00 in Tokyo
 

@@ -10,9 +10,11 @@ import time
 import pytest
 
 from tests.conftest import Broker, Installation
-from tests.helpers import NetCut, Proc, query, wait_for
+from tests.db import query
+from tests.netcut import NetCut
+from tests.procs import Proc, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 MINUTES = 30
 
 

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from schemas.topics import Topic, TopicKind, Topics
 
+pytestmark = pytest.mark.pure
+
 cids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
 
 

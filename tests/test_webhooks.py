@@ -19,7 +19,10 @@ from charging.outbox import enqueue
 from cloud_gateway.clients import NewClient, add_client, rotate_webhook_secret
 from cloud_gateway.webhooks import Deliverer, new_secret, verify
 from store import migrations
-from tests.helpers import Receiver, query
+from tests.db import query
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture

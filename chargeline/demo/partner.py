@@ -43,7 +43,6 @@ class Tally:
     refused: Counter[str] = field(default_factory=Counter)  # API problems by type
     webhooks: Counter[str] = field(default_factory=Counter)  # verified, by type
     bad_signatures: int = 0
-    duplicates: int = 0
     stopped_wh: list[float] = field(default_factory=list)  # per charge.stopped
     #: Why charges ended: charge.stopped reasons ("over-current trip", …) and, prefixed
     #: "failed: ", charge.failed reasons.
@@ -201,7 +200,6 @@ class Partner:
             return Response(status_code=401)
         event: Event = json.loads(body)
         if event["id"] in self._seen:  # delivery is at least once
-            self.tally.duplicates += 1
             return Response(status_code=200)
         self._seen.add(event["id"])
         self._note(event)
