@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from broker.settings import BrokerSettings
 from kernel import runner, settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 ROLES = ("controller", "ingest", "gateway")
 
@@ -86,10 +87,15 @@ def dispatch(args: argparse.Namespace) -> int:
     return _export(args)
 
 
-def _database() -> str:
+def _connect(*, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """The registry's database, its schema up to date (psycopg only when needed: the
+    command line also starts edge agents, which do not install it)."""
+    import psycopg
+
     from store.database import prepare_database
 
-    return prepare_database(settings.load(settings.CommonSettings))
+    url = prepare_database(settings.load(settings.CommonSettings))
+    return psycopg.connect(url, autocommit=autocommit)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -116,7 +122,7 @@ def _credentials(args: argparse.Namespace) -> int:
     from broker import identities
     from broker.policy import Role
 
-    with psycopg.connect(_database(), autocommit=True) as conn:
+    with _connect(autocommit=True) as conn:
         if args.credentials_command == "list":
             for i in identities.all_identities(conn):
                 how = "password" if i.argon2 else "certificate"
@@ -147,7 +153,7 @@ def _export(args: argparse.Namespace) -> int:
     from broker.policy import Policy
 
     config = settings.load(BrokerSettings)
-    with psycopg.connect(_database()) as conn:
+    with _connect() as conn:
         known = identities.all_identities(conn)
     common: dict[str, Any] = {
         "policy": Policy(config.topics),
@@ -186,7 +192,7 @@ def _pki(args: argparse.Namespace) -> int:
     else:
         role = Role(_role_of(args.name, args.role))
         identities.check_name(args.name, role)
-        with psycopg.connect(_database()) as conn:  # one transaction: issued and bound
+        with _connect() as conn:  # one transaction: issued and bound
             identities.ensure_certificate_only(conn, args.name, role)
             issued = ca.issue_client(args.name, days=args.days)
             identities.bind_certificate(conn, args.name, role, issued.sha256)

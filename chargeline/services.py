@@ -9,12 +9,13 @@ from edge_agent.clock import ScaledClock
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
-from ingest.worker import Ingest
 
 log = logging.getLogger(__name__)
 
 
 async def run_ingest(settings: IngestSettings, url: str) -> None:
+    from ingest.worker import Ingest  # psycopg: not on a controller, which runs the edge only
+
     async with Ingest(settings, database_url=url) as ingest:
         await ingest.run()
 
