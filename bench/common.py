@@ -88,14 +88,20 @@ def database(tmp: Path, controllers: list[str]) -> str:
 
 def batch(cid: str, seq: int, first_minute: int, frames: int) -> MeterBatch:
     return MeterBatch(
-        cid,
-        seq,
-        tuple(
+        controller_id=cid,
+        seq=seq,
+        frames=tuple(
             MeterFrame(
-                MINUTE0 + 60 * (first_minute + f),
-                1e6 + f,
-                tuple(
-                    OutletReading(n, 1000.0 + f * 50 + n, 200.0 + n / 10, 15.5, True)
+                minute=MINUTE0 + 60 * (first_minute + f),
+                main_energy_wh=1e6 + f,
+                outlets=tuple(
+                    OutletReading(
+                        outlet=n,
+                        energy_wh=1000.0 + f * 50 + n,
+                        voltage_v=200.0 + n / 10,
+                        current_a=15.5,
+                        breaker_on=True,
+                    )
                     for n in range(1, 9)
                 ),
             )

@@ -210,7 +210,9 @@ async def heard_from(conn: psycopg.AsyncConnection[Any], controllers: Iterable[s
     )
     back = [cid for cid, was_silent in await cur.fetchall() if was_silent]
     now = time.time()
-    await _announce(conn, [Presence(cid, True, now) for cid in back], "heard again")
+    await _announce(
+        conn, [Presence(controller_id=cid, online=True, since=now) for cid in back], "heard again"
+    )
     return back
 
 
@@ -226,7 +228,9 @@ async def fell_silent(conn: psycopg.AsyncConnection[Any], *, timeout_s: float) -
         " RETURNING controller_id, extract(epoch FROM coalesce(heard_at, presence_at))::float8",
         (timeout_s,),
     )
-    silent = [Presence(cid, False, last) for cid, last in await cur.fetchall()]
+    silent = [
+        Presence(controller_id=cid, online=False, since=last) for cid, last in await cur.fetchall()
+    ]
     await _announce(conn, silent, f"silent for {timeout_s:g} s")
     return [p.controller_id for p in silent]
 

@@ -109,7 +109,18 @@ async def send_record(
             "issued_by": issued_by,
         },
     )
-    return Recorded(cur, DesiredState(controller_id, outlet, on, 0, charge_id, end_at, issued_at))
+    return Recorded(
+        cur,
+        DesiredState(
+            controller_id=controller_id,
+            outlet=outlet,
+            on=on,
+            generation=0,
+            charge_id=charge_id,
+            end_at=end_at,
+            issued_at=issued_at,
+        ),
+    )
 
 
 async def send_start(
@@ -134,12 +145,43 @@ async def send_start(
             "issued_by": issued_by,
         },
     )
-    return Recorded(cur, DesiredState("", 0, True, 0, charge_id, end_at, issued_at))
+    return Recorded(
+        cur,
+        DesiredState(
+            controller_id="",
+            outlet=0,
+            on=True,
+            generation=0,
+            charge_id=charge_id,
+            end_at=end_at,
+            issued_at=issued_at,
+        ),
+    )
 
 
-async def record(conn: psycopg.AsyncConnection[Any], **command: Any) -> DesiredState:
-    """``send_record`` and wait for the generation (``send_record``'s keyword arguments)."""
-    want = await (await send_record(conn, **command)).desired()
+async def record(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    controller_id: str,
+    outlet: int,
+    on: bool,
+    charge_id: str | None,
+    end_at: float | None,
+    issued_at: float,
+    issued_by: str,
+) -> DesiredState:
+    """``send_record`` and wait for the generation."""
+    sent = await send_record(
+        conn,
+        controller_id=controller_id,
+        outlet=outlet,
+        on=on,
+        charge_id=charge_id,
+        end_at=end_at,
+        issued_at=issued_at,
+        issued_by=issued_by,
+    )
+    want = await sent.desired()
     assert want is not None  # an unguarded command always writes its row
     return want
 

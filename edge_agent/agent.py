@@ -60,10 +60,16 @@ STATE_DELAY_S = 0.2
 
 def frame_from(sample: Sample, minute: int) -> MeterFrame:
     return MeterFrame(
-        minute,
-        round(sample.main_energy_wh, 3),
-        tuple(
-            OutletReading(o.outlet, round(o.energy_wh, 3), o.voltage_v, o.current_a, o.breaker_on)
+        minute=minute,
+        main_energy_wh=round(sample.main_energy_wh, 3),
+        outlets=tuple(
+            OutletReading(
+                outlet=o.outlet,
+                energy_wh=round(o.energy_wh, 3),
+                voltage_v=o.voltage_v,
+                current_a=o.current_a,
+                breaker_on=o.breaker_on,
+            )
             for o in sample.outlets
         ),
     )
@@ -209,16 +215,18 @@ class EdgeAgent:
     ) -> None:
         """Queue an ``EdgeEvent`` carrying the outlet's reading ``o`` (``at``: cloud time)."""
         event = EdgeEvent(
-            self.cid,
-            at,
-            kind,
-            o.outlet,
-            self.memory[o.outlet].applied_generation if generation is None else generation,
-            o.current_a if current_a is None else current_a,
-            o.breaker_on if breaker_on is None else breaker_on,
-            detail,
-            round(o.energy_wh, 3),
-            o.voltage_v,
+            controller_id=self.cid,
+            at=at,
+            kind=kind,
+            outlet=o.outlet,
+            generation=self.memory[o.outlet].applied_generation
+            if generation is None
+            else generation,
+            current_a=o.current_a if current_a is None else current_a,
+            breaker_on=o.breaker_on if breaker_on is None else breaker_on,
+            detail=detail,
+            energy_wh=round(o.energy_wh, 3),
+            voltage_v=o.voltage_v,
         )
         self._send(self.topics.event(self.cid), encode(event))
 
@@ -339,13 +347,15 @@ class EdgeAgent:
             elif isinstance(action, Acknowledge):
                 sample = self.meter.read(self.clock.now())
                 ack = CommandAck(
-                    self.cid,
-                    action.outlet,
-                    action.generation,
-                    action.outcome,
-                    self.breakers.breaker_on(action.outlet),
-                    self.cloud_clock.stamp(sample.at),
-                    next(o.energy_wh for o in sample.outlets if o.outlet == action.outlet),
+                    controller_id=self.cid,
+                    outlet=action.outlet,
+                    generation=action.generation,
+                    outcome=action.outcome,
+                    breaker_on=self.breakers.breaker_on(action.outlet),
+                    at=self.cloud_clock.stamp(sample.at),
+                    energy_wh=next(
+                        o.energy_wh for o in sample.outlets if o.outlet == action.outlet
+                    ),
                 )
                 self._send(self.topics.ack(self.cid), encode(ack))
             elif isinstance(action, Report):
@@ -423,7 +433,11 @@ class EdgeAgent:
             since = self.clock.now()  # this connection's birth, in the edge's time
             will = aiomqtt.Will(
                 self.topics.presence(self.cid),
-                encode(Presence(self.cid, False, since, "connection lost")),
+                encode(
+                    Presence(
+                        controller_id=self.cid, online=False, since=since, reason="connection lost"
+                    )
+                ),
                 qos=1,
                 retain=True,
             )
@@ -443,7 +457,7 @@ class EdgeAgent:
                         await client.subscribe(self.topics.desired(self.cid, n), qos=1)
                     await client.publish(
                         self.topics.presence(self.cid),
-                        encode(Presence(self.cid, True, since)),
+                        encode(Presence(controller_id=self.cid, online=True, since=since)),
                         qos=1,
                         retain=True,
                     )
@@ -475,7 +489,7 @@ class EdgeAgent:
     async def _say_offline(self, client: aiomqtt.Client, since: float) -> None:
         """A clean stop: say so before disconnecting (a clean DISCONNECT discards the will,
         and the cloud should not wait for a heartbeat to time out). Best effort, 2 s."""
-        offline = Presence(self.cid, False, since, "stopped")
+        offline = Presence(controller_id=self.cid, online=False, since=since, reason="stopped")
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(2):
                 await client.publish(
@@ -518,10 +532,19 @@ class EdgeAgent:
         if self._client is None:
             return
         outlets = tuple(
-            OutletState(n, self.breakers.breaker_on(n), self.memory[n].applied_generation)
+            OutletState(
+                outlet=n,
+                breaker_on=self.breakers.breaker_on(n),
+                applied_generation=self.memory[n].applied_generation,
+            )
             for n in self.outlet_numbers
         )
-        state = ReportedState(self.cid, self.settings.firmware, self.started_at, outlets)
+        state = ReportedState(
+            controller_id=self.cid,
+            firmware=self.settings.firmware,
+            started_at=self.started_at,
+            outlets=outlets,
+        )
         await self._client.publish(self.topics.state(self.cid), encode(state), qos=1, retain=True)
 
     async def _send_pending(self, *, older_than: float | None = None) -> None:
@@ -537,7 +560,9 @@ class EdgeAgent:
                 continue
             self._sent_at[seq] = self.clock.monotonic()
             try:
-                await client.publish(topic, encode(MeterBatch(self.cid, seq, frames)), qos=1)
+                await client.publish(
+                    topic, encode(MeterBatch(controller_id=self.cid, seq=seq, frames=frames)), qos=1
+                )
             except aiomqtt.MqttError as exc:
                 log.warning("%s: batch %d not sent (%s); will resend", self.cid, seq, exc)
                 return

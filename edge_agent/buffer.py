@@ -96,7 +96,11 @@ class FrameBuffer:
             "SELECT seq, body FROM frames WHERE seq IS NOT NULL ORDER BY seq, minute"
         ):
             minute, main, readings = msgpack.unpackb(body)
-            frame = MeterFrame(minute, main, tuple(OutletReading(*r) for r in readings))
+            frame = MeterFrame(
+                minute=minute,
+                main_energy_wh=main,
+                outlets=tuple(OutletReading._make(r) for r in readings),
+            )
             out.setdefault(seq, []).append(frame)
         return {seq: tuple(frames) for seq, frames in out.items()}
 

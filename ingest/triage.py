@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.codec import CodecError, decode
-from schemas.messages import CommandAck, EdgeEvent, MeterBatch, Presence, ReportedState
+from schemas.messages import (
+    CommandAck,
+    EdgeEvent,
+    Message,
+    MeterBatch,
+    Presence,
+    ReportedState,
+)
 from schemas.topics import TopicKind, Topics
 from store.registry import RegistrySnapshot
 
@@ -130,7 +137,7 @@ class Triage:
             return
         cid = parsed.controller_id
         try:
-            message: Any = decode(parsed.kind, payload)
+            message: Message = decode(parsed.kind, payload)
         except CodecError as exc:
             pending.dead_letters.append(DeadLetter(topic, cid, str(exc), payload))
             return
@@ -145,24 +152,25 @@ class Triage:
             return
         if parsed.kind in _LIVE:
             pending.heard.add(cid)
-        if parsed.kind is TopicKind.METER:
-            self._meter(pending, topic, message, payload)
-        elif parsed.kind is TopicKind.EVENT:
-            pending.events.append(message)
-        elif parsed.kind is TopicKind.PRESENCE:
-            pending.presence[cid] = message
-            if message.online:
-                pending.clock_requests.add(cid)
-        elif parsed.kind is TopicKind.STATE:
-            pending.states[cid] = message
-        elif parsed.kind is TopicKind.ACK:
-            pending.command_acks.append(message)
-        else:
-            reason = f"{parsed.kind.value} messages are not for ingest"
-            pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+        match message:  # each topic decodes to its one message type
+            case MeterBatch():
+                self._meter(pending, topic, message, payload)
+            case EdgeEvent():
+                pending.events.append(message)
+            case Presence():
+                pending.presence[cid] = message
+                if message.online:
+                    pending.clock_requests.add(cid)
+            case ReportedState():
+                pending.states[cid] = message
+            case CommandAck():
+                pending.command_acks.append(message)
+            case _:
+                reason = f"{parsed.kind.value} messages are not for ingest"
+                pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
 
     def _unregistered(
-        self, pending: Pending, topic: str, cid: str, message: Any, payload: bytes
+        self, pending: Pending, topic: str, cid: str, message: Message, payload: bytes
     ) -> None:
         # Not acknowledged: the edge keeps the data and delivers it once registered.
         if isinstance(message, MeterBatch):

@@ -246,7 +246,9 @@ class Ingest:
             topic = self.topics.meter_ack(cid)
             for start in range(0, max(len(seqs), 1), MAX_ACK_SEQS):  # none: the time alone
                 chunk = tuple(seqs[start : start + MAX_ACK_SEQS])
-                if link.publish(topic, encode(MeterAck(cid, chunk, now)), qos=1):
+                if link.publish(
+                    topic, encode(MeterAck(controller_id=cid, seqs=chunk, at=now)), qos=1
+                ):
                     sent += 1
                 else:
                     failed += 1

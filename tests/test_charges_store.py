@@ -183,7 +183,15 @@ def test_an_outlet_runs_one_charge_at_a_time(setup: tuple[str, str]) -> None:
 
 def _ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str, bytes]:
     """An applied command's acknowledgement from ctl-a's outlet 1, as ingest receives it."""
-    message = CommandAck("ctl-a", 1, generation, CommandOutcome.APPLIED, on, at, meter)
+    message = CommandAck(
+        controller_id="ctl-a",
+        outlet=1,
+        generation=generation,
+        outcome=CommandOutcome.APPLIED,
+        breaker_on=on,
+        at=at,
+        energy_wh=meter,
+    )
     return Topics().ack("ctl-a"), encode(message)
 
 
@@ -196,26 +204,32 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
 
     def minute(m: int, energy: float, current: float, on: bool) -> tuple[str, bytes]:
         frame = MeterFrame(
-            int(T0) + 60 * m,
-            5e5,
-            (
-                OutletReading(1, energy, 200.0, current, on),
-                OutletReading(2, 10.0, 200.0, 0.0, False),
+            minute=int(T0) + 60 * m,
+            main_energy_wh=5e5,
+            outlets=(
+                OutletReading(
+                    outlet=1, energy_wh=energy, voltage_v=200.0, current_a=current, breaker_on=on
+                ),
+                OutletReading(
+                    outlet=2, energy_wh=10.0, voltage_v=200.0, current_a=0.0, breaker_on=False
+                ),
             ),
         )
-        return topics.meter("ctl-a"), encode(MeterBatch("ctl-a", m + 1, (frame,)))
+        return topics.meter("ctl-a"), encode(
+            MeterBatch(controller_id="ctl-a", seq=m + 1, frames=(frame,))
+        )
 
     crossed = EdgeEvent(
-        "ctl-a",
-        T0 + 20,
-        EdgeEventKind.CURRENT_CROSSED,
-        1,
-        1,
-        15.5,
-        True,
-        "rose through 10 A",
-        0.0,
-        200.0,
+        controller_id="ctl-a",
+        at=T0 + 20,
+        kind=EdgeEventKind.CURRENT_CROSSED,
+        outlet=1,
+        generation=1,
+        current_a=15.5,
+        breaker_on=True,
+        detail="rose through 10 A",
+        energy_wh=0.0,
+        voltage_v=200.0,
     )
     first = [
         minute(0, 1000.0, 0.0, False),
@@ -254,7 +268,18 @@ def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) 
 
     def crossed(at: float) -> tuple[str, bytes]:
         kind = EdgeEventKind.CURRENT_CROSSED
-        event = EdgeEvent("ctl-a", at, kind, 1, 1, 16.0, True, "rose through 10 A", 0.0, 200.0)
+        event = EdgeEvent(
+            controller_id="ctl-a",
+            at=at,
+            kind=kind,
+            outlet=1,
+            generation=1,
+            current_a=16.0,
+            breaker_on=True,
+            detail="rose through 10 A",
+            energy_wh=0.0,
+            voltage_v=200.0,
+        )
         return topics.event("ctl-a"), encode(event)
 
     async def stop(charge_id: str, generation: int, at: float) -> None:

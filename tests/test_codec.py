@@ -57,7 +57,7 @@ readings = st.builds(
 def frames(draw: st.DrawFn) -> MeterFrame:
     numbers = draw(st.lists(st.integers(1, 8), max_size=8, unique=True))
     outlets = tuple(draw(readings)._replace(outlet=n) for n in numbers)
-    return MeterFrame(draw(minutes), draw(energy), outlets)
+    return MeterFrame(minute=draw(minutes), main_energy_wh=draw(energy), outlets=outlets)
 
 
 batches = st.builds(
@@ -139,7 +139,7 @@ def test_every_other_message_round_trips(message: tuple) -> None:  # type: ignor
 def test_a_meter_ack_from_a_cloud_older_than_its_time_field_still_decodes() -> None:
     """Acks without ``at`` decode (the edge then learns no clock from them)."""
     old = msgpack.packb((WIRE_VERSION, "ctl-a", [3, 4]))
-    assert decode(TopicKind.METER_ACK, old) == MeterAck("ctl-a", (3, 4), None)
+    assert decode(TopicKind.METER_ACK, old) == MeterAck(controller_id="ctl-a", seqs=(3, 4), at=None)
 
 
 def test_an_ack_from_an_edge_older_than_its_meter_field_still_decodes() -> None:
@@ -232,7 +232,19 @@ def test_wide_payloads_raise_only_codec_error(width: int, strlen: int) -> None:
 
 
 GOOD = MeterBatch(
-    "ctl-1", 7, (MeterFrame(1_767_225_600, 10.0, (OutletReading(1, 5.0, 200.0, 3.0, True),)),)
+    controller_id="ctl-1",
+    seq=7,
+    frames=(
+        MeterFrame(
+            minute=1_767_225_600,
+            main_energy_wh=10.0,
+            outlets=(
+                OutletReading(
+                    outlet=1, energy_wh=5.0, voltage_v=200.0, current_a=3.0, breaker_on=True
+                ),
+            ),
+        ),
+    ),
 )
 
 
@@ -286,7 +298,16 @@ def test_control_characters_in_text_are_refused(text: str) -> None:
     """PostgreSQL text cannot hold NUL: such a payload must become a dead letter, not a
     write that fails for ever."""
     event = EdgeEvent(
-        "ctl-1", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, text, 0.0, 200.0
+        controller_id="ctl-1",
+        at=1.8e9,
+        kind=EdgeEventKind.BREAKER_SWITCHED,
+        outlet=1,
+        generation=1,
+        current_a=0.0,
+        breaker_on=False,
+        detail=text,
+        energy_wh=0.0,
+        voltage_v=200.0,
     )
     with pytest.raises(CodecError) as caught:
         decode(TopicKind.EVENT, encode(event))
@@ -298,7 +319,16 @@ def test_array_shaped_payload_is_compact() -> None:
     full = GOOD._replace(
         frames=(
             GOOD.frames[0]._replace(
-                outlets=tuple(OutletReading(n, 12345.678, 201.3, 15.9, True) for n in range(1, 9))
+                outlets=tuple(
+                    OutletReading(
+                        outlet=n,
+                        energy_wh=12345.678,
+                        voltage_v=201.3,
+                        current_a=15.9,
+                        breaker_on=True,
+                    )
+                    for n in range(1, 9)
+                )
             ),
         )
     )

@@ -60,13 +60,13 @@ class Cloud:
     ) -> DesiredState:
         issued = self.now() - age_s
         want = DesiredState(
-            self.cid,
-            outlet,
-            on,
-            generation,
-            f"charge-{generation}" if on else None,
-            issued + minutes * 60 if on else None,
-            issued,
+            controller_id=self.cid,
+            outlet=outlet,
+            on=on,
+            generation=generation,
+            charge_id=f"charge-{generation}" if on else None,
+            end_at=issued + minutes * 60 if on else None,
+            issued_at=issued,
         )
         await self.client.publish(
             self.topics.desired(self.cid, outlet), encode(want), qos=1, retain=True

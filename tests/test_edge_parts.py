@@ -18,7 +18,17 @@ T0 = 1_767_225_600.0
 def frame(minute_index: int) -> MeterFrame:
     minute = int(T0) + 60 * minute_index
     return MeterFrame(
-        minute, 1000.0 + minute_index, (OutletReading(1, 10.0 + minute_index, 200.0, 1.0, True),)
+        minute=minute,
+        main_energy_wh=1000.0 + minute_index,
+        outlets=(
+            OutletReading(
+                outlet=1,
+                energy_wh=10.0 + minute_index,
+                voltage_v=200.0,
+                current_a=1.0,
+                breaker_on=True,
+            ),
+        ),
     )
 
 

@@ -28,8 +28,17 @@ MINUTE = 1_767_225_600  # 2026-01-01 00:00 UTC
 
 
 def good_batch(cid: str, seq: int) -> MeterBatch:
-    readings = tuple(OutletReading(n, 100.0 + n, 200.0, 0.0, False) for n in range(1, 9))
-    return MeterBatch(cid, seq, (MeterFrame(MINUTE, 1000.0, readings),))
+    readings = tuple(
+        OutletReading(
+            outlet=n, energy_wh=100.0 + n, voltage_v=200.0, current_a=0.0, breaker_on=False
+        )
+        for n in range(1, 9)
+    )
+    return MeterBatch(
+        controller_id=cid,
+        seq=seq,
+        frames=(MeterFrame(minute=MINUTE, main_energy_wh=1000.0, outlets=readings),),
+    )
 
 
 def hostile_payloads(topics: Topics, registered: str) -> list[tuple[str, bytes, str]]:

@@ -235,7 +235,7 @@ def publish_presence(inst: Installation, cid: str, *, online: bool) -> None:
     async def send() -> None:
         url = MqttUrl(inst.mqtt_url)
         async with mqtt.client(url, identifier=f"test-{cid}") as client:
-            message = Presence(cid, online, time.time())
+            message = Presence(controller_id=cid, online=online, since=time.time())
             topic = Topics(inst.topic_root).presence(cid)
             await client.publish(topic, encode(message), qos=1, retain=True)
 

@@ -28,7 +28,15 @@ HOUR = 3600.0
 
 
 def want(gen: int, on: bool, *, issued: float = T0, end: float | None = T0 + HOUR) -> DesiredState:
-    return DesiredState("ctl-1", 3, on, gen, "charge-1" if on else None, end, issued)
+    return DesiredState(
+        controller_id="ctl-1",
+        outlet=3,
+        on=on,
+        generation=gen,
+        charge_id="charge-1" if on else None,
+        end_at=end,
+        issued_at=issued,
+    )
 
 
 def run(decision: Decision, breaker_works: bool = True) -> tuple[OutletMemory, list[object]]:

@@ -114,15 +114,22 @@ def write(url: str, messages: list[tuple[str, bytes]]) -> Pending:
 def batch(seq: int, minutes: range, wh_per_minute: float) -> MeterBatch:
     frames = tuple(
         MeterFrame(
-            HOUR + 60 * m,
-            1e5 + m * 2 * wh_per_minute,
-            tuple(
-                OutletReading(n, 1000 + n + m * wh_per_minute, 200.0, 12.0, True) for n in (1, 2)
+            minute=HOUR + 60 * m,
+            main_energy_wh=1e5 + m * 2 * wh_per_minute,
+            outlets=tuple(
+                OutletReading(
+                    outlet=n,
+                    energy_wh=1000 + n + m * wh_per_minute,
+                    voltage_v=200.0,
+                    current_a=12.0,
+                    breaker_on=True,
+                )
+                for n in (1, 2)
             ),
         )
         for m in minutes
     )
-    return MeterBatch("ctl-a", seq, frames)
+    return MeterBatch(controller_id="ctl-a", seq=seq, frames=frames)
 
 
 def test_redelivered_batches_are_stored_once(database: str) -> None:
@@ -211,13 +218,22 @@ def test_minutes_ten_days_late_reach_the_energy_views_at_once(database: str) -> 
     ten_days_ago = (int(time.time()) // 3600 - 240) * 3600
     frames = tuple(
         MeterFrame(
-            ten_days_ago + 60 * m,
-            1e5,
-            tuple(OutletReading(n, 1000 + 10.0 * m, 200.0, 3.0, True) for n in (1, 2)),
+            minute=ten_days_ago + 60 * m,
+            main_energy_wh=1e5,
+            outlets=tuple(
+                OutletReading(
+                    outlet=n,
+                    energy_wh=1000 + 10.0 * m,
+                    voltage_v=200.0,
+                    current_a=3.0,
+                    breaker_on=True,
+                )
+                for n in (1, 2)
+            ),
         )
         for m in range(0, 61)
     )
-    write(database, [(topic, encode(MeterBatch("ctl-a", 1, frames)))])
+    write(database, [(topic, encode(MeterBatch(controller_id="ctl-a", seq=1, frames=frames)))])
     hourly = query(
         database,
         "SELECT sum(energy_wh) FROM energy_outlet_hourly WHERE hour >= to_timestamp(%s)",
@@ -257,10 +273,28 @@ def test_text_postgresql_cannot_store_becomes_a_dead_letter_not_a_stuck_write(
     import_registry(database, registry_for(["ctl-a"], 2))
     topics = Topics()
     poison = EdgeEvent(
-        "ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 1, 1, 0.0, False, "a\x00", 0.0, 200.0
+        controller_id="ctl-a",
+        at=1.8e9,
+        kind=EdgeEventKind.BREAKER_SWITCHED,
+        outlet=1,
+        generation=1,
+        current_a=0.0,
+        breaker_on=False,
+        detail="a\x00",
+        energy_wh=0.0,
+        voltage_v=200.0,
     )
     good = EdgeEvent(
-        "ctl-a", 1.8e9, EdgeEventKind.BREAKER_SWITCHED, 2, 1, 0.0, False, "fine", 0.0, 200.0
+        controller_id="ctl-a",
+        at=1.8e9,
+        kind=EdgeEventKind.BREAKER_SWITCHED,
+        outlet=2,
+        generation=1,
+        current_a=0.0,
+        breaker_on=False,
+        detail="fine",
+        energy_wh=0.0,
+        voltage_v=200.0,
     )
     write(
         database,
