@@ -11,10 +11,11 @@ Tasks, over one MQTT connection that is re-established with growing, randomised 
 
 Commands: the link also subscribes to each outlet's retained ``desired`` topic. Every
 decision about a breaker is made by ``edge_agent.reconciler`` (read its theory of
-operation); this module only executes the actions, persists the memory before it
-acknowledges, and queues acknowledgements and events while offline. At start every breaker
-is opened; the sampling loop also runs the reconciler's timer (``end_at``) and the
-over-current guard, so both work without the cloud.
+operation) and carried out by ``edge_agent.executor``, which persists the memory before it
+acknowledges; this module queues acknowledgements and events while offline. At start every
+breaker is opened; the sampling loop also hands each sample to the executor (the
+reconciler's timer for ``end_at`` and the over-current guard), so both work without the
+cloud.
 """
 
 from __future__ import annotations
@@ -28,20 +29,14 @@ from typing import Self
 
 import aiomqtt
 
-from edge_agent import reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import ScaledClock
-from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
-from edge_agent.memory import CommandMemory
-from edge_agent.reconciler import Acknowledge, CloudClock, Decision, Limits, Report, Switch
+from edge_agent.drivers import BreakerDriver, MeterReader, Sample
+from edge_agent.executor import Executor
 from edge_agent.settings import EdgeSettings
 from kernel import mqtt
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import (
-    CommandAck,
-    DesiredState,
-    EdgeEvent,
-    EdgeEventKind,
     MeterAck,
     MeterBatch,
     MeterFrame,
@@ -49,7 +44,6 @@ from schemas.messages import (
     OutletState,
     Presence,
     ReportedState,
-    StatusRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -101,34 +95,17 @@ class EdgeAgent:
         self.frames_made = 0
         self.connected = asyncio.Event()
         self._done = asyncio.Event()
-        self.memory_store = CommandMemory(
-            settings.data_dir / "edge" / f"{self.cid}.commands.sqlite"
-        )
         self.outlet_numbers = range(1, settings.outlets + 1)
-        self.memory = self.memory_store.load(self.outlet_numbers)
-        #: Learned from this boot's meter acks only (reconciler rule 5).
-        self.cloud_clock = CloudClock()
-        #: Per outlet, an ON that arrived before the cloud clock was known.
-        self._waiting: dict[int, DesiredState] = {}
-        self.limits = Limits(start_max_age_s=settings.start_max_age_s)
-        #: Outlets whose desired state has not been seen since boot (they stay OFF till then).
-        self._restoring = set(self.outlet_numbers)
-        self.current_limits = reconciler.CurrentLimits(
-            overcurrent_a=settings.overcurrent_a,
-            overcurrent_s=settings.overcurrent_s,
-            levels_a=tuple(settings.current_event_levels_a),
-        )
-        #: Per outlet, the over-current timer and the levels reported (``watch_current``).
-        self._watch = {n: reconciler.CurrentWatch() for n in self.outlet_numbers}
         #: Acks and events waiting for the link: (topic, payload). Bounded; oldest go first.
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=1000)
         self._outbox_ready = asyncio.Event()
         self._state_changed = asyncio.Event()
+        self.executor = Executor(
+            settings, meter=meter, breakers=breakers, clock=clock, send=self._send
+        )
 
     async def __aenter__(self) -> Self:
-        # Safety rule 6: after a (re)boot every breaker is OFF until reconciled.
-        for n in self.outlet_numbers:
-            self.breakers.switch(n, False)
+        self.executor.open_all()  # safety rule 6
         return self
 
     async def __aexit__(
@@ -138,7 +115,7 @@ class EdgeAgent:
         tb: TracebackType | None,
     ) -> None:
         self.buffer.close()
-        self.memory_store.close()
+        self.executor.close()
 
     async def run(self) -> None:
         """Run until cancelled, or with ``minutes`` set, until that many frames are acked."""
@@ -163,7 +140,7 @@ class EdgeAgent:
         while limit is None or self.frames_made < limit:
             now = self.clock.now()
             sample = self.meter.read(now)
-            self._guard(sample)
+            self.executor.guard(sample)
             if now >= next_minute:
                 await self._new_frame(frame_from(sample, next_minute))
                 next_minute += 60
@@ -176,121 +153,7 @@ class EdgeAgent:
         if self.connected.is_set():
             await self._send_pending()
 
-    # --- commands ------------------------------------------------------------------------
-    def _guard(self, sample: Sample) -> None:
-        """Run the reconciler's timer, the over-current guard and the current-rise report
-        on every sample."""
-        cloud_now = self.cloud_clock.cloud(sample.at)
-        for o in sample.outlets:
-            memory = self.memory.get(o.outlet)
-            if memory is None:
-                continue
-            self._execute(reconciler.tick(memory, cloud_now=cloud_now))
-            seen = reconciler.watch_current(
-                self.memory[o.outlet],
-                self._watch[o.outlet],
-                at=sample.at,
-                current_a=o.current_a,
-                breaker_on=o.breaker_on,
-                limits=self.current_limits,
-            )
-            self._watch[o.outlet] = seen.watch
-            if seen.trip is not None:
-                self._execute(seen.trip)
-            if seen.crossed_a is not None:  # the fast path: seconds, not the next minute
-                at = self.cloud_clock.stamp(sample.at)
-                detail = f"rose through {seen.crossed_a:g} A"
-                self._send_event(EdgeEventKind.CURRENT_CROSSED, o, at, detail=detail)
-
-    def _send_event(
-        self,
-        kind: EdgeEventKind,
-        o: OutletSample,
-        at: float,
-        *,
-        detail: str,
-        current_a: float | None = None,
-        breaker_on: bool | None = None,
-        generation: int | None = None,
-    ) -> None:
-        """Queue an ``EdgeEvent`` carrying the outlet's reading ``o`` (``at``: cloud time)."""
-        event = EdgeEvent(
-            controller_id=self.cid,
-            at=at,
-            kind=kind,
-            outlet=o.outlet,
-            generation=self.memory[o.outlet].applied_generation
-            if generation is None
-            else generation,
-            current_a=o.current_a if current_a is None else current_a,
-            breaker_on=o.breaker_on if breaker_on is None else breaker_on,
-            detail=detail,
-            energy_wh=round(o.energy_wh, 3),
-            voltage_v=o.voltage_v,
-        )
-        self._send(self.topics.event(self.cid), encode(event))
-
-    def _on_status_request(self, payload: bytes) -> None:
-        """Answer a status request with a fresh sample of the outlet it names."""
-        try:
-            request = decode(StatusRequest, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad status request: %s", self.cid, exc)
-            return
-        if request.controller_id != self.cid or request.outlet not in self.outlet_numbers:
-            log.warning(
-                "%s: ignoring a status request for %s/%d",
-                self.cid,
-                request.controller_id,
-                request.outlet,
-            )
-            return
-        sample = self.meter.read(self.clock.now())
-        o = next(o for o in sample.outlets if o.outlet == request.outlet)
-        at = self.cloud_clock.stamp(sample.at)
-        self._send_event(EdgeEventKind.STATUS, o, at, detail=request.request_id)
-
-    def _on_desired(self, outlet: int, payload: bytes) -> None:
-        try:
-            want = decode(DesiredState, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad desired state for outlet %d: %s", self.cid, outlet, exc)
-            return
-        if want.controller_id != self.cid or want.outlet != outlet:
-            log.warning(
-                "%s: ignoring a desired state addressed to %s/%d on outlet %d's topic",
-                self.cid,
-                want.controller_id,
-                want.outlet,
-                outlet,
-            )
-            return
-        self._decide(outlet, want)
-
-    def _decide(self, outlet: int, want: DesiredState) -> None:
-        restoring = outlet in self._restoring
-        decision = reconciler.desired(
-            self.memory[outlet],
-            want,
-            cloud_now=self.cloud_clock.cloud(self.clock.now()),
-            limits=self.limits,
-            restoring=restoring,
-        )
-        if decision.waiting:
-            if outlet not in self._waiting:
-                log.info(
-                    "%s: outlet %d: ON (generation %d) waits for the cloud's time"
-                    " (the first meter ack); the breaker stays OFF",
-                    self.cid,
-                    outlet,
-                    want.generation,
-                )
-            self._waiting[outlet] = want
-            return
-        self._waiting.pop(outlet, None)
-        self._restoring.discard(outlet)
-        self._execute(decision)
-
+    # --- acks, events and state to the cloud ----------------------------------------------
     def _on_meter_ack(self, payload: bytes) -> None:
         try:
             ack = decode(MeterAck, payload)
@@ -301,87 +164,12 @@ class EdgeAgent:
             log.warning("%s: ignoring a meter ack for %s", self.cid, ack.controller_id)
             return
         if ack.at is not None:
-            was_known = self.cloud_clock.known
-            self.cloud_clock.learn(ack.at, self.clock.now())
-            if not was_known:
-                log.info(
-                    "%s: cloud clock learned: offset %+.1f s from this edge's clock",
-                    self.cid,
-                    self.cloud_clock.offset,
-                )
-            for outlet, want in list(self._waiting.items()):
-                self._decide(outlet, want)
-            # A better estimate of the cloud's time may put a charge past its stop time:
-            # stop it now rather than at the next sample.
-            cloud_now = self.cloud_clock.cloud(self.clock.now())
-            for memory in list(self.memory.values()):
-                self._execute(reconciler.tick(memory, cloud_now=cloud_now))
+            self.executor.learn_cloud_time(ack.at)
         freed = self.buffer.ack(ack.seqs) if ack.seqs else 0
         for seq in ack.seqs:
             self._sent_at.pop(seq, None)
         log.debug("%s: ack for %s freed %d frames", self.cid, ack.seqs, freed)
         self._check_done()
-
-    def _execute(self, decision: Decision) -> None:
-        """Switch, persist, then acknowledge and report: in that order."""
-        memory = decision.memory
-        self._remember(memory)
-        for action in decision.actions:
-            if isinstance(action, Switch):
-                feedback = self.breakers.switch(action.outlet, action.on)
-                log.info(
-                    "%s: outlet %d breaker %s (feedback %s)",
-                    self.cid,
-                    action.outlet,
-                    "ON" if action.on else "OFF",
-                    "ON" if feedback else "OFF",
-                )
-                if action.on and feedback:
-                    self._watch[action.outlet] = reconciler.breaker_closed(
-                        self._watch[action.outlet]
-                    )
-                after = reconciler.switched(memory, action, feedback=feedback)
-                memory = after.memory
-                self._remember(memory)
-                self._execute(Decision(memory, after.actions))
-            elif isinstance(action, Acknowledge):
-                sample = self.meter.read(self.clock.now())
-                ack = CommandAck(
-                    controller_id=self.cid,
-                    outlet=action.outlet,
-                    generation=action.generation,
-                    outcome=action.outcome,
-                    breaker_on=self.breakers.breaker_on(action.outlet),
-                    at=self.cloud_clock.stamp(sample.at),
-                    energy_wh=next(
-                        o.energy_wh for o in sample.outlets if o.outlet == action.outlet
-                    ),
-                )
-                self._send(self.topics.ack(self.cid), encode(ack))
-            elif isinstance(action, Report):
-                sample = self.meter.read(self.clock.now())
-                o = next(o for o in sample.outlets if o.outlet == action.outlet)
-                log.info(
-                    "%s: outlet %d %s: %s",
-                    self.cid,
-                    action.outlet,
-                    action.kind.value,
-                    action.detail,
-                )
-                self._send_event(
-                    action.kind,
-                    o,
-                    self.cloud_clock.stamp(sample.at),
-                    detail=action.detail,
-                    current_a=action.current_a,
-                    breaker_on=self.breakers.breaker_on(action.outlet),
-                    generation=action.generation,
-                )
-
-    def _remember(self, memory: reconciler.OutletMemory) -> None:
-        if self.memory.get(memory.outlet) != memory:
-            self.memory_store.save(memory)
-            self.memory[memory.outlet] = memory
 
     def _send(self, topic: str, payload: bytes) -> None:
         """Queue an ack or event; the link publishes the queue whenever it is connected."""
@@ -501,14 +289,14 @@ class EdgeAgent:
         desired = {self.topics.desired(self.cid, n): n for n in self.outlet_numbers}
         handlers = {
             self.topics.meter_ack(self.cid): self._on_meter_ack,
-            self.topics.request(self.cid): self._on_status_request,
+            self.topics.request(self.cid): self.executor.on_status_request,
         }
         async for message in client.messages:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
                 if topic in desired:
-                    self._on_desired(desired[topic], payload)
+                    self.executor.on_desired(desired[topic], payload)
                 elif topic in handlers:
                     handlers[topic](payload)
                 else:
@@ -535,7 +323,7 @@ class EdgeAgent:
             OutletState(
                 outlet=n,
                 breaker_on=self.breakers.breaker_on(n),
-                applied_generation=self.memory[n].applied_generation,
+                applied_generation=self.executor.memory[n].applied_generation,
             )
             for n in self.outlet_numbers
         )
