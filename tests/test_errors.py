@@ -20,7 +20,7 @@ pytestmark = pytest.mark.processes
 PACKAGES = ["schemas", "kernel", "store", "charging", "edge_agent", "broker", "ingest"]
 PACKAGES += ["cloud_gateway", "chargeline"]
 #: Subclasses of a library's own exceptions, raised into that library's code.
-FOREIGN = {"broker.server.PacketTooLarge"}
+FOREIGN = {"broker.connections.PacketTooLarge"}
 
 
 def defined_exceptions() -> dict[str, type[BaseException]]:
