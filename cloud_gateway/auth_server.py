@@ -171,68 +171,87 @@ _INVALID_CLIENT = {
 }
 
 
-def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
-    ring = keys.KeyRing(settings.data_dir / "keys")
-    server = _Server({})
-    server.register_grant(_ClientCredentials)
-    server.register_token_generator("default", _TokenGenerator(ring, settings))
-    # Two limits: per source address for every request (a stranger spends only its own
-    # address's allowance), and per client once its credentials are right.
-    by_source = RateLimiter(settings.token_source_rate_per_s, settings.token_source_burst)
-    by_client = RateLimiter(settings.token_rate_per_s, settings.token_burst)
-    token_endpoint = f"{settings.issuer}/oauth2/token"
-    metadata = {
-        "issuer": settings.issuer,
-        "token_endpoint": token_endpoint,
-        "jwks_uri": f"{settings.issuer}/.well-known/jwks.json",
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "scopes_supported": sorted(SCOPES),
-    }
+class _TokenEndpoint:
+    """``POST /oauth2/token``: a bounded form, two rate limits (per source address for
+    every request, so a stranger spends only its own address's allowance; per client once
+    its credentials are right), one answer for every failed authentication, and authlib's
+    client-credentials grant for the rest."""
 
-    async def token(request: Request) -> Response:
-        # A token request is a few hundred bytes; a larger body is refused before it is read.
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > settings.max_body_bytes:
-            return JSONResponse(
-                {
-                    "error": "invalid_request",
-                    "error_description": "a token request needs a Content-Length of at most"
-                    f" {settings.max_body_bytes} bytes",
-                },
-                status_code=413 if declared.isdigit() else 411,
-            )
-        try:
-            form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        except ClientDisconnect:  # cut off (the request deadline) or gone: nobody to answer
-            return Response(status_code=400)
+    def __init__(self, server: _Server, settings: GatewaySettings) -> None:
+        self.server = server
+        self.max_body_bytes = settings.max_body_bytes
+        self.url = f"{settings.issuer}/oauth2/token"
+        self.by_source = RateLimiter(settings.token_source_rate_per_s, settings.token_source_burst)
+        self.by_client = RateLimiter(settings.token_rate_per_s, settings.token_burst)
+
+    async def handle(self, request: Request) -> Response:
+        form = await self._form(request)
+        if isinstance(form, Response):
+            return form
         source = request.client.host if request.client else "?"
-        wait = by_source.take(source)
-        client_id = _authenticated(server, request, form) if not wait else None
+        wait = self.by_source.take(source)
+        client_id = _authenticated(self.server, request, form) if not wait else None
         if client_id is not None:
-            wait = by_client.take(client_id)
+            wait = self.by_client.take(client_id)
             # Tokens carry iat in whole seconds, and the API refuses those issued at or
             # before the second the client's credentials last changed: a token asked for
             # within that second is issued at the next one, so it is not born void.
-            await _after_second_of(server.clients[client_id].tokens_valid_after)
+            await _after_second_of(self.server.clients[client_id].tokens_valid_after)
         if wait:
             return JSONResponse(
                 {"error": "slow_down", "error_description": "too many token requests"},
                 status_code=429,
                 headers={"Retry-After": retry_after(wait), "Cache-Control": "no-store"},
             )
+        response = self._answer(request, form, client_id)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _form(self, request: Request) -> dict[str, str] | Response:
+        """The form's fields, or the answer to a request too large or cut short."""
+        # A token request is a few hundred bytes; a larger body is refused before it is read.
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > self.max_body_bytes:
+            return JSONResponse(
+                {
+                    "error": "invalid_request",
+                    "error_description": "a token request needs a Content-Length of at most"
+                    f" {self.max_body_bytes} bytes",
+                },
+                status_code=413 if declared.isdigit() else 411,
+            )
+        try:
+            return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        except ClientDisconnect:  # cut off (the request deadline) or gone: nobody to answer
+            return Response(status_code=400)
+
+    def _answer(self, request: Request, form: dict[str, str], client_id: str | None) -> Response:
         if client_id is None and _credentials(request, form) is not None:
             # RFC 6749 §5.2: 401 with a challenge when HTTP Basic was tried, else 400.
             basic = request.headers.get("authorization", "").lower().startswith("basic ")
-            response: Response = JSONResponse(
+            return JSONResponse(
                 _INVALID_CLIENT,
                 status_code=401 if basic else 400,
                 headers={"WWW-Authenticate": 'Basic realm="chargeline"'} if basic else None,
             )
-        else:
-            response = server.create_token_response(_FormRequest(request, form, token_endpoint))
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        answer: Response = self.server.create_token_response(_FormRequest(request, form, self.url))
+        return answer
+
+
+def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
+    ring = keys.KeyRing(settings.data_dir / "keys")
+    server = _Server({})
+    server.register_grant(_ClientCredentials)
+    server.register_token_generator("default", _TokenGenerator(ring, settings))
+    token = _TokenEndpoint(server, settings)
+    metadata = {
+        "issuer": settings.issuer,
+        "token_endpoint": token.url,
+        "jwks_uri": f"{settings.issuer}/.well-known/jwks.json",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": sorted(SCOPES),
+    }
 
     async def keyset(request: Request) -> Response:
         # Short-lived in caches: after a rotation the API must find the new key here.
@@ -255,7 +274,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/oauth2/token", token, methods=["POST"]),
+            Route("/oauth2/token", token.handle, methods=["POST"]),
             Route("/.well-known/jwks.json", keyset),
             Route("/.well-known/oauth-authorization-server", discovery),
         ],
