@@ -177,16 +177,8 @@ def _webhooks() -> dict[str, Any]:
 
 
 def document(settings: GatewaySettings) -> dict[str, Any]:
-    charge_id = _path("charge_id", models.CHARGE_ID_PATTERN, "the partner's id for the charge")
-    outlet_id = _path("outlet_id", models.OUTLET_ID_PATTERN, "the outlet's public id")
-    month = {
-        "name": "month",
-        "in": "query",
-        "required": True,
-        "description": "YYYY-MM, in the site's time zone",
-        "schema": {"type": "string", "pattern": models.MONTH_PATTERN},
-    }
-    charge = "Charge"
+    """The served OpenAPI 3.1 document: paths from the models, the problem catalogue and
+    the webhook contract."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -211,71 +203,90 @@ def document(settings: GatewaySettings) -> dict[str, Any]:
             },
             "schemas": _schemas(),
         },
-        "paths": {
-            "/v1/charges": {
-                "post": _operation(
-                    "startCharge",
-                    "Start a charge (idempotent on charge_id)",
-                    "charges:write",
-                    ok={
-                        200: (charge, "this request was made before: the charge as it is"),
-                        201: (charge, "the breaker closed"),
-                        202: (charge, "sent; the breaker has not answered yet"),
-                    },
-                    problem_statuses=(404, 409, 413, 422, 503),
-                    body="StartCharge",
-                )
-            },
-            "/v1/charges/{charge_id}": {
-                "get": _operation(
-                    "getCharge",
-                    "Read a charge",
-                    "charges:read",
-                    ok={200: (charge, "the charge")},
-                    problem_statuses=(404,),
-                    parameters=[charge_id],
-                )
-            },
-            "/v1/charges/{charge_id}/stop": {
-                "post": _operation(
-                    "stopCharge",
-                    "Stop a charge (idempotent)",
-                    "charges:write",
-                    ok={200: (charge, "the charge, stopping or stopped")},
-                    problem_statuses=(404, 503),
-                    parameters=[charge_id],
-                )
-            },
-            "/v1/outlets/{outlet_id}/status": {
-                "get": _operation(
-                    "getOutletStatus",
-                    "The outlet's last known status",
-                    "outlets:read",
-                    ok={200: ("OutletStatus", "the last stored minute and the controller")},
-                    problem_statuses=(404,),
-                    parameters=[outlet_id],
-                )
-            },
-            "/v1/outlets/{outlet_id}/status-requests": {
-                "post": _operation(
-                    "requestOutletStatus",
-                    "Ask for a fresh status; it arrives as an outlet.status webhook",
-                    "outlets:read",
-                    ok={202: ("StatusRequestAccepted", "sent to the controller")},
-                    problem_statuses=(404, 503),
-                    parameters=[outlet_id],
-                )
-            },
-            "/v1/outlets/{outlet_id}/usage": {
-                "get": _operation(
-                    "getOutletUsage",
-                    "A month of this client's charges on the outlet: kWh, count, fee",
-                    "usage:read",
-                    ok={200: ("Usage", "the month's totals")},
-                    problem_statuses=(404, 422),
-                    parameters=[outlet_id, month],
-                )
-            },
-        },
+        "paths": {**_charge_paths(), **_outlet_paths()},
         "webhooks": _webhooks(),
+    }
+
+
+def _charge_paths() -> dict[str, Any]:
+    charge_id = _path("charge_id", models.CHARGE_ID_PATTERN, "the partner's id for the charge")
+    charge = "Charge"
+    return {
+        "/v1/charges": {
+            "post": _operation(
+                "startCharge",
+                "Start a charge (idempotent on charge_id)",
+                "charges:write",
+                ok={
+                    200: (charge, "this request was made before: the charge as it is"),
+                    201: (charge, "the breaker closed"),
+                    202: (charge, "sent; the breaker has not answered yet"),
+                },
+                problem_statuses=(404, 409, 413, 422, 503),
+                body="StartCharge",
+            )
+        },
+        "/v1/charges/{charge_id}": {
+            "get": _operation(
+                "getCharge",
+                "Read a charge",
+                "charges:read",
+                ok={200: (charge, "the charge")},
+                problem_statuses=(404,),
+                parameters=[charge_id],
+            )
+        },
+        "/v1/charges/{charge_id}/stop": {
+            "post": _operation(
+                "stopCharge",
+                "Stop a charge (idempotent)",
+                "charges:write",
+                ok={200: (charge, "the charge, stopping or stopped")},
+                problem_statuses=(404, 503),
+                parameters=[charge_id],
+            )
+        },
+    }
+
+
+def _outlet_paths() -> dict[str, Any]:
+    outlet_id = _path("outlet_id", models.OUTLET_ID_PATTERN, "the outlet's public id")
+    month = {
+        "name": "month",
+        "in": "query",
+        "required": True,
+        "description": "YYYY-MM, in the site's time zone",
+        "schema": {"type": "string", "pattern": models.MONTH_PATTERN},
+    }
+    return {
+        "/v1/outlets/{outlet_id}/status": {
+            "get": _operation(
+                "getOutletStatus",
+                "The outlet's last known status",
+                "outlets:read",
+                ok={200: ("OutletStatus", "the last stored minute and the controller")},
+                problem_statuses=(404,),
+                parameters=[outlet_id],
+            )
+        },
+        "/v1/outlets/{outlet_id}/status-requests": {
+            "post": _operation(
+                "requestOutletStatus",
+                "Ask for a fresh status; it arrives as an outlet.status webhook",
+                "outlets:read",
+                ok={202: ("StatusRequestAccepted", "sent to the controller")},
+                problem_statuses=(404, 503),
+                parameters=[outlet_id],
+            )
+        },
+        "/v1/outlets/{outlet_id}/usage": {
+            "get": _operation(
+                "getOutletUsage",
+                "A month of this client's charges on the outlet: kWh, count, fee",
+                "usage:read",
+                ok={200: ("Usage", "the month's totals")},
+                problem_statuses=(404, 422),
+                parameters=[outlet_id, month],
+            )
+        },
     }
