@@ -90,15 +90,41 @@ def mosquitto(
     conf = out / "mosquitto.conf"
     passwords = out / "passwords"
     acl = out / "acl"
-    lines = [
+    persistence = persistence_dir.resolve() if here else persistence_dir
+    lines = _mosquitto_conf(
+        user=user,
+        passwords=where / passwords.name,
+        acl=where / acl.name,
+        max_packet_bytes=max_packet_bytes,
+        persistence=persistence,
+    )
+    lines += _mosquitto_listeners(listeners)
+    if here:
+        persistence_dir.mkdir(parents=True, exist_ok=True)
+    conf.write_text("\n".join(lines) + "\n")
+    _write_private(
+        passwords,
+        "".join(f"{i.name}:{i.pbkdf2}\n" for i in identities if i.pbkdf2 and not i.revoked),
+    )
+    acl.write_text(mosquitto_acl(policy, identities))
+    if here:
+        _hand_to(user, [passwords, acl, persistence_dir])
+    return [conf, passwords, acl]
+
+
+def _mosquitto_conf(
+    *, user: str, passwords: Path, acl: Path, max_packet_bytes: int, persistence: Path
+) -> list[str]:
+    """mosquitto.conf's general part: the files it reads, limits, persistence, logging."""
+    return [
         "# Written by `chargeline broker export mosquitto`: the embedded broker's policy.",
         "# Regenerate after any credential change, then: systemctl reload mosquitto (SIGHUP).",
         "per_listener_settings false",
         "# started as root, Mosquitto drops to this user before it reads the files below",
         f"user {user}",
         "allow_anonymous false",
-        f"password_file {where / passwords.name}",
-        f"acl_file {where / acl.name}",
+        f"password_file {passwords}",
+        f"acl_file {acl}",
         f"max_packet_size {max_packet_bytes}",
         "set_tcp_nodelay true",
         "# ingest takes every controller's batches through one session: no cap on messages in",
@@ -108,7 +134,7 @@ def mosquitto(
         "# retained desired states must survive a crash: save the store every second.",
         "# (Saving on every change instead cut QoS 1 throughput from 5,400 to 1,300 msg/s.)",
         "persistence true",
-        f"persistence_location {persistence_dir.resolve() if here else persistence_dir}/",
+        f"persistence_location {persistence}/",
         "autosave_on_changes false",
         "autosave_interval 1",
         "log_type error",
@@ -117,6 +143,11 @@ def mosquitto(
         "log_type information",
         "connection_messages true",
     ]
+
+
+def _mosquitto_listeners(listeners: Listeners) -> list[str]:
+    """One listener block per configured address: plain TCP, TLS, mutual TLS."""
+    lines: list[str] = []
     tls = [
         f"certfile {listeners.cert_file}",
         f"keyfile {listeners.key_file}",
@@ -139,17 +170,7 @@ def mosquitto(
         if bind:
             host, port = _host_port(bind)
             lines += ["", f"# {about}", f"listener {port} {host}", *_PER_LISTENER, *extra]
-    if here:
-        persistence_dir.mkdir(parents=True, exist_ok=True)
-    conf.write_text("\n".join(lines) + "\n")
-    _write_private(
-        passwords,
-        "".join(f"{i.name}:{i.pbkdf2}\n" for i in identities if i.pbkdf2 and not i.revoked),
-    )
-    acl.write_text(mosquitto_acl(policy, identities))
-    if here:
-        _hand_to(user, [passwords, acl, persistence_dir])
-    return [conf, passwords, acl]
+    return lines
 
 
 def _hand_to(user: str, paths: list[Path]) -> None:
