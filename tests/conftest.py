@@ -21,6 +21,8 @@ from store.registry import import_registry
 from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 from tests.procs import Proc, free_port, wait_port
 
+pytest_plugins = ["tests.partners"]  # the partner fixture of the end-to-end tests
+
 # --- the run's own temporary directory --------------------------------------------------
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from broker.pki import LocalCA
 from tests.conftest import Installation
+from tests.partners import Partner
 from tests.procs import free_port, wait_port
-from tests.test_partner_flow_e2e import Partner, partner  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.processes
 
@@ -32,7 +32,7 @@ def _nginx() -> str:
 
 
 @pytest.fixture
-def proxy(partner: Partner, tmp_path: Path) -> Iterator[tuple[str, Path]]:  # noqa: F811
+def proxy(partner: Partner, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The example configuration with this test's ports, certificate and a 2 s header
     deadline (instead of 10 s); everything else as shipped."""
     ca = LocalCA(tmp_path / "pki")
@@ -73,7 +73,7 @@ def proxy(partner: Partner, tmp_path: Path) -> Iterator[tuple[str, Path]]:  # no
 
 
 def test_the_example_proxy_serves_partners_and_cuts_off_slow_clients(
-    partner: Partner,  # noqa: F811
+    partner: Partner,
     proxy: tuple[str, Path],
     installation: Installation,
 ) -> None:
