@@ -79,20 +79,15 @@ class Partner:
         return None
 
 
-@pytest.fixture
-def partner(installation: Installation, request: pytest.FixtureRequest) -> Iterator[Partner]:
-    inst = installation
-    inst.time_scale = SCALE
-    receiver = Receiver()
-    receiver.start()
-    client = add_client(
-        inst.database,
-        "WeCharge",
-        ["charges:write", "charges:read", "outlets:read", "usage:read"],
-        receiver.url,
-        allow_private=True,
-    )
-    reader = add_client(inst.database, "Reports", ["charges:read"])
+def _marked(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """The settings a test gives with ``@pytest.mark.<name>(**settings)``."""
+    marker = request.node.get_closest_marker(name)
+    return dict(marker.kwargs) if marker else {}
+
+
+def _start_stack(inst: Installation, request: pytest.FixtureRequest) -> tuple[str, str, Proc]:
+    """Auth, gateway, webhooks, ingest (each with its own database login) and one edge
+    agent; (issuer, API URL, the edge) once both servers listen."""
     auth_port, api_port = free_port(), free_port()
     issuer = f"http://127.0.0.1:{auth_port}"
     common = {
@@ -102,9 +97,8 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
         "start_wait_s": 3,
         "start_timeout_s": 4,
         "status_timeout_s": 3,
+        **_marked(request, "gateway"),
     }
-    marker = request.node.get_closest_marker("gateway")
-    common.update(marker.kwargs if marker else {})
     # Each service with its own database login (least privilege): every test here also
     # proves that the grants of migration 0019 are enough for what it does.
     tag = uuid.uuid4().hex[:8]
@@ -123,18 +117,34 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
     Proc(
         "webhooks", ["webhooks"], inst.env(**common, database_url=login["webhooks"]), inst.tmp
     ).start()
-    marker = request.node.get_closest_marker("ingest")
-    inst.ingest(**(marker.kwargs if marker else {}), database_url=login["ingest"]).start()
+    inst.ingest(**_marked(request, "ingest"), database_url=login["ingest"]).start()
     edge_settings: dict[str, Any] = {
         "sample_interval_s": 1,
         "sim_autoplay": "false",
         "sim_cars": "3:40000:16,5:40000:16",
+        **_marked(request, "edge"),
     }
-    marker = request.node.get_closest_marker("edge")
-    edge_settings.update(marker.kwargs if marker else {})
     edge = inst.edge(inst.controllers[0], minutes=None, **edge_settings).start()
     wait_port(auth_port, proc=auth)
     wait_port(api_port, proc=gateway)
+    return issuer, f"http://127.0.0.1:{api_port}", edge
+
+
+@pytest.fixture
+def partner(installation: Installation, request: pytest.FixtureRequest) -> Iterator[Partner]:
+    inst = installation
+    inst.time_scale = SCALE
+    receiver = Receiver()
+    receiver.start()
+    client = add_client(
+        inst.database,
+        "WeCharge",
+        ["charges:write", "charges:read", "outlets:read", "usage:read"],
+        receiver.url,
+        allow_private=True,
+    )
+    reader = add_client(inst.database, "Reports", ["charges:read"])
+    issuer, api, edge = _start_stack(inst, request)
     oauth = OAuth2Client(
         client.client_id, client.client_secret, token_endpoint=f"{issuer}/oauth2/token"
     )
@@ -148,15 +158,7 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
         timeout=30,
         what="the controller online",
     )
-    yield Partner(
-        f"http://127.0.0.1:{api_port}",
-        oauth,
-        client,
-        receiver,
-        reader_token,
-        edge,
-        f"{issuer}/oauth2/token",
-    )
+    yield Partner(api, oauth, client, receiver, reader_token, edge, f"{issuer}/oauth2/token")
     oauth.close()
     receiver.stop()
 
