@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiomqtt
 import psycopg
@@ -84,41 +84,39 @@ class Recorded:
         )
 
 
-async def send_record(
-    conn: psycopg.AsyncConnection[Any],
-    *,
-    controller_id: str,
-    outlet: int,
-    on: bool,
-    charge_id: str | None,
-    end_at: float | None,
-    issued_at: float,
-    issued_by: str,
-) -> Recorded:
+class Command(TypedDict):
+    """One command's fields, as ``send_record`` and ``record`` take them (keywords)."""
+
+    controller_id: str
+    outlet: int
+    on: bool
+    charge_id: str | None
+    end_at: float | None
+    issued_at: float
+    issued_by: str
+
+
+async def send_record(conn: psycopg.AsyncConnection[Any], **command: Unpack[Command]) -> Recorded:
     """Allocate the generation and write the audit row, in the caller's transaction,
     without waiting for the answer."""
     cur = await conn.execute(
         _RECORD,
         {
-            "controller_id": controller_id,
-            "outlet": outlet,
-            "on": on,
-            "charge_id": charge_id,
-            "end_at": utc_or_none(end_at),
-            "issued_at": utc(issued_at),
-            "issued_by": issued_by,
+            **command,
+            "end_at": utc_or_none(command["end_at"]),
+            "issued_at": utc(command["issued_at"]),
         },
     )
     return Recorded(
         cur,
         DesiredState(
-            controller_id=controller_id,
-            outlet=outlet,
-            on=on,
+            controller_id=command["controller_id"],
+            outlet=command["outlet"],
+            on=command["on"],
             generation=0,
-            charge_id=charge_id,
-            end_at=end_at,
-            issued_at=issued_at,
+            charge_id=command["charge_id"],
+            end_at=command["end_at"],
+            issued_at=command["issued_at"],
         ),
     )
 
@@ -159,29 +157,9 @@ async def send_start(
     )
 
 
-async def record(
-    conn: psycopg.AsyncConnection[Any],
-    *,
-    controller_id: str,
-    outlet: int,
-    on: bool,
-    charge_id: str | None,
-    end_at: float | None,
-    issued_at: float,
-    issued_by: str,
-) -> DesiredState:
+async def record(conn: psycopg.AsyncConnection[Any], **command: Unpack[Command]) -> DesiredState:
     """``send_record`` and wait for the generation."""
-    sent = await send_record(
-        conn,
-        controller_id=controller_id,
-        outlet=outlet,
-        on=on,
-        charge_id=charge_id,
-        end_at=end_at,
-        issued_at=issued_at,
-        issued_by=issued_by,
-    )
-    want = await sent.desired()
+    want = await (await send_record(conn, **command)).desired()
     assert want is not None  # an unguarded command always writes its row
     return want
 

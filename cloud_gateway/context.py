@@ -160,7 +160,16 @@ class Gateway:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("publishing a command failed (%s); its time-out will follow", exc)
 
-    async def await_ack(
+    async def send(
+        self, charge_id: str, want: DesiredState, *, new: NewCharge | None = None
+    ) -> ChargeRow:
+        """Publish a recorded command and wait briefly for the edge's answer; the charge
+        as it is then (``new``: the charge this call has just created)."""
+        answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
+        await self.publish(want)
+        return await self._await_ack(charge_id, want, answer, new=new)
+
+    async def _await_ack(
         self,
         charge_id: str,
         want: DesiredState,

@@ -141,3 +141,19 @@ class Proc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def run_chargeline(database: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``chargeline ARGS`` on ``database``, with nothing else from this environment."""
+    env = {
+        "CHARGELINE_DATABASE_URL": database,
+        "CHARGELINE_DATA_DIR": str(tmp),
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "chargeline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from schemas.errors import ChargelineError, InputError, NotFound, Refused
+from tests.procs import run_chargeline
 
 pytestmark = pytest.mark.processes
 
@@ -67,20 +65,8 @@ def test_the_branches_keep_the_builtin_meaning_callers_catch() -> None:
     assert issubclass(Refused, ChargelineError)
 
 
-def chargeline(*args: str, database: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGELINE_")}
-    env["CHARGELINE_DATABASE_URL"] = database
-    return subprocess.run(
-        [sys.executable, "-m", "chargeline", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_the_cli_prints_one_line_for_an_error_of_ours(database: str, tmp_path: Path) -> None:
-    unknown = chargeline("clients", "disable", "no-such-client", database=database)
+    unknown = run_chargeline(database, tmp_path, "clients", "disable", "no-such-client")
     assert unknown.returncode == 1
     # (log lines may come first: the database in use)
     assert (
@@ -90,7 +76,7 @@ def test_the_cli_prints_one_line_for_an_error_of_ours(database: str, tmp_path: P
 
     bad = tmp_path / "sites.toml"
     bad.write_text('[[sites]]\nsite_id = "s 1"\n')
-    refused = chargeline("registry", "import", str(bad), database=database)
+    refused = run_chargeline(database, tmp_path, "registry", "import", str(bad))
     assert refused.returncode == 1, refused.stderr
     said = [line for line in refused.stderr.splitlines() if line.startswith("chargeline: ")]
     assert said and said[0].startswith(f"chargeline: {bad}:"), refused.stderr

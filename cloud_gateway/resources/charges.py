@@ -65,15 +65,13 @@ async def start(request: Request) -> Response:
             # Nothing was written: say why, or answer a repeated request.
             existing = await _why_not_started(conn, caller, body, digest, bad_end)
             return JSONResponse(existing.json(), status_code=200)
-    answer = gateway.waiter.expect(want.controller_id, want.outlet, want.generation)
-    await gateway.publish(want)
     new = NewCharge(
         charge=lifecycle.start(charge_id, want.generation),
         partner_charge_id=body.charge_id,
         outlet_id=body.outlet_id,
         end_at=utc(end_at),
     )
-    row = await gateway.await_ack(charge_id, want, answer, new=new)
+    row = await gateway.send(charge_id, want, new=new)
     status = 201 if row.state != lifecycle.State.REQUESTED.value else 202
     return JSONResponse(row.json(), status_code=status)
 
@@ -192,9 +190,7 @@ async def stop(request: Request) -> Response:
                 reason="partner stopped",
                 now=gateway.settings.now(),
             )
-    answer = gateway.waiter.expect(want.controller_id, want.outlet, want.generation)
-    await gateway.publish(want)
-    row = await gateway.await_ack(row.charge_id, want, answer)
+    row = await gateway.send(row.charge_id, want)
     return JSONResponse(row.json())
 
 
