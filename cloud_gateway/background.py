@@ -57,20 +57,23 @@ async def mqtt_link(gateway: Gateway) -> None:
     delays = mqtt.backoff()
     # The broker requires the client id to be the identity (one per process).
     identifier = gateway.settings.mqtt.username or f"chargeline-gateway-{id(gateway):x}"
-    while True:
-        try:
-            async with mqtt.client(gateway.settings.mqtt, identifier=identifier) as client:
-                await client.subscribe(gateway.waiter.subscription, qos=1)
-                gateway.client = client
-                delays = mqtt.backoff()
-                async for message in client.messages:
-                    if isinstance(message.payload, bytes):
-                        gateway.waiter.deliver(message.topic.value, message.payload)
-        except aiomqtt.MqttError as exc:
-            gateway.client = None
-            delay = next(delays)
-            log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
+    try:
+        while True:
+            try:
+                async with mqtt.client(gateway.settings.mqtt, identifier=identifier) as client:
+                    await client.subscribe(gateway.waiter.subscription, qos=1)
+                    gateway.client = client
+                    delays = mqtt.backoff()
+                    async for message in client.messages:
+                        if isinstance(message.payload, bytes):
+                            gateway.waiter.deliver(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                gateway.client = None
+                delay = next(delays)
+                log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+    finally:  # a fault of ours (``supervised`` starts the link again), or the end
+        gateway.client = None
 
 
 async def timeouts(gateway: Gateway) -> None:
