@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
-from charging import charges, lifecycle
-from cloud_gateway import commands
+from charging import lifecycle
+from cloud_gateway import commands, repository
 from cloud_gateway.settings import GatewaySettings
 from kernel import mqtt
 from schemas.errors import NotFound
@@ -43,27 +42,25 @@ async def stop_charge(
     settings: GatewaySettings, database_url: str, charge: str, *, client_id: str | None = None
 ) -> Stopped:
     """Stop ``charge``: a client's own id with ``client_id``, else the system's key."""
-    key = charges.internal_id(client_id, charge) if client_id else charge
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT charge_id, client_id, outlet_id, controller_id, outlet_no, state"
-            " FROM charges WHERE charge_id = %s OR (client_id = %s AND partner_charge_id = %s)",
-            (key, client_id, charge),
-        )
-        row: Any = await cur.fetchone()
+        if client_id:
+            cur = await repository.select_own_charge(conn, client_id, charge)
+        else:
+            cur = await repository.select_charge(conn, charge)
+        row = await cur.fetchone()
         if row is None:
             raise ChargeNotFound(
                 f"no charge {charge!r}" + (f" of client {client_id!r}" if client_id else "")
             )
-        charge_id, owner, outlet_id, controller_id, outlet_no, state = row
+        charge_id, owner, outlet_id, state = row.charge_id, row.client_id, row.outlet_id, row.state
         if lifecycle.State(state) not in lifecycle.STOPPABLE:
             return Stopped(charge_id, owner, outlet_id, state, None)
         async with conn.transaction():
             want = await commands.record_stop(
                 conn,
                 charge_id=charge_id,
-                controller_id=controller_id,
-                outlet=outlet_no,
+                controller_id=row.controller_id,
+                outlet=row.outlet_no,
                 issued_by="operator",
                 reason="operator stopped",
                 now=settings.now(),

@@ -1,4 +1,5 @@
-"""Every SQL statement the partner API runs, beside the rows it reads.
+"""Every SQL statement the partner API runs (the operator's stop reads charges here too),
+beside the rows it reads.
 
 Functions that only send a query (``select_charge``, ``outlet_route``) return the cursor,
 so a caller in pipeline mode can send several before waiting for any.
