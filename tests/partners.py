@@ -130,19 +130,19 @@ def _start_stack(inst: Installation, request: pytest.FixtureRequest) -> tuple[st
     return issuer, f"http://127.0.0.1:{api_port}", edge
 
 
+def _registered(database: str, name: str) -> tuple[Receiver, NewClient]:
+    """A partner with every scope, registered with its webhook receiver (started)."""
+    receiver = Receiver()
+    receiver.start()
+    scopes = ["charges:write", "charges:read", "outlets:read", "usage:read"]
+    return receiver, add_client(database, name, scopes, receiver.url, allow_private=True)
+
+
 @pytest.fixture
 def partner(installation: Installation, request: pytest.FixtureRequest) -> Iterator[Partner]:
     inst = installation
     inst.time_scale = SCALE
-    receiver = Receiver()
-    receiver.start()
-    client = add_client(
-        inst.database,
-        "WeCharge",
-        ["charges:write", "charges:read", "outlets:read", "usage:read"],
-        receiver.url,
-        allow_private=True,
-    )
+    receiver, client = _registered(inst.database, "WeCharge")
     reader = add_client(inst.database, "Reports", ["charges:read"])
     issuer, api, edge = _start_stack(inst, request)
     oauth = OAuth2Client(
@@ -166,15 +166,7 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
 @contextlib.contextmanager
 def another_partner(partner: Partner, installation: Installation) -> Iterator[Partner]:
     """A second partner with every scope and its own webhook receiver, on the same API."""
-    receiver = Receiver()
-    receiver.start()
-    rival = add_client(
-        installation.database,
-        "Rival",
-        ["charges:write", "charges:read", "outlets:read", "usage:read"],
-        receiver.url,
-        allow_private=True,
-    )
+    receiver, rival = _registered(installation.database, "Rival")
     oauth = OAuth2Client(rival.client_id, rival.client_secret, token_endpoint=partner.token_url)
     oauth.fetch_token(grant_type="client_credentials")
     try:

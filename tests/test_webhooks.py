@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -77,6 +78,19 @@ def place(body: object) -> int:
     """Where in PLAN an event came from."""
     data = body["data"]  # type: ignore[index]
     return int(data.get("at", data.get("since")))
+
+
+async def charge_started(
+    conn: psycopg.AsyncConnection[Any], client_id: str, charge: str, n: int
+) -> str:
+    """Enqueue a ``charge.started`` event for ``charge`` (its data says ``n``)."""
+    return await enqueue(
+        conn,
+        client_id=client_id,
+        kind="charge.started",
+        data=event_data("charge.started", charge, n),
+        charge_id=charge,
+    )
 
 
 async def add_events(database: str, client: NewClient, first: int, last: int) -> list[str]:
@@ -264,13 +278,7 @@ def test_a_hanging_endpoint_delays_only_its_own_clients_webhooks(
     async def scenario() -> list[float]:
         async with await psycopg.AsyncConnection.connect(database) as conn:
             for n in range(300):
-                await enqueue(
-                    conn,
-                    client_id=stuck.client_id,
-                    kind="charge.started",
-                    data=event_data("charge.started", f"ch-{n}", n),
-                    charge_id=f"ch-{n}",
-                )
+                await charge_started(conn, stuck.client_id, f"ch-{n}", n)
             await conn.commit()
         deliverer = Deliverer(database, timeout_s=5, allow_private=True)
         task = asyncio.create_task(deliverer.run())
@@ -279,13 +287,7 @@ def test_a_hanging_endpoint_delays_only_its_own_clients_webhooks(
         async with await psycopg.AsyncConnection.connect(database, autocommit=True) as conn:
             for n in range(20):
                 start = time.monotonic()
-                await enqueue(
-                    conn,
-                    client_id=healthy.client_id,
-                    kind="charge.started",
-                    data=event_data("charge.started", f"ok-{n}", n),
-                    charge_id=f"ok-{n}",
-                )
+                await charge_started(conn, healthy.client_id, f"ok-{n}", n)
                 await until(lambda n=n: len(receiver.accepted) > n, 30)
                 latencies.append(time.monotonic() - start)
         assert len(tarpit.held) <= 4, "the stuck client's lane holds at most 4 posts"
