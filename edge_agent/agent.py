@@ -95,7 +95,6 @@ class EdgeAgent:
         self.frames_made = 0
         self.connected = asyncio.Event()
         self._done = asyncio.Event()
-        self.outlet_numbers = range(1, settings.outlets + 1)
         #: Acks and events waiting for the link: (topic, payload). Bounded; oldest go first.
         self._outbox: deque[tuple[str, bytes]] = deque(maxlen=1000)
         self._outbox_ready = asyncio.Event()
@@ -241,7 +240,7 @@ class EdgeAgent:
                     self._client = client
                     await client.subscribe(self.topics.meter_ack(self.cid), qos=1)
                     await client.subscribe(self.topics.request(self.cid), qos=1)
-                    for n in self.outlet_numbers:
+                    for n in self.executor.outlet_numbers:
                         await client.subscribe(self.topics.desired(self.cid, n), qos=1)
                     await client.publish(
                         self.topics.presence(self.cid),
@@ -286,7 +285,7 @@ class EdgeAgent:
                 log.info("%s: stopping; told the cloud", self.cid)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
-        desired = {self.topics.desired(self.cid, n): n for n in self.outlet_numbers}
+        desired = {self.topics.desired(self.cid, n): n for n in self.executor.outlet_numbers}
         handlers = {
             self.topics.meter_ack(self.cid): self._on_meter_ack,
             self.topics.request(self.cid): self.executor.on_status_request,
@@ -325,7 +324,7 @@ class EdgeAgent:
                 breaker_on=self.breakers.breaker_on(n),
                 applied_generation=self.executor.memory[n].applied_generation,
             )
-            for n in self.outlet_numbers
+            for n in self.executor.outlet_numbers
         )
         state = ReportedState(
             controller_id=self.cid,
