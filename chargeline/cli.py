@@ -104,11 +104,7 @@ def _db(args: argparse.Namespace) -> int:
 
     url = prepare_database(ingest)
     if args.db_command == "login":
-        try:
-            login_url = roles.create_login(url, args.name, args.service)
-        except (ValueError, roles.DatabaseError) as exc:
-            print(f"chargeline: {exc}", file=sys.stderr)
-            return 2
+        login_url = roles.create_login(url, args.name, args.service)
         print(login_url)
         print(
             f"Shown once. Give it to the {args.service} service as CHARGELINE_DATABASE_URL.",
@@ -267,18 +263,10 @@ def _keys(args: argparse.Namespace) -> int:
 def _clients_add(url: str, args: argparse.Namespace) -> int:
     from cloud_gateway.clients import add_client
 
-    try:
-        gateway = settings.load(GatewaySettings)
-        new = add_client(
-            url,
-            args.name,
-            args.scopes,
-            args.webhook_url,
-            allow_private=gateway.webhook_allow_private,
-        )
-    except ValueError as exc:
-        print(f"chargeline: {exc}", file=sys.stderr)
-        return 2
+    gateway = settings.load(GatewaySettings)
+    new = add_client(
+        url, args.name, args.scopes, args.webhook_url, allow_private=gateway.webhook_allow_private
+    )
     print(f"client_id      {new.client_id}")
     print(f"client_secret  {new.client_secret}")
     print(f"webhook_secret {new.webhook_secret}")

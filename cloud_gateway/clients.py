@@ -21,7 +21,7 @@ from authlib.oauth2.rfc6749 import ClientMixin
 
 from cloud_gateway.destinations import resolve_problem
 from cloud_gateway.webhooks import new_secret as new_webhook_secret
-from schemas.errors import NotFound
+from schemas.errors import InputError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,13 @@ def add_client(
     cloud's network (``destinations``): a closed network or a test, never the internet."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
-        raise ValueError(f"unknown scopes {unknown}; known: {sorted(SCOPES)}")
+        raise InputError(f"unknown scopes {unknown}; known: {sorted(SCOPES)}")
     if not scopes:
-        raise ValueError("a client needs at least one scope")
+        raise InputError("a client needs at least one scope")
     if webhook_url is not None:
         problem = resolve_problem(webhook_url, allow_private=allow_private)
         if problem is not None:
-            raise ValueError(f"the webhook URL {problem}")
+            raise InputError(f"the webhook URL {problem}")
     new = NewClient(
         client_id=f"cl_{secrets.token_hex(8)}",
         client_secret=secrets.token_urlsafe(32),

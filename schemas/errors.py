@@ -8,7 +8,8 @@ It lives in the lowest package so that every other may raise from it::
     ├── InputError (ValueError)        bad data from outside, kept for inspection
     │   ├── CodecError                 schemas.codec: a payload that is no valid message
     │   ├── UnknownEvent               schemas.events: an event type not in the contract
-    │   └── RegistryFileError          store.registry_file: every problem, by line
+    │   ├── RegistryFileError          store.registry_file: every problem, by line
+    │   └── (a client's scopes or webhook URL, a login's name: cloud_gateway.clients, store.roles)
     ├── NotFound (LookupError)
     │   ├── UnknownClient              cloud_gateway.clients
     │   └── ChargeNotFound             cloud_gateway.operator
@@ -16,6 +17,7 @@ It lives in the lowest package so that every other may raise from it::
     │   ├── MigrationRefused           store.migrations: a login that may not migrate
     │   ├── IdentityError              broker.identities
     │   ├── PkiError                   broker.pki
+    │   ├── LoginRefused               store.roles: the database would not create a login
     │   └── TokenError                 cloud_gateway.tokens: a refused access token
     ├── LinkError (ConnectionError)    ingest.paho_link: the broker refused a connection
     └── Problem                        cloud_gateway.problems: an API answer (RFC 9457)
@@ -41,7 +43,9 @@ class ChargelineError(Exception):
 
 
 class InputError(ChargelineError, ValueError):
-    """Bad data from outside (a device, a file, a partner)."""
+    """Bad data from outside (a device, a file, a partner, a command's arguments)."""
+
+    exit_code = 2
 
 
 class NotFound(ChargelineError, LookupError):

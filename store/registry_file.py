@@ -115,6 +115,8 @@ def _no_repeats(what: str, values: list[str]) -> None:
 class RegistryFileError(InputError):
     """Problems in a registry file; ``problems`` holds ``(line or None, message)``."""
 
+    exit_code = 1
+
     def __init__(self, source: str, problems: list[tuple[int | None, str]]) -> None:
         self.source = source
         self.problems = problems

@@ -16,8 +16,17 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from schemas.errors import InputError, Refused
+
 SERVICES = ("broker", "auth", "gateway", "webhooks", "ingest")
-DatabaseError = psycopg.Error
+
+
+class LoginRefused(Refused):
+    """The database would not create the login (the URL's role may not create roles)."""
+
+    exit_code = 2
+
+
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
@@ -25,10 +34,20 @@ def create_login(url: str, name: str, service: str) -> str:
     """Create (or give a new password to) login ``name`` in ``service``'s group; return
     the database URL for it. Run as the schema's owner (or a role that may create roles)."""
     if service not in SERVICES:
-        raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+        raise InputError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     if not _NAME.fullmatch(name):
-        raise ValueError(f"login name {name!r}: lower-case letters, digits and _, from a letter")
+        raise InputError(f"login name {name!r}: lower-case letters, digits and _, from a letter")
     password = secrets.token_urlsafe(24)
+    try:
+        _set_login(url, name, service, password)
+    except psycopg.Error as exc:
+        raise LoginRefused(f"login {name!r} not created: {exc}", login=name) from exc
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    params.update(user=name, password=password)
+    return make_conninfo("", **params)
+
+
+def _set_login(url: str, name: str, service: str, password: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
         verb = sql.SQL("ALTER" if exists else "CREATE")
@@ -42,6 +61,3 @@ def create_login(url: str, name: str, service: str) -> str:
                 sql.Identifier(f"chargeline_{service}"), sql.Identifier(name)
             )
         )
-    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
-    params.update(user=name, password=password)
-    return make_conninfo("", **params)

@@ -74,6 +74,10 @@ def test_the_cli_prints_one_line_for_an_error_of_ours(database: str, tmp_path: P
     )
     assert "Traceback" not in unknown.stderr
 
+    scopes = run_chargeline(database, tmp_path, "clients", "add", "x", "--scopes", "nope")
+    assert scopes.returncode == 2  # bad input on the command line
+    assert scopes.stderr.splitlines()[-1].startswith("chargeline: unknown scopes ['nope']")
+
     bad = tmp_path / "sites.toml"
     bad.write_text('[[sites]]\nsite_id = "s 1"\n')
     refused = run_chargeline(database, tmp_path, "registry", "import", str(bad))
