@@ -57,22 +57,27 @@ async def mqtt_link(gateway: Gateway) -> None:
     delays = mqtt.backoff()
     # The broker requires the client id to be the identity (one per process).
     identifier = gateway.settings.mqtt.username or f"chargeline-gateway-{id(gateway):x}"
+    while True:
+        try:
+            async with mqtt.client(gateway.settings.mqtt, identifier=identifier) as client:
+                delays = mqtt.backoff()
+                await _deliver_acks(gateway, client)
+        except aiomqtt.MqttError as exc:
+            delay = next(delays)
+            log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _deliver_acks(gateway: Gateway, client: aiomqtt.Client) -> None:
+    """Commands go out on ``client`` while it delivers acknowledgements, and on no other
+    once it stops, however it stops (a fault of ours included: ``supervised`` restarts)."""
+    await client.subscribe(gateway.waiter.subscription, qos=1)
+    gateway.client = client
     try:
-        while True:
-            try:
-                async with mqtt.client(gateway.settings.mqtt, identifier=identifier) as client:
-                    await client.subscribe(gateway.waiter.subscription, qos=1)
-                    gateway.client = client
-                    delays = mqtt.backoff()
-                    async for message in client.messages:
-                        if isinstance(message.payload, bytes):
-                            gateway.waiter.deliver(message.topic.value, message.payload)
-            except aiomqtt.MqttError as exc:
-                gateway.client = None
-                delay = next(delays)
-                log.warning("gateway MQTT link down (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-    finally:  # a fault of ours (``supervised`` starts the link again), or the end
+        async for message in client.messages:
+            if isinstance(message.payload, bytes):
+                gateway.waiter.deliver(message.topic.value, message.payload)
+    finally:
         gateway.client = None
 
 
