@@ -284,18 +284,7 @@ def test_text_postgresql_cannot_store_becomes_a_dead_letter_not_a_stuck_write(
         energy_wh=0.0,
         voltage_v=200.0,
     )
-    good = EdgeEvent(
-        controller_id="ctl-a",
-        at=1.8e9,
-        kind=EdgeEventKind.BREAKER_SWITCHED,
-        outlet=2,
-        generation=1,
-        current_a=0.0,
-        breaker_on=False,
-        detail="fine",
-        energy_wh=0.0,
-        voltage_v=200.0,
-    )
+    good = poison._replace(outlet=2, detail="fine")
     write(
         database,
         [
