@@ -94,11 +94,16 @@ async def create(
     """
     await conn.execute(
         "INSERT INTO charges (charge_id, partner_charge_id, client_id, outlet_id,"
-        " controller_id, outlet_no, request_sha256, state, start_generation, end_at)"
-        " SELECT %s, %s, %s, %s, c.controller_id, c.outlet_no, %s, %s, c.generation, %s"
+        " controller_id, outlet_no, request_sha256, state, start_generation, end_at,"
+        " tariff_per_kwh, currency)"
+        " SELECT %s, %s, %s, %s, c.controller_id, c.outlet_no, %s, %s, c.generation, %s,"
+        # The price in force now, at the request: the charge keeps it (its fee follows).
+        "  (SELECT t.per_kwh FROM site_tariffs t WHERE t.site_id = k.site_id"
+        "   AND t.valid_from <= now() ORDER BY t.valid_from DESC LIMIT 1), s.currency"
         # An ON command names its charge only in the transaction that creates the charge;
         # so while no charge has this id, the one found is the one just recorded.
-        " FROM commands c WHERE c.charge_id = %s AND c.turn_on"
+        " FROM commands c JOIN controllers k USING (controller_id) JOIN sites s USING (site_id)"
+        " WHERE c.charge_id = %s AND c.turn_on"
         " AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %s)",
         (
             charge_id,

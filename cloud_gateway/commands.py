@@ -59,7 +59,7 @@ _RECORD_START = _ALLOCATE_AND_RECORD.format(
     target="""target AS (
     SELECT o.controller_id, o.outlet_no FROM outlets o
     JOIN controller_status s ON s.controller_id = o.controller_id AND s.online
-    WHERE o.outlet_id = %(outlet_id)s
+    WHERE o.outlet_id = %(outlet_id)s AND o.in_service
       AND NOT EXISTS (SELECT 1 FROM charges WHERE charge_id = %(charge_id)s)
 )"""
 )
@@ -131,7 +131,8 @@ async def send_start(
     issued_by: str,
 ) -> Recorded:
     """``send_record`` for a charge's start (``_RECORD_START``): ON for the outlet with this
-    public id, unless it is unknown, its controller offline, or the charge id taken."""
+    public id, unless it is unknown, out of service, its controller offline, or the charge
+    id taken."""
     cur = await conn.execute(
         _RECORD_START,
         {

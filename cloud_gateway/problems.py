@@ -44,6 +44,9 @@ CATALOGUE: dict[str, ProblemType] = {
         409, "Charge id in use", "the charge id exists with a different request"
     ),
     "outlet-busy": ProblemType(409, "Outlet busy", "the outlet has an active charge"),
+    "outlet-out-of-service": ProblemType(
+        409, "Outlet out of service", "the operator took the outlet out of service"
+    ),
     "body-too-large": ProblemType(413, "Body too large", "the request body exceeds the limit"),
     "invalid-request": ProblemType(
         422, "Invalid request", "a field, parameter or path segment does not match its schema"

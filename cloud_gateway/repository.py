@@ -88,9 +88,9 @@ async def select_own_charge(
 
 
 async def outlet_route(conn: Conn, outlet_id: str) -> psycopg.AsyncCursor[Any]:
-    """Sends the lookup of (controller_id, outlet_no, online) for one outlet."""
+    """Sends the lookup of (controller_id, outlet_no, online, in_service) for one outlet."""
     return await conn.execute(
-        "SELECT o.controller_id, o.outlet_no, s.online FROM outlets o"
+        "SELECT o.controller_id, o.outlet_no, s.online, o.in_service FROM outlets o"
         " LEFT JOIN controller_status s USING (controller_id) WHERE o.outlet_id = %s",
         (outlet_id,),
     )

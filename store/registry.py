@@ -5,25 +5,44 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
-from store.registry_file import Registry
+from store.registry_file import Registry, SiteEntry
 
 log = logging.getLogger(__name__)
 
-_UPSERT_SITE = """
-INSERT INTO sites AS t (site_id, name, location, timezone, contract_current_a, tariff_per_kwh, currency)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (site_id) DO UPDATE SET
-    name = excluded.name, location = excluded.location, timezone = excluded.timezone,
-    contract_current_a = excluded.contract_current_a, tariff_per_kwh = excluded.tariff_per_kwh,
-    currency = excluded.currency, updated_at = now()
-WHERE (t.name, t.location, t.timezone, t.contract_current_a, t.tariff_per_kwh, t.currency)
-    IS DISTINCT FROM (excluded.name, excluded.location, excluded.timezone,
-                      excluded.contract_current_a, excluded.tariff_per_kwh, excluded.currency)
+#: The base tariff's ``valid_from``: in force since the beginning (of Unix time, before
+#: any charge; a finite instant, which every client library can read).
+_BEGINNING = "1970-01-01T00:00:00+00:00"
+
+_SITE_COLUMNS = (
+    "name, location, timezone, contract_current_a, tariff_per_kwh, currency,"
+    " latitude, longitude, address, opening_hours, access_notes"
+)
+_UPSERT_SITE = f"""
+INSERT INTO sites AS t (site_id, {_SITE_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (site_id) DO UPDATE SET ({_SITE_COLUMNS}, updated_at)
+    = ROW({", ".join(f"excluded.{c.strip()}" for c in _SITE_COLUMNS.split(","))}, now())
+WHERE ({", ".join(f"t.{c.strip()}" for c in _SITE_COLUMNS.split(","))})
+    IS DISTINCT FROM ({", ".join(f"excluded.{c.strip()}" for c in _SITE_COLUMNS.split(","))})
 RETURNING (xmax = 0) AS inserted
 """
+
+#: A site's tariffs are the file's: its base price from the beginning (``_BEGINNING``) and
+#: each dated one. A charge keeps the price it started under (``charges.tariff_per_kwh``),
+#: so changing or removing a tariff here never reprices a charge already recorded.
+_UPSERT_TARIFF = """
+INSERT INTO site_tariffs AS t (site_id, valid_from, per_kwh) VALUES (%s, %s, %s)
+ON CONFLICT (site_id, valid_from) DO UPDATE SET per_kwh = excluded.per_kwh
+WHERE t.per_kwh IS DISTINCT FROM excluded.per_kwh
+RETURNING (xmax = 0) AS inserted
+"""
+_REMOVE_TARIFFS = (
+    "DELETE FROM site_tariffs WHERE site_id = %s AND NOT valid_from = ANY(%s::timestamptz[])"
+)
 
 _UPSERT_CONTROLLER = """
 INSERT INTO controllers AS t (controller_id, site_id, has_main_meter) VALUES (%s, %s, %s)
@@ -34,15 +53,16 @@ RETURNING (xmax = 0) AS inserted
 """
 
 _UPSERT_OUTLET = """
-INSERT INTO outlets AS t (outlet_id, controller_id, outlet_no, rated_current_a, rise_threshold_a)
-VALUES (%s, %s, %s, %s, %s)
+INSERT INTO outlets AS t
+    (outlet_id, controller_id, outlet_no, rated_current_a, rise_threshold_a, in_service)
+VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (outlet_id) DO UPDATE SET
     controller_id = excluded.controller_id, outlet_no = excluded.outlet_no,
     rated_current_a = excluded.rated_current_a, rise_threshold_a = excluded.rise_threshold_a,
-    updated_at = now()
-WHERE (t.controller_id, t.outlet_no, t.rated_current_a, t.rise_threshold_a)
+    in_service = excluded.in_service, updated_at = now()
+WHERE (t.controller_id, t.outlet_no, t.rated_current_a, t.rise_threshold_a, t.in_service)
     IS DISTINCT FROM (excluded.controller_id, excluded.outlet_no,
-                      excluded.rated_current_a, excluded.rise_threshold_a)
+                      excluded.rated_current_a, excluded.rise_threshold_a, excluded.in_service)
 RETURNING (xmax = 0) AS inserted
 """
 
@@ -62,7 +82,8 @@ class ImportSummary:
 
 
 def import_registry(url: str, registry: Registry) -> ImportSummary:
-    """Upsert every site, controller and outlet in one transaction. Re-importing is a no-op."""
+    """Upsert every site (with its tariffs), controller and outlet in one transaction.
+    Re-importing is a no-op."""
     summary = ImportSummary()
     with psycopg.connect(url) as conn, conn.transaction():
         for s in registry.sites:
@@ -76,19 +97,43 @@ def import_registry(url: str, registry: Registry) -> ImportSummary:
                     s.contract_current_a,
                     s.tariff_per_kwh,
                     s.currency,
+                    s.latitude,
+                    s.longitude,
+                    s.address,
+                    s.opening_hours,
+                    s.access_notes,
                 ),
             ).fetchone()
             summary.record("sites", row)
+            _import_tariffs(conn, s, summary)
         for c in registry.controllers:
             row = conn.execute(_UPSERT_CONTROLLER, (c.id, c.site, c.has_main_meter)).fetchone()
             summary.record("controllers", row)
             for o in c.outlets:
                 row = conn.execute(
                     _UPSERT_OUTLET,
-                    (o.outlet_id, c.id, o.number, o.rated_current_a, o.rise_threshold_a),
+                    (
+                        o.outlet_id,
+                        c.id,
+                        o.number,
+                        o.rated_current_a,
+                        o.rise_threshold_a,
+                        o.in_service,
+                    ),
                 ).fetchone()
                 summary.record("outlets", row)
     return summary
+
+
+def _import_tariffs(conn: psycopg.Connection[Any], site: SiteEntry, summary: ImportSummary) -> None:
+    tariffs = [(_BEGINNING, site.tariff_per_kwh)]
+    tariffs += [(t.valid_from.isoformat(), t.per_kwh) for t in site.tariffs]
+    for valid_from, per_kwh in tariffs:
+        row = conn.execute(_UPSERT_TARIFF, (site.id, valid_from, per_kwh)).fetchone()
+        summary.record("tariffs", row)
+    removed = conn.execute(_REMOVE_TARIFFS, (site.id, [t for t, _ in tariffs])).rowcount
+    if removed:
+        summary.counts["tariffs removed"] += removed
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,16 @@ A registry file lists sites, controllers and outlets::
     id = "harbor-view"
     name = "Harbor View Apartments"
     contract_current_a = 200
-    tariff_per_kwh = 31.5
+    tariff_per_kwh = 31.5              # the price from the beginning
+    latitude = 35.6329                 # WGS 84 degrees; both or neither
+    longitude = 139.8804
+    address = "1-2-3 Harumi, Chuo-ku, Tokyo"
+    opening_hours = "Mo-Fr 07:00-22:00; Sa,Su 09:00-18:00"   # or "24/7" (the default)
+    access_notes = "Level B1, bays 40-47; ask the concierge for the gate code"
+
+    [[sites.tariffs]]                  # a price change, in force from valid_from
+    valid_from = 2027-04-01T00:00:00+09:00
+    per_kwh = 33.0
 
     [[controllers]]
     id = "hv-ctl-01"
@@ -30,7 +39,15 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.errors import InputError
 from schemas.messages import OUTLET_ID_PATTERN
@@ -49,6 +66,8 @@ class OutletEntry(_Strict):
     outlet_id: PublicId
     rated_current_a: Annotated[float, Field(gt=0, le=80)] = 16.0
     rise_threshold_a: Annotated[float, Field(gt=0, le=80)] = 2.0
+    #: Out of service: listed, never available, and no charge starts on it.
+    in_service: bool = True
 
     @model_validator(mode="after")
     def _threshold_below_rating(self) -> OutletEntry:
@@ -72,14 +91,61 @@ class ControllerEntry(_Strict):
         return outlets
 
 
+Price = Annotated[float, Field(ge=0, le=10_000)]
+
+
+class TariffEntry(_Strict):
+    """A price per kWh in force from ``valid_from`` until the site's next tariff."""
+
+    valid_from: AwareDatetime
+    per_kwh: Price
+
+
+#: A subset of OpenStreetMap's ``opening_hours``: "24/7", or rules such as
+#: "Mo-Fr 07:00-22:00; Sa,Su 09:00-12:00,13:00-18:00; PH off".
+_DAY = r"(?:Mo|Tu|We|Th|Fr|Sa|Su|PH)"
+_DAYS = rf"{_DAY}(?:-{_DAY})?(?:,{_DAY}(?:-{_DAY})?)*"
+_SPAN = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]-(?:[01][0-9]|2[0-4]):[0-5][0-9]"
+_RULE = rf"{_DAYS} (?:off|{_SPAN}(?:,{_SPAN})*)"
+OPENING_HOURS = re.compile(rf"^(?:24/7|{_RULE}(?:; {_RULE})*)$")
+
+
 class SiteEntry(_Strict):
     id: PublicId
     name: Name
     location: str = ""
     timezone: str = "UTC"
     contract_current_a: Annotated[float, Field(gt=0, le=10_000)]
-    tariff_per_kwh: Annotated[float, Field(ge=0, le=10_000)]
+    tariff_per_kwh: Price
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "JPY"
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+    address: Annotated[str, Field(max_length=500)] = ""
+    opening_hours: Annotated[str, Field(max_length=500)] = "24/7"
+    access_notes: Annotated[str, Field(max_length=2000)] = ""
+    tariffs: list[TariffEntry] = []
+
+    @field_validator("opening_hours")
+    @classmethod
+    def _opening_hours(cls, value: str) -> str:
+        if not OPENING_HOURS.match(value):
+            raise ValueError(
+                f"opening_hours {value!r} is not '24/7' or rules like"
+                " 'Mo-Fr 07:00-22:00; Sa,Su 09:00-18:00; PH off'"
+            )
+        return value
+
+    @field_validator("tariffs")
+    @classmethod
+    def _one_tariff_per_instant(cls, tariffs: list[TariffEntry]) -> list[TariffEntry]:
+        _no_repeats("tariff valid_from", [str(t.valid_from.timestamp()) for t in tariffs])
+        return tariffs
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> SiteEntry:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither")
+        return self
 
     @field_validator("timezone")
     @classmethod

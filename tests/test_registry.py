@@ -100,10 +100,9 @@ def test_yaml_errors_name_the_line() -> None:
 def test_import_is_idempotent(database: str) -> None:
     """Importing twice adds once, then changes nothing; an edit updates in place."""
     first = import_registry(database, parse(GOOD))
-    assert str(first) == "1 controllers added, 2 outlets added, 1 sites added"
-    assert (
-        str(import_registry(database, parse(GOOD)))
-        == "1 controllers unchanged, 2 outlets unchanged, 1 sites unchanged"
+    assert str(first) == "1 controllers added, 2 outlets added, 1 sites added, 1 tariffs added"
+    assert str(import_registry(database, parse(GOOD))) == (
+        "1 controllers unchanged, 2 outlets unchanged, 1 sites unchanged, 1 tariffs unchanged"
     )
     changed = import_registry(
         database, parse(GOOD.replace("tariff_per_kwh = 31.5", "tariff_per_kwh = 33"))

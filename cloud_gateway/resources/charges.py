@@ -94,6 +94,8 @@ async def _why_not_started(
         return existing
     if bad_end is not None:
         raise bad_end
+    if outlet is not None and not outlet[3]:
+        raise Problem("outlet-out-of-service", f"outlet {body.outlet_id!r} is out of service")
     reachable(outlet, body.outlet_id, "no charge can start")
     # Reachable now: the controller came online since the guard looked.
     raise Problem(
@@ -103,13 +105,13 @@ async def _why_not_started(
 
 
 def reachable(
-    row: tuple[str, int, bool | None] | None, outlet_id: str, offline_hint: str
+    row: tuple[str, int, bool | None, bool] | None, outlet_id: str, offline_hint: str
 ) -> tuple[str, int]:
     """(controller, outlet number) from a ``repository.outlet_route`` row, or the
     problem: an unknown outlet (404) or an offline controller (503)."""
     if row is None:
         raise Problem("unknown-outlet", f"no outlet {outlet_id!r}")
-    controller_id, outlet_no, online = row
+    controller_id, outlet_no, online, _in_service = row
     if not online:
         raise Problem(
             "controller-offline",
