@@ -98,8 +98,7 @@ async def create(
         " tariff_per_kwh, currency)"
         " SELECT %s, %s, %s, %s, c.controller_id, c.outlet_no, %s, %s, c.generation, %s,"
         # The price in force now, at the request: the charge keeps it (its fee follows).
-        "  (SELECT t.per_kwh FROM site_tariffs t WHERE t.site_id = k.site_id"
-        "   AND t.valid_from <= now() ORDER BY t.valid_from DESC LIMIT 1), s.currency"
+        "  tariff_at(k.site_id, now()), s.currency"
         # An ON command names its charge only in the transaction that creates the charge;
         # so while no charge has this id, the one found is the one just recorded.
         " FROM commands c JOIN controllers k USING (controller_id) JOIN sites s USING (site_id)"

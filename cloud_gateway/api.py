@@ -27,7 +27,7 @@ from starlette.routing import Route
 from cloud_gateway import background, problems
 from cloud_gateway.context import Gateway, State
 from cloud_gateway.openapi import document as openapi_document
-from cloud_gateway.resources import charges, outlets
+from cloud_gateway.resources import charges, outlets, sites, usage
 from cloud_gateway.settings import GatewaySettings
 
 
@@ -57,6 +57,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/v1/charges", charges.start, methods=["POST"]),
+            Route("/v1/charges", charges.history, methods=["GET"]),
             Route("/v1/charges/{charge_id}", charges.read, methods=["GET"]),
             Route("/v1/charges/{charge_id}/stop", charges.stop, methods=["POST"]),
             Route("/v1/outlets/{outlet_id}/status", outlets.status, methods=["GET"]),
@@ -64,6 +65,9 @@ def create_app(
                 "/v1/outlets/{outlet_id}/status-requests", outlets.status_request, methods=["POST"]
             ),
             Route("/v1/outlets/{outlet_id}/usage", outlets.usage, methods=["GET"]),
+            Route("/v1/sites", sites.search, methods=["GET"]),
+            Route("/v1/sites/{site_id}", sites.detail, methods=["GET"]),
+            Route("/v1/usage", usage.month, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
         ],
         exception_handlers=problems.HANDLERS,

@@ -31,6 +31,7 @@ SCOPES = {
     "charges:read": "read charges",
     "outlets:read": "read outlet status and request status notifications",
     "usage:read": "read monthly usage",
+    "sites:read": "find sites and read their outlets' availability",
 }
 
 

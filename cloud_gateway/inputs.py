@@ -3,18 +3,20 @@ alphabets, a body within its size limit, and pydantic's complaints as one 422.""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from cloud_gateway.models import MONTH_PATTERN
 from cloud_gateway.problems import Problem
 from schemas.messages import CHARGE_ID_PATTERN, OUTLET_ID_PATTERN
 
+Q = TypeVar("Q", bound=BaseModel)
+
 _CHARGE_ID = re.compile(CHARGE_ID_PATTERN)
 _OUTLET_ID = re.compile(OUTLET_ID_PATTERN)
-_MONTH = re.compile(MONTH_PATTERN)
 
 
 def charge_id(request: Request) -> str:
@@ -33,12 +35,22 @@ def outlet_id(request: Request) -> str:
     return value
 
 
-def month(request: Request) -> str:
-    """The ``month`` query parameter, ``YYYY-MM``."""
-    value = request.query_params.get("month", "")
-    if not _MONTH.match(value):
-        raise Problem("invalid-request", "month must be given as YYYY-MM (1000-01 to 9999-12)")
-    return value
+def query(request: Request, model: type[Q]) -> Q:
+    """The query parameters as ``model`` reads them: each at most once, none unknown;
+    a 422 names every one that is wrong."""
+    params = request.query_params
+    repeated = sorted({key for key in params if len(params.getlist(key)) > 1})
+    if repeated:
+        raise Problem("invalid-request", f"{', '.join(repeated)}: give each parameter once")
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def first_day(month: str) -> dt.date:
+    """The first day of a ``YYYY-MM`` month (already checked against its pattern)."""
+    return dt.datetime.strptime(month, "%Y-%m").date()
 
 
 async def body(request: Request, limit: int) -> bytes:

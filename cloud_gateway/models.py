@@ -8,14 +8,29 @@ document cannot drift from the API.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
+from cloud_gateway import places
+from schemas.errors import InputError
 from schemas.events import ChargeState
 from schemas.messages import CHARGE_ID_PATTERN, OUTLET_ID_PATTERN
 
-__all__ = ["CHARGE_ID_PATTERN", "MONTH_PATTERN", "OUTLET_ID_PATTERN"]
+__all__ = ["CHARGE_ID_PATTERN", "MONTH_PATTERN", "OUTLET_ID_PATTERN", "SITE_ID_PATTERN"]
+
+#: Sites have public ids of the same alphabet as outlets (the registry checks both).
+SITE_ID_PATTERN = OUTLET_ID_PATTERN
 
 #: A usage month, ``YYYY-MM``: a real month of a four-digit year (0000-00 is none).
 MONTH_PATTERN = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"
@@ -26,6 +41,18 @@ OutletId = Annotated[
 ChargeId = Annotated[str, Field(pattern=CHARGE_ID_PATTERN, description="the partner's id")]
 #: Times in answers are UTC, whatever the database session's time zone.
 Utc = Annotated[dt.datetime, AfterValidator(lambda t: t.astimezone(dt.UTC))]
+#: Money in answers: a JSON number with at most two decimals (computed in the database as
+#: exact decimals; ``fee`` of a charge, sums of fees).
+Money = Annotated[
+    Decimal,
+    PlainSerializer(float, return_type=float, when_used="json"),
+    Field(description="in the site's currency, rounded to the hundredth"),
+]
+#: A cursor from the previous page's ``next_cursor``; opaque.
+Cursor = Annotated[str, Field(min_length=1, max_length=400, pattern=r"^[A-Za-z0-9_-]+$")]
+Limit = Annotated[int, Field(ge=1, le=100, description="items per page (default 20)")]
+OutletKind = Literal["ac_outlet", "ocpp_ac", "ocpp_dc"]
+OutletAvailability = Literal["available", "charging", "offline", "out_of_service"]
 
 
 class StartCharge(BaseModel):
@@ -42,8 +69,93 @@ class StartCharge(BaseModel):
     )
 
 
+class _Query(BaseModel):
+    """Query parameters: each at most once, unknown ones refused (a misspelt filter
+    would otherwise widen the answer without a word)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteSearch(_Query):
+    """``GET /v1/sites``."""
+
+    near: str | None = Field(
+        default=None,
+        pattern=r"^-?[0-9]{1,2}(\.[0-9]{1,8})?,-?[0-9]{1,3}(\.[0-9]{1,8})?$",
+        description="lat,lon in WGS 84 degrees (e.g. 35.6812,139.7671): sites within"
+        " radius_km, nearest first; without it, every site by id",
+    )
+    radius_km: Annotated[float, Field(gt=0, le=200)] | None = Field(
+        default=None, description="with near: how far to search (default 10, at most 200)"
+    )
+    available: bool | None = Field(
+        default=None,
+        description="true: only outlets available now (controller online, in service, no"
+        " active charge), and only sites that have one",
+    )
+    kind: OutletKind | None = Field(
+        default=None, description="only outlets of this kind, and only sites that have one"
+    )
+    limit: Limit = 20
+    cursor: Cursor | None = None
+
+    @field_validator("near")
+    @classmethod
+    def _a_point(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                places.Point.parse(value)
+            except InputError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _radius_with_a_point(self) -> SiteSearch:
+        if self.radius_km is not None and self.near is None:
+            raise ValueError("radius_km needs near")
+        return self
+
+    def centre(self) -> places.Point | None:
+        return None if self.near is None else places.Point.parse(self.near)
+
+
+class ChargeSearch(_Query):
+    """``GET /v1/charges``: the client's charges, newest request first."""
+
+    outlet_id: OutletId | None = None
+    site_id: Annotated[str, Field(pattern=SITE_ID_PATTERN)] | None = None
+    state: ChargeState | None = None
+    requested_from: AwareDatetime | None = Field(
+        default=None, description="RFC 3339: charges requested at or after this instant"
+    )
+    requested_before: AwareDatetime | None = Field(
+        default=None, description="RFC 3339: charges requested before this instant"
+    )
+    limit: Limit = 20
+    cursor: Cursor | None = None
+
+
+class UsageQuery(_Query):
+    """``GET /v1/usage`` and ``GET /v1/outlets/{outlet_id}/usage``."""
+
+    month: str = Field(
+        pattern=MONTH_PATTERN,
+        description="YYYY-MM; a charge counts in the month it stopped, in its site's time zone",
+    )
+
+
 class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class MeterReading(_Answer):
+    at: Utc = Field(description="when the outlet's meter was read")
+    energy_wh: float = Field(description="the outlet's cumulative energy register")
+
+
+class ChargeMeter(_Answer):
+    first: MeterReading | None
+    last: MeterReading | None
 
 
 class Charge(_Answer):
@@ -60,6 +172,72 @@ class Charge(_Answer):
     stop_reason: str | None
     failure: str | None
     energy_wh: float = Field(description="energy delivered so far (Wh, rounded to the mWh)")
+    energy_kwh: float = Field(description="the energy billed: energy_wh / 1000, rounded to the Wh")
+    tariff_per_kwh: Money = Field(description="the price in force when the charge was requested")
+    currency: str = Field(description="ISO 4217")
+    fee: Money = Field(
+        description="energy_kwh × tariff_per_kwh, rounded half away from zero to the"
+        " hundredth; final once the charge has stopped"
+    )
+    meter: ChargeMeter = Field(
+        description="the outlet's meter readings the energy counts from and to: an auditable"
+        " record (energy_wh = last − first)"
+    )
+
+
+class ChargePage(_Answer):
+    """``GET /v1/charges``: a page of the client's charges, newest request first."""
+
+    charges: list[Charge]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: none")
+
+
+class PlaceOutlet(_Answer):
+    outlet_id: str
+    kind: OutletKind
+    rated_current_a: float
+    status: OutletAvailability
+    available: bool = Field(description="status is available: a charge can start now")
+
+
+class Place(_Answer):
+    """A site: where it is, when it is open, and its outlets."""
+
+    site_id: str
+    name: str
+    address: str
+    latitude: float | None
+    longitude: float | None
+    distance_km: float | None = Field(description="from near (null without near)")
+    opening_hours: str = Field(
+        description="OpenStreetMap opening_hours syntax: '24/7', or rules such as"
+        " 'Mo-Fr 07:00-22:00; Sa,Su 09:00-18:00; PH off'"
+    )
+    access_notes: str
+    timezone: str
+    currency: str
+    tariff_per_kwh: Money = Field(description="the price in force now")
+    available_outlets: int = Field(description="how many of the site's outlets are available")
+    outlets: list[PlaceOutlet] = Field(description="the outlets the filters kept")
+
+
+class PlacePage(_Answer):
+    """``GET /v1/sites``."""
+
+    sites: list[Place]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: none")
+
+
+class LiveOutlet(PlaceOutlet):
+    measured_at: Utc | None = Field(description="the last stored minute reading")
+    current_a: float | None
+    energy_wh: float | None
+
+
+class SiteDetail(Place):
+    """``GET /v1/sites/{site_id}``: the site with each outlet's live state."""
+
+    outlets: list[LiveOutlet]  # type: ignore[assignment]
 
 
 class OutletStatus(_Answer):
@@ -95,9 +273,40 @@ class Usage(_Answer):
     timezone: str
     charges: int
     energy_kwh: float
-    tariff_per_kwh: float
-    fee: float
+    tariff_per_kwh: Money = Field(description="the price in force now")
+    fee: Money = Field(description="the sum of the charges' fees, each at its own tariff")
     currency: str
+
+
+class UsageTotal(_Answer):
+    charges: int
+    energy_kwh: float = Field(description="the sum of the charges' energy, each in kWh to the Wh")
+    fee: Money = Field(description="the sum of the charges' fees, each at its own tariff")
+
+
+class OutletUsage(UsageTotal):
+    outlet_id: str
+
+
+class SiteUsage(UsageTotal):
+    site_id: str
+    name: str
+    timezone: str
+    currency: str
+    outlets: list[OutletUsage]
+
+
+class CurrencyTotal(UsageTotal):
+    currency: str
+
+
+class ClientUsage(_Answer):
+    """``GET /v1/usage``: a month of this client's stopped charges, by site and outlet;
+    each figure is the sum of the charge records (``GET /v1/charges``) it covers."""
+
+    month: str = Field(pattern=MONTH_PATTERN)
+    totals: list[CurrencyTotal] = Field(description="one per currency")
+    sites: list[SiteUsage]
 
 
 class ProblemDocument(BaseModel):

@@ -44,6 +44,10 @@ def _schemas() -> dict[str, Any]:
             models.OutletStatus,
             models.StatusRequestAccepted,
             models.Usage,
+            models.ChargePage,
+            models.PlacePage,
+            models.SiteDetail,
+            models.ClientUsage,
             models.ProblemDocument,
         )
     ]
@@ -119,6 +123,31 @@ def _path(name: str, pattern: str, description: str) -> dict[str, Any]:
         "description": description,
         "schema": {"type": "string", "pattern": pattern},
     }
+
+
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The query parameters ``inputs.query`` reads with ``model``, from its JSON schema."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, declared in schema["properties"].items():
+        field = dict(declared)
+        field.pop("title", None)
+        description = field.pop("description", "")
+        # A parameter left out is the model's None: in a query, a value is never null.
+        options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+        if options:
+            field.update(options[0])
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "description": description,
+                "schema": field,
+            }
+        )
+    return parameters
 
 
 def _webhooks() -> dict[str, Any]:
@@ -203,7 +232,7 @@ def document(settings: GatewaySettings) -> dict[str, Any]:
             },
             "schemas": _schemas(),
         },
-        "paths": {**_charge_paths(), **_outlet_paths()},
+        "paths": {**_charge_paths(), **_outlet_paths(), **_site_paths(), **_usage_paths()},
         "webhooks": _webhooks(),
     }
 
@@ -224,7 +253,16 @@ def _charge_paths() -> dict[str, Any]:
                 },
                 problem_statuses=(404, 409, 413, 422, 503),
                 body="StartCharge",
-            )
+            ),
+            "get": _operation(
+                "listCharges",
+                "This client's charges, newest request first, with energy, fee and meter"
+                " readings (paged by cursor)",
+                "charges:read",
+                ok={200: ("ChargePage", "a page of charges")},
+                problem_statuses=(422,),
+                parameters=_query(models.ChargeSearch),
+            ),
         },
         "/v1/charges/{charge_id}": {
             "get": _operation(
@@ -251,13 +289,6 @@ def _charge_paths() -> dict[str, Any]:
 
 def _outlet_paths() -> dict[str, Any]:
     outlet_id = _path("outlet_id", models.OUTLET_ID_PATTERN, "the outlet's public id")
-    month = {
-        "name": "month",
-        "in": "query",
-        "required": True,
-        "description": "YYYY-MM, in the site's time zone",
-        "schema": {"type": "string", "pattern": models.MONTH_PATTERN},
-    }
     return {
         "/v1/outlets/{outlet_id}/status": {
             "get": _operation(
@@ -286,7 +317,48 @@ def _outlet_paths() -> dict[str, Any]:
                 "usage:read",
                 ok={200: ("Usage", "the month's totals")},
                 problem_statuses=(404, 422),
-                parameters=[outlet_id, month],
+                parameters=[outlet_id, *_query(models.UsageQuery)],
             )
         },
+    }
+
+
+def _site_paths() -> dict[str, Any]:
+    site_id = _path("site_id", models.SITE_ID_PATTERN, "the site's public id")
+    return {
+        "/v1/sites": {
+            "get": _operation(
+                "searchSites",
+                "Places to charge: near a point (nearest first), available now, by kind",
+                "sites:read",
+                ok={200: ("PlacePage", "a page of sites with their outlets")},
+                problem_statuses=(422,),
+                parameters=_query(models.SiteSearch),
+            )
+        },
+        "/v1/sites/{site_id}": {
+            "get": _operation(
+                "getSite",
+                "A site with each outlet's live state",
+                "sites:read",
+                ok={200: ("SiteDetail", "the site")},
+                problem_statuses=(404,),
+                parameters=[site_id],
+            )
+        },
+    }
+
+
+def _usage_paths() -> dict[str, Any]:
+    return {
+        "/v1/usage": {
+            "get": _operation(
+                "getUsage",
+                "A month of this client's charges: totals per currency, per site, per outlet",
+                "usage:read",
+                ok={200: ("ClientUsage", "the month; each figure a sum of charge records")},
+                problem_statuses=(422,),
+                parameters=_query(models.UsageQuery),
+            )
+        }
     }

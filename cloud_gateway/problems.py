@@ -38,6 +38,7 @@ CATALOGUE: dict[str, ProblemType] = {
     "insufficient-scope": ProblemType(403, "Forbidden", "the token lacks the scope the call needs"),
     "unknown-charge": ProblemType(404, "Unknown charge", "no such charge for this client"),
     "unknown-outlet": ProblemType(404, "Unknown outlet", "no outlet with this id"),
+    "unknown-site": ProblemType(404, "Unknown site", "no site with this id"),
     "not-found": ProblemType(404, "Not found", "no such path"),
     "method-not-allowed": ProblemType(405, "Method not allowed", "see the Allow header"),
     "charge-id-conflict": ProblemType(

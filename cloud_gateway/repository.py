@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import class_row, dict_row
 
 from charging import charges
-from cloud_gateway.models import Charge
+from cloud_gateway import cursors, places
+from cloud_gateway.models import (
+    Charge,
+    ChargeMeter,
+    ChargeSearch,
+    MeterReading,
+    Place,
+    PlaceOutlet,
+    SiteSearch,
+)
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -40,9 +51,20 @@ class ChargeRow:
     request_sha256: bytes
     controller_id: str
     outlet_no: int
+    energy_kwh: Decimal
+    tariff_per_kwh: Decimal
+    currency: str
+    fee: Decimal
+    first_minute: dt.datetime | None
+    first_energy_wh: float | None
+    last_minute: dt.datetime | None
+    last_energy_wh: float | None
 
     def json(self) -> dict[str, Any]:
         """What the partner sees of a charge (``models.Charge``)."""
+        return self.model().model_dump(mode="json")
+
+    def model(self) -> Charge:
         return Charge(
             charge_id=self.partner_charge_id,
             outlet_id=self.outlet_id,
@@ -55,7 +77,21 @@ class ChargeRow:
             stop_reason=self.stop_reason,
             failure=self.failure,
             energy_wh=round(self.energy_wh, 3),
-        ).model_dump(mode="json")
+            energy_kwh=float(self.energy_kwh),
+            tariff_per_kwh=self.tariff_per_kwh,
+            currency=self.currency,
+            fee=self.fee,
+            meter=ChargeMeter(
+                first=_reading(self.first_minute, self.first_energy_wh),
+                last=_reading(self.last_minute, self.last_energy_wh),
+            ),
+        )
+
+
+def _reading(minute: dt.datetime | None, energy_wh: float | None) -> MeterReading | None:
+    if minute is None or energy_wh is None:
+        return None
+    return MeterReading(at=minute, energy_wh=energy_wh)
 
 
 CHARGE_COLUMNS = tuple(f.name for f in fields(ChargeRow))
@@ -139,33 +175,249 @@ async def add_status_request(
 
 @dataclass(frozen=True, slots=True)
 class MonthUsage:
-    tariff_per_kwh: float
+    tariff_per_kwh: Decimal
     currency: str
     timezone: str
     charges: int
-    energy_wh: float
+    energy_kwh: Decimal
+    fee: Decimal
+
+
+#: A client's stopped charges that count in a month: stopped in that month of their
+#: site's time zone. The UTC window (a day either side) lets the index narrow the scan.
+_IN_MONTH = (
+    " c.client_id = %(client)s AND c.state = 'stopped'"
+    " AND c.stopped_at >= %(month)s::date - 1 AND c.stopped_at < %(next)s::date + 1"
+    " AND date_trunc('month', c.stopped_at AT TIME ZONE s.timezone)::date = %(month)s"
+)
+
+
+def _month(first_day: dt.date) -> dict[str, dt.date]:
+    following = (first_day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return {"month": first_day, "next": following}
 
 
 async def month_usage(
     conn: Conn, client_id: str, outlet_id: str, first_day: dt.date
 ) -> MonthUsage | None:
-    """A client's stopped charges on one outlet in one month of the site's time zone, with
-    the site's tariff; None for an unknown outlet."""
+    """A client's stopped charges on one outlet in one month of the site's time zone: the
+    sums of their records, and the tariff in force now; None for an unknown outlet."""
     cur = await conn.execute(
-        "SELECT s.tariff_per_kwh, s.currency, s.timezone,"
-        " count(c.charge_id), coalesce(sum(c.energy_wh), 0)"
+        "SELECT tariff_at(s.site_id, now()), s.currency, s.timezone,"
+        " count(c.charge_id), coalesce(sum(c.energy_kwh), 0), coalesce(sum(c.fee), 0)"
         " FROM outlets o JOIN controllers USING (controller_id) JOIN sites s USING (site_id)"
-        " LEFT JOIN charges c ON c.outlet_id = o.outlet_id AND c.client_id = %s"
-        "  AND c.state = 'stopped'"
-        "  AND date_trunc('month', c.stopped_at AT TIME ZONE s.timezone)::date = %s"
-        " WHERE o.outlet_id = %s GROUP BY 1, 2, 3",
-        (client_id, first_day, outlet_id),
+        f" LEFT JOIN charges c ON c.outlet_id = o.outlet_id AND {_IN_MONTH}"
+        " WHERE o.outlet_id = %(outlet)s GROUP BY 1, 2, 3",
+        {"client": client_id, "outlet": outlet_id, **_month(first_day)},
     )
     row = await cur.fetchone()
-    if row is None:
+    return None if row is None else MonthUsage(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One outlet's part of a client's month."""
+
+    site_id: str
+    name: str
+    timezone: str
+    currency: str
+    outlet_id: str
+    charges: int
+    energy_kwh: Decimal
+    fee: Decimal
+
+
+async def client_usage(conn: Conn, client_id: str, first_day: dt.date) -> list[UsageRow]:
+    """A client's month, per outlet with its site, ordered by site and outlet."""
+    cur = conn.cursor(row_factory=class_row(UsageRow))
+    await cur.execute(
+        "SELECT s.site_id, s.name, s.timezone, s.currency, c.outlet_id, count(*) AS charges,"
+        " sum(c.energy_kwh) AS energy_kwh, sum(c.fee) AS fee"
+        " FROM charges c JOIN outlets o USING (outlet_id)"
+        " JOIN controllers k ON k.controller_id = o.controller_id"
+        " JOIN sites s ON s.site_id = k.site_id"
+        f" WHERE {_IN_MONTH} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 5",
+        {"client": client_id, **_month(first_day)},
+    )
+    return await cur.fetchall()
+
+
+# --- history ------------------------------------------------------------------------------
+
+_HISTORY_KEY = (int, str)  # (requested_at in µs since the epoch, the partner's charge id)
+
+
+async def charge_history(
+    conn: Conn, client_id: str, search: ChargeSearch
+) -> tuple[list[ChargeRow], str | None]:
+    """A page of the client's charges, newest request first, and the cursor after it."""
+    where = [sql.SQL("client_id = %(client)s")]
+    params: dict[str, Any] = {"client": client_id, "limit": search.limit + 1}
+    if search.outlet_id is not None:
+        where.append(sql.SQL("outlet_id = %(outlet)s"))
+        params["outlet"] = search.outlet_id
+    if search.site_id is not None:
+        where.append(
+            sql.SQL(
+                "controller_id IN (SELECT controller_id FROM controllers WHERE site_id = %(site)s)"
+            )
+        )
+        params["site"] = search.site_id
+    if search.state is not None:
+        where.append(sql.SQL("state = %(state)s"))
+        params["state"] = search.state
+    if search.requested_from is not None:
+        where.append(sql.SQL("requested_at >= %(from)s"))
+        params["from"] = search.requested_from
+    if search.requested_before is not None:
+        where.append(sql.SQL("requested_at < %(before)s"))
+        params["before"] = search.requested_before
+    if search.cursor is not None:
+        micros, after = cursors.decode(search.cursor, _HISTORY_KEY)
+        where.append(sql.SQL("(requested_at, partner_charge_id) < (%(at)s, %(after)s)"))
+        params["at"] = _EPOCH + dt.timedelta(microseconds=int(micros))
+        params["after"] = after
+    query = sql.SQL(
+        "SELECT {columns} FROM charges WHERE {where}"
+        " ORDER BY requested_at DESC, partner_charge_id DESC LIMIT %(limit)s"
+    ).format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, CHARGE_COLUMNS)),
+        where=sql.SQL(" AND ").join(where),
+    )
+    cur = charge_cursor(conn)
+    await cur.execute(query, params)
+    rows = await cur.fetchall()
+    if len(rows) <= search.limit:
+        return rows, None
+    last = rows[search.limit - 1]
+    micros_at = (last.requested_at - _EPOCH) // dt.timedelta(microseconds=1)
+    return rows[: search.limit], cursors.encode([micros_at, last.partner_charge_id])
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+# --- places -------------------------------------------------------------------------------
+
+#: A site's columns as a ``models.Place`` has them, from ``sites s`` (distance given).
+_PLACE_COLUMNS = (
+    "s.site_id, s.name, s.address, s.latitude, s.longitude, {distance} AS distance_km,"
+    " s.opening_hours, s.access_notes, s.timezone, s.currency,"
+    " tariff_at(s.site_id, now()) AS tariff_per_kwh,"
+    " (SELECT count(*) FROM outlet_live_status v WHERE v.site_id = s.site_id"
+    "  AND v.status = 'available') AS available_outlets"
+)
+_PLACE_OUTLETS = (
+    "SELECT site_id, outlet_id, kind, rated_current_a, status FROM outlet_live_status v"
+    " WHERE site_id = ANY(%(sites)s) {kept} ORDER BY site_id, outlet_id"
+)
+_SITE_KEY = (str,)
+_NEAR_KEY = (float, str)
+
+
+async def search_places(conn: Conn, search: SiteSearch) -> tuple[list[Place], str | None]:
+    """A page of sites (``GET /v1/sites``) and the cursor after it."""
+    params: dict[str, Any] = {"limit": search.limit + 1}
+    kept = []  # conditions an outlet must meet to be listed (and its site with it)
+    if search.available:
+        kept.append("v.status = 'available'")
+    if search.kind is not None:
+        kept.append("v.kind = %(kind)s")
+        params["kind"] = search.kind
+    where = []
+    if kept:
+        where.append(
+            "EXISTS (SELECT 1 FROM outlet_live_status v WHERE v.site_id = s.site_id AND "
+            + " AND ".join(kept)
+            + ")"
+        )
+    centre = search.centre()
+    if centre is not None:
+        radius = search.radius_km or 10.0
+        box = places.bounding_box(centre, radius)
+        params |= {"lat": centre.latitude, "lon": centre.longitude, "radius": radius}
+        params |= {"lat_lo": box.latitude[0], "lat_hi": box.latitude[1]}
+        where.append("s.latitude BETWEEN %(lat_lo)s AND %(lat_hi)s")
+        if box.longitude is not None:
+            params |= {"lon_lo": box.longitude[0], "lon_hi": box.longitude[1]}
+            where.append("s.longitude BETWEEN %(lon_lo)s AND %(lon_hi)s")
+        where.append(f"{places.DISTANCE_SQL} <= %(radius)s")
+        distance, order = places.DISTANCE_SQL, "distance_km, site_id"
+        if search.cursor is not None:
+            params["after_d"], params["after"] = cursors.decode(search.cursor, _NEAR_KEY)
+            where.append(f"({places.DISTANCE_SQL}, s.site_id) > (%(after_d)s, %(after)s)")
+    else:
+        distance, order = "NULL::float8", "site_id"
+        if search.cursor is not None:
+            (params["after"],) = cursors.decode(search.cursor, _SITE_KEY)
+            where.append("s.site_id > %(after)s")
+    # The page first (from the index), then each of its sites' columns.
+    query = (
+        f"SELECT {_PLACE_COLUMNS.format(distance='p.distance_km')}"
+        f" FROM (SELECT s.site_id, {distance} AS distance_km FROM sites s"
+        f"  WHERE {' AND '.join(where) or 'true'} ORDER BY {order} LIMIT %(limit)s) p"
+        f" JOIN sites s USING (site_id) ORDER BY {order}"
+    )
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, params)
+    rows = await cur.fetchall()
+    more = len(rows) > search.limit
+    rows = rows[: search.limit]
+    outlets = await _outlets_of(conn, [r["site_id"] for r in rows], kept, params)
+    found = [Place(**r, outlets=outlets.get(r["site_id"], [])) for r in rows]
+    if not more:
+        return found, None
+    last = rows[-1]
+    key: cursors.Key = [last["site_id"]]
+    if centre is not None:
+        key = [last["distance_km"], last["site_id"]]
+    return found, cursors.encode(key)
+
+
+async def _outlets_of(
+    conn: Conn, site_ids: list[str], kept: list[str], params: dict[str, Any]
+) -> dict[str, list[PlaceOutlet]]:
+    where = "".join(f" AND {c}" for c in kept)
+    cur = await conn.execute(_PLACE_OUTLETS.format(kept=where), {**params, "sites": site_ids})
+    found: dict[str, list[PlaceOutlet]] = {}
+    for site_id, outlet_id, kind, rated, status in await cur.fetchall():
+        found.setdefault(site_id, []).append(
+            PlaceOutlet(
+                outlet_id=outlet_id,
+                kind=kind,
+                rated_current_a=rated,
+                status=status,
+                available=status == "available",
+            )
+        )
+    return found
+
+
+async def site_detail(
+    conn: Conn, site_id: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A site's columns and its outlets with their latest reading; None if unknown."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        f"SELECT {_PLACE_COLUMNS.format(distance='NULL::float8')} FROM sites s"
+        " WHERE s.site_id = %(site)s",
+        {"site": site_id},
+    )
+    site = await cur.fetchone()
+    if site is None:
         return None
-    tariff, currency, timezone, count, energy_wh = row
-    return MonthUsage(float(tariff), currency, timezone, int(count), float(energy_wh))
+    await cur.execute(
+        "SELECT v.outlet_id, v.kind, v.rated_current_a, v.status,"
+        " r.minute AS measured_at, r.current_a, r.energy_wh"
+        " FROM outlet_live_status v LEFT JOIN LATERAL (SELECT minute, current_a, energy_wh"
+        "   FROM outlet_readings r"
+        "   WHERE r.controller_id = v.controller_id AND r.outlet_no = v.outlet_no"
+        "   ORDER BY minute DESC LIMIT 1) r ON true"
+        " WHERE v.site_id = %(site)s ORDER BY v.outlet_id",
+        {"site": site_id},
+    )
+    return site, await cur.fetchall()
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,7 @@ def _registered(database: str, name: str) -> tuple[Receiver, NewClient]:
     """A partner with every scope, registered with its webhook receiver (started)."""
     receiver = Receiver()
     receiver.start()
-    scopes = ["charges:write", "charges:read", "outlets:read", "usage:read"]
+    scopes = ["charges:write", "charges:read", "outlets:read", "usage:read", "sites:read"]
     return receiver, add_client(database, name, scopes, receiver.url, allow_private=True)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from decimal import ROUND_HALF_UP, Decimal
 
 import httpx2
 import pytest
@@ -83,8 +84,19 @@ def test_scan_start_rise_stop_with_webhooks(partner: Partner, installation: Inst
     month = time.strftime("%Y-%m", time.gmtime())  # the test site's time zone is UTC
     usage = partner.get(f"/v1/outlets/{outlet}/usage?month={month}").json()
     assert usage["charges"] == 1
-    assert usage["energy_kwh"] == pytest.approx(final["energy_wh"] / 1000, abs=0.001)
-    assert usage["fee"] == round(final["energy_wh"] / 1000 * 30, 2)  # tariff 30 per kWh
+    # The charge's record is the bill's line: billed kWh (to the Wh), price, fee, meter.
+    record = partner.get("/v1/charges/wc-1").json()
+    assert record["energy_wh"] == final["energy_wh"]
+    assert record["energy_kwh"] == pytest.approx(final["energy_wh"] / 1000, abs=5e-4)
+    billed = (Decimal(str(record["energy_kwh"])) * 30).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    assert (record["tariff_per_kwh"], record["currency"], record["fee"]) == (
+        30,
+        "JPY",
+        float(billed),
+    )
+    assert record["meter"]["first"]["energy_wh"] == final["meter"]["first"]["energy_wh"]
+    assert record["meter"]["last"]["energy_wh"] == final["meter"]["last"]["energy_wh"]
+    assert (usage["energy_kwh"], usage["fee"]) == (record["energy_kwh"], record["fee"])
 
 
 def test_every_refusal_has_its_own_status_and_problem(
@@ -257,7 +269,7 @@ def test_the_served_openapi_document_holds_against_the_running_gateway(
     schema = schemathesis.openapi.from_url(f"{partner.api}/openapi.json")
     token = partner.oauth.token["access_token"]
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 10
     for operation in operations:
 
         @settings(

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from charging import charges, lifecycle
 from cloud_gateway import commands, context, inputs, repository
 from cloud_gateway.context import Gateway, NewCharge
-from cloud_gateway.models import StartCharge
+from cloud_gateway.models import ChargePage, ChargeSearch, StartCharge
 from cloud_gateway.problems import Problem
 from cloud_gateway.repository import ChargeRow, Conn
 from cloud_gateway.tokens import Caller
@@ -165,6 +165,17 @@ async def _record_start(
         if "charges_one_active_per_outlet" in str(exc):
             raise Problem("outlet-busy", f"outlet {body.outlet_id!r} is charging") from None
         raise Problem("charge-id-conflict", f"charge {body.charge_id!r} exists") from None
+
+
+async def history(request: Request) -> Response:
+    """The client's charges, newest request first, filtered and paged by cursor."""
+    gateway = context.of(request)
+    caller = await gateway.authorize(request, "charges:read")
+    wanted = inputs.query(request, ChargeSearch)
+    async with gateway.pool.connection() as conn:
+        rows, after = await repository.charge_history(conn, caller.client_id, wanted)
+    page = ChargePage(charges=[r.model() for r in rows], next_cursor=after)
+    return JSONResponse(page.model_dump(mode="json"))
 
 
 async def read(request: Request) -> Response:

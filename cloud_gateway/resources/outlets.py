@@ -3,7 +3,6 @@ by webhook), and one month's usage and fee."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 
@@ -12,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cloud_gateway import context, inputs, repository
-from cloud_gateway.models import OutletStatus, StatusRequestAccepted, Usage
+from cloud_gateway.models import OutletStatus, StatusRequestAccepted, Usage, UsageQuery
 from cloud_gateway.problems import Problem
 from cloud_gateway.resources.charges import reachable
 from schemas.codec import encode
@@ -89,21 +88,21 @@ async def usage(request: Request) -> Response:
     gateway = context.of(request)
     caller = await gateway.authorize(request, "usage:read")
     outlet_id = inputs.outlet_id(request)
-    month = inputs.month(request)
-    first_day = dt.datetime.strptime(month, "%Y-%m").date()
+    month = inputs.query(request, UsageQuery).month
     async with gateway.pool.connection() as conn:
-        found = await repository.month_usage(conn, caller.client_id, outlet_id, first_day)
+        found = await repository.month_usage(
+            conn, caller.client_id, outlet_id, inputs.first_day(month)
+        )
     if found is None:
         raise Problem("unknown-outlet", f"no outlet {outlet_id!r}")
-    kwh = found.energy_wh / 1000
     answer = Usage(
         outlet_id=outlet_id,
         month=month,
         timezone=found.timezone,
         charges=found.charges,
-        energy_kwh=round(kwh, 3),
+        energy_kwh=float(found.energy_kwh),
         tariff_per_kwh=found.tariff_per_kwh,
-        fee=round(kwh * found.tariff_per_kwh, 2),
+        fee=found.fee,
         currency=found.currency,
     )
     return JSONResponse(answer.model_dump(mode="json"))

@@ -49,10 +49,17 @@ CREATE TABLE site_tariffs (
 INSERT INTO site_tariffs (site_id, valid_from, per_kwh)
 SELECT site_id, '1970-01-01 00:00:00+00', tariff_per_kwh FROM sites;
 
--- A charge keeps the price in force when it was requested, and its fee follows from its
--- energy, computed once here for every reader: kWh rounded to the Wh, times the price,
--- rounded to the hundredth of the currency unit. The sum of a month's records is the
--- month's bill, to the cent.
+-- The price per kWh in force at a site at an instant.
+CREATE FUNCTION tariff_at(site text, at timestamptz) RETURNS numeric
+LANGUAGE sql STABLE AS $$
+    SELECT per_kwh FROM site_tariffs WHERE site_id = site AND valid_from <= at
+    ORDER BY valid_from DESC LIMIT 1
+$$;
+
+-- A charge keeps the price in force when it was requested, and its billed energy and fee
+-- follow from its energy, computed once here for every reader: kWh rounded to the Wh,
+-- times the price, rounded to the hundredth of the currency unit. The sum of a month's
+-- records is the month's bill, to the cent.
 ALTER TABLE charges
     ADD COLUMN tariff_per_kwh numeric(12, 4),
     ADD COLUMN currency       text;
@@ -62,6 +69,8 @@ WHERE o.outlet_id = c.outlet_id;
 ALTER TABLE charges
     ALTER COLUMN tariff_per_kwh SET NOT NULL,
     ALTER COLUMN currency SET NOT NULL,
+    ADD COLUMN energy_kwh numeric GENERATED ALWAYS AS
+        (round((energy_wh / 1000)::numeric, 3)) STORED,
     ADD COLUMN fee numeric GENERATED ALWAYS AS
         (round(round((energy_wh / 1000)::numeric, 3) * tariff_per_kwh, 2)) STORED;
 

@@ -1,0 +1,42 @@
+"""Opaque page cursors: the sort key of a page's last item, which the next page starts
+after (keyset pagination, so items created or removed meanwhile never shift a page: none
+is repeated or skipped).
+
+A cursor is base64url JSON of a short list of strings and numbers. One that does not
+decode to the shape a listing expects is refused with a 422 that says so; a client can
+neither learn nor reach anything through it that its filters do not already allow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from cloud_gateway.problems import Problem
+
+Key = list[str | int | float]
+
+
+def encode(key: Key) -> str:
+    raw = json.dumps(key, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str, shape: tuple[type, ...]) -> Key:
+    """The key in ``cursor``, each item of the type ``shape`` gives (int accepted for
+    float); else the 422 problem."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        key = json.loads(raw)
+    except (binascii.Error, ValueError):
+        key = None
+    if isinstance(key, list) and len(key) == len(shape):
+        ok = all(
+            (isinstance(v, want) and not isinstance(v, bool))
+            or (want is float and isinstance(v, int) and not isinstance(v, bool))
+            for v, want in zip(key, shape, strict=True)
+        )
+        if ok:
+            return key
+    raise Problem("invalid-request", "cursor: not a cursor this listing gave")
