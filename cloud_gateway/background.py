@@ -4,6 +4,7 @@ awaited before the pools close:
 * the MQTT link, which delivers the edge's acknowledgements to the calls waiting for them;
 * the time-outs: starts no breaker answered are failed and cancelled with an OFF, and
   overdue status requests are answered from the store;
+* the availability feed: outlet.availability webhooks when outlets become (un)available;
 * the client standing (disabled, removed, rotated clients), reloaded on every change;
 * the webhook deliverer, unless ``chargeline webhooks`` runs it.
 
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 import psycopg
 
-from charging import charges, lifecycle, status
+from charging import availability, charges, lifecycle, status
 from cloud_gateway import commands, repository, standing
 from cloud_gateway.context import Gateway
 from cloud_gateway.problems import Problem
@@ -35,6 +36,7 @@ def start(tasks: asyncio.TaskGroup, gateway: Gateway) -> list[asyncio.Task[None]
         "standing": lambda: standing.watch(gateway.database_url, gateway.standing),
         "mqtt": lambda: mqtt_link(gateway),
         "time-outs": lambda: timeouts(gateway),
+        "availability": lambda: availability_feed(gateway),
     }
     if gateway.settings.gateway_deliver_webhooks:
         loops["webhooks"] = gateway.deliverer.run
@@ -91,6 +93,18 @@ async def timeouts(gateway: Gateway) -> None:
                 await status.answer_overdue(conn, older_than_s=gateway.settings.status_timeout_s)
         except (psycopg.Error, aiomqtt.MqttError, Problem) as exc:
             log.warning("time-out check failed (%s); retrying", exc)
+
+
+async def availability_feed(gateway: Gateway, period_s: float = 1.0) -> None:
+    """Once a ``period_s``: outlet.availability webhooks for the outlets whose
+    availability changed (``charging.availability``)."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            async with gateway.pool.connection() as conn, conn.transaction():
+                await availability.publish(conn, min_gap_s=gateway.settings.availability_min_gap_s)
+        except psycopg.Error as exc:
+            log.warning("availability feed failed (%s); retrying", exc)
 
 
 async def expire_starts(gateway: Gateway) -> None:

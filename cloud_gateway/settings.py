@@ -88,6 +88,12 @@ class GatewaySettings(CommonSettings):
         description="a status request the edge has not answered this long is answered"
         " from the outlet's last stored reading",
     )
+    availability_min_gap_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="outlet.availability webhooks: at most one per outlet this often"
+        " (changes in between are coalesced into the next)",
+    )
 
     @property
     def jwks(self) -> str:

@@ -109,6 +109,23 @@ class ControllerPresence(_Strict):
     outlet_ids: list[str]
 
 
+class OutletAvailability(_Strict):
+    """``outlet.availability``: an outlet became available, or stopped being available.
+
+    Coalesced and rate-limited per outlet: at most one per outlet per interval (30 s by
+    default), carrying the outlet's status when it was sent. Apply one only if its ``at``
+    is newer than the last you applied for the outlet."""
+
+    outlet_id: str
+    site_id: str
+    available: bool = Field(description="a charge can start on the outlet now")
+    status: Literal["available", "charging", "offline", "out_of_service"] = Field(
+        description="why it is (un)available: charging (a charge is active, whoever's),"
+        " offline (its controller), out_of_service (the operator)"
+    )
+    at: float = Field(description="when the status was read (epoch seconds)")
+
+
 #: Every event type and the model of its ``data``.
 EVENTS: dict[str, type[BaseModel]] = {
     "charge.started": ChargeStarted,
@@ -118,6 +135,7 @@ EVENTS: dict[str, type[BaseModel]] = {
     "outlet.status": OutletStatusAnswer,
     "controller.online": ControllerPresence,
     "controller.offline": ControllerPresence,
+    "outlet.availability": OutletAvailability,
 }
 
 
