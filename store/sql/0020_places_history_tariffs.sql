@@ -128,7 +128,7 @@ CREATE TRIGGER controller_status_availability_online AFTER UPDATE OF online
 
 GRANT SELECT ON site_tariffs, outlet_live_status TO chargeline_gateway;
 GRANT SELECT, INSERT, UPDATE, DELETE ON site_tariffs TO chargeline_ingest;
-GRANT SELECT, INSERT, DELETE ON availability_changes TO chargeline_gateway;
+GRANT SELECT, INSERT, UPDATE, DELETE ON availability_changes TO chargeline_gateway;  -- FOR UPDATE
 GRANT SELECT, INSERT ON availability_changes TO chargeline_ingest;
 GRANT SELECT, INSERT, UPDATE ON outlet_availability TO chargeline_gateway;
 GRANT SELECT ON site_tariffs, outlet_availability, outlet_live_status TO chargeline_analyst;
