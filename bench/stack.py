@@ -97,6 +97,8 @@ def partner_stack(
             "CHARGELINE_API_BURST": "1000000",
             "CHARGELINE_TOKEN_RATE_PER_S": "1000000",
             "CHARGELINE_TOKEN_BURST": "1000000",
+            "CHARGELINE_TOKEN_SOURCE_RATE_PER_S": "1000000",
+            "CHARGELINE_TOKEN_SOURCE_BURST": "1000000",
             **(env or {}),
         }
         stack.enter_context(service(["ingest"], common))

@@ -49,11 +49,14 @@ CREATE TABLE site_tariffs (
 INSERT INTO site_tariffs (site_id, valid_from, per_kwh)
 SELECT site_id, '1970-01-01 00:00:00+00', tariff_per_kwh FROM sites;
 
--- The price per kWh in force at a site at an instant.
+-- The price per kWh in force at a site at an instant (the site's own tariff_per_kwh for a
+-- site written without its tariff rows, e.g. straight into the table).
 CREATE FUNCTION tariff_at(site text, at timestamptz) RETURNS numeric
 LANGUAGE sql STABLE AS $$
-    SELECT per_kwh FROM site_tariffs WHERE site_id = site AND valid_from <= at
-    ORDER BY valid_from DESC LIMIT 1
+    SELECT coalesce(
+        (SELECT per_kwh FROM site_tariffs WHERE site_id = site AND valid_from <= at
+         ORDER BY valid_from DESC LIMIT 1),
+        (SELECT tariff_per_kwh FROM sites WHERE site_id = site))
 $$;
 
 -- A charge keeps the price in force when it was requested, and its billed energy and fee
