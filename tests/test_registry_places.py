@@ -5,6 +5,7 @@ the file's, and a charge keeps the price it started under."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,12 @@ def test_place_mistakes_name_the_line(replace: str, by: str, line: int, message:
     text = str(caught.value)
     assert message in text
     assert text.startswith(f"site.toml:{line}:"), text
+
+
+def test_the_documented_example_registry_has_a_place_and_a_price_history() -> None:
+    example = Path(__file__).parent.parent / "deploy" / "registry.example.toml"
+    site = parse(example.read_text(), source=str(example)).sites[0]
+    assert site.latitude is not None and site.address and site.tariffs
 
 
 def test_a_repeated_tariff_instant_is_refused() -> None:

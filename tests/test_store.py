@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -254,6 +256,19 @@ def test_the_analyst_reads_what_the_docs_promise_but_no_payload_bytes(database: 
         assert "MeterBatch payload" in reason
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT payload FROM dead_letters")
+
+
+def test_the_documented_example_queries_run_as_the_analyst(database: str) -> None:
+    """Every statement in docs/analytics.md's examples runs under chargeline_analyst."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    doc = (Path(__file__).parent.parent / "docs" / "analytics.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", doc, flags=re.S)
+    statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
+    assert len(statements) >= 5
+    with psycopg.connect(database) as conn:
+        conn.execute("SET ROLE chargeline_analyst")
+        for statement in statements:
+            conn.execute(statement).fetchall()
 
 
 def test_unknown_outlet_readings_are_kept_as_dead_letters(database: str) -> None:

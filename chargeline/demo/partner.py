@@ -235,5 +235,7 @@ class Partner:
                 f"{subject}: status {reading.get('current_a', '?')} A,"
                 f" breaker {'ON' if reading.get('breaker_on') else 'OFF'} ({data.get('source')})"
             )
+        elif kind == "outlet.availability":
+            tally.say(f"{subject}: {'available' if data['available'] else data['status']}")
         else:
             tally.say(f"{subject}: {kind} {data.get('reason', '')}".rstrip())

@@ -37,7 +37,7 @@ from chargeline.demo import stack, view
 from chargeline.demo.partner import Partner, Tally
 from chargeline.demo.residents import ENDED_WITHIN_S, World
 from chargeline.demo.site import controller_id_of, sample_registry
-from cloud_gateway.clients import NewClient, add_client
+from cloud_gateway.clients import SCOPES, NewClient, add_client
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
@@ -226,7 +226,7 @@ def _register_partner(url: str, port: int) -> NewClient:
     return add_client(
         url,
         f"WeCharge demo {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        ["charges:write", "charges:read", "outlets:read", "usage:read"],
+        list(SCOPES),
         f"http://127.0.0.1:{port}/hooks",
         allow_private=True,  # the demo's partner is on this machine
     )

@@ -27,6 +27,10 @@ def sample_registry(controllers: int, outlets: int) -> Registry:
                 contract_current_a=200,
                 tariff_per_kwh=31.5,
                 currency="JPY",
+                latitude=36.6959,
+                longitude=137.2137,
+                address="1-1 Shintomicho, Toyama",
+                access_notes="Level B1; the gate opens with the app",
             )
         ],
         controllers=[
