@@ -326,12 +326,6 @@ async def search_places(conn: Conn, search: SiteSearch) -> tuple[list[Place], st
         kept.append("v.kind = %(kind)s")
         params["kind"] = search.kind
     where = []
-    if kept:
-        where.append(
-            "EXISTS (SELECT 1 FROM outlet_live_status v WHERE v.site_id = s.site_id AND "
-            + " AND ".join(kept)
-            + ")"
-        )
     centre = search.centre()
     if centre is not None:
         radius = search.radius_km or 10.0
@@ -352,11 +346,23 @@ async def search_places(conn: Conn, search: SiteSearch) -> tuple[list[Place], st
         if search.cursor is not None:
             (params["after"],) = cursors.decode(search.cursor, _SITE_KEY)
             where.append("s.site_id > %(after)s")
-    # The page first (from the index), then each of its sites' columns.
+    # The candidates in order (from the index; distances are arithmetic), then the outlet
+    # filters on them one by one until the page is full: a filter costs a look at the
+    # site's outlets, so it must not run on every site of a dense city (OFFSET 0 keeps the
+    # planner from pushing it down into the scan). Then each page site's columns.
+    outlet_filter = "true"
+    if kept:
+        outlet_filter = (
+            "EXISTS (SELECT 1 FROM outlet_live_status v WHERE v.site_id = c.site_id AND "
+            + " AND ".join(kept)
+            + ")"
+        )
     query = (
-        f"SELECT {_PLACE_COLUMNS.format(distance='p.distance_km')}"
-        f" FROM (SELECT s.site_id, {distance} AS distance_km FROM sites s"
-        f"  WHERE {' AND '.join(where) or 'true'} ORDER BY {order} LIMIT %(limit)s) p"
+        f"SELECT {_PLACE_COLUMNS.format(distance='p.distance_km')} FROM ("
+        f" SELECT c.site_id, c.distance_km FROM ("
+        f"  SELECT s.site_id, {distance} AS distance_km FROM sites s"
+        f"  WHERE {' AND '.join(where) or 'true'} ORDER BY {order} OFFSET 0) c"
+        f" WHERE {outlet_filter} ORDER BY {order} LIMIT %(limit)s) p"
         f" JOIN sites s USING (site_id) ORDER BY {order}"
     )
     cur = conn.cursor(row_factory=dict_row)
