@@ -31,12 +31,23 @@ def decode(cursor: str, shape: tuple[type, ...]) -> Key:
         key = json.loads(raw)
     except (binascii.Error, ValueError):
         key = None
-    if isinstance(key, list) and len(key) == len(shape):
-        ok = all(
-            (isinstance(v, want) and not isinstance(v, bool))
-            or (want is float and isinstance(v, int) and not isinstance(v, bool))
-            for v, want in zip(key, shape, strict=True)
-        )
-        if ok:
-            return key
-    raise Problem("invalid-request", "cursor: not a cursor this listing gave")
+    if (
+        isinstance(key, list)
+        and len(key) == len(shape)
+        and all(_fits(v, want) for v, want in zip(key, shape, strict=True))
+    ):
+        return key
+    raise invalid()
+
+
+def _fits(value: object, want: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return want is str and "\x00" not in value  # no database text can hold one
+    return isinstance(value, want) or (want is float and isinstance(value, int))
+
+
+def invalid() -> Problem:
+    """The answer to a cursor no listing of this kind gave."""
+    return Problem("invalid-request", "cursor: not a cursor this listing gave")

@@ -187,14 +187,10 @@ class MonthUsage:
 #: site's time zone. The UTC window (a day either side) lets the index narrow the scan.
 _IN_MONTH = (
     " c.client_id = %(client)s AND c.state = 'stopped'"
-    " AND c.stopped_at >= %(month)s::date - 1 AND c.stopped_at < %(next)s::date + 1"
+    " AND c.stopped_at >= %(month)s::date - 1"
+    " AND c.stopped_at < %(month)s::date + interval '1 month 1 day'"
     " AND date_trunc('month', c.stopped_at AT TIME ZONE s.timezone)::date = %(month)s"
 )
-
-
-def _month(first_day: dt.date) -> dict[str, dt.date]:
-    following = (first_day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    return {"month": first_day, "next": following}
 
 
 async def month_usage(
@@ -208,7 +204,7 @@ async def month_usage(
         " FROM outlets o JOIN controllers USING (controller_id) JOIN sites s USING (site_id)"
         f" LEFT JOIN charges c ON c.outlet_id = o.outlet_id AND {_IN_MONTH}"
         " WHERE o.outlet_id = %(outlet)s GROUP BY 1, 2, 3",
-        {"client": client_id, "outlet": outlet_id, **_month(first_day)},
+        {"client": client_id, "outlet": outlet_id, "month": first_day},
     )
     row = await cur.fetchone()
     return None if row is None else MonthUsage(*row)
@@ -238,7 +234,7 @@ async def client_usage(conn: Conn, client_id: str, first_day: dt.date) -> list[U
         " JOIN controllers k ON k.controller_id = o.controller_id"
         " JOIN sites s ON s.site_id = k.site_id"
         f" WHERE {_IN_MONTH} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 5",
-        {"client": client_id, **_month(first_day)},
+        {"client": client_id, "month": first_day},
     )
     return await cur.fetchall()
 
@@ -275,8 +271,11 @@ async def charge_history(
         params["before"] = search.requested_before
     if search.cursor is not None:
         micros, after = cursors.decode(search.cursor, _HISTORY_KEY)
+        try:
+            params["at"] = _EPOCH + dt.timedelta(microseconds=int(micros))
+        except OverflowError:  # no instant a page ended at
+            raise cursors.invalid() from None
         where.append(sql.SQL("(requested_at, partner_charge_id) < (%(at)s, %(after)s)"))
-        params["at"] = _EPOCH + dt.timedelta(microseconds=int(micros))
         params["after"] = after
     query = sql.SQL(
         "SELECT {columns} FROM charges WHERE {where}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from cloud_gateway import cursors
 from cloud_gateway.clients import add_client
 from cloud_gateway.problems import MEDIA_TYPE
 from store.registry import import_registry
@@ -134,5 +135,38 @@ def test_unknown_paths_wrong_methods_and_oversized_bodies(database: str, tmp_pat
         problem(big, 413, "body-too-large")
         invalid = await api.post("/v1/charges", json={"outlet_id": outlet}, headers=bearer)
         assert "charge_id" in str(problem(invalid, 422, "invalid-request")["detail"])
+
+    with_cloud(database, tmp_path, ALL, calls)
+
+
+def test_history_and_usage_of_a_client_without_charges_and_bad_queries(
+    database: str, tmp_path: Path
+) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        empty = await api.get("/v1/charges", headers=bearer)
+        assert empty.status_code == 200, empty.text
+        assert empty.json() == {"charges": [], "next_cursor": None}
+        # The last month a date can name, and the first: empty, not a failure.
+        for month in ("9999-12", "1000-01"):
+            usage = await api.get(f"/v1/usage?month={month}", headers=bearer)
+            assert usage.json() == {"month": month, "totals": [], "sites": []}, usage.text
+            one = await api.get(f"/v1/outlets/{outlet}/usage?month={month}", headers=bearer)
+            assert one.status_code == 200 and one.json()["fee"] == 0, one.text
+        far = cursors.encode([10**20, "wc-1"])  # an instant no page ended at
+        for query, says in [
+            (f"cursor={far}", "cursor: not a cursor this listing gave"),
+            (f"cursor={cursors.encode(['s1'])}", "cursor: not a cursor this listing gave"),
+            ("cursor=" + cursors.encode([0, "wc\x00"]), "cursor: not a cursor this listing gave"),
+            ("state=charging", "state: Input should be"),
+            ("requested_from=2026-12-01T00:00:00", "requested_from: Input should have timezone"),
+            ("outlet_id=%20x", "outlet_id: String should match pattern"),
+            ("limit=101", "limit: Input should be less than or equal to 100"),
+            ("site=x", "site: Extra inputs are not permitted"),
+        ]:
+            answer = await api.get(f"/v1/charges?{query}", headers=bearer)
+            body = problem(answer, 422, "invalid-request")
+            assert says in str(body["detail"]), (query, body)
+        body = problem(await api.get("/v1/usage", headers=bearer), 422, "invalid-request")
+        assert "month: Field required" in str(body["detail"])
 
     with_cloud(database, tmp_path, ALL, calls)

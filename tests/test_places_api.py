@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from charging import status
+from cloud_gateway import cursors
 from cloud_gateway.clients import add_client
 from cloud_gateway.places import KM_PER_DEGREE, Point, distance_km
 from schemas.messages import Presence
@@ -186,6 +187,8 @@ def test_bad_searches_get_a_precise_422(database: str, tmp_path: Path) -> None:
             ("near=35,139&radius_km=500", "radius_km: Input should be less than or equal to 200"),
             ("limit=0", "limit: Input should be greater than or equal to 1"),
             ("cursor=AAAA", "cursor: not a cursor this listing gave"),
+            ("cursor=" + cursors.encode(["a\x00"]), "cursor: not a cursor this listing gave"),
+            (f"near=35,139&cursor={cursors.encode(['a'])}", "cursor: not a cursor this listing"),
             ("kind=tesla", "kind: Input should be 'ac_outlet', 'ocpp_ac' or 'ocpp_dc'"),
             ("nera=35,139", "nera: Extra inputs are not permitted"),
             ("limit=1&limit=2", "limit: give each parameter once"),
