@@ -170,3 +170,26 @@ def test_history_and_usage_of_a_client_without_charges_and_bad_queries(
         assert "month: Field required" in str(body["detail"])
 
     with_cloud(database, tmp_path, ALL, calls)
+
+
+def test_a_start_on_an_outlet_out_of_service_is_refused(database: str, tmp_path: Path) -> None:
+    async def calls(api: httpx2.AsyncClient, bearer: dict[str, str], outlet: str) -> None:
+        cid = outlet.rsplit("-", 1)[0]
+        registry = registry_for([cid], 2)
+        (controller,) = registry.controllers
+        outlets = [
+            o.model_copy(update={"in_service": o.outlet_id != outlet}) for o in controller.outlets
+        ]
+        controller = controller.model_copy(update={"outlets": outlets})
+        summary = import_registry(
+            database, registry.model_copy(update={"controllers": [controller]})
+        )
+        assert summary.counts["outlets updated"] == 1
+        start = await api.post(
+            "/v1/charges", json={"outlet_id": outlet, "charge_id": "wc-9"}, headers=bearer
+        )
+        body = problem(start, 409, "outlet-out-of-service")
+        assert outlet in str(body["detail"])
+        problem(await api.get("/v1/charges/wc-9", headers=bearer), 404, "unknown-charge")
+
+    with_cloud(database, tmp_path, ALL, calls)
