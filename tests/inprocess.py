@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
 from cloud_gateway import api, auth_server
+from cloud_gateway.clients import NewClient
+from cloud_gateway.problems import MEDIA_TYPE
 from cloud_gateway.settings import GatewaySettings
 
 #: Never dialled (the transport reaches the app); authlib lets OAuth2 run over plain HTTP
@@ -59,3 +61,29 @@ async def cloud(
         gateway = api.create_app(settings, database, http=auth)
         async with running(gateway, API) as partner_api:
             yield auth, partner_api
+
+
+@contextlib.asynccontextmanager
+async def as_partner(
+    database: str, data_dir: Path, partner: NewClient
+) -> AsyncIterator[tuple[httpx2.AsyncClient, dict[str, str]]]:
+    """The partner API, and ``partner``'s Authorization header with a token from the
+    in-process authorization server."""
+    async with cloud(database, data_dir) as (auth, partner_api):
+        answer = await auth.post(
+            "/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(partner.client_id, partner.client_secret),
+        )
+        assert answer.status_code == 200, answer.text
+        yield partner_api, {"authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def problem(answer: httpx2.Response, status: int, kind: str) -> dict[str, object]:
+    """The RFC 9457 body of an answer that must be the problem ``kind`` with ``status``."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == MEDIA_TYPE
+    body: dict[str, object] = answer.json()
+    assert body["type"] == f"https://chargeline.example/problems/{kind}"
+    assert body["status"] == status
+    return body

@@ -14,10 +14,9 @@ import pytest
 
 from cloud_gateway import cursors
 from cloud_gateway.clients import add_client
-from cloud_gateway.problems import MEDIA_TYPE
 from store.registry import import_registry
 from tests.conftest import registry_for
-from tests.inprocess import cloud
+from tests.inprocess import as_partner, problem
 
 pytestmark = pytest.mark.database
 
@@ -32,26 +31,10 @@ def with_cloud(database: str, tmp_path: Path, scopes: list[str], calls: Calls) -
     partner = add_client(database, "in-process partner", scopes)
 
     async def main() -> None:
-        async with cloud(database, tmp_path) as (auth, partner_api):
-            answer = await auth.post(
-                "/oauth2/token",
-                data={"grant_type": "client_credentials"},
-                auth=(partner.client_id, partner.client_secret),
-            )
-            assert answer.status_code == 200, answer.text
-            bearer = {"authorization": f"Bearer {answer.json()['access_token']}"}
+        async with as_partner(database, tmp_path, partner) as (partner_api, bearer):
             await calls(partner_api, bearer, f"{cid}-1")
 
     asyncio.run(main())
-
-
-def problem(answer: httpx2.Response, status: int, kind: str) -> dict[str, object]:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"] == MEDIA_TYPE
-    body: dict[str, object] = answer.json()
-    assert body["type"] == f"https://chargeline.example/problems/{kind}"
-    assert body["status"] == status
-    return body
 
 
 ALL = ["charges:write", "charges:read", "outlets:read", "usage:read"]

@@ -23,8 +23,7 @@ from cloud_gateway.places import KM_PER_DEGREE, Point, distance_km
 from schemas.messages import Presence
 from store.registry import import_registry
 from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
-from tests.inprocess import cloud
-from tests.test_api_inprocess import problem
+from tests.inprocess import as_partner, problem
 
 pytestmark = pytest.mark.database
 
@@ -66,14 +65,8 @@ def with_partner(database: str, tmp_path: Path, scopes: list[str], calls: Calls)
     partner = add_client(database, "map app", scopes)
 
     async def main() -> None:
-        async with cloud(database, tmp_path) as (auth, api):
-            answer = await auth.post(
-                "/oauth2/token",
-                data={"grant_type": "client_credentials"},
-                auth=(partner.client_id, partner.client_secret),
-            )
-            assert answer.status_code == 200, answer.text
-            await calls(api, {"authorization": f"Bearer {answer.json()['access_token']}"})
+        async with as_partner(database, tmp_path, partner) as (api, bearer):
+            await calls(api, bearer)
 
     asyncio.run(main())
 
