@@ -14,6 +14,10 @@ around points drawn from the sites themselves, so most searches land in a city: 
 call at a time, for the latency a user waits (p50/p99), then on every connection, for
 the rate; and the same searches with ``available=true`` one at a time.
 
+The "history" phase gives the client 200,000 stopped charges over the last year and times
+its history and usage screens one call at a time: the first page of ``GET /v1/charges``,
+a page from a cursor halfway down, one outlet's page, and ``GET /v1/usage`` for each month.
+
 Targets: ≥ 1,000 status reads/s, ≥ 300 tokens/s, near searches p99 ≤ 20 ms.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import random
 import statistics
 import sys
@@ -30,7 +35,8 @@ import psycopg
 from authlib.integrations.httpx_client import OAuth2Client
 
 from bench.common import emit, parser, workdir
-from bench.stack import partner_stack
+from bench.stack import Stack, partner_stack
+from cloud_gateway import cursors
 
 CONTROLLERS = [f"a{n:04d}" for n in range(4)]
 
@@ -43,7 +49,10 @@ def main() -> None:
     with (
         workdir() as tmp,
         partner_stack(
-            tmp, CONTROLLERS, scopes=["outlets:read", "sites:read"], edges=False
+            tmp,
+            CONTROLLERS,
+            scopes=["outlets:read", "sites:read", "charges:read", "usage:read"],
+            edges=False,
         ) as stack,
     ):
         fill_readings(stack.db)
@@ -101,6 +110,12 @@ def main() -> None:
         free_waits = asyncio.run(latencies(stack.api, free, seconds))
         near_rate = asyncio.run(load(stack.api, near, seconds, args.connections))
         sites_found = asyncio.run(mean_sites(stack.api, near[:200]))
+        history = history_calls(stack, bearer)
+        asyncio.run(load(stack.api, [c for calls in history.values() for c in calls], 1.0, 4))
+        history_waits = {
+            name: asyncio.run(latencies(stack.api, calls, seconds / 2))
+            for name, calls in history.items()
+        }
         with psycopg.connect(stack.db) as conn:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     cuts = statistics.quantiles(waits, n=100)
@@ -118,6 +133,11 @@ def main() -> None:
         "near_available_p50_ms": round(free_cuts[49] * 1000, 2),
         "near_available_p99_ms": round(free_cuts[98] * 1000, 2),
         "near_per_s": round(near_rate),
+        "charges": CHARGES,
+        **{
+            f"{name}_p99_ms": round(statistics.quantiles(w, n=100)[98] * 1000, 2)
+            for name, w in history_waits.items()
+        },
         "database_mb": round((size[0] if size else 0) / 2**20),
     }
     print(
@@ -193,6 +213,56 @@ def fill_sites(db: str, count: int) -> list[tuple[float, float]]:
         conn.execute("TRUNCATE availability_changes")  # the feed would announce them all
         conn.execute("ANALYZE")
     return rng.sample(spots, 500)
+
+
+CHARGES = 200_000
+
+
+def history_calls(stack: Stack, bearer: dict[str, str]) -> dict[str, list[bytes]]:
+    """``CHARGES`` stopped charges of the benchmark's client over the last year; the calls
+    its history and usage screens make: the first page, a page deep in the history
+    (from a cursor), one outlet's page, and a month's usage."""
+    with psycopg.connect(stack.db) as conn:
+        conn.execute(
+            "INSERT INTO charges (charge_id, partner_charge_id, client_id, outlet_id,"
+            " controller_id, outlet_no, request_sha256, state, start_generation, end_at,"
+            " requested_at, started_at, stopped_at, stop_reason, energy_wh, tariff_per_kwh,"
+            " currency)"
+            " SELECT 'h' || i, 'wc-' || i, %s, c || '-' || (1 + i %% 8), c, 1 + i %% 8,"
+            "  '\\x00', 'stopped', i, t, t, t, t + interval '1 hour', 'partner stopped',"
+            "  5000 + i %% 7000, 30, 'JPY'"
+            " FROM generate_series(1, %s) i,"
+            "  LATERAL (SELECT (%s::text[])[1 + i %% %s] AS c,"
+            "   now() - make_interval(secs => i * 157.0) AS t) x",
+            (stack.client.client_id, CHARGES, CONTROLLERS, len(CONTROLLERS)),
+        )
+        conn.execute("TRUNCATE availability_changes")
+        conn.execute("ANALYZE charges")
+        deep = conn.execute(
+            "SELECT requested_at, partner_charge_id FROM charges WHERE client_id = %s"
+            " ORDER BY requested_at DESC, partner_charge_id DESC OFFSET %s LIMIT 1",
+            (stack.client.client_id, CHARGES // 2),
+        ).fetchone()
+        months = [
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT to_char(stopped_at, 'YYYY-MM') FROM charges ORDER BY 1"
+            ).fetchall()
+        ]
+    assert deep is not None
+    micros = (deep[0] - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    cursor = cursors.encode([micros, deep[1]])
+
+    def get(path: str) -> bytes:
+        return request("GET", stack.api, path, bearer)
+
+    outlets = [f"{c}-{n}" for c in CONTROLLERS for n in range(1, 9)]
+    return {
+        "history_first_page": [get("/v1/charges")],
+        "history_deep_page": [get(f"/v1/charges?cursor={cursor}")],
+        "history_one_outlet": [get(f"/v1/charges?outlet_id={o}") for o in outlets],
+        "usage_month": [get(f"/v1/usage?month={m}") for m in months],
+    }
 
 
 async def latencies(base: str, requests: list[bytes], seconds: float) -> list[float]:

@@ -79,6 +79,8 @@ ALTER TABLE charges
 
 -- A client's history, newest first, paged by (requested_at, its own charge id).
 CREATE INDEX charges_history ON charges (client_id, requested_at DESC, partner_charge_id DESC);
+CREATE INDEX charges_history_by_outlet
+    ON charges (client_id, outlet_id, requested_at DESC, partner_charge_id DESC);
 -- A client's monthly usage reads its stopped charges by stop time.
 CREATE INDEX charges_stopped ON charges (client_id, stopped_at) WHERE state = 'stopped';
 
