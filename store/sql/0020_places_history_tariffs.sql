@@ -131,6 +131,13 @@ CREATE TRIGGER controller_status_availability_online AFTER UPDATE OF online
     ON controller_status FOR EACH ROW WHEN (OLD.online IS DISTINCT FROM NEW.online)
     EXECUTE FUNCTION chargeline_controller_availability_changed();
 
+-- An installation upgraded to this version: partners read the outlets' state as it is now
+-- (GET /v1/sites), so that is what they have heard; the next change is announced against
+-- it. (Without this, a charge starting on an outlet never announced would say nothing:
+-- "never announced" counts as unavailable, which is right only for new outlets.)
+INSERT INTO outlet_availability (outlet_id, status, published_at)
+SELECT outlet_id, status, now() FROM outlet_live_status;
+
 GRANT SELECT ON site_tariffs, outlet_live_status TO chargeline_gateway;
 GRANT SELECT, INSERT, UPDATE, DELETE ON site_tariffs TO chargeline_ingest;
 GRANT SELECT, INSERT, UPDATE, DELETE ON availability_changes TO chargeline_gateway;  -- FOR UPDATE
