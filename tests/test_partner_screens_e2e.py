@@ -68,6 +68,7 @@ def test_history_pages_through_a_thousand_charges_while_new_ones_start(
     _seed_history(installation, partner.client.client_id)
     stop = threading.Event()
     created: list[str] = []
+    unexpected: list[str] = []
 
     def keep_charging() -> None:  # a resident after another, on the live controller
         with OAuth2Client(
@@ -81,9 +82,11 @@ def test_history_pages_through_a_thousand_charges_while_new_ones_start(
                 started = oauth.post(
                     f"{partner.api}/v1/charges", json={"outlet_id": outlet, "charge_id": f"new-{n}"}
                 )
-                assert started.status_code in (201, 202), started.text
-                created.append(f"new-{n}")
-                oauth.post(f"{partner.api}/v1/charges/new-{n}/stop")
+                if started.status_code in (201, 202):
+                    created.append(f"new-{n}")
+                    oauth.post(f"{partner.api}/v1/charges/new-{n}/stop")
+                elif started.status_code != 409:  # busy: its last charge is still stopping
+                    unexpected.append(started.text)
 
     worker = threading.Thread(target=keep_charging)
     worker.start()
@@ -99,7 +102,7 @@ def test_history_pages_through_a_thousand_charges_while_new_ones_start(
     assert old <= set(ids), f"skipped: {sorted(old - set(ids))[:5]}"
     times = [dt.datetime.fromisoformat(c["requested_at"]) for c in seen]
     assert times == sorted(times, reverse=True), "newest first"
-    assert created, "charges were created while the pages were read"
+    assert created and not unexpected, unexpected
 
     # Filters: a state, an outlet, a site, a time window; each page still newest first.
     outlet = f"{installation.controllers[1]}-3"
@@ -224,4 +227,4 @@ def test_availability_webhooks_as_a_charge_starts_and_stops(
             lambda b: b["type"] == "outlet.availability" and b["data"]["outlet_id"] == outlet
         )
     ]
-    assert ats == sorted(ats) and ats[2] - ats[1] >= 1  # rate-limited per outlet
+    assert ats == sorted(ats)  # (the rate limit is tested in tests/test_availability.py)
