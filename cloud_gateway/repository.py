@@ -184,11 +184,12 @@ class MonthUsage:
 
 
 #: A client's stopped charges that count in a month: stopped in that month of their
-#: site's time zone. The UTC window (a day either side) lets the index narrow the scan.
+#: site's time zone. The window in UTC (a day either side, more than any zone's offset;
+#: in UTC whatever the session's time zone) lets the index narrow the scan.
 _IN_MONTH = (
     " c.client_id = %(client)s AND c.state = 'stopped'"
-    " AND c.stopped_at >= %(month)s::date - 1"
-    " AND c.stopped_at < %(month)s::date + interval '1 month 1 day'"
+    " AND c.stopped_at >= (%(month)s::date - 1)::timestamp AT TIME ZONE 'UTC'"
+    " AND c.stopped_at < (%(month)s::date + interval '1 month 1 day') AT TIME ZONE 'UTC'"
     " AND date_trunc('month', c.stopped_at AT TIME ZONE s.timezone)::date = %(month)s"
 )
 
