@@ -81,7 +81,7 @@ class SiteSearch(_Query):
 
     near: str | None = Field(
         default=None,
-        pattern=r"^-?[0-9]{1,2}(\.[0-9]{1,8})?,-?[0-9]{1,3}(\.[0-9]{1,8})?$",
+        pattern=r"^-?[0-9]{1,2}(\.[0-9]{1,15})?,-?[0-9]{1,3}(\.[0-9]{1,15})?$",
         description="lat,lon in WGS 84 degrees (e.g. 35.6812,139.7671): sites within"
         " radius_km, nearest first; without it, every site by id",
     )
