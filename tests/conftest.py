@@ -3,6 +3,7 @@ a fresh database, topic root and set of controller ids per test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -74,17 +75,25 @@ def database_url_for(server_url: str, name: str) -> str:
     return psycopg.conninfo.make_conninfo(server_url, dbname=name)
 
 
-@pytest.fixture
-def database(pg_url: str) -> Iterator[str]:
-    """A new, migrated database for one test."""
+@contextlib.contextmanager
+def new_database(pg_url: str) -> Iterator[str]:
+    """An empty database of its own on the test server, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(pg_url, name)
-    migrations.upgrade(url)
-    yield url
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield database_url_for(pg_url, name)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(pg_url: str) -> Iterator[str]:
+    """A new, migrated database for one test."""
+    with new_database(pg_url) as url:
+        migrations.upgrade(url)
+        yield url
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -251,11 +260,6 @@ def site(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
     (``tests.brokers.Site``), for brokers that enforce the access policy."""
     from tests.brokers import Site
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(pg_url, name)
-    migrations.upgrade(url)
-    yield Site.create(url, tmp_path_factory.mktemp("site"))
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(pg_url) as url:
+        migrations.upgrade(url)
+        yield Site.create(url, tmp_path_factory.mktemp("site"))

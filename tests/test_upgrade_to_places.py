@@ -4,7 +4,6 @@ keeps its charges billable and its outlets' availability announced from where th
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -13,7 +12,7 @@ import pytest
 from charging import availability
 from cloud_gateway.clients import add_client
 from store import migrations
-from tests.conftest import database_url_for
+from tests.conftest import new_database
 from tests.db import query
 
 pytestmark = pytest.mark.database
@@ -22,26 +21,23 @@ pytestmark = pytest.mark.database
 @pytest.fixture
 def before_0020(pg_url: str) -> Iterator[str]:
     """A database at migration 0019, as an installation of the previous version has it."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url_for(pg_url, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " flavour text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for m in migrations.load_migrations("plain"):
-            if m.version >= 20:
-                break
-            with conn.transaction():
-                conn.execute(m.sql.encode())
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (%s, %s, 'plain')", (m.version, m.name)
-                )
-    yield url
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(pg_url) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, flavour text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for m in migrations.load_migrations("plain"):
+                if m.version >= 20:
+                    break
+                with conn.transaction():
+                    conn.execute(m.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (%s, %s, 'plain')",
+                        (m.version, m.name),
+                    )
+        yield url
 
 
 def test_upgrade_prices_old_charges_and_announces_the_next_change(before_0020: str) -> None:
