@@ -195,6 +195,33 @@ def _ack(generation: int, on: bool, at: float, meter: float = 0.0) -> tuple[str,
     return Topics().ack("ctl-a"), encode(message)
 
 
+def _crossed(at: float, current_a: float) -> tuple[str, bytes]:
+    """ctl-a's outlet 1 reporting its current rose through the threshold."""
+    event = EdgeEvent(
+        controller_id="ctl-a",
+        at=at,
+        kind=EdgeEventKind.CURRENT_CROSSED,
+        outlet=1,
+        generation=1,
+        current_a=current_a,
+        breaker_on=True,
+        detail="rose through 10 A",
+        energy_wh=0.0,
+        voltage_v=200.0,
+    )
+    return Topics().event("ctl-a"), encode(event)
+
+
+def _stop(url: str, charge_id: str, generation: int, at: float) -> None:
+    """The partner's stop, as the gateway records it (its OFF has ``generation``)."""
+
+    async def stop() -> None:
+        async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+            await charges.apply(conn, charge_id, StopRequested(generation, "partner stopped", at))
+
+    asyncio.run(stop())
+
+
 def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, str]) -> None:
     """What ingest receives drives the charge: ack → started, current → rise, readings →
     energy; the OFF ack closes the count with the meter it carries. Redelivered messages
@@ -219,33 +246,17 @@ def test_ingest_moves_a_charge_from_acks_events_and_readings(setup: tuple[str, s
             MeterBatch(controller_id="ctl-a", seq=m + 1, frames=(frame,))
         )
 
-    crossed = EdgeEvent(
-        controller_id="ctl-a",
-        at=T0 + 20,
-        kind=EdgeEventKind.CURRENT_CROSSED,
-        outlet=1,
-        generation=1,
-        current_a=15.5,
-        breaker_on=True,
-        detail="rose through 10 A",
-        energy_wh=0.0,
-        voltage_v=200.0,
-    )
     first = [
         minute(0, 1000.0, 0.0, False),
         _ack(1, True, T0 + 10, 1000.0),
-        (topics.event("ctl-a"), encode(crossed)),
+        _crossed(T0 + 20, 15.5),
         minute(1, 1150.0, 15.5, True),
     ]
-
-    async def stop() -> None:
-        async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
-            await charges.apply(conn, "ch-1", StopRequested(2, "partner stopped", T0 + 100))
 
     asyncio.run(_create(url, client_id, "ch-1"))
     write(url, first)
     write(url, first)  # redelivered
-    asyncio.run(stop())
+    _stop(url, "ch-1", 2, T0 + 100)
     write(url, [_ack(2, False, T0 + 101, 1230.0)])  # stopped is reported at once
     kinds = [kind for kind, _ in outbox(url)]
     assert kinds == ["charge.started", "charge.current_rise", "charge.stopped"]
@@ -264,34 +275,12 @@ def test_the_next_charge_on_an_outlet_gets_its_own_rise(setup: tuple[str, str]) 
     """A charge stopped before any minute reading never saw the current fall; the next
     charge on the outlet must still get its own current rise."""
     url, client_id = setup
-    topics = Topics()
-
-    def crossed(at: float) -> tuple[str, bytes]:
-        kind = EdgeEventKind.CURRENT_CROSSED
-        event = EdgeEvent(
-            controller_id="ctl-a",
-            at=at,
-            kind=kind,
-            outlet=1,
-            generation=1,
-            current_a=16.0,
-            breaker_on=True,
-            detail="rose through 10 A",
-            energy_wh=0.0,
-            voltage_v=200.0,
-        )
-        return topics.event("ctl-a"), encode(event)
-
-    async def stop(charge_id: str, generation: int, at: float) -> None:
-        async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
-            await charges.apply(conn, charge_id, StopRequested(generation, "partner stopped", at))
-
     asyncio.run(_create(url, client_id, "ch-1"))
-    write(url, [_ack(1, True, T0 + 10), crossed(T0 + 20)])
-    asyncio.run(stop("ch-1", 2, T0 + 30))
+    write(url, [_ack(1, True, T0 + 10), _crossed(T0 + 20, 16.0)])
+    _stop(url, "ch-1", 2, T0 + 30)
     write(url, [_ack(2, False, T0 + 31)])
     asyncio.run(_create(url, client_id, "ch-2", generation=3))
-    write(url, [_ack(3, True, T0 + 40), crossed(T0 + 50)])
+    write(url, [_ack(3, True, T0 + 40), _crossed(T0 + 50, 16.0)])
     rises = [
         body["data"]["charge_id"] for kind, body in outbox(url) if kind == "charge.current_rise"
     ]
