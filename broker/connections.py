@@ -30,7 +30,7 @@ from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
 from broker.access import RegistryAccess
-from kernel.limits import ConnectionBudget
+from kernel.limits import ConnectionBudget, peer_address
 from kernel.logsafe import Summarised, shown
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ class Connections(Broker):  # type: ignore[misc]
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
     ) -> None:
-        peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if peer else "?"
+        address = peer_address(writer.get_extra_info("peername"))
         refusal = self.budget.admit(address)
         if refusal is not None:
             self.noisy.warning(

@@ -26,7 +26,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cloud_gateway.settings import GatewaySettings
-from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
+from kernel.limits import ConnectionBudget, connection_cap, peer_address, raise_file_limit
 from kernel.logsafe import Summarised
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,7 @@ class GuardedHttp(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if peer else "?"
+        address = peer_address(transport.get_extra_info("peername"))
         refusal = self.budget.admit(address)
         if refusal is not None:
             self.noisy.warning(

@@ -10,10 +10,16 @@ from __future__ import annotations
 import resource
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 #: File descriptors a process keeps for itself beyond its connections (database, logs,
 #: retained store, listening sockets).
 RESERVED_FILES = 64
+
+
+def peer_address(peername: Any) -> str:
+    """The source address a connection is counted under (its socket's ``peername``)."""
+    return str(peername[0]) if peername else "?"
 
 
 @dataclass
