@@ -35,8 +35,10 @@ def start(tasks: asyncio.TaskGroup, gateway: Gateway) -> list[asyncio.Task[None]
     loops: dict[str, Callable[[], Awaitable[None]]] = {
         "standing": lambda: standing.watch(gateway.database_url, gateway.standing),
         "mqtt": lambda: mqtt_link(gateway),
-        "time-outs": lambda: timeouts(gateway),
-        "availability": lambda: availability_feed(gateway),
+        "time-outs": lambda: every(1.0, "time-out check", lambda: check_timeouts(gateway)),
+        "availability": lambda: every(
+            1.0, "availability feed", lambda: publish_availability(gateway)
+        ),
     }
     if gateway.settings.gateway_deliver_webhooks:
         loops["webhooks"] = gateway.deliverer.run
@@ -83,28 +85,33 @@ async def _deliver_acks(gateway: Gateway, client: aiomqtt.Client) -> None:
         gateway.client = None
 
 
-async def timeouts(gateway: Gateway) -> None:
-    """Once a second: fail starts that will not happen, answer overdue status requests."""
-    while True:
-        await asyncio.sleep(1.0)
-        try:
-            await expire_starts(gateway)
-            async with gateway.pool.connection() as conn, conn.transaction():
-                await status.answer_overdue(conn, older_than_s=gateway.settings.status_timeout_s)
-        except (psycopg.Error, aiomqtt.MqttError, Problem) as exc:
-            log.warning("time-out check failed (%s); retrying", exc)
+#: What a periodic step may meet and try again after: the database or the broker away.
+_TRANSIENT = (psycopg.Error, aiomqtt.MqttError, Problem)
 
 
-async def availability_feed(gateway: Gateway, period_s: float = 1.0) -> None:
-    """Once a ``period_s``: outlet.availability webhooks for the outlets whose
-    availability changed (``charging.availability``)."""
+async def every(period_s: float, what: str, step: Callable[[], Awaitable[None]]) -> None:
+    """``step`` once a ``period_s``, for ever; a transient failure is logged and the next
+    period tries again (anything else ends the loop for ``supervised`` to restart)."""
     while True:
         await asyncio.sleep(period_s)
         try:
-            async with gateway.pool.connection() as conn, conn.transaction():
-                await availability.publish(conn, min_gap_s=gateway.settings.availability_min_gap_s)
-        except psycopg.Error as exc:
-            log.warning("availability feed failed (%s); retrying", exc)
+            await step()
+        except _TRANSIENT as exc:
+            log.warning("%s failed (%s); retrying", what, exc)
+
+
+async def check_timeouts(gateway: Gateway) -> None:
+    """Fail starts that will not happen, answer overdue status requests."""
+    await expire_starts(gateway)
+    async with gateway.pool.connection() as conn, conn.transaction():
+        await status.answer_overdue(conn, older_than_s=gateway.settings.status_timeout_s)
+
+
+async def publish_availability(gateway: Gateway) -> None:
+    """outlet.availability webhooks for the outlets whose availability changed
+    (``charging.availability``)."""
+    async with gateway.pool.connection() as conn, conn.transaction():
+        await availability.publish(conn, min_gap_s=gateway.settings.availability_min_gap_s)
 
 
 async def expire_starts(gateway: Gateway) -> None:
