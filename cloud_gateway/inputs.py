@@ -10,6 +10,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
+from cloud_gateway.models import SITE_ID_PATTERN
 from cloud_gateway.problems import Problem
 from schemas.messages import CHARGE_ID_PATTERN, OUTLET_ID_PATTERN
 
@@ -17,6 +18,7 @@ Q = TypeVar("Q", bound=BaseModel)
 
 _CHARGE_ID = re.compile(CHARGE_ID_PATTERN)
 _OUTLET_ID = re.compile(OUTLET_ID_PATTERN)
+_SITE_ID = re.compile(SITE_ID_PATTERN)
 
 
 def charge_id(request: Request) -> str:
@@ -32,6 +34,14 @@ def outlet_id(request: Request) -> str:
     value: str = request.path_params["outlet_id"]
     if not _OUTLET_ID.match(value):
         raise Problem("unknown-outlet", "no outlet with this id")
+    return value
+
+
+def site_id(request: Request) -> str:
+    """The site id in the path; one outside its alphabet names no site (404)."""
+    value: str = request.path_params["site_id"]
+    if not _SITE_ID.match(value):
+        raise Problem("unknown-site", "no site with this id")
     return value
 
 

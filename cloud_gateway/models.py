@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    computed_field,
     field_validator,
     model_validator,
 )
@@ -197,7 +198,11 @@ class PlaceOutlet(_Answer):
     kind: OutletKind
     rated_current_a: float
     status: OutletAvailability
-    available: bool = Field(description="status is available: a charge can start now")
+
+    @computed_field(description="status is available: a charge can start now")  # type: ignore[prop-decorator]
+    @property
+    def available(self) -> bool:
+        return self.status == "available"
 
 
 class Place(_Answer):

@@ -389,13 +389,7 @@ async def _outlets_of(
     found: dict[str, list[PlaceOutlet]] = {}
     for site_id, outlet_id, kind, rated, status in await cur.fetchall():
         found.setdefault(site_id, []).append(
-            PlaceOutlet(
-                outlet_id=outlet_id,
-                kind=kind,
-                rated_current_a=rated,
-                status=status,
-                available=status == "available",
-            )
+            PlaceOutlet(outlet_id=outlet_id, kind=kind, rated_current_a=rated, status=status)
         )
     return found
 

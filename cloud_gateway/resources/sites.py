@@ -3,16 +3,12 @@ and one site with each outlet's live state."""
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cloud_gateway import context, inputs, repository
-from cloud_gateway.models import SITE_ID_PATTERN, LiveOutlet, PlacePage, SiteDetail, SiteSearch
+from cloud_gateway.models import LiveOutlet, PlacePage, SiteDetail, SiteSearch
 from cloud_gateway.problems import Problem
-
-_SITE_ID = re.compile(SITE_ID_PATTERN)
 
 
 async def search(request: Request) -> Response:
@@ -27,16 +23,14 @@ async def search(request: Request) -> Response:
 async def detail(request: Request) -> Response:
     gateway = context.of(request)
     await gateway.authorize(request, "sites:read")
-    site_id: str = request.path_params["site_id"]
-    found = None
-    if _SITE_ID.match(site_id):
-        async with gateway.pool.connection() as conn:
-            found = await repository.site_detail(conn, site_id)
+    site_id = inputs.site_id(request)
+    async with gateway.pool.connection() as conn:
+        found = await repository.site_detail(conn, site_id)
     if found is None:
         raise Problem("unknown-site", f"no site {site_id!r}")
     site, outlets = found
     answer = SiteDetail(
         **site,
-        outlets=[LiveOutlet(**o, available=o["status"] == "available") for o in outlets],
+        outlets=[LiveOutlet(**o) for o in outlets],
     )
     return JSONResponse(answer.model_dump(mode="json"))
