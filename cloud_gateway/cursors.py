@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from cloud_gateway.problems import Problem
 
 Key = list[str | int | float]
+T = TypeVar("T")
 
 
 def encode(key: Key) -> str:
@@ -51,3 +54,11 @@ def _fits(value: object, want: type) -> bool:
 def invalid() -> Problem:
     """The answer to a cursor no listing of this kind gave."""
     return Problem("invalid-request", "cursor: not a cursor this listing gave")
+
+
+def page(rows: list[T], limit: int, key: Callable[[T], Key]) -> tuple[list[T], str | None]:
+    """From ``limit + 1`` rows fetched: the page (the first ``limit``), and the cursor after
+    its last row when more follow (None: the last page)."""
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], encode(key(rows[limit - 1]))

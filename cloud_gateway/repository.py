@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import class_row, dict_row
 
 from charging import charges
@@ -243,59 +242,46 @@ async def client_usage(conn: Conn, client_id: str, first_day: dt.date) -> list[U
 # --- history ------------------------------------------------------------------------------
 
 _HISTORY_KEY = (int, str)  # (requested_at in µs since the epoch, the partner's charge id)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: Each filter of ``models.ChargeSearch``, by its name (also its parameter's).
+_HISTORY_FILTERS = {
+    "outlet_id": "outlet_id = %(outlet_id)s",
+    "site_id": "controller_id IN (SELECT controller_id FROM controllers"
+    " WHERE site_id = %(site_id)s)",
+    "state": "state = %(state)s",
+    "requested_from": "requested_at >= %(requested_from)s",
+    "requested_before": "requested_at < %(requested_before)s",
+}
+_HISTORY = (
+    f"SELECT {', '.join(CHARGE_COLUMNS)} FROM charges WHERE {{where}}"
+    " ORDER BY requested_at DESC, partner_charge_id DESC LIMIT %(limit)s"
+)
 
 
 async def charge_history(
     conn: Conn, client_id: str, search: ChargeSearch
 ) -> tuple[list[ChargeRow], str | None]:
     """A page of the client's charges, newest request first, and the cursor after it."""
-    where = [sql.SQL("client_id = %(client)s")]
-    params: dict[str, Any] = {"client": client_id, "limit": search.limit + 1}
-    if search.outlet_id is not None:
-        where.append(sql.SQL("outlet_id = %(outlet)s"))
-        params["outlet"] = search.outlet_id
-    if search.site_id is not None:
-        where.append(
-            sql.SQL(
-                "controller_id IN (SELECT controller_id FROM controllers WHERE site_id = %(site)s)"
-            )
-        )
-        params["site"] = search.site_id
-    if search.state is not None:
-        where.append(sql.SQL("state = %(state)s"))
-        params["state"] = search.state
-    if search.requested_from is not None:
-        where.append(sql.SQL("requested_at >= %(from)s"))
-        params["from"] = search.requested_from
-    if search.requested_before is not None:
-        where.append(sql.SQL("requested_at < %(before)s"))
-        params["before"] = search.requested_before
+    params: dict[str, Any] = search.model_dump(include=set(_HISTORY_FILTERS), exclude_none=True)
+    where = ["client_id = %(client)s", *(_HISTORY_FILTERS[name] for name in params)]
+    params |= {"client": client_id, "limit": search.limit + 1}
     if search.cursor is not None:
-        micros, after = cursors.decode(search.cursor, _HISTORY_KEY)
+        micros, params["after"] = cursors.decode(search.cursor, _HISTORY_KEY)
         try:
             params["at"] = _EPOCH + dt.timedelta(microseconds=int(micros))
         except OverflowError:  # no instant a page ended at
             raise cursors.invalid() from None
-        where.append(sql.SQL("(requested_at, partner_charge_id) < (%(at)s, %(after)s)"))
-        params["after"] = after
-    query = sql.SQL(
-        "SELECT {columns} FROM charges WHERE {where}"
-        " ORDER BY requested_at DESC, partner_charge_id DESC LIMIT %(limit)s"
-    ).format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, CHARGE_COLUMNS)),
-        where=sql.SQL(" AND ").join(where),
-    )
+        where.append("(requested_at, partner_charge_id) < (%(at)s, %(after)s)")
     cur = charge_cursor(conn)
-    await cur.execute(query, params)
-    rows = await cur.fetchall()
-    if len(rows) <= search.limit:
-        return rows, None
-    last = rows[search.limit - 1]
-    micros_at = (last.requested_at - _EPOCH) // dt.timedelta(microseconds=1)
-    return rows[: search.limit], cursors.encode([micros_at, last.partner_charge_id])
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    await cur.execute(_HISTORY.format(where=" AND ".join(where)), params)
+    return cursors.page(
+        await cur.fetchall(),
+        search.limit,
+        lambda last: [
+            (last.requested_at - _EPOCH) // dt.timedelta(microseconds=1),
+            last.partner_charge_id,
+        ],
+    )
 
 
 # --- places -------------------------------------------------------------------------------
@@ -367,18 +353,15 @@ async def search_places(conn: Conn, search: SiteSearch) -> tuple[list[Place], st
     )
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(query, params)
-    rows = await cur.fetchall()
-    more = len(rows) > search.limit
-    rows = rows[: search.limit]
+    rows, after = cursors.page(
+        await cur.fetchall(),
+        search.limit,
+        lambda last: (
+            [last["site_id"]] if centre is None else [last["distance_km"], last["site_id"]]
+        ),
+    )
     outlets = await _outlets_of(conn, [r["site_id"] for r in rows], kept, params)
-    found = [Place(**r, outlets=outlets.get(r["site_id"], [])) for r in rows]
-    if not more:
-        return found, None
-    last = rows[-1]
-    key: cursors.Key = [last["site_id"]]
-    if centre is not None:
-        key = [last["distance_km"], last["site_id"]]
-    return found, cursors.encode(key)
+    return [Place(**r, outlets=outlets.get(r["site_id"], [])) for r in rows], after
 
 
 async def _outlets_of(
