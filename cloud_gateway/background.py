@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 import psycopg
 
-from charging import availability, charges, lifecycle, status
+from charging import availability_feed, charges, lifecycle, status
 from cloud_gateway import commands, repository, standing
 from cloud_gateway.context import Gateway
 from cloud_gateway.problems import Problem
@@ -109,9 +109,9 @@ async def check_timeouts(gateway: Gateway) -> None:
 
 async def publish_availability(gateway: Gateway) -> None:
     """outlet.availability webhooks for the outlets whose availability changed
-    (``charging.availability``)."""
+    (``charging.availability_feed``)."""
     async with gateway.pool.connection() as conn, conn.transaction():
-        await availability.publish(conn, min_gap_s=gateway.settings.availability_min_gap_s)
+        await availability_feed.publish(conn, min_gap_s=gateway.settings.availability_min_gap_s)
 
 
 async def expire_starts(gateway: Gateway) -> None:

@@ -1,4 +1,4 @@
-"""The availability change feed (``charging.availability``): the pure decision, and the
+"""The availability change feed (``charging.availability``, ``charging.availability_feed``): the pure decision, and the
 publisher over a real database, fed by the triggers that mark outlets as presence, charges
 and service change."""
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from charging import availability, status
+from charging import availability_feed, status
 from charging.availability import Heard, decide
 from cloud_gateway.clients import add_client
 from schemas.messages import Presence
@@ -144,4 +144,4 @@ def test_presence_and_service_reach_subscribed_partners_coalesced(database: str)
 async def publish(database: str, gap_s: float) -> int:
     """One pass of the feed, as the gateway's loop runs it."""
     async with await psycopg.AsyncConnection.connect(database) as conn, conn.transaction():
-        return await availability.publish(conn, min_gap_s=gap_s)
+        return await availability_feed.publish(conn, min_gap_s=gap_s)

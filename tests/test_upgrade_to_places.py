@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from charging import availability
+from charging import availability_feed
 from cloud_gateway.clients import add_client
 from store import migrations
 from tests.conftest import new_database
@@ -85,7 +85,7 @@ def test_upgrade_prices_old_charges_and_announces_the_next_change(before_0020: s
 
     async def publish() -> int:
         async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
-            return await availability.publish(conn, min_gap_s=0)
+            return await availability_feed.publish(conn, min_gap_s=0)
 
     assert asyncio.run(publish()) == 1
     ((data,),) = query(
