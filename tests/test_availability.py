@@ -1,6 +1,6 @@
-"""The availability change feed (``charging.availability``, ``charging.availability_feed``): the pure decision, and the
-publisher over a real database, fed by the triggers that mark outlets as presence, charges
-and service change."""
+"""The availability change feed: the pure decision (``charging.availability``), and the
+publisher (``charging.availability_feed``) over a real database, fed by the triggers that
+mark outlets as presence, charges and service change."""
 
 from __future__ import annotations
 
