@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -23,14 +23,18 @@ from psycopg import sql
 
 from charging import lifecycle
 from charging.lifecycle import Charge, Event, Notice, Reading, State
-from charging.outbox import enqueue, event_body
+from charging.outbox import event_body
 from kernel.times import epoch_or_none, utc_or_none
+from schemas.events import check as check_event
 
 #: ``lifecycle.ACTIVE`` as an SQL list, literal so that the partial index on active
 #: charges (``charges_one_active_per_outlet``) serves queries using ``state IN (…)``.
 ACTIVE_SQL = ", ".join(sorted(f"'{state.value}'" for state in lifecycle.ACTIVE))
 
-#: Edge events that mean the breaker opened by itself, ending a charge.
+#: Charges that still take events: active, or stopped with the stop not yet announced.
+#: Literal, as the predicate of the partial index ``charges_open`` (0021), which it must
+#: match for the planner to use that index.
+OPEN_SQL = f"c.state IN ({ACTIVE_SQL}) OR (c.state = 'stopped' AND NOT c.reported)"
 
 OutletKey = tuple[str, int]
 
@@ -132,28 +136,49 @@ async def apply(
     conn: psycopg.AsyncConnection[Any], charge_id: str, event: Event
 ) -> tuple[Charge, tuple[Notice, ...]] | None:
     """Step one charge in the caller's transaction; None if there is no such charge."""
+    stepped = await apply_many(conn, {charge_id: [event]})
+    return stepped.get(charge_id)
+
+
+async def apply_many(
+    conn: psycopg.AsyncConnection[Any], feed: Mapping[str, Sequence[Event]]
+) -> dict[str, tuple[Charge, tuple[Notice, ...]]]:
+    """Step each charge in ``feed`` through its events, in order, in the caller's
+    transaction; returns each found charge as it ends, with every notice it gave.
+
+    Three statements whatever the number of charges: one locks and reads them (in id
+    order, so two callers locking several never wait on each other in a circle), one
+    writes every changed row, one adds every webhook. Ingest feeds a whole write's
+    readings this way, holding the rows' locks for as short a time as it can.
+    """
+    if not feed:
+        return {}
     cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM charges WHERE charge_id = %s FOR UPDATE", (charge_id,)
+        f"SELECT {_COLUMNS} FROM charges WHERE charge_id = ANY(%s) ORDER BY charge_id FOR UPDATE",
+        (sorted(feed),),
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    before = _charge(row)
-    after, notices = lifecycle.step(before, event)
-    if after != before:
-        await conn.execute(f"UPDATE charges SET {_SET} WHERE charge_id = %s", (*_values(after),))
-    client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
-    for notice in notices:
-        await enqueue(
-            conn,
-            client_id=client_id,
-            kind=notice.kind,
-            charge_id=charge_id,
-            data=webhook_data(
-                after, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
-            ),
-        )
-    return after, notices
+    stepped: dict[str, tuple[Charge, tuple[Notice, ...]]] = {}
+    changed: list[tuple[Any, ...]] = []
+    outbox: list[tuple[str, str, str, str, str]] = []
+    for row in await cur.fetchall():
+        before = _charge(row)
+        client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
+        after, given = lifecycle.step_all(before, feed[before.charge_id])
+        for notice, then in given:
+            data = webhook_data(
+                then, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
+            )
+            check_event(notice.kind, data)
+            public_id, body = event_body(notice.kind, data)
+            outbox.append((public_id, client_id, after.charge_id, notice.kind, body))
+        if after != before:
+            changed.append(_values(after))
+        stepped[after.charge_id] = (after, tuple(notice for notice, _ in given))
+    if changed:
+        await conn.execute(_UPDATE_MANY, [list(column) for column in zip(*changed, strict=True)])
+    if outbox:
+        await conn.execute(_ENQUEUE_MANY, [list(column) for column in zip(*outbox, strict=True)])
+    return stepped
 
 
 #: Every column the lifecycle changes, then the charge id (see ``_values``).
@@ -162,6 +187,36 @@ _SET = (
     " stop_reason = %s, failure = %s, first_minute = %s, first_energy_wh = %s,"
     " last_minute = %s, last_energy_wh = %s, energy_wh = %s, reported = %s, updated_at = now()"
 )
+
+#: ``_SET`` for many rows: one array per column of ``_values``, in the same order.
+_UPDATE_MANY = """
+UPDATE charges c SET state = v.state, stop_generation = v.stop_generation,
+    started_at = v.started_at, rise_at = v.rise_at, stopped_at = v.stopped_at,
+    stop_reason = v.stop_reason, failure = v.failure, first_minute = v.first_minute,
+    first_energy_wh = v.first_energy_wh, last_minute = v.last_minute,
+    last_energy_wh = v.last_energy_wh, energy_wh = v.energy_wh, reported = v.reported,
+    updated_at = now()
+FROM unnest(%b::text[], %b::int8[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
+            %b::text[], %b::text[], %b::timestamptz[], %b::float8[], %b::timestamptz[],
+            %b::float8[], %b::float8[], %b::bool[], %b::text[])
+    AS v(state, stop_generation, started_at, rise_at, stopped_at, stop_reason, failure,
+         first_minute, first_energy_wh, last_minute, last_energy_wh, energy_wh, reported,
+         charge_id)
+WHERE c.charge_id = v.charge_id
+"""
+
+#: Webhooks for many charges, in the order given (their delivery order), each only for a
+#: client with a webhook URL (as ``outbox.enqueue``).
+_ENQUEUE_MANY = """
+INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)
+SELECT e.public_id, e.client_id, e.charge_id, e.kind, e.body::jsonb
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+    WITH ORDINALITY AS e(public_id, client_id, charge_id, kind, body, n)
+WHERE EXISTS (
+    SELECT 1 FROM oauth_clients k WHERE k.client_id = e.client_id AND k.webhook_url IS NOT NULL
+)
+ORDER BY e.n
+"""
 
 
 def _values(charge: Charge) -> tuple[Any, ...]:
@@ -283,14 +338,16 @@ def _reading_dict(reading: Reading | None) -> dict[str, float] | None:
 
 
 async def open_charges(
-    conn: psycopg.AsyncConnection[Any],
+    conn: psycopg.AsyncConnection[Any], controllers: Sequence[str]
 ) -> dict[tuple[str, int], tuple[list[str], float]]:
-    """Outlets with charges that still take events: (controller, outlet) → (ids, threshold)."""
+    """The outlets of ``controllers`` with charges that still take events:
+    (controller, outlet) → (ids, threshold). The partial index ``charges_open`` finds
+    them without reading any controller's history."""
     cur = await conn.execute(
         "SELECT c.controller_id, c.outlet_no, array_agg(c.charge_id ORDER BY c.requested_at),"
         " min(o.rise_threshold_a) FROM charges c JOIN outlets o USING (outlet_id)"
-        f" WHERE c.state IN ({ACTIVE_SQL})"
-        "    OR (c.state = 'stopped' AND NOT c.reported)"
-        " GROUP BY c.controller_id, c.outlet_no"
+        f" WHERE c.controller_id = ANY(%s) AND ({OPEN_SQL})"
+        " GROUP BY c.controller_id, c.outlet_no",
+        (list(controllers),),
     )
     return {(r[0], r[1]): (list(r[2]), float(r[3])) for r in await cur.fetchall()}

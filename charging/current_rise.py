@@ -15,6 +15,7 @@ outage). So:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: The outlet re-arms below this fraction of its threshold.
@@ -30,10 +31,26 @@ class RiseState:
 def observe(
     state: RiseState, *, at: float, current_a: float, threshold_a: float
 ) -> tuple[RiseState, bool]:
-    if at <= state.seen_at:
-        return state, False  # a duplicate, or older than what we know
-    if not state.high and current_a >= threshold_a:
-        return RiseState(True, at), True
-    if state.high and current_a < threshold_a * RELEASE:
-        return RiseState(False, at), False
-    return RiseState(state.high, at), False
+    """One observation: the new state, and whether the current rose."""
+    state, rises = observe_all(state, [(at, current_a)], threshold_a=threshold_a)
+    return state, bool(rises)
+
+
+def observe_all(
+    state: RiseState, observations: Iterable[tuple[float, float]], *, threshold_a: float
+) -> tuple[RiseState, list[tuple[float, float]]]:
+    """Observations ``(at, current_a)`` in the order they are handed over (ingest sorts
+    a write's by time): the new state and the rises, ``(at, current_a)`` each."""
+    high, seen_at = state.high, state.seen_at
+    release_a = threshold_a * RELEASE
+    rises: list[tuple[float, float]] = []
+    for at, current_a in observations:
+        if at <= seen_at:
+            continue  # a duplicate, or older than what we know
+        seen_at = at
+        if not high and current_a >= threshold_a:
+            high = True
+            rises.append((at, current_a))
+        elif high and current_a < release_a:
+            high = False
+    return RiseState(high, seen_at), rises

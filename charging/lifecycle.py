@@ -36,6 +36,7 @@ at the minute reading before or after the start.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from schemas.messages import CommandAck, CommandOutcome
@@ -169,6 +170,37 @@ def start(charge_id: str, generation: int) -> Charge:
     return Charge(charge_id, State.REQUESTED, generation)
 
 
+def step_all(
+    charge: Charge, events: Iterable[Event]
+) -> tuple[Charge, tuple[tuple[Notice, Charge], ...]]:
+    """``step`` through ``events`` in order: the charge at the end, and every notice with
+    the charge as that step left it (what its webhook tells).
+
+    The same as stepping one event at a time, but a run of minute readings (ingest hands a
+    charge one per minute of every batch) only moves the count, so outside ``stopped``
+    (where a reading may close it) the run is counted on the count alone and the charge
+    is built once at its end."""
+    notices: list[tuple[Notice, Charge]] = []
+    count: _Count | None = None  # the count of a run of readings, not yet on ``charge``
+    for event in events:
+        if isinstance(event, MinuteReading) and charge.state is not State.STOPPED:
+            base = count or (charge.first_reading, charge.last_reading, charge.energy_wh)
+            count = _counted(charge, base, event) or count
+            continue
+        if count is not None:
+            charge, count = _with_count(charge, count), None
+        charge, given = step(charge, event)
+        notices.extend((notice, charge) for notice in given)
+    if count is not None:
+        charge = _with_count(charge, count)
+    return charge, tuple(notices)
+
+
+def _with_count(charge: Charge, count: _Count) -> Charge:
+    first, last, energy_wh = count
+    return replace(charge, first_reading=first, last_reading=last, energy_wh=energy_wh)
+
+
 def step(charge: Charge, event: Event) -> tuple[Charge, tuple[Notice, ...]]:
     s = charge.state
     if isinstance(event, MinuteReading):
@@ -282,23 +314,38 @@ def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tup
 
 def _count(charge: Charge, reading: MinuteReading) -> Charge:
     """Track the baseline before the start, then add each minute's increase until the stop."""
+    counted = _counted(
+        charge, (charge.first_reading, charge.last_reading, charge.energy_wh), reading
+    )
+    if counted is None:
+        return charge
+    first, last, energy_wh = counted
+    return replace(charge, first_reading=first, last_reading=last, energy_wh=energy_wh)
+
+
+_Count = tuple[Reading | None, Reading | None, float]
+
+
+def _counted(charge: Charge, count: _Count, reading: MinuteReading) -> _Count | None:
+    """``_count`` on the count alone (first and last reading, energy), for a charge whose
+    other fields are ``charge``'s: the new count, or None if the reading changes nothing."""
     if charge.state is State.FAILED or charge.reported:
-        return charge  # never started, or the count is closed and was reported
+        return None  # never started, or the count is closed and was reported
     now = Reading(reading.minute, reading.energy_wh)
-    first, last = charge.first_reading, charge.last_reading
+    first, last, energy_wh = count
     before_start = charge.started_at is None or reading.minute <= charge.started_at
     if before_start:
         # The latest reading at or before the start is the baseline, as long as nothing
         # has been counted on top of it yet.
         if first is None or (first == last and reading.minute > first.minute):
-            return replace(charge, first_reading=now, last_reading=now)
-        return charge
+            return now, now, energy_wh
+        return None
     if charge.stopped_at is not None and reading.minute > charge.stopped_at + 60:
-        return charge  # after the stop (the first minute after it still counts)
+        return None  # after the stop (the first minute after it still counts)
     if last is None:
-        return replace(charge, first_reading=now, last_reading=now)
+        return now, now, energy_wh
     if reading.minute <= last.minute:
-        return charge  # duplicate or out of order: already counted
+        return None  # duplicate or out of order: already counted
     if now.energy_wh < last.energy_wh and not _is_reset(last, now):
-        return charge  # taken before the last one: it adds nothing
-    return replace(charge, last_reading=now, energy_wh=charge.energy_wh + _gain(last, now))
+        return None  # taken before the last one: it adds nothing
+    return first, now, energy_wh + _gain(last, now)

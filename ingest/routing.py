@@ -17,6 +17,15 @@ from schemas.messages import EdgeEventKind
 _BREAKER_OPENED = (EdgeEventKind.BREAKER_SWITCHED, EdgeEventKind.OVERCURRENT_TRIP)
 
 
+def controllers(pending: Pending) -> list[str]:
+    """The controllers whose acks, edge events or readings are in this write: only their
+    open charges can be fed by it. Pure."""
+    heard = {ack.controller_id for ack in pending.command_acks}
+    heard.update(edge.controller_id for edge in pending.events)
+    heard.update(row[0] for row in pending.outlet_rows)
+    return sorted(heard)
+
+
 def route(
     pending: Pending, open_: dict[OutletKey, tuple[list[str], float]]
 ) -> tuple[
@@ -43,10 +52,15 @@ def route(
             currents[key].append((edge.at, edge.current_a))
         elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
             to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh))
+    # Per reading, so written out: a write at an evening peak has one for every outlet.
     for cid, outlet, minute, energy_wh, _volts, current_a, breaker_on in pending.outlet_rows:
         key = (cid, outlet)
-        if key in open_:
-            at = minute.timestamp()
-            to_charges(key, at, lifecycle.MinuteReading(at, energy_wh, breaker_on))
-            currents[key].append((at, current_a))
+        target = open_.get(key)
+        if target is None:
+            continue
+        at = minute.timestamp()
+        reading = lifecycle.MinuteReading(at, energy_wh, breaker_on)
+        for charge_id in target[0]:
+            feed[charge_id].append((at, reading))
+        currents[key].append((at, current_a))
     return feed, currents

@@ -19,7 +19,7 @@ import psycopg
 from psycopg import errors, sql
 
 from charging import charges, lifecycle, status
-from charging.current_rise import RiseState, observe
+from charging.current_rise import RiseState, observe_all
 from ingest import routing
 from ingest.triage import Pending
 from kernel.times import utc
@@ -76,8 +76,8 @@ class Store:
             await self._dead_letters(pending)
             await self._events(pending)
             await self._command_acks(pending)
-            await self._charges(pending)
             await self._status(pending)
+            await self._charges(pending)  # last: it locks the charges until the commit
         await self._refresh_late(pending)
 
     async def _refresh_late(self, pending: Pending) -> None:
@@ -215,45 +215,71 @@ class Store:
         """Feed acks, edge events and readings to the charges they concern, in time order.
 
         Same transaction as the facts: a charge's state, its webhooks and the readings
-        they come from commit together.
+        they come from commit together. A handful of statements per write, however many
+        charges are open (an evening peak has one on every outlet): one finds the open
+        charges of the controllers heard from, one locks and one writes the rise
+        detectors, and ``charges.apply_many`` locks, steps and writes the charges. This
+        runs last in the write, so the charge rows (which a partner's stop also needs)
+        stay locked only until the commit that follows.
         """
-        if not (pending.command_acks or pending.events or pending.outlet_rows):
+        controllers = routing.controllers(pending)
+        if not controllers:
             return
-        open_ = await charges.open_charges(self.conn)
+        open_ = await charges.open_charges(self.conn, controllers)
         if not open_:
             return
         feed, currents = routing.route(pending, open_)
-        for key, observations in currents.items():
-            for at, current_a in await self._rises(key, observations, open_[key][1]):
+        for key, rises in (await self._rises(currents, open_)).items():
+            for at, current_a in rises:
                 for charge_id in open_[key][0]:
                     feed[charge_id].append((at, lifecycle.CurrentRose(at, current_a)))
-        for charge_id, inputs in feed.items():
-            for _, step_input in sorted(inputs, key=lambda item: item[0]):
-                await charges.apply(self.conn, charge_id, step_input)
+        await charges.apply_many(
+            self.conn,
+            {
+                charge_id: [event for _, event in sorted(inputs, key=lambda item: item[0])]
+                for charge_id, inputs in feed.items()
+            },
+        )
 
     async def _rises(
-        self, key: tuple[str, int], observations: list[tuple[float, float]], threshold_a: float
-    ) -> list[tuple[float, float]]:
-        """Run the outlet's persisted current-rise detector over new observations."""
+        self,
+        currents: dict[tuple[str, int], list[tuple[float, float]]],
+        open_: dict[tuple[str, int], tuple[list[str], float]],
+    ) -> dict[tuple[str, int], list[tuple[float, float]]]:
+        """Run each outlet's persisted current-rise detector over its new observations:
+        the rises found, per outlet. The detectors' rows are locked (one statement, in key
+        order) because the gateway re-arms an outlet's when it creates a charge there."""
+        if not currents:
+            return {}
+        keys = sorted(currents)
         cur = await self.conn.execute(
-            "SELECT high, seen_at FROM outlet_current_state"
-            " WHERE controller_id = %s AND outlet_no = %s FOR UPDATE",
-            key,
+            "SELECT s.controller_id, s.outlet_no, s.high, s.seen_at FROM outlet_current_state s"
+            " JOIN unnest(%b::text[], %b::int2[]) AS k(controller_id, outlet_no)"
+            " USING (controller_id, outlet_no)"
+            " ORDER BY s.controller_id, s.outlet_no FOR UPDATE OF s",
+            ([k[0] for k in keys], [k[1] for k in keys]),
         )
-        row = await cur.fetchone()
-        state = RiseState(row[0], row[1]) if row else RiseState()
-        rose: list[tuple[float, float]] = []
-        for at, current_a in sorted(observations):
-            state, fired = observe(state, at=at, current_a=current_a, threshold_a=threshold_a)
-            if fired:
-                rose.append((at, current_a))
+        states = {(r[0], r[1]): RiseState(r[2], r[3]) for r in await cur.fetchall()}
+        rises: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for key in keys:
+            states[key], rose = observe_all(
+                states.get(key, RiseState()), sorted(currents[key]), threshold_a=open_[key][1]
+            )
+            if rose:
+                rises[key] = rose
         await self.conn.execute(
-            "INSERT INTO outlet_current_state VALUES (%s, %s, %s, %s)"
+            "INSERT INTO outlet_current_state"
+            " SELECT * FROM unnest(%b::text[], %b::int2[], %b::bool[], %b::float8[])"
             " ON CONFLICT (controller_id, outlet_no) DO UPDATE SET high = excluded.high,"
             " seen_at = excluded.seen_at",
-            (*key, state.high, state.seen_at),
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [states[k].high for k in keys],
+                [states[k].seen_at for k in keys],
+            ),
         )
-        return rose
+        return rises
 
     async def _status(self, pending: Pending) -> None:
         async with self.conn.cursor() as cur:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from charging.current_rise import RELEASE, RiseState, observe
+from charging.current_rise import RELEASE, RiseState, observe, observe_all
 
 pytestmark = pytest.mark.pure
 
@@ -58,3 +58,17 @@ def test_each_rise_follows_a_release(currents: list[float]) -> None:
     for earlier, later in itertools.pairwise(fired):
         between = currents[int(earlier) + 1 : int(later)]
         assert any(c < THRESHOLD * RELEASE for c in between)
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.floats(0, 32)), max_size=60))
+def test_observing_a_whole_write_at_once_is_observing_each(
+    observations: list[tuple[int, float]],
+) -> None:
+    """Ingest hands an outlet's observations from one write to ``observe_all``: the state
+    and the rises are those of ``observe``, one observation at a time."""
+    state, fired = RiseState(), []
+    for at, current in observations:
+        state, rose = observe(state, at=at, current_a=current, threshold_a=THRESHOLD)
+        if rose:
+            fired.append((at, current))
+    assert observe_all(RiseState(), observations, threshold_a=THRESHOLD) == (state, fired)

@@ -22,6 +22,7 @@ from charging.lifecycle import (
     StopRequested,
     start,
     step,
+    step_all,
 )
 from schemas.messages import CommandOutcome
 
@@ -189,3 +190,39 @@ def test_energy_is_the_meter_difference_whatever_minutes_are_missing(
         if i not in lost or i == len(drawn):
             charge = step(charge, MinuteReading(T0 + 60 * i, meter, True))[0]
     assert abs(charge.energy_wh - (meter - 1000.0)) < 1e-6
+
+
+def _event() -> st.SearchStrategy[Event]:
+    """Any input a charge can get, with times and meters drawn from a few minutes."""
+    at = st.integers(0, 12).map(lambda m: T0 + 60.0 * m)
+    energy = st.floats(0, 5000)
+    return st.one_of(
+        st.builds(MinuteReading, at, energy, st.booleans()),
+        st.builds(MinuteReading, at, energy, st.booleans()),
+        st.builds(MinuteReading, at, energy, st.booleans()),
+        st.builds(
+            Acked,
+            st.sampled_from([1, 2]),
+            st.sampled_from(list(CommandOutcome)),
+            st.booleans(),
+            at,
+            st.none() | energy,
+        ),
+        st.builds(CurrentRose, at, st.floats(0, 32)),
+        st.builds(StopRequested, st.just(2), st.just("partner stopped"), at),
+        st.builds(BreakerOpened, st.just("overcurrent trip"), at, st.none() | energy),
+        st.builds(ReadingsOverdue, at),
+        st.builds(StartTimedOut, at),
+    )
+
+
+@given(st.lists(_event(), max_size=40))
+def test_stepping_a_whole_write_at_once_is_stepping_each_event(events: list[Event]) -> None:
+    """Ingest steps each charge through a write's events with ``step_all``: the charge
+    and every notice (with the charge each webhook describes) are ``step``'s, one by one."""
+    charge = start("c-1", 1)
+    expected: list[tuple[Notice, Charge]] = []
+    for event in events:
+        charge, out = step(charge, event)
+        expected.extend((notice, charge) for notice in out)
+    assert step_all(start("c-1", 1), events) == (charge, tuple(expected))
