@@ -86,6 +86,59 @@ def database(tmp: Path, controllers: list[str]) -> str:
     return url
 
 
+def evening_peak(
+    url: str, controllers: list[str], *, charging: bool, history: int = 50_000
+) -> None:
+    """The fleet as ingest meets it in the field: every controller online (as presence
+    leaves it), ``history`` stopped charges behind, and with ``charging`` one charge drawing
+    current on every outlet (an evening peak), each with its rise detector high, for a
+    partner with a webhook URL. The benchmark's readings start after these charges began."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO controller_status (controller_id, online, presence_since, presence_at,"
+            " heard_at) SELECT c, true, now(), now(), now() FROM unnest(%s::text[]) c",
+            (controllers,),
+        )
+        conn.execute(
+            "INSERT INTO oauth_clients (client_id, name, secret_sha256, scopes, webhook_url,"
+            " webhook_secret) VALUES ('bench-partner', 'Bench partner', '\\x00',"
+            " '{charges:write}', 'http://127.0.0.1:9/hooks', 'whsec_YmVuY2g=')"
+        )
+        columns = (
+            "INSERT INTO charges (charge_id, partner_charge_id, client_id, outlet_id,"
+            " controller_id, outlet_no, request_sha256, state, start_generation, end_at,"
+            " requested_at, started_at, rise_at, stopped_at, stop_reason, reported,"
+            " first_minute, first_energy_wh, last_minute, last_energy_wh, energy_wh,"
+            " tariff_per_kwh, currency)"
+        )
+        conn.execute(
+            f"{columns} SELECT 'h' || i, 'old-' || i, 'bench-partner', c || '-' || n, c, n,"
+            "  '\\x00', 'stopped', 1, t, t, t, t, t + interval '1 hour', 'partner stopped',"
+            "  true, t, 0, t + interval '1 hour', 5000, 5000, 30, 'JPY'"
+            " FROM generate_series(1, %s) i,"
+            "  LATERAL (SELECT (%s::text[])[1 + i %% %s] AS c, 1 + (i / %s) %% 8 AS n,"
+            "   to_timestamp(%s) - make_interval(secs => i * 60.0) AS t) x",
+            (history, controllers, len(controllers), len(controllers), MINUTE0 - 3600),
+        )
+        if charging:
+            conn.execute(
+                f"{columns} SELECT 'o' || c || '-' || n, 'peak-' || c || '-' || n,"
+                "  'bench-partner', c || '-' || n, c, n, '\\x00', 'drawing', 2,"
+                "  now() + interval '1 day', t, t, t, NULL, NULL, false, t, 900, t, 900, 0,"
+                "  30, 'JPY'"
+                " FROM unnest(%s::text[]) c, generate_series(1, 8) n,"
+                "  LATERAL (SELECT to_timestamp(%s) AS t) x",
+                (controllers, MINUTE0 - 60),
+            )
+            conn.execute(
+                "INSERT INTO outlet_current_state SELECT c, n, true, %s"
+                " FROM unnest(%s::text[]) c, generate_series(1, 8) n",
+                (MINUTE0 - 60, controllers),
+            )
+        conn.execute("TRUNCATE availability_changes")
+        conn.execute("ANALYZE")
+
+
 def batch(cid: str, seq: int, first_minute: int, frames: int) -> MeterBatch:
     return MeterBatch(
         controller_id=cid,
@@ -160,6 +213,13 @@ def rows(url: str, table: str = "outlet_readings") -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
         return int(row[0]) if row else 0
+
+
+def database_mb(url: str) -> float:
+    """The database's size on disk, for the figures (what the benchmark ran against)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return round(int(row[0]) / 2**20, 1) if row else 0.0
 
 
 def now() -> float:

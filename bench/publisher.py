@@ -1,8 +1,10 @@
 """A fleet's worth of meter batches, published as fast as the broker takes them (QoS 1).
 
 Run as a separate process so the publisher does not share a core with what is measured:
-``python -m bench.publisher URL ROOT CONTROLLERS MESSAGES FRAMES``. It connects, prints
-``ready``, waits for a line on stdin, publishes, and prints ``done SECONDS``.
+``python -m bench.publisher URL ROOT CONTROLLERS MESSAGES FRAMES [CONNECTIONS]``. It
+connects (``CONNECTIONS`` MQTT connections, default 4, each publishing for its share of the
+controllers, as the brokers see a fleet: many connections, not one), prints ``ready``,
+waits for a line on stdin, publishes, and prints ``done SECONDS``.
 """
 
 from __future__ import annotations
@@ -20,40 +22,63 @@ from schemas.topics import Topics
 
 
 def main() -> None:
-    url, root, controllers, messages, frames = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+    url, root = sys.argv[1], sys.argv[2]
+    controllers, messages, frames = map(int, sys.argv[3:6])
+    connections = int(sys.argv[6]) if len(sys.argv) > 6 else 4
     topics = Topics(root)
-    payloads = [
-        (topics.meter(f"b{c:04d}"), encode(batch(f"b{c:04d}", m + 1, m * frames, frames)))
-        for m in range(messages)
-        for c in range(controllers)
-    ]
+    # Each controller's batches in order, on one connection (as an edge sends them).
+    shares: list[list[tuple[str, bytes]]] = [[] for _ in range(connections)]
+    for m in range(messages):
+        for c in range(controllers):
+            cid = f"b{c:04d}"
+            shares[c % connections].append(
+                (topics.meter(cid), encode(batch(cid, m + 1, m * frames, frames)))
+            )
+    total = sum(map(len, shares))
     mqtt = MqttUrl(url)
     done = threading.Event()
+    lock = threading.Lock()
     acked = 0
 
     def on_publish(*_: object) -> None:
         nonlocal acked
-        acked += 1
-        if acked == len(payloads):
-            done.set()
+        with lock:
+            acked += 1
+            if acked == total:
+                done.set()
 
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    # Unlimited in flight: each simulated controller has one message in flight at a time,
-    # and with a limit paho rescans its whole queue on every PUBACK (quadratic).
-    client.max_inflight_messages_set(0)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect(mqtt.host, mqtt.port)
-    client.loop_start()
+    clients = []
+    for k in range(connections):
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-publisher-{k}")
+        # Unlimited in flight: each simulated controller has one message in flight at a
+        # time, and with a limit paho rescans its whole queue on every PUBACK (quadratic).
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.on_publish = on_publish
+        client.connect(mqtt.host, mqtt.port)
+        client.loop_start()
+        clients.append(client)
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.perf_counter()
-    for topic, payload in payloads:
-        client.publish(topic, payload, qos=1)
+    senders = [
+        threading.Thread(target=_publish, args=(client, share))
+        for client, share in zip(clients, shares, strict=True)
+    ]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
     done.wait(600)
     print(f"done {time.perf_counter() - start:.3f}", flush=True)
-    client.loop_stop()
-    client.disconnect()
+    for client in clients:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _publish(client: paho.Client, share: list[tuple[str, bytes]]) -> None:
+    for topic, payload in share:
+        client.publish(topic, payload, qos=1)
 
 
 if __name__ == "__main__":
