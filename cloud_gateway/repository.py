@@ -185,25 +185,21 @@ class MonthUsage:
 #: A client's stopped charges that count in a month: stopped in that month of their
 #: site's time zone. The window in UTC (a day either side, more than any zone's offset;
 #: in UTC whatever the session's time zone) lets the index narrow the scan.
-_IN_MONTH = (
-    " c.client_id = %(client)s AND c.state = 'stopped'"
-    " AND c.stopped_at >= (%(month)s::date - 1)::timestamp AT TIME ZONE 'UTC'"
-    " AND c.stopped_at < (%(month)s::date + interval '1 month 1 day') AT TIME ZONE 'UTC'"
-    " AND date_trunc('month', c.stopped_at AT TIME ZONE s.timezone)::date = %(month)s"
-)
-
-
 async def month_usage(
     conn: Conn, client_id: str, outlet_id: str, first_day: dt.date
 ) -> MonthUsage | None:
     """A client's stopped charges on one outlet in one month of the site's time zone: the
-    sums of their records, and the tariff in force now; None for an unknown outlet."""
+    sums of their records (kept by month in ``usage_monthly``), and the tariff in force
+    now; None for an unknown outlet."""
     cur = await conn.execute(
         "SELECT tariff_at(s.site_id, now()), s.currency, s.timezone,"
-        " count(c.charge_id), coalesce(sum(c.energy_kwh), 0), coalesce(sum(c.fee), 0)"
+        # A month whose charges all moved out (their stop was corrected) counts as none.
+        " coalesce(u.charges, 0), CASE WHEN u.charges > 0 THEN u.energy_kwh ELSE 0 END,"
+        " CASE WHEN u.charges > 0 THEN u.fee ELSE 0 END"
         " FROM outlets o JOIN controllers USING (controller_id) JOIN sites s USING (site_id)"
-        f" LEFT JOIN charges c ON c.outlet_id = o.outlet_id AND {_IN_MONTH}"
-        " WHERE o.outlet_id = %(outlet)s GROUP BY 1, 2, 3",
+        " LEFT JOIN usage_monthly u ON u.outlet_id = o.outlet_id"
+        "  AND u.client_id = %(client)s AND u.month = %(month)s"
+        " WHERE o.outlet_id = %(outlet)s",
         {"client": client_id, "outlet": outlet_id, "month": first_day},
     )
     row = await cur.fetchone()
@@ -228,12 +224,13 @@ async def client_usage(conn: Conn, client_id: str, first_day: dt.date) -> list[U
     """A client's month, per outlet with its site, ordered by site and outlet."""
     cur = conn.cursor(row_factory=class_row(UsageRow))
     await cur.execute(
-        "SELECT s.site_id, s.name, s.timezone, s.currency, c.outlet_id, count(*) AS charges,"
-        " sum(c.energy_kwh) AS energy_kwh, sum(c.fee) AS fee"
-        " FROM charges c JOIN outlets o USING (outlet_id)"
+        "SELECT s.site_id, s.name, s.timezone, s.currency, u.outlet_id, u.charges,"
+        " u.energy_kwh, u.fee"
+        " FROM usage_monthly u JOIN outlets o USING (outlet_id)"
         " JOIN controllers k ON k.controller_id = o.controller_id"
         " JOIN sites s ON s.site_id = k.site_id"
-        f" WHERE {_IN_MONTH} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 5",
+        " WHERE u.client_id = %(client)s AND u.month = %(month)s AND u.charges > 0"
+        " ORDER BY 1, 5",
         {"client": client_id, "month": first_day},
     )
     return await cur.fetchall()
