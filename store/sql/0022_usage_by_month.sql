@@ -13,25 +13,29 @@ CREATE TABLE usage_monthly (
     PRIMARY KEY (client_id, month, outlet_id)
 );
 
--- The month a charge stopped in, in its outlet's site's calendar.
-CREATE FUNCTION chargeline_usage_month(outlet text, stopped timestamptz) RETURNS date
-LANGUAGE sql STABLE AS $$
-    SELECT date_trunc('month', stopped AT TIME ZONE s.timezone)::date
-    FROM outlets o JOIN controllers k USING (controller_id) JOIN sites s USING (site_id)
-    WHERE o.outlet_id = outlet
+-- The month a charge stopped in, in its site's calendar (a plain expression, inlined
+-- wherever it is used).
+CREATE FUNCTION chargeline_usage_month(stopped timestamptz, timezone text) RETURNS date
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT date_trunc('month', stopped AT TIME ZONE timezone)::date
 $$;
 
+-- A charge's figures added to (sign 1) or taken from (sign -1) its month. plpgsql, so its
+-- statement is planned once per session, not once per charge.
 CREATE FUNCTION chargeline_usage_add(
     client text, outlet text, stopped timestamptz, kwh numeric, amount numeric, sign integer
-) RETURNS void LANGUAGE sql AS $$
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO usage_monthly AS u (client_id, outlet_id, month, charges, energy_kwh, fee)
-    VALUES (client, outlet, chargeline_usage_month(outlet, stopped), sign, sign * kwh,
-            sign * amount)
+    SELECT client, outlet, chargeline_usage_month(stopped, s.timezone), sign,
+           sign * kwh, sign * amount
+    FROM outlets o JOIN controllers k USING (controller_id) JOIN sites s USING (site_id)
+    WHERE o.outlet_id = outlet
     ON CONFLICT (client_id, month, outlet_id) DO UPDATE SET
         charges = u.charges + excluded.charges,
         energy_kwh = u.energy_kwh + excluded.energy_kwh,
-        fee = u.fee + excluded.fee
-$$;
+        fee = u.fee + excluded.fee;
+END $$;
 
 -- A stopped charge counts; a change to one (the closing reading, a later correction)
 -- moves its old figures out and its new ones in.
@@ -65,9 +69,11 @@ CREATE FUNCTION chargeline_usage_recount(outlet_ids text[]) RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM usage_monthly WHERE outlet_id = ANY(outlet_ids);
     INSERT INTO usage_monthly (client_id, outlet_id, month, charges, energy_kwh, fee)
-    SELECT c.client_id, c.outlet_id, chargeline_usage_month(c.outlet_id, c.stopped_at),
+    SELECT c.client_id, c.outlet_id, chargeline_usage_month(c.stopped_at, s.timezone),
            count(*), sum(c.energy_kwh), sum(c.fee)
-    FROM charges c WHERE c.state = 'stopped' AND c.outlet_id = ANY(outlet_ids)
+    FROM charges c JOIN outlets o USING (outlet_id)
+    JOIN controllers k ON k.controller_id = o.controller_id JOIN sites s USING (site_id)
+    WHERE c.state = 'stopped' AND c.outlet_id = ANY(outlet_ids)
     GROUP BY 1, 2, 3;
 $$;
 CREATE FUNCTION chargeline_usage_site_moved() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -91,9 +97,11 @@ CREATE TRIGGER controllers_usage_site AFTER UPDATE OF site_id ON controllers
 
 -- What is there already.
 INSERT INTO usage_monthly (client_id, outlet_id, month, charges, energy_kwh, fee)
-SELECT c.client_id, c.outlet_id, chargeline_usage_month(c.outlet_id, c.stopped_at),
+SELECT c.client_id, c.outlet_id, chargeline_usage_month(c.stopped_at, s.timezone),
        count(*), sum(c.energy_kwh), sum(c.fee)
-FROM charges c WHERE c.state = 'stopped'
+FROM charges c JOIN outlets o USING (outlet_id)
+JOIN controllers k ON k.controller_id = o.controller_id JOIN sites s USING (site_id)
+WHERE c.state = 'stopped'
 GROUP BY 1, 2, 3;
 
 GRANT SELECT ON usage_monthly TO chargeline_analyst;
