@@ -81,7 +81,9 @@ class Workload:
         return [f"b{c:04d}" for c in range(self.controllers)]
 
 
-def start_publisher(url: str, root: str, load: Workload) -> subprocess.Popen[str]:
+def start_publisher(
+    url: str, root: str, load: Workload, connections: int = 4
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -92,6 +94,7 @@ def start_publisher(url: str, root: str, load: Workload) -> subprocess.Popen[str
             str(load.controllers),
             str(load.messages),
             str(load.frames),
+            str(connections),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -147,13 +150,13 @@ class IngestRun:
     acks_per_message: float
 
 
-async def ingest(url: str, root: str, load: Workload, db: str) -> IngestRun:
+async def ingest(url: str, root: str, load: Workload, db: str, connections: int = 4) -> IngestRun:
     """Readings/s from the publisher's first message until ingest has committed them all."""
     settings = IngestSettings(mqtt_url=url, topic_root=root, database_url=db, log_level="WARNING")
     async with Ingest(settings, database_url=db) as worker:
         task = asyncio.create_task(worker.run())
         await worker.ready.wait()
-        publisher = start_publisher(url, root, load)
+        publisher = start_publisher(url, root, load, connections)
         start = go(publisher)
         while worker.counters.readings < load.readings:  # noqa: ASYNC110 - polls a counter the worker updates
             await asyncio.sleep(0.01)

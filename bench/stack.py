@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +75,11 @@ def partner_stack(
     webhook_url: str | None = None,
     env: dict[str, str] | None = None,
     edge_env: dict[str, str] | None = None,
-    edges: bool = True,
+    edges: bool | Sequence[str] = True,
 ) -> Iterator[Stack]:
-    """Everything a partner talks to; ``env`` adds settings for every process."""
+    """Everything a partner talks to; ``env`` adds settings for every process. ``edges``:
+    a simulated edge agent for every controller (True), none, or for those listed."""
+    with_edges = list(controllers) if edges is True else list(edges or [])
     with ExitStack() as stack:
         url = stack.enter_context(amqtt_broker(tmp))
         db = database(tmp, controllers)
@@ -104,14 +106,14 @@ def partner_stack(
         stack.enter_context(service(["ingest"], common))
         stack.enter_context(service(["auth"], common))
         stack.enter_context(service(["gateway"], common))
-        if edges:
-            for cid in controllers:
+        if with_edges:
+            for cid in with_edges:
                 edge = {"CHARGELINE_SIM_AUTOPLAY": "false", **common, **(edge_env or {})}
                 stack.enter_context(service(["edge", "--controller-id", cid], edge))
         wait_port(auth_port)
         wait_port(api_port)
-        if edges:
-            wait_online(db, controllers)
+        if with_edges:
+            wait_online(db, with_edges)
         yield Stack(
             db,
             url,
