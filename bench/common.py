@@ -87,23 +87,32 @@ def database(tmp: Path, controllers: list[str]) -> str:
 
 
 def evening_peak(
-    url: str, controllers: list[str], *, charging: bool, history: int = 50_000
+    url: str,
+    controllers: list[str],
+    *,
+    charging: bool,
+    history: int = 50_000,
+    client_id: str | None = None,
 ) -> None:
     """The fleet as ingest meets it in the field: every controller online (as presence
     leaves it), ``history`` stopped charges behind, and with ``charging`` one charge drawing
     current on every outlet (an evening peak), each with its rise detector high, for a
-    partner with a webhook URL. The benchmark's readings start after these charges began."""
+    partner with a webhook URL (``client_id``, or one made here). The charge on outlet
+    ``n`` of controller ``c`` is the partner's ``peak-c-n``. The benchmark's readings start
+    after these charges began."""
+    partner = client_id or "bench-partner"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO controller_status (controller_id, online, presence_since, presence_at,"
             " heard_at) SELECT c, true, now(), now(), now() FROM unnest(%s::text[]) c",
             (controllers,),
         )
-        conn.execute(
-            "INSERT INTO oauth_clients (client_id, name, secret_sha256, scopes, webhook_url,"
-            " webhook_secret) VALUES ('bench-partner', 'Bench partner', '\\x00',"
-            " '{charges:write}', 'http://127.0.0.1:9/hooks', 'whsec_YmVuY2g=')"
-        )
+        if client_id is None:
+            conn.execute(
+                "INSERT INTO oauth_clients (client_id, name, secret_sha256, scopes, webhook_url,"
+                " webhook_secret) VALUES ('bench-partner', 'Bench partner', '\\x00',"
+                " '{charges:write}', 'http://127.0.0.1:9/hooks', 'whsec_YmVuY2g=')"
+            )
         columns = (
             "INSERT INTO charges (charge_id, partner_charge_id, client_id, outlet_id,"
             " controller_id, outlet_no, request_sha256, state, start_generation, end_at,"
@@ -112,23 +121,23 @@ def evening_peak(
             " tariff_per_kwh, currency)"
         )
         conn.execute(
-            f"{columns} SELECT 'h' || i, 'old-' || i, 'bench-partner', c || '-' || n, c, n,"
+            f"{columns} SELECT 'h' || i, 'old-' || i, %s, c || '-' || n, c, n,"
             "  '\\x00', 'stopped', 1, t, t, t, t, t + interval '1 hour', 'partner stopped',"
             "  true, t, 0, t + interval '1 hour', 5000, 5000, 30, 'JPY'"
             " FROM generate_series(1, %s) i,"
             "  LATERAL (SELECT (%s::text[])[1 + i %% %s] AS c, 1 + (i / %s) %% 8 AS n,"
             "   to_timestamp(%s) - make_interval(secs => i * 60.0) AS t) x",
-            (history, controllers, len(controllers), len(controllers), MINUTE0 - 3600),
+            (partner, history, controllers, len(controllers), len(controllers), MINUTE0 - 3600),
         )
         if charging:
             conn.execute(
                 f"{columns} SELECT 'o' || c || '-' || n, 'peak-' || c || '-' || n,"
-                "  'bench-partner', c || '-' || n, c, n, '\\x00', 'drawing', 2,"
+                "  %s, c || '-' || n, c, n, '\\x00', 'drawing', 2,"
                 "  now() + interval '1 day', t, t, t, NULL, NULL, false, t, 900, t, 900, 0,"
                 "  30, 'JPY'"
                 " FROM unnest(%s::text[]) c, generate_series(1, 8) n,"
                 "  LATERAL (SELECT to_timestamp(%s) AS t) x",
-                (controllers, MINUTE0 - 60),
+                (partner, controllers, MINUTE0 - 60),
             )
             conn.execute(
                 "INSERT INTO outlet_current_state SELECT c, n, true, %s"

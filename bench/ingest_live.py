@@ -82,7 +82,7 @@ class Workload:
 
 
 def start_publisher(
-    url: str, root: str, load: Workload, connections: int = 4
+    url: str, root: str, load: Workload, connections: int = 4, rate: float = 0.0
 ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [
@@ -95,6 +95,7 @@ def start_publisher(
             str(load.messages),
             str(load.frames),
             str(connections),
+            str(rate),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

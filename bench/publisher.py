@@ -1,10 +1,11 @@
 """A fleet's worth of meter batches, published as fast as the broker takes them (QoS 1).
 
 Run as a separate process so the publisher does not share a core with what is measured:
-``python -m bench.publisher URL ROOT CONTROLLERS MESSAGES FRAMES [CONNECTIONS]``. It
-connects (``CONNECTIONS`` MQTT connections, default 4, each publishing for its share of the
-controllers, as the brokers see a fleet: many connections, not one), prints ``ready``,
-waits for a line on stdin, publishes, and prints ``done SECONDS``.
+``python -m bench.publisher URL ROOT CONTROLLERS MESSAGES FRAMES [CONNECTIONS [RATE]]``.
+It connects (``CONNECTIONS`` MQTT connections, default 4, each publishing for its share of
+the controllers, as the brokers see a fleet: many connections, not one), prints ``ready``,
+waits for a line on stdin, publishes (at most ``RATE`` messages per second in all if
+given and not 0), and prints ``done SECONDS``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     url, root = sys.argv[1], sys.argv[2]
     controllers, messages, frames = map(int, sys.argv[3:6])
     connections = int(sys.argv[6]) if len(sys.argv) > 6 else 4
+    rate = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
     topics = Topics(root)
     # Each controller's batches in order, on one connection (as an edge sends them).
     shares: list[list[tuple[str, bytes]]] = [[] for _ in range(connections)]
@@ -62,7 +64,7 @@ def main() -> None:
     sys.stdin.readline()
     start = time.perf_counter()
     senders = [
-        threading.Thread(target=_publish, args=(client, share))
+        threading.Thread(target=_publish, args=(client, share, rate / connections))
         for client, share in zip(clients, shares, strict=True)
     ]
     for sender in senders:
@@ -76,8 +78,13 @@ def main() -> None:
         client.disconnect()
 
 
-def _publish(client: paho.Client, share: list[tuple[str, bytes]]) -> None:
-    for topic, payload in share:
+def _publish(client: paho.Client, share: list[tuple[str, bytes]], rate: float) -> None:
+    start = time.perf_counter()
+    for n, (topic, payload) in enumerate(share):
+        if rate and n % 50 == 0:  # on schedule, 50 messages at a time
+            ahead = start + n / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
         client.publish(topic, payload, qos=1)
 
 
