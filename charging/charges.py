@@ -141,44 +141,117 @@ async def apply(
 
 
 async def apply_many(
-    conn: psycopg.AsyncConnection[Any], feed: Mapping[str, Sequence[Event]]
+    conn: psycopg.AsyncConnection[Any],
+    feed: Mapping[str, Sequence[Event]],
+    *,
+    step_before_locking: bool = False,
 ) -> dict[str, tuple[Charge, tuple[Notice, ...]]]:
     """Step each charge in ``feed`` through its events, in order, in the caller's
     transaction; returns each found charge as it ends, with every notice it gave.
 
-    Three statements whatever the number of charges: one locks and reads them (in id
-    order, so two callers locking several never wait on each other in a circle), one
-    writes every changed row, one adds every webhook. Ingest feeds a whole write's
-    readings this way, holding the rows' locks for as short a time as it can.
+    A few statements whatever the number of charges: the rows are locked and read with one
+    (in id order, so two callers locking several never wait on each other in a circle),
+    every changed row is written with one, every webhook added with one.
+
+    ``step_before_locking`` (ingest, with thousands of charges a write): the charges are
+    read and stepped without locks, and the write then takes only the rows still as they
+    were read (their version, ``xmin``, unmoved); only those another transaction changed
+    meanwhile are locked, read and stepped again. A charge that nothing changes is not
+    written or locked at all: its events came before the other transaction's change. So
+    ingest holds a charge's lock from its write to the commit, not while it steps
+    thousands, and a partner's stop waits that much less.
     """
     if not feed:
         return {}
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM charges WHERE charge_id = ANY(%s) ORDER BY charge_id FOR UPDATE",
-        (sorted(feed),),
+    ids = sorted(feed)
+    if not step_before_locking:
+        return await _write(conn, await _read_and_step(conn, feed, ids, lock=True))
+    stepped = await _read_and_step(conn, feed, ids, lock=False)
+    result = {cid: (after, tuple(e[5] for e in out)) for cid, (_, after, out, _) in stepped.items()}
+    writes = sorted(
+        cid for cid, (before, after, out, _) in stepped.items() if after != before or out
     )
-    stepped: dict[str, tuple[Charge, tuple[Notice, ...]]] = {}
-    changed: list[tuple[Any, ...]] = []
-    outbox: list[tuple[str, str, str, str, str]] = []
-    for row in await cur.fetchall():
-        before = _charge(row)
-        client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
-        after, given = lifecycle.step_all(before, feed[before.charge_id])
-        for notice, then in given:
-            data = webhook_data(
-                then, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
-            )
-            check_event(notice.kind, data)
-            public_id, body = event_body(notice.kind, data)
-            outbox.append((public_id, client_id, after.charge_id, notice.kind, body))
-        if after != before:
-            changed.append(_values(after))
-        stepped[after.charge_id] = (after, tuple(notice for notice, _ in given))
-    if changed:
-        await conn.execute(_UPDATE_MANY, [list(column) for column in zip(*changed, strict=True)])
-    if outbox:
-        await conn.execute(_ENQUEUE_MANY, [list(column) for column in zip(*outbox, strict=True)])
-    return stepped
+    if not writes:
+        return result
+    done = await _write(conn, {cid: stepped[cid] for cid in writes}, unmoved=True)
+    moved = [cid for cid in writes if cid not in done]
+    if moved:
+        done |= await _write(conn, await _read_and_step(conn, feed, moved, lock=True))
+    for cid in writes:  # as written (a charge deleted meanwhile is not there)
+        result.pop(cid)
+    return result | done
+
+
+_Stepped = tuple[Charge, Charge, list["_Outbox"], str]
+
+
+async def _read_and_step(
+    conn: psycopg.AsyncConnection[Any],
+    feed: Mapping[str, Sequence[Event]],
+    ids: list[str],
+    *,
+    lock: bool,
+) -> dict[str, _Stepped]:
+    query = _READ_MANY + (" ORDER BY charge_id FOR UPDATE" if lock else "")
+    cur = await conn.execute(query, (ids,))
+    return {row[0]: (*_step(row, feed[row[0]]), row[-1]) for row in await cur.fetchall()}
+
+
+async def _write(
+    conn: psycopg.AsyncConnection[Any], stepped: Mapping[str, _Stepped], *, unmoved: bool = False
+) -> dict[str, tuple[Charge, tuple[Notice, ...]]]:
+    """Write the stepped charges and their webhooks; with ``unmoved``, only those whose
+    row is still the version they were stepped from. Returns the charges written."""
+    if unmoved:
+        # One statement, so the rows it locks stay locked only until the commit after it.
+        values = [(*_values(after), version) for _, after, _, version in stepped.values()]
+        outbox = [e[:5] for cid in sorted(stepped) for e in stepped[cid][2]]
+        cur = await conn.execute(
+            _WRITE_UNMOVED,
+            [
+                *_columns(values, width=len(values[0])),
+                *_columns(outbox, width=_ENQUEUED_COLUMNS),
+            ],
+        )
+        written = {row[0] for row in await cur.fetchall()}
+    else:
+        changed = [_values(after) for before, after, _, _ in stepped.values() if after != before]
+        if changed:
+            await conn.execute(_UPDATE_MANY, _columns(changed, width=len(changed[0])))
+        written = set(stepped)
+        outbox = [e[:5] for cid in sorted(written) for e in stepped[cid][2]]
+        if outbox:
+            await conn.execute(_ENQUEUE_MANY, _columns(outbox, width=len(outbox[0])))
+    return {cid: (stepped[cid][1], tuple(e[5] for e in stepped[cid][2])) for cid in written}
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], *, width: int) -> list[list[Any]]:
+    """Rows as one list per column (the arrays ``unnest`` takes back apart)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+#: The charges and each row's version (``xmin`` changes with every write of a row).
+_READ_MANY = f"SELECT {_COLUMNS}, xmin::text FROM charges WHERE charge_id = ANY(%s)"
+_Outbox = tuple[str, str, str, str, str, Notice]
+#: What ``_ENQUEUE`` takes of each ``_Outbox`` (all but the notice).
+_ENQUEUED_COLUMNS = 5
+
+
+def _step(row: tuple[Any, ...], events: Sequence[Event]) -> tuple[Charge, Charge, list[_Outbox]]:
+    """One charge's row (as ``_READ_MANY`` reads it) stepped through ``events``: the charge
+    before and after, and its webhooks (public id, client, charge, kind, body, notice)."""
+    before = _charge(row)
+    client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
+    after, given = lifecycle.step_all(before, events)
+    entries: list[_Outbox] = []
+    for notice, then in given:
+        data = webhook_data(
+            then, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
+        )
+        check_event(notice.kind, data)
+        public_id, body = event_body(notice.kind, data)
+        entries.append((public_id, client_id, after.charge_id, notice.kind, body, notice))
+    return before, after, entries
 
 
 #: Every column the lifecycle changes, then the charge id (see ``_values``).
@@ -188,8 +261,7 @@ _SET = (
     " last_minute = %s, last_energy_wh = %s, energy_wh = %s, reported = %s, updated_at = now()"
 )
 
-#: ``_SET`` for many rows: one array per column of ``_values``, in the same order.
-_UPDATE_MANY = """
+_UPDATE = """
 UPDATE charges c SET state = v.state, stop_generation = v.stop_generation,
     started_at = v.started_at, rise_at = v.rise_at, stopped_at = v.stopped_at,
     stop_reason = v.stop_reason, failure = v.failure, first_minute = v.first_minute,
@@ -198,24 +270,44 @@ UPDATE charges c SET state = v.state, stop_generation = v.stop_generation,
     updated_at = now()
 FROM unnest(%b::text[], %b::int8[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
             %b::text[], %b::text[], %b::timestamptz[], %b::float8[], %b::timestamptz[],
-            %b::float8[], %b::float8[], %b::bool[], %b::text[])
+            %b::float8[], %b::float8[], %b::bool[], %b::text[]{version_array})
     AS v(state, stop_generation, started_at, rise_at, stopped_at, stop_reason, failure,
          first_minute, first_energy_wh, last_minute, last_energy_wh, energy_wh, reported,
-         charge_id)
-WHERE c.charge_id = v.charge_id
+         charge_id{version_column})
+WHERE c.charge_id = v.charge_id{version_check}
 """
+#: ``_SET`` for many rows: one array per column of ``_values``, in the same order.
+_UPDATE_MANY = _UPDATE.format(version_array="", version_column="", version_check="")
+#: The same for the rows still at the version given last (one more array), returning those
+#: written: the UPDATE locks each row it writes, and a row changed meanwhile no longer
+#: matches.
+_UPDATE_UNMOVED = (
+    _UPDATE.format(
+        version_array=", %b::text[]",
+        version_column=", version",
+        version_check=" AND c.xmin = v.version::xid",
+    )
+    + "RETURNING c.charge_id"
+)
 
 #: Webhooks for many charges, in the order given (their delivery order), each only for a
 #: client with a webhook URL (as ``outbox.enqueue``).
-_ENQUEUE_MANY = """
+_ENQUEUE = """
 INSERT INTO webhook_outbox (public_id, client_id, charge_id, kind, body)
 SELECT e.public_id, e.client_id, e.charge_id, e.kind, e.body::jsonb
 FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
     WITH ORDINALITY AS e(public_id, client_id, charge_id, kind, body, n)
 WHERE EXISTS (
     SELECT 1 FROM oauth_clients k WHERE k.client_id = e.client_id AND k.webhook_url IS NOT NULL
-)
+){only_written}
 ORDER BY e.n
+"""
+_ENQUEUE_MANY = _ENQUEUE.format(only_written="")
+#: ``_UPDATE_UNMOVED`` and the webhooks of the charges it wrote, in one statement.
+_WRITE_UNMOVED = f"""
+WITH written AS ({_UPDATE_UNMOVED}),
+notified AS ({_ENQUEUE.format(only_written=" AND e.charge_id IN (SELECT charge_id FROM written)")})
+SELECT charge_id FROM written
 """
 
 

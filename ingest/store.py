@@ -239,6 +239,7 @@ class Store:
                 charge_id: [event for _, event in sorted(inputs, key=lambda item: item[0])]
                 for charge_id, inputs in feed.items()
             },
+            step_before_locking=True,
         )
 
     async def _rises(

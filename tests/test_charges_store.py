@@ -330,3 +330,47 @@ def test_a_client_without_a_webhook_url_gets_no_events_and_wakes_no_deliverer(
     assert (quiet, heard) == (0, 1)
     assert [kind for kind, _ in outbox(database)] == ["charge.started"]
     assert events == 1
+
+
+def test_a_write_stepped_before_locking_meets_a_change_made_meanwhile(
+    setup: tuple[str, str],
+) -> None:
+    """Ingest steps a write's charges before it locks them (``step_before_locking``). A
+    partner's stop that commits between that read and ingest's write is not overwritten:
+    the charge is stepped again from the stopped version, so it keeps the stop and counts
+    the reading; a charge nobody touched is written from the first step."""
+    url, client_id = setup
+    on = Acked(1, CommandOutcome.APPLIED, True, T0 + 1, 1000.0)
+    asyncio.run(_create(url, client_id, "moved", generation=1, outlet=1))
+    asyncio.run(_create(url, client_id, "still", generation=1, outlet=2))
+    asyncio.run(_apply(url, "moved", on))
+    asyncio.run(_apply(url, "still", on))
+    reading = MinuteReading(T0 + 60, 1500.0, True)
+
+    async def race() -> dict[str, tuple[lifecycle.Charge, tuple[lifecycle.Notice, ...]]]:
+        async with (
+            await psycopg.AsyncConnection.connect(url) as partner,
+            await psycopg.AsyncConnection.connect(url) as ingest,
+        ):
+            await partner.execute("BEGIN")
+            # The partner's stop, not yet committed: ingest reads the charge as it was.
+            await charges.apply(partner, "moved", StopRequested(2, "partner stopped", T0 + 30))
+            async with ingest.transaction():
+                feed = {"moved": [reading], "still": [reading]}
+                stepping = asyncio.create_task(
+                    charges.apply_many(ingest, feed, step_before_locking=True)
+                )
+                await asyncio.sleep(0.5)  # ingest's write now waits for the partner's lock
+                assert not stepping.done()
+                await partner.execute("COMMIT")
+                return await stepping
+
+    stepped = asyncio.run(race())
+    assert stepped["moved"][0].state is State.STOPPING
+    assert stepped["still"][0].state is State.ON
+    rows = {
+        cid: (state, energy)
+        for cid, state, energy in query(url, "SELECT charge_id, state, energy_wh FROM charges")
+    }
+    assert rows["moved"] == ("stopping", 500.0)  # the stop kept, the reading counted
+    assert rows["still"] == ("on", 500.0)
