@@ -323,3 +323,140 @@ def test_this_run_keeps_its_temporary_files_to_itself(
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     assert "pytest-of-" not in str(root), root
     assert root.name.startswith("chargeline-tests-"), root
+
+
+#: Each outlet's hourly energy straight from the raw minutes, by the rule in
+#: docs/analytics.md (what the views computed before the hours were kept in tables).
+_HOURS_FROM_MINUTES = """
+WITH a AS (
+    SELECT controller_id, outlet_no,
+           date_bin(INTERVAL '1 hour', minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
+           (array_agg(energy_wh ORDER BY minute))[1] AS first_wh,
+           (array_agg(energy_wh ORDER BY minute DESC))[1] AS last_wh,
+           count(*) AS readings, max(current_a) AS max_current_a, avg(voltage_v) AS volts
+    FROM outlet_readings GROUP BY 1, 2, 3
+), h AS (
+    SELECT a.*, lag(last_wh) OVER (PARTITION BY controller_id, outlet_no ORDER BY hour) AS prev
+    FROM a
+)
+SELECT controller_id, outlet_no, hour,
+       CASE WHEN prev IS NULL OR last_wh < prev THEN last_wh - first_wh
+            ELSE last_wh - prev END,
+       readings, max_current_a, round(volts::numeric, 6)
+FROM h ORDER BY 1, 2, 3
+"""
+_HOURS_KEPT = """
+SELECT controller_id, outlet_no, hour, energy_wh, readings, max_current_a,
+       round(avg_voltage_v::numeric, 6)
+FROM energy_outlet_hourly ORDER BY 1, 2, 3
+"""
+_MAIN_FROM_MINUTES = """
+WITH a AS (
+    SELECT controller_id,
+           date_bin(INTERVAL '1 hour', minute, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
+           (array_agg(energy_wh ORDER BY minute))[1] AS first_wh,
+           (array_agg(energy_wh ORDER BY minute DESC))[1] AS last_wh, count(*) AS readings
+    FROM main_meter_readings GROUP BY 1, 2
+), h AS (
+    SELECT a.*, lag(last_wh) OVER (PARTITION BY controller_id ORDER BY hour) AS prev FROM a
+)
+SELECT controller_id, hour,
+       CASE WHEN prev IS NULL OR last_wh < prev THEN last_wh - first_wh
+            ELSE last_wh - prev END, readings
+FROM h ORDER BY 1, 2
+"""
+
+
+def test_the_hours_kept_are_the_hours_of_the_minutes_whatever_order_they_come_in(
+    database: str,
+) -> None:
+    """The energy views read hours kept as minutes are stored. Minutes arriving in order,
+    a day late into a gap, out of order across hours, redelivered, and after a meter
+    reset: after each write every outlet's hours (energy, readings, peak current, mean
+    voltage) and the main meter's are those computed from the raw minutes."""
+    import_registry(database, registry_for(["ctl-a"], 2))
+    topic = Topics().meter("ctl-a")
+
+    def frame(m: int, wh: float) -> MeterFrame:
+        return MeterFrame(
+            minute=HOUR + 60 * m,
+            main_energy_wh=1e5 + 2 * wh,
+            outlets=tuple(
+                OutletReading(
+                    outlet=n,
+                    energy_wh=wh + n,
+                    voltage_v=200.0 + (m % 7),
+                    current_a=float(m % 13),
+                    breaker_on=True,
+                )
+                for n in (1, 2)
+            ),
+        )
+
+    def send(seq: int, minutes: list[int], wh: dict[int, float] | None = None) -> None:
+        frames = tuple(frame(m, (wh or {}).get(m, 1000.0 + 50 * m)) for m in minutes)
+        write(
+            database, [(topic, encode(MeterBatch(controller_id="ctl-a", seq=seq, frames=frames)))]
+        )
+        assert query(database, _HOURS_KEPT) == query(database, _HOURS_FROM_MINUTES)
+        kept = query(
+            database,
+            "SELECT controller_id, hour, energy_wh, readings FROM main_meter_hourly ORDER BY 1, 2",
+        )
+        assert kept == query(database, _MAIN_FROM_MINUTES)
+
+    send(1, list(range(0, 30)))  # the first half hour
+    send(2, list(range(30, 90)))  # across an hour boundary
+    send(3, list(range(300, 330)))  # hours later: a gap before it
+    send(4, list(range(150, 200)))  # late, into the gap: the hour after it changes
+    send(5, [95, 91, 240, 93, 92])  # out of order, across hours
+    send(6, list(range(80, 100)))  # redelivered in part
+    send(7, list(range(400, 420)), {m: 3.0 * (m - 399) for m in range(400, 420)})  # reset
+    send(8, list(range(60, 61)) + list(range(330, 360)))  # a duplicate and new minutes
+    hours = query(database, "SELECT count(*) FROM outlet_hourly")
+    assert hours == [(2 * 7,)]  # hours 0 to 6 of both outlets, each kept once
+
+
+_GAPS_FROM_BATCHES = """
+SELECT controller_id, seq + 1, next_seq - 1, next_seq - seq - 1
+FROM (SELECT controller_id, seq,
+             lead(seq) OVER (PARTITION BY controller_id ORDER BY seq) AS next_seq
+      FROM meter_batches) s
+WHERE next_seq - seq > 1 ORDER BY 1, 2
+"""
+
+
+def test_the_gaps_kept_are_the_gaps_between_the_batches_stored(database: str) -> None:
+    """meter_seq_gaps is kept as batches are stored; after batches arrive in order, far
+    ahead, late into a gap (its middle, its ends, filling it), redelivered and several in
+    one write, the gaps listed are those between the batches stored, for each controller."""
+    import_registry(database, registry_for(["ctl-a", "ctl-b"], 2))
+
+    def send(*batches: tuple[str, int]) -> None:
+        messages = []
+        for cid, seq in batches:
+            frame = MeterFrame(
+                minute=HOUR + 60 * seq,
+                main_energy_wh=1e5,
+                outlets=(OutletReading(1, 1000.0, 200.0, 1.0, True),),
+            )
+            messages.append(
+                (
+                    Topics().meter(cid),
+                    encode(MeterBatch(controller_id=cid, seq=seq, frames=(frame,))),
+                )
+            )
+        write(database, messages)
+        kept = query(database, "SELECT * FROM meter_seq_gaps ORDER BY 1, 2")
+        assert kept == query(database, _GAPS_FROM_BATCHES)
+
+    send(("ctl-a", 1), ("ctl-a", 2), ("ctl-b", 1))
+    send(("ctl-a", 10), ("ctl-b", 5))  # gaps 3..9 and 2..4
+    send(("ctl-a", 6))  # the middle of a gap: 3..5 and 7..9
+    send(("ctl-a", 3), ("ctl-a", 9), ("ctl-b", 2), ("ctl-b", 3), ("ctl-b", 4))  # ends; filled
+    send(("ctl-a", 6), ("ctl-a", 20))  # redelivered, and a new gap
+    send(("ctl-a", 4), ("ctl-a", 5), ("ctl-a", 7), ("ctl-a", 8), ("ctl-a", 15))
+    assert query(database, "SELECT * FROM meter_seq_gaps ORDER BY 2") == [
+        ("ctl-a", 11, 14, 4),
+        ("ctl-a", 16, 19, 4),
+    ]
