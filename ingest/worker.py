@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import defaultdict
@@ -70,6 +71,24 @@ class Counters:
         return dict(vars(self))
 
 
+#: Allocations between two young-generation collections (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def keep_the_collector_off_the_heap() -> None:
+    """Ingest allocates a few objects per reading, and a write's rows live until it
+    commits, so with Python's defaults the cyclic garbage collector ran hundreds of young
+    and several full collections per second at an evening peak, each full one walking
+    every object the process holds: 450 ms of every 4.4 s (bench.ingest_live's peak,
+    measured with gc.callbacks). What ingest holds at start (modules, schemas, settings)
+    is never garbage, so it is frozen out of the collector's sight, and young
+    collections run every 10,000 allocations instead of 700. Nearly everything ingest
+    frees goes by reference counting; the collector still runs, less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 class Ingest:
     def __init__(self, settings: IngestSettings, *, database_url: str) -> None:
         self.settings = settings
@@ -105,6 +124,7 @@ class Ingest:
             await self._store.close()
 
     async def run(self) -> None:
+        keep_the_collector_off_the_heap()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._receive_forever(), name="ingest-receive")
             tasks.create_task(self._flush_forever(), name="ingest-flush")
