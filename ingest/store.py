@@ -218,9 +218,10 @@ class Store:
         they come from commit together. A handful of statements per write, however many
         charges are open (an evening peak has one on every outlet): one finds the open
         charges of the controllers heard from, one locks and one writes the rise
-        detectors, and ``charges.apply_many`` locks, steps and writes the charges. This
-        runs last in the write, so the charge rows (which a partner's stop also needs)
-        stay locked only until the commit that follows.
+        detectors, and ``charges.apply_many`` steps the charges before it writes them
+        (locking only the rows it writes, with that one statement). This runs last in the
+        write, so the charge rows (which a partner's stop also needs) stay locked only
+        until the commit that follows.
         """
         controllers = routing.controllers(pending)
         if not controllers:
