@@ -5,8 +5,11 @@ transaction.
 the new state and any webhooks together, so a fact and its webhook commit or roll back as
 one. Several processes (the gateway on its fast path, ingest from the durable stream) may
 apply the same event: the lock serialises them and the state machine ignores repeats, so
-each webhook is written once. ``apply_to_new`` is the gateway's one-round-trip variant for
-a charge it has just created: it writes only if the row is untouched since.
+each webhook is written once. ``apply_many`` does the same for many charges in a few
+statements (ingest feeds a whole write's readings with it, stepping before it locks and
+writing only rows still as it read them). ``apply_to_new`` is the gateway's
+one-round-trip variant for a charge it has just created: it writes only if the row is
+untouched since.
 """
 
 from __future__ import annotations
