@@ -19,10 +19,11 @@ _BREAKER_OPENED = (EdgeEventKind.BREAKER_SWITCHED, EdgeEventKind.OVERCURRENT_TRI
 
 def controllers(pending: Pending) -> list[str]:
     """The controllers whose acks, edge events or readings are in this write: only their
-    open charges can be fed by it. Pure."""
+    open charges can be fed by it. Readings are found by their batches (every reading
+    comes with its batch's row), one per message rather than one per reading. Pure."""
     heard = {ack.controller_id for ack in pending.command_acks}
     heard.update(edge.controller_id for edge in pending.events)
-    heard.update(row[0] for row in pending.outlet_rows)
+    heard.update(row[0] for row in pending.batch_rows)
     return sorted(heard)
 
 
