@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -170,22 +170,43 @@ async def apply_many(
     if not step_before_locking:
         return await _write(conn, await _read_and_step(conn, feed, ids, lock=True))
     stepped = await _read_and_step(conn, feed, ids, lock=False)
-    result = {cid: (after, tuple(e[5] for e in out)) for cid, (_, after, out, _) in stepped.items()}
-    writes = sorted(
-        cid for cid, (before, after, out, _) in stepped.items() if after != before or out
-    )
+    writes = sorted(cid for cid, done in stepped.items() if done.changed or done.notices)
+    result = {cid: done.outcome for cid, done in stepped.items() if cid not in writes}
     if not writes:
         return result
-    done = await _write(conn, {cid: stepped[cid] for cid in writes}, unmoved=True)
-    moved = [cid for cid in writes if cid not in done]
+    written = await _write(conn, {cid: stepped[cid] for cid in writes}, unmoved=True)
+    moved = [cid for cid in writes if cid not in written]
     if moved:
-        done |= await _write(conn, await _read_and_step(conn, feed, moved, lock=True))
-    for cid in writes:  # as written (a charge deleted meanwhile is not there)
-        result.pop(cid)
-    return result | done
+        written |= await _write(conn, await _read_and_step(conn, feed, moved, lock=True))
+    return result | written  # a charge deleted meanwhile is in neither
 
 
-_Stepped = tuple[Charge, Charge, list["_Outbox"], str]
+class _Webhook(NamedTuple):
+    """A webhook to add: ``_ENQUEUE``'s columns, in order."""
+
+    public_id: str
+    client_id: str
+    charge_id: str
+    kind: str
+    body: str
+
+
+class _Stepped(NamedTuple):
+    """One charge stepped through its events, from its row at ``version`` (``xmin``)."""
+
+    before: Charge
+    after: Charge
+    notices: tuple[Notice, ...]
+    webhooks: list[_Webhook]
+    version: str
+
+    @property
+    def changed(self) -> bool:
+        return self.after != self.before
+
+    @property
+    def outcome(self) -> tuple[Charge, tuple[Notice, ...]]:
+        return self.after, self.notices
 
 
 async def _read_and_step(
@@ -197,7 +218,7 @@ async def _read_and_step(
 ) -> dict[str, _Stepped]:
     query = _READ_MANY + (" ORDER BY charge_id FOR UPDATE" if lock else "")
     cur = await conn.execute(query, (ids,))
-    return {row[0]: (*_step(row, feed[row[0]]), row[-1]) for row in await cur.fetchall()}
+    return {row[0]: _step(row, feed[row[0]]) for row in await cur.fetchall()}
 
 
 async def _write(
@@ -207,25 +228,25 @@ async def _write(
     row is still the version they were stepped from. Returns the charges written."""
     if unmoved:
         # One statement, so the rows it locks stay locked only until the commit after it.
-        values = [(*_values(after), version) for _, after, _, version in stepped.values()]
-        outbox = [e[:5] for cid in sorted(stepped) for e in stepped[cid][2]]
+        values = [(*_values(done.after), done.version) for done in stepped.values()]
+        webhooks = [w for cid in sorted(stepped) for w in stepped[cid].webhooks]
         cur = await conn.execute(
             _WRITE_UNMOVED,
             [
                 *_columns(values, width=len(values[0])),
-                *_columns(outbox, width=_ENQUEUED_COLUMNS),
+                *_columns(webhooks, width=len(_Webhook._fields)),
             ],
         )
         written = {row[0] for row in await cur.fetchall()}
     else:
-        changed = [_values(after) for before, after, _, _ in stepped.values() if after != before]
+        changed = [_values(done.after) for done in stepped.values() if done.changed]
         if changed:
             await conn.execute(_UPDATE_MANY, _columns(changed, width=len(changed[0])))
         written = set(stepped)
-        outbox = [e[:5] for cid in sorted(written) for e in stepped[cid][2]]
-        if outbox:
-            await conn.execute(_ENQUEUE_MANY, _columns(outbox, width=len(outbox[0])))
-    return {cid: (stepped[cid][1], tuple(e[5] for e in stepped[cid][2])) for cid in written}
+        webhooks = [w for cid in sorted(written) for w in stepped[cid].webhooks]
+        if webhooks:
+            await conn.execute(_ENQUEUE_MANY, _columns(webhooks, width=len(_Webhook._fields)))
+    return {cid: stepped[cid].outcome for cid in written}
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], *, width: int) -> list[list[Any]]:
@@ -235,26 +256,23 @@ def _columns(rows: Sequence[tuple[Any, ...]], *, width: int) -> list[list[Any]]:
 
 #: The charges and each row's version (``xmin`` changes with every write of a row).
 _READ_MANY = f"SELECT {_COLUMNS}, xmin::text FROM charges WHERE charge_id = ANY(%s)"
-_Outbox = tuple[str, str, str, str, str, Notice]
-#: What ``_ENQUEUE`` takes of each ``_Outbox`` (all but the notice).
-_ENQUEUED_COLUMNS = 5
 
 
-def _step(row: tuple[Any, ...], events: Sequence[Event]) -> tuple[Charge, Charge, list[_Outbox]]:
-    """One charge's row (as ``_READ_MANY`` reads it) stepped through ``events``: the charge
-    before and after, and its webhooks (public id, client, charge, kind, body, notice)."""
+def _step(row: tuple[Any, ...], events: Sequence[Event]) -> _Stepped:
+    """One charge's row (as ``_READ_MANY`` reads it) stepped through ``events``, with the
+    webhooks of its notices."""
     before = _charge(row)
     client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
     after, given = lifecycle.step_all(before, events)
-    entries: list[_Outbox] = []
+    webhooks: list[_Webhook] = []
     for notice, then in given:
         data = webhook_data(
             then, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
         )
         check_event(notice.kind, data)
         public_id, body = event_body(notice.kind, data)
-        entries.append((public_id, client_id, after.charge_id, notice.kind, body, notice))
-    return before, after, entries
+        webhooks.append(_Webhook(public_id, client_id, after.charge_id, notice.kind, body))
+    return _Stepped(before, after, tuple(n for n, _ in given), webhooks, row[-1])
 
 
 #: Every column the lifecycle changes, then the charge id (see ``_values``).
