@@ -113,11 +113,8 @@ def main() -> None:
     opts = args.parse_args()
     readings = 2_000_000 if opts.quick else opts.readings
     registry = fleet(readings)
-    days = (
-        DAYS
-        if readings >= len(registry.controllers) * 8 * 1440 * DAYS
-        else max(1, readings // (len(registry.controllers) * 8 * 1440))
-    )
+    # Up to DAYS days of minutes: a small fleet (--quick) gets fewer.
+    days = min(DAYS, max(1, readings // (len(registry.controllers) * 8 * 1440)))
     with workdir() as tmp:
         url = database(tmp, [])
         import_registry(url, registry)

@@ -35,7 +35,7 @@ import time
 import psycopg
 from authlib.integrations.httpx_client import OAuth2Client
 
-from bench.common import emit, parser, workdir
+from bench.common import database_mb, emit, parser, workdir
 from bench.stack import Stack, partner_stack
 from cloud_gateway import cursors
 
@@ -118,8 +118,7 @@ def main() -> None:
             name: asyncio.run(latencies(stack.api, calls, seconds / 2))
             for name, calls in history.items()
         }
-        with psycopg.connect(stack.db) as conn:
-            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        size_mb = database_mb(stack.db)
     cuts = statistics.quantiles(waits, n=100)
     free_cuts = statistics.quantiles(free_waits, n=100)
     figures = {
@@ -141,7 +140,7 @@ def main() -> None:
             for name, w in history_waits.items()
             for p, k in (("p50", 49), ("p99", 98))
         },
-        "database_mb": round((size[0] if size else 0) / 2**20),
+        "database_mb": size_mb,
     }
     print(
         f"status reads {figures['status_reads_per_s']}/s, tokens {figures['tokens_per_s']}/s,"
