@@ -184,7 +184,7 @@ def step_all(
     count: _Count | None = None  # the count of a run of readings, not yet on ``charge``
     for event in events:
         if isinstance(event, MinuteReading) and charge.state is not State.STOPPED:
-            base = count or (charge.first_reading, charge.last_reading, charge.energy_wh)
+            base = count or _count_of(charge)
             count = _counted(charge, base, event) or count
             continue
         if count is not None:
@@ -194,6 +194,10 @@ def step_all(
     if count is not None:
         charge = _with_count(charge, count)
     return charge, tuple(notices)
+
+
+def _count_of(charge: Charge) -> _Count:
+    return charge.first_reading, charge.last_reading, charge.energy_wh
 
 
 def _with_count(charge: Charge, count: _Count) -> Charge:
@@ -314,13 +318,8 @@ def _report_stop(charge: Charge, at: float, note: str = "") -> tuple[Charge, tup
 
 def _count(charge: Charge, reading: MinuteReading) -> Charge:
     """Track the baseline before the start, then add each minute's increase until the stop."""
-    counted = _counted(
-        charge, (charge.first_reading, charge.last_reading, charge.energy_wh), reading
-    )
-    if counted is None:
-        return charge
-    first, last, energy_wh = counted
-    return replace(charge, first_reading=first, last_reading=last, energy_wh=energy_wh)
+    counted = _counted(charge, _count_of(charge), reading)
+    return charge if counted is None else _with_count(charge, counted)
 
 
 _Count = tuple[Reading | None, Reading | None, float]
