@@ -398,7 +398,13 @@ def test_the_hours_kept_are_the_hours_of_the_minutes_whatever_order_they_come_in
         write(
             database, [(topic, encode(MeterBatch(controller_id="ctl-a", seq=seq, frames=frames)))]
         )
-        assert query(database, _HOURS_KEPT) == query(database, _HOURS_FROM_MINUTES)
+        outlet_hours = query(database, _HOURS_FROM_MINUTES)
+        assert query(database, _HOURS_KEPT) == outlet_hours
+        site_hours: dict[dt.datetime, float] = {}
+        for _controller, _outlet, hour, energy, *_ in outlet_hours:
+            site_hours[hour] = site_hours.get(hour, 0.0) + energy
+        kept_site = query(database, "SELECT hour, outlets_wh FROM energy_site_hourly ORDER BY 1")
+        assert dict(kept_site) == pytest.approx(site_hours)
         kept = query(
             database,
             "SELECT controller_id, hour, energy_wh, readings FROM main_meter_hourly ORDER BY 1, 2",
