@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from schemas.messages import CommandAck, CommandOutcome
 
@@ -59,8 +60,11 @@ STOPPABLE = ACTIVE - {State.STOPPING}
 RESET_BELOW = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """A meter reading the count used. A named tuple rather than a frozen dataclass, as are
+    ``MinuteReading`` below: ingest makes one for every reading of an evening peak, and a
+    tuple is built in a third of the time."""
+
     minute: float
     energy_wh: float
 
@@ -132,8 +136,7 @@ class BreakerOpened:
     energy_wh: float | None = None  # the meter when it opened (None: not reported)
 
 
-@dataclass(frozen=True, slots=True)
-class MinuteReading:
+class MinuteReading(NamedTuple):
     minute: float
     energy_wh: float
     breaker_on: bool
@@ -201,8 +204,25 @@ def _count_of(charge: Charge) -> _Count:
 
 
 def _with_count(charge: Charge, count: _Count) -> Charge:
+    """``replace(charge, first_reading=…, last_reading=…, energy_wh=…)``, spelled out: it
+    runs once per charge and write at an evening peak, and ``replace`` takes twice as long."""
     first, last, energy_wh = count
-    return replace(charge, first_reading=first, last_reading=last, energy_wh=energy_wh)
+    c = charge
+    return Charge(
+        c.charge_id,
+        c.state,
+        c.start_generation,
+        c.stop_generation,
+        c.started_at,
+        c.rise_at,
+        c.stopped_at,
+        c.stop_reason,
+        c.failure,
+        first,
+        last,
+        energy_wh,
+        c.reported,
+    )
 
 
 def step(charge: Charge, event: Event) -> tuple[Charge, tuple[Notice, ...]]:

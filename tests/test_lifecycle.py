@@ -226,3 +226,42 @@ def test_stepping_a_whole_write_at_once_is_stepping_each_event(events: list[Even
         charge, out = step(charge, event)
         expected.extend((notice, charge) for notice in out)
     assert step_all(start("c-1", 1), events) == (charge, tuple(expected))
+
+
+def test_a_count_put_back_keeps_every_other_field_of_the_charge() -> None:
+    """``_with_count`` spells the charge out field by field (for speed): a field added to
+    ``Charge`` and not to it would be silently reset. Every field here differs from its
+    default, so any field it drops shows."""
+    import dataclasses
+
+    from charging.lifecycle import Charge, Reading, State, _with_count
+
+    charge = Charge(
+        charge_id="ch-1",
+        state=State.STOPPED,
+        start_generation=3,
+        **{
+            f.name: value
+            for f, value in zip(
+                dataclasses.fields(Charge)[3:],
+                (
+                    4,
+                    10.0,
+                    20.0,
+                    30.0,
+                    "why",
+                    "how",
+                    Reading(1.0, 2.0),
+                    Reading(3.0, 4.0),
+                    5.0,
+                    True,
+                ),
+                strict=True,
+            )
+        },
+    )
+    count = (Reading(7.0, 8.0), Reading(9.0, 10.0), 11.0)
+    expected = dataclasses.replace(
+        charge, first_reading=count[0], last_reading=count[1], energy_wh=count[2]
+    )
+    assert _with_count(charge, count) == expected
