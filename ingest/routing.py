@@ -7,6 +7,8 @@ readings of its outlet, and hands the outlet's current observations to the rise 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from operator import itemgetter
 
 from charging import lifecycle
 from charging.charges import OutletKey
@@ -54,14 +56,32 @@ def route(
         elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
             to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh))
     # Per reading, so written out: a write at an evening peak has one for every outlet.
+    # The readings of one frame share its minute (one datetime): converted once.
+    minute_then: object = None
+    at = 0.0
+    reading_of = lifecycle.MinuteReading
     for cid, outlet, minute, energy_wh, _volts, current_a, breaker_on in pending.outlet_rows:
         key = (cid, outlet)
         target = open_.get(key)
         if target is None:
             continue
-        at = minute.timestamp()
-        reading = lifecycle.MinuteReading(at, energy_wh, breaker_on)
+        if minute is not minute_then:
+            minute_then, at = minute, minute.timestamp()
+        reading = reading_of(at, energy_wh, breaker_on)
         for charge_id in target[0]:
             feed[charge_id].append((at, reading))
         currents[key].append((at, current_a))
     return feed, currents
+
+
+_AT = itemgetter(0)
+
+
+def in_time_order(feed: Mapping[str, list[tuple[float, Event]]]) -> dict[str, list[Event]]:
+    """Each charge's inputs from ``route`` in time order (a stable sort: inputs at the same
+    time keep the order they came in). Pure."""
+    ordered: dict[str, list[Event]] = {}
+    for charge_id, inputs in feed.items():
+        timed = sorted(inputs, key=_AT) if len(inputs) > 1 else inputs
+        ordered[charge_id] = [event for _, event in timed]
+    return ordered

@@ -234,14 +234,7 @@ class Store:
             for at, current_a in rises:
                 for charge_id in open_[key][0]:
                     feed[charge_id].append((at, lifecycle.CurrentRose(at, current_a)))
-        await charges.apply_many(
-            self.conn,
-            {
-                charge_id: [event for _, event in sorted(inputs, key=lambda item: item[0])]
-                for charge_id, inputs in feed.items()
-            },
-            step_before_locking=True,
-        )
+        await charges.apply_many(self.conn, routing.in_time_order(feed), step_before_locking=True)
 
     async def _rises(
         self,
@@ -323,7 +316,7 @@ def late_hours(
 
     ``batch_rows`` are ``(controller, seq, frames, first minute, last minute)``."""
     hours: set[dt.datetime] = set()
-    for *_, first, last in batch_rows:
+    for first, last in {(row[3], row[4]) for row in batch_rows}:  # a fleet's share a few
         if first.timestamp() > now - LATE_AFTER_S:
             continue
         hour = first.replace(minute=0, second=0, microsecond=0)
