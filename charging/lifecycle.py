@@ -136,10 +136,11 @@ class BreakerOpened:
     energy_wh: float | None = None  # the meter when it opened (None: not reported)
 
 
-class MinuteReading(NamedTuple):
-    minute: float
-    energy_wh: float
-    breaker_on: bool
+class MinuteReading(Reading):
+    """A minute of the outlet's meter, from a batch. A ``Reading`` itself, so the count
+    keeps it as its first or last reading as it is."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +351,7 @@ def _counted(charge: Charge, count: _Count, reading: MinuteReading) -> _Count | 
     other fields are ``charge``'s: the new count, or None if the reading changes nothing."""
     if charge.state is State.FAILED or charge.reported:
         return None  # never started, or the count is closed and was reported
-    now = Reading(reading.minute, reading.energy_wh)
+    now = reading
     first, last, energy_wh = count
     before_start = charge.started_at is None or reading.minute <= charge.started_at
     if before_start:

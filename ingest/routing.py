@@ -56,21 +56,31 @@ def route(
         elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
             to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh))
     # Per reading, so written out: a write at an evening peak has one for every outlet.
-    # The readings of one frame share its minute (one datetime): converted once.
+    # Each open outlet's lists are looked up once, not per reading; the readings of one
+    # frame share its minute (one datetime), converted once.
+    sinks: dict[OutletKey, tuple[tuple[list[tuple[float, Event]], ...], list[tuple[float, float]]]]
+    sinks = {
+        key: (tuple(feed[cid] for cid in ids), currents[key]) for key, (ids, _) in open_.items()
+    }
     minute_then: object = None
     at = 0.0
     reading_of = lifecycle.MinuteReading
-    for cid, outlet, minute, energy_wh, _volts, current_a, breaker_on in pending.outlet_rows:
-        key = (cid, outlet)
-        target = open_.get(key)
-        if target is None:
+    for cid, outlet, minute, energy_wh, _volts, current_a, _on in pending.outlet_rows:
+        sink = sinks.get((cid, outlet))
+        if sink is None:
             continue
         if minute is not minute_then:
             minute_then, at = minute, minute.timestamp()
-        reading = reading_of(at, energy_wh, breaker_on)
-        for charge_id in target[0]:
-            feed[charge_id].append((at, reading))
-        currents[key].append((at, current_a))
+        item = (at, reading_of(at, energy_wh))
+        charges_fed, observed = sink
+        for inputs in charges_fed:
+            inputs.append(item)
+        observed.append((at, current_a))
+    # Only the charges and outlets this write concerns.
+    for charge_id in [cid for cid, inputs in feed.items() if not inputs]:
+        del feed[charge_id]
+    for key in [key for key, seen in currents.items() if not seen]:
+        del currents[key]
     return feed, currents
 
 

@@ -86,16 +86,16 @@ def test_a_charge_runs_its_course_with_one_webhook_per_step(setup: tuple[str, st
 
     async def scenario() -> None:
         await _create(url, client_id, "ch-1")
-        await _apply(url, "ch-1", MinuteReading(T0, 1000.0, False))
+        await _apply(url, "ch-1", MinuteReading(T0, 1000.0))
         # The gateway's fast path and ingest apply the same ack at the same moment.
         await asyncio.gather(_apply(url, "ch-1", on), _apply(url, "ch-1", on))
         await _apply(
             url,
             "ch-1",
-            MinuteReading(T0 + 60, 1200.0, True),
+            MinuteReading(T0 + 60, 1200.0),
             StopRequested(2, "partner stopped", T0 + 90),
             Acked(2, CommandOutcome.APPLIED, False, T0 + 91),
-            MinuteReading(T0 + 120, 1300.0, False),
+            MinuteReading(T0 + 120, 1300.0),
         )
 
     asyncio.run(scenario())
@@ -156,7 +156,7 @@ def test_the_fast_path_leaves_a_charge_something_else_wrote(setup: tuple[str, st
 
     async def scenario() -> int:
         await _create(url, client_id, "ch-1")
-        await _apply(url, "ch-1", MinuteReading(T0, 500.0, False))  # the baseline came first
+        await _apply(url, "ch-1", MinuteReading(T0, 500.0))  # the baseline came first
         return await _apply_to_new(url, "ch-1", Acked(1, CommandOutcome.APPLIED, True, T0 + 10))
 
     assert asyncio.run(scenario()) == 0
@@ -345,7 +345,7 @@ def test_a_write_stepped_before_locking_meets_a_change_made_meanwhile(
     asyncio.run(_create(url, client_id, "still", generation=1, outlet=2))
     asyncio.run(_apply(url, "moved", on))
     asyncio.run(_apply(url, "still", on))
-    reading = MinuteReading(T0 + 60, 1500.0, True)
+    reading = MinuteReading(T0 + 60, 1500.0)
 
     async def race() -> dict[str, tuple[lifecycle.Charge, tuple[lifecycle.Notice, ...]]]:
         async with (

@@ -50,18 +50,18 @@ ON = Acked(1, CommandOutcome.APPLIED, True, T0 + 10)
 def test_the_whole_flow_notifies_each_step_once_with_the_energy() -> None:
     charge, notices = run(
         [
-            MinuteReading(T0, 5000.0, False),  # the baseline: the minute holding the start
+            MinuteReading(T0, 5000.0),  # the baseline: the minute holding the start
             ON,
             ON,  # a duplicated ack changes nothing
             CurrentRose(T0 + 40, 15.8),
             CurrentRose(T0 + 45, 15.9),
-            MinuteReading(T0 + 60, 5150.0, True),
-            MinuteReading(T0 + 120, 5350.0, True),
-            MinuteReading(T0 + 120, 5350.0, True),  # redelivered
+            MinuteReading(T0 + 60, 5150.0),
+            MinuteReading(T0 + 120, 5350.0),
+            MinuteReading(T0 + 120, 5350.0),  # redelivered
             StopRequested(2, "partner stopped", T0 + 150),
             Acked(2, CommandOutcome.APPLIED, False, T0 + 151),
-            MinuteReading(T0 + 180, 5450.0, False),  # closes the count
-            MinuteReading(T0 + 240, 5450.0, False),
+            MinuteReading(T0 + 180, 5450.0),  # closes the count
+            MinuteReading(T0 + 240, 5450.0),
         ]
     )
     assert kinds(notices) == ["charge.started", "charge.current_rise", "charge.stopped"]
@@ -111,13 +111,13 @@ def test_a_stop_the_breaker_ignores_is_reported_as_a_failure() -> None:
 def test_a_meter_reset_and_a_missed_minute_do_not_lose_or_invent_energy() -> None:
     charge, _ = run(
         [
-            MinuteReading(T0, 9000.0, False),
+            MinuteReading(T0, 9000.0),
             ON,
-            MinuteReading(T0 + 60, 9100.0, True),
+            MinuteReading(T0 + 60, 9100.0),
             # T0 + 120 never arrived
-            MinuteReading(T0 + 180, 9400.0, True),
-            MinuteReading(T0 + 240, 50.0, True),  # the meter was replaced and reset
-            MinuteReading(T0 + 300, 150.0, True),
+            MinuteReading(T0 + 180, 9400.0),
+            MinuteReading(T0 + 240, 50.0),  # the meter was replaced and reset
+            MinuteReading(T0 + 300, 150.0),
         ]
     )
     assert charge.energy_wh == (9400.0 - 9000.0) + 50.0 + 100.0
@@ -128,11 +128,11 @@ def test_with_the_meter_at_each_switch_the_energy_is_exact_and_reported_at_once(
     on = Acked(1, CommandOutcome.APPLIED, True, T0 + 10, energy_wh=5000.0)
     charge, notices = run(
         [
-            MinuteReading(T0, 5000.0, False),
+            MinuteReading(T0, 5000.0),
             on,
             StopRequested(2, "partner stopped", T0 + 40),
             Acked(2, CommandOutcome.APPLIED, False, T0 + 41, energy_wh=5026.5),
-            MinuteReading(T0 + 60, 5026.5, False),  # after the report: changes nothing
+            MinuteReading(T0 + 60, 5026.5),  # after the report: changes nothing
         ]
     )
     assert kinds(notices) == ["charge.started", "charge.stopped"]
@@ -145,9 +145,9 @@ def test_with_the_meter_at_each_switch_the_energy_is_exact_and_reported_at_once(
     # reading of the minute after the start arrived before the start's ack.
     charge, notices = run(
         [
-            MinuteReading(T0 + 60, 5100.0, True),
+            MinuteReading(T0 + 60, 5100.0),
             on,
-            MinuteReading(T0 + 120, 5300.0, True),
+            MinuteReading(T0 + 120, 5300.0),
             BreakerOpened("26.0 A sustained above the 20.0 A limit", T0 + 150, 5390.0),
         ]
     )
@@ -164,10 +164,10 @@ def test_readings_from_around_a_switch_count_in_the_meters_order_not_their_stamp
     charge, notices = run(
         [
             on,
-            MinuteReading(T0 + 12, 11_680.2, False),  # sampled before the switch
-            MinuteReading(T0 + 72, 11_780.5, True),
+            MinuteReading(T0 + 12, 11_680.2),  # sampled before the switch
+            MinuteReading(T0 + 72, 11_780.5),
             StopRequested(2, "partner stopped", T0 + 100),
-            MinuteReading(T0 + 132, 11_830.0, True),  # sampled before the stop
+            MinuteReading(T0 + 132, 11_830.0),  # sampled before the stop
             Acked(2, CommandOutcome.APPLIED, False, T0 + 101, energy_wh=11_837.7),
         ]
     )
@@ -182,13 +182,13 @@ def test_readings_from_around_a_switch_count_in_the_meters_order_not_their_stamp
 def test_energy_is_the_meter_difference_whatever_minutes_are_missing(
     drawn: list[float], lost: set[int]
 ) -> None:
-    charge = step(start("c-1", 1), MinuteReading(T0, 1000.0, False))[0]
+    charge = step(start("c-1", 1), MinuteReading(T0, 1000.0))[0]
     charge = step(charge, ON)[0]
     meter = 1000.0
     for i, wh in enumerate(drawn, start=1):
         meter += wh
         if i not in lost or i == len(drawn):
-            charge = step(charge, MinuteReading(T0 + 60 * i, meter, True))[0]
+            charge = step(charge, MinuteReading(T0 + 60 * i, meter))[0]
     assert abs(charge.energy_wh - (meter - 1000.0)) < 1e-6
 
 
@@ -197,9 +197,9 @@ def _event() -> st.SearchStrategy[Event]:
     at = st.integers(0, 12).map(lambda m: T0 + 60.0 * m)
     energy = st.floats(0, 5000)
     return st.one_of(
-        st.builds(MinuteReading, at, energy, st.booleans()),
-        st.builds(MinuteReading, at, energy, st.booleans()),
-        st.builds(MinuteReading, at, energy, st.booleans()),
+        st.builds(MinuteReading, at, energy),
+        st.builds(MinuteReading, at, energy),
+        st.builds(MinuteReading, at, energy),
         st.builds(
             Acked,
             st.sampled_from([1, 2]),
