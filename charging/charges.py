@@ -178,8 +178,35 @@ async def apply_many(
         return {}
     ids = sorted(feed)
     if not step_before_locking:
-        return await _write(conn, await _read_and_step(conn, feed, ids, lock=True))
-    stepped = await _read_and_step(conn, feed, ids, lock=False)
+        return await _write(conn, await _lock_and_step(conn, feed, ids))
+    return await write_stepped(conn, feed, step_rows(await read_unlocked(conn, ids), feed))
+
+
+async def read_unlocked(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """The rows of charges ``ids`` as they are now, with their versions, without locking
+    them: what ``step_rows`` takes. Any connection: ``write_stepped`` checks the versions."""
+    cur = await conn.execute(_READ_MANY, (list(ids),))
+    return await cur.fetchall()
+
+
+def step_rows(
+    rows: Sequence[tuple[Any, ...]], feed: Mapping[str, Sequence[Event]]
+) -> dict[str, Stepped]:
+    """Each charge of ``rows`` with events in ``feed``, stepped through them. Pure."""
+    return {row[0]: _step(row, feed[row[0]]) for row in rows if row[0] in feed}
+
+
+async def write_stepped(
+    conn: psycopg.AsyncConnection[Any],
+    feed: Mapping[str, Sequence[Event]],
+    stepped: Mapping[str, Stepped],
+) -> dict[str, tuple[Charge, tuple[Notice, ...]]]:
+    """Write charges stepped from rows read without a lock (``read_unlocked``,
+    ``step_rows``), in the caller's transaction: the rows still at the version read with
+    one statement, the others (changed meanwhile) locked, read and stepped through their
+    ``feed`` again. Returns every charge as it ends, with its notices, as ``apply_many``."""
     # In id order, as the locked path locks them.
     writes = {
         cid: stepped[cid] for cid in sorted(stepped) if stepped[cid].changed or stepped[cid].notices
@@ -190,7 +217,7 @@ async def apply_many(
     written = await _write(conn, writes, unmoved=True)
     moved = [cid for cid in writes if cid not in written]
     if moved:
-        written |= await _write(conn, await _read_and_step(conn, feed, moved, lock=True))
+        written |= await _write(conn, await _lock_and_step(conn, feed, moved))
     return result | written  # a charge deleted meanwhile is in neither
 
 
@@ -204,7 +231,7 @@ class _Webhook(NamedTuple):
     body: str
 
 
-class _Stepped(NamedTuple):
+class Stepped(NamedTuple):
     """One charge stepped through its events, from its row at ``version`` (``xmin``)."""
 
     before: Charge
@@ -222,20 +249,15 @@ class _Stepped(NamedTuple):
         return self.after, self.notices
 
 
-async def _read_and_step(
-    conn: psycopg.AsyncConnection[Any],
-    feed: Mapping[str, Sequence[Event]],
-    ids: list[str],
-    *,
-    lock: bool,
-) -> dict[str, _Stepped]:
-    query = _READ_MANY + (" ORDER BY charge_id FOR UPDATE" if lock else "")
-    cur = await conn.execute(query, (ids,))
-    return {row[0]: _step(row, feed[row[0]]) for row in await cur.fetchall()}
+async def _lock_and_step(
+    conn: psycopg.AsyncConnection[Any], feed: Mapping[str, Sequence[Event]], ids: list[str]
+) -> dict[str, Stepped]:
+    cur = await conn.execute(_READ_MANY + " ORDER BY charge_id FOR UPDATE", (ids,))
+    return step_rows(await cur.fetchall(), feed)
 
 
 async def _write(
-    conn: psycopg.AsyncConnection[Any], stepped: Mapping[str, _Stepped], *, unmoved: bool = False
+    conn: psycopg.AsyncConnection[Any], stepped: Mapping[str, Stepped], *, unmoved: bool = False
 ) -> dict[str, tuple[Charge, tuple[Notice, ...]]]:
     """Write the stepped charges and their webhooks; with ``unmoved``, only those whose
     row is still the version they were stepped from. Returns the charges written."""
@@ -271,7 +293,7 @@ def _columns(rows: Sequence[tuple[Any, ...]], *, width: int) -> list[list[Any]]:
 _READ_MANY = f"SELECT {_COLUMNS}, xmin::text FROM charges WHERE charge_id = ANY(%s)"
 
 
-def _step(row: tuple[Any, ...], events: Sequence[Event]) -> _Stepped:
+def _step(row: tuple[Any, ...], events: Sequence[Event]) -> Stepped:
     """One charge's row (as ``_READ_MANY`` reads it) stepped through ``events``, with the
     webhooks of its notices."""
     before = _charge(row)
@@ -285,7 +307,7 @@ def _step(row: tuple[Any, ...], events: Sequence[Event]) -> _Stepped:
         check_event(notice.kind, data)
         public_id, body = event_body(notice.kind, data)
         webhooks.append(_Webhook(public_id, client_id, after.charge_id, notice.kind, body))
-    return _Stepped(before, after, tuple(n for n, _ in given), webhooks, row[-1])
+    return Stepped(before, after, tuple(n for n, _ in given), webhooks, row[-1])
 
 
 #: Every column the lifecycle changes, then the charge id (see ``_values``).

@@ -8,12 +8,13 @@ minutes, the common case, cost a plain COPY; replays are absorbed by the key.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import errors, sql
@@ -46,10 +47,16 @@ _COPIED = ("outlet_readings", "main_meter_readings", "meter_batches")
 
 
 class Store:
-    """Owns one async connection; ``write`` commits a Pending or raises psycopg errors."""
+    """Owns two async connections; ``write`` commits a Pending or raises psycopg errors.
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    ``conn`` holds each write's one transaction. ``side`` reads, without locks, what the
+    open charges need while ``conn`` stores the readings (see ``write``)."""
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], side: psycopg.AsyncConnection[Any]
+    ) -> None:
         self.conn = conn
+        self.side = side
         self._staging_ready = False
 
     @classmethod
@@ -57,12 +64,38 @@ class Store:
         # autocommit: every write is exactly one explicit transaction, never a savepoint
         # inside an implicit one that nobody commits
         conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5, autocommit=True)
-        return cls(conn)
+        try:
+            side = await psycopg.AsyncConnection.connect(url, connect_timeout=5, autocommit=True)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, side)
 
     async def close(self) -> None:
         await self.conn.close()
+        await self.side.close()
 
     async def write(self, pending: Pending) -> None:
+        """Store ``pending`` in one transaction: its facts, the controllers' status, and
+        the charges and rise detectors its messages feed.
+
+        The charges' part overlaps the storing: while PostgreSQL copies the readings in
+        (and its triggers fold them into hours), ``side`` reads the open charges and a
+        thread steps them (``_plan``). The transaction then runs the rise detectors and
+        writes only the charge rows still as they were read; the others are locked, read
+        and stepped again (``charges.write_stepped``)."""
+        plan = asyncio.create_task(self._plan_charges(pending))
+        try:
+            await self._store(pending, plan)
+        finally:
+            if not plan.done():  # the write failed first: leave ``side`` idle
+                plan.cancel()
+                await asyncio.wait([plan])
+            if not plan.cancelled():
+                plan.exception()  # retrieved: the write's own error is the one raised
+        await self._refresh_late(pending)
+
+    async def _store(self, pending: Pending, plan: asyncio.Task[_Plan | None]) -> None:
         async with self.conn.transaction():
             await self._insert_new(
                 "outlet_readings", _OUTLET_COLUMNS, _OUTLET_TYPES, pending.outlet_rows
@@ -77,8 +110,9 @@ class Store:
             await self._events(pending)
             await self._command_acks(pending)
             await self._status(pending)
-            await self._charges(pending)  # last: it locks the charges until the commit
-        await self._refresh_late(pending)
+            ready = await plan
+            if ready is not None:
+                await self._charges(ready)  # last: it locks the charges until the commit
 
     async def _refresh_late(self, pending: Pending) -> None:
         """After the commit: bring late minutes into the hourly aggregates (TimescaleDB
@@ -211,30 +245,36 @@ class Store:
                 ],
             )
 
-    async def _charges(self, pending: Pending) -> None:
-        """Feed acks, edge events and readings to the charges they concern, in time order.
+    async def _plan_charges(self, pending: Pending) -> _Plan | None:
+        """What this write does to the open charges, from their rows as they are now (read
+        on ``side``, without locks), stepped in a thread so that the event loop keeps
+        feeding the readings' COPY meanwhile."""
+        controllers = routing.controllers(pending)
+        if not controllers:
+            return None
+        open_ = await charges.open_charges(self.side, controllers)
+        if not open_:
+            return None
+        rows = await charges.read_unlocked(
+            self.side, sorted(cid for ids, _ in open_.values() for cid in ids)
+        )
+        return await asyncio.to_thread(_plan, pending, open_, rows)
+
+    async def _charges(self, plan: _Plan) -> None:
+        """Write the plan: acks, edge events and readings fed to the charges they concern,
+        in time order, after each observed outlet's rise detector has run (a rise is one
+        more input for the outlet's charges: those few are stepped again with it).
 
         Same transaction as the facts: a charge's state, its webhooks and the readings
         they come from commit together. A handful of statements per write, however many
-        charges are open (an evening peak has one on every outlet): one finds the open
-        charges of the controllers heard from, one locks and one writes the rise
-        detectors, and ``charges.apply_many`` steps the charges before it writes them
-        (locking only the rows it writes, with that one statement). This runs last in the
+        charges are open (an evening peak has one on every outlet). This runs last in the
         write, so the charge rows (which a partner's stop also needs) stay locked only
-        until the commit that follows.
-        """
-        controllers = routing.controllers(pending)
-        if not controllers:
-            return
-        open_ = await charges.open_charges(self.conn, controllers)
-        if not open_:
-            return
-        feed, currents = routing.route(pending, open_)
-        for key, rises in (await self._rises(currents, open_)).items():
-            for at, current_a in rises:
-                for charge_id in open_[key][0]:
-                    feed[charge_id].append((at, lifecycle.CurrentRose(at, current_a)))
-        await charges.apply_many(self.conn, routing.in_time_order(feed), step_before_locking=True)
+        from their one ``UPDATE`` to the commit that follows."""
+        rose = await self._rises(plan.currents, plan.open_)
+        feed, stepped = plan.feed, plan.stepped
+        if rose:
+            feed, stepped = _with_rises(plan, rose)
+        await charges.write_stepped(self.conn, feed, stepped)
 
     async def _rises(
         self,
@@ -297,6 +337,48 @@ class Store:
                         for s in pending.states.values()
                     ],
                 )
+
+
+class _Plan(NamedTuple):
+    open_: dict[tuple[str, int], tuple[list[str], float]]
+    #: Each charge's inputs from this write, with their times.
+    timed: dict[str, list[tuple[float, lifecycle.Event]]]
+    #: The same in time order, and the charges stepped through them from ``rows``.
+    feed: dict[str, list[lifecycle.Event]]
+    stepped: dict[str, charges.Stepped]
+    rows: dict[str, tuple[Any, ...]]
+    #: The current observations per outlet, for the rise detectors.
+    currents: dict[tuple[str, int], list[tuple[float, float]]]
+
+
+def _plan(
+    pending: Pending,
+    open_: dict[tuple[str, int], tuple[list[str], float]],
+    rows: list[tuple[Any, ...]],
+) -> _Plan:
+    """Route the write's messages to the open charges and step them. Pure."""
+    timed, currents = routing.route(pending, open_)
+    feed = routing.in_time_order(timed)
+    return _Plan(
+        open_, timed, feed, charges.step_rows(rows, feed), {r[0]: r for r in rows}, currents
+    )
+
+
+def _with_rises(
+    plan: _Plan, rose: dict[tuple[str, int], list[tuple[float, float]]]
+) -> tuple[dict[str, list[lifecycle.Event]], dict[str, charges.Stepped]]:
+    """The plan's feed and steps with each rise given to its outlet's charges, those
+    charges stepped again from their rows. Pure."""
+    timed = {cid: list(inputs) for cid, inputs in plan.timed.items()}
+    again: set[str] = set()
+    for key, rises in rose.items():
+        for at, current_a in rises:
+            for charge_id in plan.open_[key][0]:
+                timed.setdefault(charge_id, []).append((at, lifecycle.CurrentRose(at, current_a)))
+                again.add(charge_id)
+    feed = plan.feed | routing.in_time_order({cid: timed[cid] for cid in again})
+    rows = [plan.rows[cid] for cid in sorted(again) if cid in plan.rows]
+    return feed, plan.stepped | charges.step_rows(rows, feed)
 
 
 def _text(value: str) -> str:
