@@ -76,8 +76,16 @@ class Store:
         await self.side.close()
 
     async def write(self, pending: Pending) -> None:
-        """Store ``pending`` in one transaction: its facts, the controllers' status, and
-        the charges and rise detectors its messages feed.
+        """Store ``pending`` in two transactions: first the readings, the batches, the dead
+        letters and the controllers' status; then the edge events, the command acks, and
+        what they and the readings do to the charges and rise detectors.
+
+        Two, so that the charge rows (which a partner's stop also locks) are held for the
+        second, small transaction only, not until the readings' commit. A crash or a
+        failure between the two loses nothing: the batches are acknowledged after both, so
+        the edges send them again, and the readings (stored once, by their key) are fed
+        to the charges again, which count a minute once however often it comes
+        (``lifecycle``). A retry of the same write starts at the second.
 
         The charges' part overlaps the storing: while PostgreSQL copies the readings in
         (and its triggers fold them into hours), ``side`` reads the open charges and a
@@ -96,20 +104,23 @@ class Store:
         await self._refresh_late(pending)
 
     async def _store(self, pending: Pending, plan: asyncio.Task[_Plan | None]) -> None:
+        if not pending.readings_stored:
+            async with self.conn.transaction():
+                await self._insert_new(
+                    "outlet_readings", _OUTLET_COLUMNS, _OUTLET_TYPES, pending.outlet_rows
+                )
+                await self._insert_new(
+                    "main_meter_readings", _MAIN_COLUMNS, _MAIN_TYPES, pending.main_rows
+                )
+                await self._insert_new(
+                    "meter_batches", _BATCH_COLUMNS, _BATCH_TYPES, pending.batch_rows
+                )
+                await self._dead_letters(pending)
+                await self._status(pending)
+            pending.readings_stored = True  # a retry of this write starts below
         async with self.conn.transaction():
-            await self._insert_new(
-                "outlet_readings", _OUTLET_COLUMNS, _OUTLET_TYPES, pending.outlet_rows
-            )
-            await self._insert_new(
-                "main_meter_readings", _MAIN_COLUMNS, _MAIN_TYPES, pending.main_rows
-            )
-            await self._insert_new(
-                "meter_batches", _BATCH_COLUMNS, _BATCH_TYPES, pending.batch_rows
-            )
-            await self._dead_letters(pending)
             await self._events(pending)
             await self._command_acks(pending)
-            await self._status(pending)
             ready = await plan
             if ready is not None:
                 await self._charges(ready)  # last: it locks the charges until the commit
@@ -265,12 +276,13 @@ class Store:
         in time order, after each observed outlet's rise detector has run (a rise is one
         more input for the outlet's charges: those few are stepped again with it).
 
-        Same transaction as the facts: a charge's state, its webhooks and the readings
-        they come from commit together. A handful of statements per write, however many
-        charges are open (an evening peak has one on every outlet). This runs last in the
-        write, so the charge rows (which a partner's stop also needs) stay locked only
-        from their one ``UPDATE`` to the commit that follows."""
-        rose = await self._rises(plan.currents, plan.open_)
+        Same transaction as the edge events and command acks it applies: a charge's
+        state, its webhooks and those facts commit together (the readings committed just
+        before, see ``write``). A handful of statements per write, however many charges
+        are open (an evening peak has one on every outlet). This runs last, so the charge
+        rows (which a partner's stop also needs) stay locked only from their one
+        ``UPDATE`` to the commit that follows."""
+        rose = await self._rises(plan.watched, plan.open_)
         feed, stepped = plan.feed, plan.stepped
         if rose:
             feed, stepped = _with_rises(plan, rose)
@@ -347,8 +359,11 @@ class _Plan(NamedTuple):
     feed: dict[str, list[lifecycle.Event]]
     stepped: dict[str, charges.Stepped]
     rows: dict[str, tuple[Any, ...]]
-    #: The current observations per outlet, for the rise detectors.
-    currents: dict[tuple[str, int], list[tuple[float, float]]]
+    #: The current observations of the outlets whose rise detector matters: those with a
+    #: charge still waiting for its rise (``requested`` or ``on``; the lifecycle ignores a
+    #: rise in any other state). The others' detectors are left as they are: the gateway
+    #: re-arms an outlet's when it creates the next charge there.
+    watched: dict[tuple[str, int], list[tuple[float, float]]]
 
 
 def _plan(
@@ -359,9 +374,18 @@ def _plan(
     """Route the write's messages to the open charges and step them. Pure."""
     timed, currents = routing.route(pending, open_)
     feed = routing.in_time_order(timed)
-    return _Plan(
-        open_, timed, feed, charges.step_rows(rows, feed), {r[0]: r for r in rows}, currents
-    )
+    by_id = {r[0]: r for r in rows}
+    waiting = _AWAITING_RISE
+    watched = {
+        key: seen
+        for key, seen in currents.items()
+        if any(cid in by_id and by_id[cid][1] in waiting for cid in open_[key][0])
+    }
+    return _Plan(open_, timed, feed, charges.step_rows(rows, feed), by_id, watched)
+
+
+#: The states in which a charge can still take a current rise (as its row spells them).
+_AWAITING_RISE = frozenset({lifecycle.State.REQUESTED.value, lifecycle.State.ON.value})
 
 
 def _with_rises(

@@ -56,6 +56,8 @@ class Pending:
     #: word of the cloud's clock (edges apply no ON before they have one).
     clock_requests: set[str] = field(default_factory=set)
     messages: int = 0
+    #: The write's first transaction (readings, batches, dead letters, status) committed.
+    readings_stored: bool = False
 
     def __len__(self) -> int:
         return self.messages

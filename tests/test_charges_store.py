@@ -374,3 +374,72 @@ def test_a_write_stepped_before_locking_meets_a_change_made_meanwhile(
     }
     assert rows["moved"] == ("stopping", 500.0)  # the stop kept, the reading counted
     assert rows["still"] == ("on", 500.0)
+
+
+def test_a_write_that_fails_after_its_readings_feeds_the_charges_once_when_retried(
+    setup: tuple[str, str],
+) -> None:
+    """Ingest stores a write's readings in one transaction and what they do to the charges
+    in a second. Here the second fails (a partner's stop holds the charge row longer than
+    ingest waits): the readings stay stored, the charge and the command ack untouched.
+    Retried, the write stores nothing twice (readings, batches, dead letters) and feeds the
+    charge once (its energy, its one current rise); redelivered afterwards, it changes
+    nothing."""
+    from ingest.store import Store
+    from ingest.triage import Pending, Triage
+    from store.registry import RegistrySnapshot
+
+    url, client_id = setup
+    asyncio.run(_create(url, client_id, "ch-1"))
+    asyncio.run(_apply(url, "ch-1", Acked(1, CommandOutcome.APPLIED, True, T0 + 10, 1000.0)))
+
+    def minute(seq: int, m: int, energy: float) -> tuple[str, bytes]:
+        frame = MeterFrame(
+            minute=int(T0) + 60 * m,
+            main_energy_wh=5e5,
+            outlets=(
+                OutletReading(
+                    outlet=1, energy_wh=energy, voltage_v=200.0, current_a=15.0, breaker_on=True
+                ),
+                OutletReading(  # not registered: a dead letter, the rest stored
+                    outlet=7, energy_wh=1.0, voltage_v=200.0, current_a=0.0, breaker_on=False
+                ),
+            ),
+        )
+        batch = MeterBatch(controller_id="ctl-a", seq=seq, frames=(frame,))
+        return Topics().meter("ctl-a"), encode(batch)
+
+    messages = [minute(1, 1, 1100.0), minute(2, 2, 1250.0)]
+
+    async def go() -> None:
+        store = await Store.connect(url)
+        triage = Triage(Topics(), await RegistrySnapshot.load(store.conn))
+        pending = Pending()
+        for topic, payload in messages:
+            triage.accept(pending, topic, payload)
+        await store.conn.execute("SET lock_timeout = '200ms'")
+        holder = await psycopg.AsyncConnection.connect(url)
+        async with holder, holder.transaction():
+            await holder.execute("SELECT 1 FROM charges WHERE charge_id = 'ch-1' FOR UPDATE")
+            with pytest.raises(errors.LockNotAvailable):
+                await store.write(pending)
+            stored = await (await holder.execute("SELECT count(*) FROM outlet_readings")).fetchone()
+            assert stored == (2,)
+            charge = await (
+                await holder.execute("SELECT energy_wh FROM charges WHERE charge_id = 'ch-1'")
+            ).fetchone()
+            assert charge == (0.0,)
+        await store.write(pending)  # the retry
+        again = Pending()
+        for topic, payload in messages:
+            triage.accept(again, topic, payload)
+        await store.write(again)  # a redelivery
+        await store.close()
+
+    asyncio.run(go())
+    assert query(url, "SELECT count(*) FROM outlet_readings") == [(2,)]
+    assert query(url, "SELECT count(*) FROM meter_batches") == [(2,)]
+    # One per delivery of a batch naming outlet 7: the retry added none.
+    assert query(url, "SELECT count(*) FROM dead_letters") == [(4,)]
+    assert query(url, "SELECT state, energy_wh FROM charges") == [("drawing", 250.0)]
+    assert [kind for kind, _ in outbox(url)] == ["charge.started", "charge.current_rise"]
