@@ -107,7 +107,11 @@ BEGIN
         UNION
         SELECT controller_id, hour FROM unnest(p_controller, p_hour) u (controller_id, hour)
     ) g
-    JOIN outlet_hourly h ON h.controller_id = g.controller_id AND h.hour = g.hour
+    -- LATERAL: each hour through the index, whatever plan PL/pgSQL keeps for a join.
+    CROSS JOIN LATERAL (
+        SELECT x.controller_id, x.hour, x.first_wh, x.last_wh, x.prev_last_wh, x.readings
+        FROM outlet_hourly x WHERE x.controller_id = g.controller_id AND x.hour = g.hour
+    ) h
     GROUP BY 1, 2
     ON CONFLICT (controller_id, hour) DO UPDATE SET
         energy_wh = excluded.energy_wh, readings = excluded.readings
