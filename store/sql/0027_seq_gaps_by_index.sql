@@ -38,3 +38,9 @@ BEGIN
     WHERE s.next_seq - s.seq > 1;
     RETURN NULL;
 END $$;
+
+-- And whatever the statistics say: a plan made while meter_batches was empty (a new
+-- installation, a benchmark) stays cached in ingest's session as the table grows, and a
+-- sequential scan of it in every write is what made the 0024 trigger cost more with
+-- every batch stored. Every statement above has an index path.
+ALTER FUNCTION chargeline_seq_gaps_add() SET enable_seqscan = off;
