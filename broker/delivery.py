@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from amqtt.broker import Broker
@@ -29,6 +30,54 @@ MAX_REMEMBERED_TOPICS = 100_000
 
 #: amqtt's SUBACK return code for a refused filter.
 SUBSCRIPTION_REFUSED = 0x80
+
+
+class BroadcastLanes:
+    """amqtt's broadcast queue (one for every message the broker routes) in two lanes:
+    the controllers' minute batches (``…/meter``), which come in floods, wait behind
+    everything else (desired states, acks, events, presence), which is small and waited
+    for. Each lane keeps its order, and a topic is always in the same lane, so each topic's
+    messages keep theirs (all MQTT asks). Without it a stop's desired state queued behind
+    a fleet's batches: its round trip to the breaker and back took up to 80 ms while
+    2,500 batches a second went through (bench.stop_under_load).
+
+    The part of ``asyncio.Queue`` amqtt uses."""
+
+    def __init__(self) -> None:
+        self._urgent: deque[dict[str, Any]] = deque()
+        self._bulk: deque[dict[str, Any]] = deque()
+        self._nonempty = asyncio.Event()
+
+    def put_nowait(self, item: dict[str, Any]) -> None:
+        topic = item.get("topic")
+        bulk = isinstance(topic, str) and topic.endswith("/meter")
+        (self._bulk if bulk else self._urgent).append(item)
+        self._nonempty.set()
+
+    async def put(self, item: dict[str, Any]) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> dict[str, Any]:
+        if self._urgent:
+            item = self._urgent.popleft()
+        elif self._bulk:
+            item = self._bulk.popleft()
+        else:
+            raise asyncio.QueueEmpty
+        if not self._urgent and not self._bulk:
+            self._nonempty.clear()
+        return item
+
+    async def get(self) -> dict[str, Any]:
+        while not self._urgent and not self._bulk:
+            await self._nonempty.wait()
+        return self.get_nowait()
+
+    def empty(self) -> bool:
+        return not self._urgent and not self._bulk
+
+    def qsize(self) -> int:
+        return len(self._urgent) + len(self._bulk)
 
 
 class Delivery(Broker):  # type: ignore[misc]

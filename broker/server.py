@@ -35,7 +35,7 @@ from typing import Any
 
 from broker.access import RegistryAccess
 from broker.connections import Connections
-from broker.delivery import Delivery, Subscriptions
+from broker.delivery import BroadcastLanes, Delivery, Subscriptions
 from broker.settings import BrokerSettings
 from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
 from kernel.logsafe import Summarised
@@ -106,6 +106,7 @@ class ChargelineBroker(Delivery, Connections):
         self._wildcards: list[str] = []
         self._wildcards_version: tuple[int, int] | None = None
         self._wildcard_matches: dict[str, list[str]] = {}
+        self._broadcast_queue = BroadcastLanes()
         found = self.plugins_manager.get_plugin("RegistryAccess")
         self.access: RegistryAccess | None = found if isinstance(found, RegistryAccess) else None
 

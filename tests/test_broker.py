@@ -68,3 +68,29 @@ def test_a_burst_acknowledged_just_before_a_disconnect_is_delivered_whole(broker
     assert acked == count
     numbers = [int.from_bytes(payload, "big") for _, payload in received]
     assert numbers == list(range(1, count + 1)), f"{len(numbers)} of {count} delivered"
+
+
+def test_the_broadcast_queue_lets_commands_pass_a_flood_of_meter_batches() -> None:
+    """What the broker routes waits in one queue; minute batches (a fleet's flood) wait
+    behind everything else, so a desired state does not queue behind thousands of them.
+    Each topic keeps its order (MQTT's rule), and nothing is dropped."""
+    from broker.delivery import BroadcastLanes
+
+    async def go() -> list[str]:
+        lanes = BroadcastLanes()
+        for n in range(3):
+            await lanes.put({"topic": f"cl/v1/ctl/c{n}/meter", "data": b"%d" % n})
+        lanes.put_nowait({"topic": "cl/v1/ctl/c1/outlet/1/desired", "data": b"off"})
+        lanes.put_nowait({"topic": "cl/v1/ctl/c1/ack", "data": b"ack"})
+        await lanes.put({"topic": "cl/v1/ctl/c0/meter", "data": b"3"})
+        assert lanes.qsize() == 6
+        taken = [(await lanes.get())["data"].decode() for _ in range(6)]
+        assert lanes.empty()
+        waiting = asyncio.ensure_future(lanes.get())  # an empty queue waits for the next
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        lanes.put_nowait({"topic": "cl/v1/ctl/c2/meter", "data": b"4"})
+        assert (await waiting)["data"] == b"4"
+        return taken
+
+    assert asyncio.run(go()) == ["off", "ack", "0", "1", "2", "3"]
