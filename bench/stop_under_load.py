@@ -4,10 +4,9 @@ Everything runs as in production, on loopback (``bench.stack``: the amqtt broker
 PostgreSQL, ingest, the authorization server and the gateway). 500 controllers each have
 a charge drawing on all 8 outlets (4,000 open charges, as at an evening peak), and a
 publisher in its own process sends their minute batches at ``RATE`` messages a second
-(20,000 readings/s: the peak's minutes compressed to one every 0.2 s, a third of what
-ingest takes at a peak, so the broker keeps up and the stop meets ingest rather than a
-queue in the broker). Every ingest write then feeds about a thousand of those charges and
-holds their row locks until it commits. The controllers' breakers are played by
+(20,000 readings/s: the peak's minutes compressed to one every 0.2 s, about what ingest
+takes when each write holds one minute per outlet). Every ingest write then feeds about a
+thousand of those charges and holds their row locks until it commits. The controllers' breakers are played by
 ``bench.acker``, which answers every desired state at once.
 
 The partner stops those charges one at a time, spread over the controllers: the figure
