@@ -81,11 +81,12 @@ class Store:
         what they and the readings do to the charges and rise detectors.
 
         Two, so that the charge rows (which a partner's stop also locks) are held for the
-        second, small transaction only, not until the readings' commit. A crash or a
-        failure between the two loses nothing: the batches are acknowledged after both, so
-        the edges send them again, and the readings (stored once, by their key) are fed
-        to the charges again, which count a minute once however often it comes
-        (``lifecycle``). A retry of the same write starts at the second.
+        second, small transaction only, not until the readings' commit. A failure between
+        the two is retried from the second. After a crash between them the edges send the
+        batches again (they are acknowledged after both), and their readings, stored once
+        by their key, feed the charges again, which count a minute once however often it
+        comes (``lifecycle``). The edge events and command acks commit with what they do to
+        the charges, as before.
 
         The charges' part overlaps the storing: while PostgreSQL copies the readings in
         (and its triggers fold them into hours), ``side`` reads the open charges and a
