@@ -6,8 +6,9 @@ the new state and any webhooks together, so a fact and its webhook commit or rol
 one. Several processes (the gateway on its fast path, ingest from the durable stream) may
 apply the same event: the lock serialises them and the state machine ignores repeats, so
 each webhook is written once. ``apply_many`` does the same for many charges in a few
-statements (ingest feeds a whole write's readings with it, stepping before it locks and
-writing only rows still as it read them). ``apply_to_new`` is the gateway's
+statements; ingest feeds a whole write's readings with ``read_unlocked``, ``step_rows``
+and ``write_stepped``, stepping before it locks and writing only rows still as it read
+them. ``apply_to_new`` is the gateway's
 one-round-trip variant for a charge it has just created: it writes only if the row is
 untouched since.
 """
@@ -154,10 +155,7 @@ async def apply(
 
 
 async def apply_many(
-    conn: psycopg.AsyncConnection[Any],
-    feed: Mapping[str, Sequence[Event]],
-    *,
-    step_before_locking: bool = False,
+    conn: psycopg.AsyncConnection[Any], feed: Mapping[str, Sequence[Event]]
 ) -> dict[str, tuple[Charge, tuple[Notice, ...]]]:
     """Step each charge in ``feed`` through its events, in order, in the caller's
     transaction; returns each found charge as it ends, with every notice it gave.
@@ -166,20 +164,16 @@ async def apply_many(
     (in id order, so two callers locking several never wait on each other in a circle),
     every changed row is written with one, every webhook added with one.
 
-    ``step_before_locking`` (ingest, with thousands of charges a write): the charges are
-    read and stepped without locks, and the write then takes only the rows still as they
-    were read (their version, ``xmin``, unmoved); only those another transaction changed
-    meanwhile are locked, read and stepped again. A charge that nothing changes is not
-    written or locked at all: its events came before the other transaction's change. So
-    ingest holds a charge's lock from its write to the commit, not while it steps
-    thousands, and a partner's stop waits that much less.
+    Ingest, with thousands of charges a write, steps them before it locks them instead:
+    ``read_unlocked``, ``step_rows``, then ``write_stepped``, which takes only the rows
+    still as they were read (their version, ``xmin``, unmoved) and locks, reads and steps
+    again only those another transaction changed meanwhile. A charge that nothing changes
+    is not written or locked at all. So ingest holds a charge's lock from its write to the
+    commit, not while it steps thousands, and a partner's stop waits that much less.
     """
     if not feed:
         return {}
-    ids = sorted(feed)
-    if not step_before_locking:
-        return await _write(conn, await _lock_and_step(conn, feed, ids))
-    return await write_stepped(conn, feed, step_rows(await read_unlocked(conn, ids), feed))
+    return await _write(conn, await _lock_and_step(conn, feed, sorted(feed)))
 
 
 async def read_unlocked(

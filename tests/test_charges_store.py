@@ -335,7 +335,8 @@ def test_a_client_without_a_webhook_url_gets_no_events_and_wakes_no_deliverer(
 def test_a_write_stepped_before_locking_meets_a_change_made_meanwhile(
     setup: tuple[str, str],
 ) -> None:
-    """Ingest steps a write's charges before it locks them (``step_before_locking``). A
+    """Ingest steps a write's charges before it locks them (``charges.read_unlocked``,
+    ``step_rows``, ``write_stepped``). A
     partner's stop that commits between that read and ingest's write is not overwritten:
     the charge is stepped again from the stopped version, so it keeps the stop and counts
     the reading; a charge nobody touched is written from the first step."""
@@ -356,9 +357,10 @@ def test_a_write_stepped_before_locking_meets_a_change_made_meanwhile(
             # The partner's stop, not yet committed: ingest reads the charge as it was.
             await charges.apply(partner, "moved", StopRequested(2, "partner stopped", T0 + 30))
             async with ingest.transaction():
-                feed = {"moved": [reading], "still": [reading]}
+                feed: dict[str, list[Event]] = {"moved": [reading], "still": [reading]}
+                rows = await charges.read_unlocked(ingest, sorted(feed))
                 stepping = asyncio.create_task(
-                    charges.apply_many(ingest, feed, step_before_locking=True)
+                    charges.write_stepped(ingest, feed, charges.step_rows(rows, feed))
                 )
                 await asyncio.sleep(0.5)  # ingest's write now waits for the partner's lock
                 assert not stepping.done()
