@@ -55,6 +55,9 @@ class State(enum.StrEnum):
 ACTIVE = frozenset({State.REQUESTED, State.ON, State.DRAWING, State.STOPPING})
 #: States a stop request acts on (a stopping charge is already on its way).
 STOPPABLE = ACTIVE - {State.STOPPING}
+#: States in which a current rise can still change the charge: ``on``, and ``requested``
+#: (its ack may come in the same write, before the rise).
+AWAITING_RISE = frozenset({State.REQUESTED, State.ON})
 
 #: A reading below this fraction of the one before means the meter was reset or replaced.
 RESET_BELOW = 0.5

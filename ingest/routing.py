@@ -7,10 +7,11 @@ readings of its outlet, and hands the outlet's current observations to the rise 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
+from typing import Any, NamedTuple
 
-from charging import lifecycle
+from charging import charges, lifecycle
 from charging.charges import OutletKey
 from charging.lifecycle import Event
 from ingest.triage import Pending
@@ -59,16 +60,18 @@ def route(
     # Each open outlet's lists are looked up once, not per reading; the readings of one
     # frame share its minute (one datetime), converted once.
     sinks: dict[OutletKey, tuple[tuple[list[tuple[float, Event]], ...], list[tuple[float, float]]]]
-    sinks = {
-        key: (tuple(feed[cid] for cid in ids), currents[key]) for key, (ids, _) in open_.items()
-    }
+    sinks = {}
     minute_then: object = None
     at = 0.0
     reading_of = lifecycle.MinuteReading
     for cid, outlet, minute, energy_wh, _volts, current_a, _on in pending.outlet_rows:
-        sink = sinks.get((cid, outlet))
+        key = (cid, outlet)
+        sink = sinks.get(key)
         if sink is None:
-            continue
+            target = open_.get(key)
+            if target is None:
+                continue
+            sink = sinks[key] = (tuple(feed[charge_id] for charge_id in target[0]), currents[key])
         if minute is not minute_then:
             minute_then, at = minute, minute.timestamp()
         item = (at, reading_of(at, energy_wh))
@@ -76,11 +79,6 @@ def route(
         for inputs in charges_fed:
             inputs.append(item)
         observed.append((at, current_a))
-    # Only the charges and outlets this write concerns.
-    for charge_id in [cid for cid, inputs in feed.items() if not inputs]:
-        del feed[charge_id]
-    for key in [key for key, seen in currents.items() if not seen]:
-        del currents[key]
     return feed, currents
 
 
@@ -95,3 +93,59 @@ def in_time_order(feed: Mapping[str, list[tuple[float, Event]]]) -> dict[str, li
         timed = sorted(inputs, key=_AT) if len(inputs) > 1 else inputs
         ordered[charge_id] = [event for _, event in timed]
     return ordered
+
+
+class Plan(NamedTuple):
+    """What one write does to the open charges, before the rise detectors have run."""
+
+    #: (controller, outlet) → (the ids of its open charges, its rise threshold).
+    open_: dict[OutletKey, tuple[list[str], float]]
+    #: Each charge's inputs from this write, with their times.
+    timed: dict[str, list[tuple[float, Event]]]
+    #: The same in time order, and the charges stepped through them from ``rows``.
+    feed: dict[str, list[Event]]
+    stepped: dict[str, charges.Stepped]
+    rows: dict[str, tuple[Any, ...]]
+    #: The current observations of the outlets whose rise detector matters: those with a
+    #: charge still waiting for its rise (``lifecycle.AWAITING_RISE``). The others'
+    #: detectors are left as they are: the gateway re-arms an outlet's when it creates the
+    #: next charge there.
+    watched: dict[OutletKey, list[tuple[float, float]]]
+
+
+_AWAITING_RISE = frozenset(state.value for state in lifecycle.AWAITING_RISE)
+
+
+def plan(
+    pending: Pending,
+    open_: dict[OutletKey, tuple[list[str], float]],
+    rows: Sequence[tuple[Any, ...]],
+) -> Plan:
+    """Route the write's messages to the open charges and step them from ``rows`` (as
+    ``charges.read_unlocked`` reads them). Pure."""
+    timed, currents = route(pending, open_)
+    feed = in_time_order(timed)
+    by_id = {row[0]: row for row in rows}
+    watched = {
+        key: seen
+        for key, seen in currents.items()
+        if any(cid in by_id and by_id[cid][1] in _AWAITING_RISE for cid in open_[key][0])
+    }
+    return Plan(open_, timed, feed, charges.step_rows(rows, feed), by_id, watched)
+
+
+def with_rises(
+    plan: Plan, rose: Mapping[OutletKey, list[tuple[float, float]]]
+) -> tuple[dict[str, list[Event]], dict[str, charges.Stepped]]:
+    """The plan's feed and steps with each rise given to its outlet's charges, those
+    charges stepped again from their rows. Pure."""
+    timed = {cid: list(inputs) for cid, inputs in plan.timed.items()}
+    again: set[str] = set()
+    for key, rises in rose.items():
+        for at, current_a in rises:
+            for charge_id in plan.open_[key][0]:
+                timed.setdefault(charge_id, []).append((at, lifecycle.CurrentRose(at, current_a)))
+                again.add(charge_id)
+    feed = plan.feed | in_time_order({cid: timed[cid] for cid in again})
+    rows = [plan.rows[cid] for cid in sorted(again) if cid in plan.rows]
+    return feed, plan.stepped | charges.step_rows(rows, feed)

@@ -14,12 +14,12 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 from psycopg import errors, sql
 
-from charging import charges, lifecycle, status
+from charging import charges, status
 from charging.current_rise import RiseState, observe_all
 from ingest import routing
 from ingest.triage import Pending
@@ -90,7 +90,7 @@ class Store:
 
         The charges' part overlaps the storing: while PostgreSQL copies the readings in
         (and its triggers fold them into hours), ``side`` reads the open charges and a
-        thread steps them (``_plan``). The transaction then runs the rise detectors and
+        thread steps them (``routing.plan``). The transaction then runs the rise detectors and
         writes only the charge rows still as they were read; the others are locked, read
         and stepped again (``charges.write_stepped``)."""
         plan = asyncio.create_task(self._plan_charges(pending))
@@ -104,7 +104,7 @@ class Store:
                 plan.exception()  # retrieved: the write's own error is the one raised
         await self._refresh_late(pending)
 
-    async def _store(self, pending: Pending, plan: asyncio.Task[_Plan | None]) -> None:
+    async def _store(self, pending: Pending, plan: asyncio.Task[routing.Plan | None]) -> None:
         if not pending.readings_stored:
             async with self.conn.transaction():
                 await self._insert_new(
@@ -257,7 +257,7 @@ class Store:
                 ],
             )
 
-    async def _plan_charges(self, pending: Pending) -> _Plan | None:
+    async def _plan_charges(self, pending: Pending) -> routing.Plan | None:
         """What this write does to the open charges, from their rows as they are now (read
         on ``side``, without locks), stepped in a thread so that the event loop keeps
         feeding the readings' COPY meanwhile."""
@@ -270,9 +270,9 @@ class Store:
         rows = await charges.read_unlocked(
             self.side, sorted(cid for ids, _ in open_.values() for cid in ids)
         )
-        return await asyncio.to_thread(_plan, pending, open_, rows)
+        return await asyncio.to_thread(routing.plan, pending, open_, rows)
 
-    async def _charges(self, plan: _Plan) -> None:
+    async def _charges(self, plan: routing.Plan) -> None:
         """Write the plan: acks, edge events and readings fed to the charges they concern,
         in time order, after each observed outlet's rise detector has run (a rise is one
         more input for the outlet's charges: those few are stepped again with it).
@@ -286,7 +286,7 @@ class Store:
         rose = await self._rises(plan.watched, plan.open_)
         feed, stepped = plan.feed, plan.stepped
         if rose:
-            feed, stepped = _with_rises(plan, rose)
+            feed, stepped = routing.with_rises(plan, rose)
         await charges.write_stepped(self.conn, feed, stepped)
 
     async def _rises(
@@ -350,60 +350,6 @@ class Store:
                         for s in pending.states.values()
                     ],
                 )
-
-
-class _Plan(NamedTuple):
-    open_: dict[tuple[str, int], tuple[list[str], float]]
-    #: Each charge's inputs from this write, with their times.
-    timed: dict[str, list[tuple[float, lifecycle.Event]]]
-    #: The same in time order, and the charges stepped through them from ``rows``.
-    feed: dict[str, list[lifecycle.Event]]
-    stepped: dict[str, charges.Stepped]
-    rows: dict[str, tuple[Any, ...]]
-    #: The current observations of the outlets whose rise detector matters: those with a
-    #: charge still waiting for its rise (``requested`` or ``on``; the lifecycle ignores a
-    #: rise in any other state). The others' detectors are left as they are: the gateway
-    #: re-arms an outlet's when it creates the next charge there.
-    watched: dict[tuple[str, int], list[tuple[float, float]]]
-
-
-def _plan(
-    pending: Pending,
-    open_: dict[tuple[str, int], tuple[list[str], float]],
-    rows: list[tuple[Any, ...]],
-) -> _Plan:
-    """Route the write's messages to the open charges and step them. Pure."""
-    timed, currents = routing.route(pending, open_)
-    feed = routing.in_time_order(timed)
-    by_id = {r[0]: r for r in rows}
-    waiting = _AWAITING_RISE
-    watched = {
-        key: seen
-        for key, seen in currents.items()
-        if any(cid in by_id and by_id[cid][1] in waiting for cid in open_[key][0])
-    }
-    return _Plan(open_, timed, feed, charges.step_rows(rows, feed), by_id, watched)
-
-
-#: The states in which a charge can still take a current rise (as its row spells them).
-_AWAITING_RISE = frozenset({lifecycle.State.REQUESTED.value, lifecycle.State.ON.value})
-
-
-def _with_rises(
-    plan: _Plan, rose: dict[tuple[str, int], list[tuple[float, float]]]
-) -> tuple[dict[str, list[lifecycle.Event]], dict[str, charges.Stepped]]:
-    """The plan's feed and steps with each rise given to its outlet's charges, those
-    charges stepped again from their rows. Pure."""
-    timed = {cid: list(inputs) for cid, inputs in plan.timed.items()}
-    again: set[str] = set()
-    for key, rises in rose.items():
-        for at, current_a in rises:
-            for charge_id in plan.open_[key][0]:
-                timed.setdefault(charge_id, []).append((at, lifecycle.CurrentRose(at, current_a)))
-                again.add(charge_id)
-    feed = plan.feed | routing.in_time_order({cid: timed[cid] for cid in again})
-    rows = [plan.rows[cid] for cid in sorted(again) if cid in plan.rows]
-    return feed, plan.stepped | charges.step_rows(rows, feed)
 
 
 def _text(value: str) -> str:
