@@ -28,7 +28,7 @@ from schemas.topics import Topics
 from store.registry import import_registry
 from tests.conftest import registry_for
 from tests.db import query
-from tests.test_store import write
+from tests.test_store import pending_of, write
 
 pytestmark = pytest.mark.database
 
@@ -336,10 +336,10 @@ def test_a_write_stepped_before_locking_meets_a_change_made_meanwhile(
     setup: tuple[str, str],
 ) -> None:
     """Ingest steps a write's charges before it locks them (``charges.read_unlocked``,
-    ``step_rows``, ``write_stepped``). A
-    partner's stop that commits between that read and ingest's write is not overwritten:
-    the charge is stepped again from the stopped version, so it keeps the stop and counts
-    the reading; a charge nobody touched is written from the first step."""
+    ``step_rows``, ``write_stepped``). A partner's stop that commits between that read
+    and ingest's write is not overwritten: the charge is stepped again from the stopped
+    version, so it keeps the stop and counts the reading; a charge nobody touched is
+    written from the first step."""
     url, client_id = setup
     on = Acked(1, CommandOutcome.APPLIED, True, T0 + 1, 1000.0)
     asyncio.run(_create(url, client_id, "moved", generation=1, outlet=1))
@@ -388,7 +388,7 @@ def test_a_write_that_fails_after_its_readings_feeds_the_charges_once_when_retri
     charge once (its energy, its one current rise); redelivered afterwards, it changes
     nothing."""
     from ingest.store import Store
-    from ingest.triage import Pending, Triage
+    from ingest.triage import Triage
     from store.registry import RegistrySnapshot
 
     url, client_id = setup
@@ -416,9 +416,7 @@ def test_a_write_that_fails_after_its_readings_feeds_the_charges_once_when_retri
     async def go() -> None:
         store = await Store.connect(url)
         triage = Triage(Topics(), await RegistrySnapshot.load(store.conn))
-        pending = Pending()
-        for topic, payload in messages:
-            triage.accept(pending, topic, payload)
+        pending = pending_of(triage, messages)
         await store.conn.execute("SET lock_timeout = '200ms'")
         holder = await psycopg.AsyncConnection.connect(url)
         async with holder, holder.transaction():
@@ -432,10 +430,7 @@ def test_a_write_that_fails_after_its_readings_feeds_the_charges_once_when_retri
             ).fetchone()
             assert charge == (0.0,)
         await store.write(pending)  # the retry
-        again = Pending()
-        for topic, payload in messages:
-            triage.accept(again, topic, payload)
-        await store.write(again)  # a redelivery
+        await store.write(pending_of(triage, messages))  # a redelivery
         await store.close()
 
     asyncio.run(go())

@@ -99,13 +99,19 @@ def test_a_failed_migration_is_not_recorded_and_its_own_error_is_shown(pg_url: s
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def pending_of(triage: Triage, messages: list[tuple[str, bytes]]) -> Pending:
+    """One write's worth of ``messages``, as ingest's triage collects them."""
+    pending = Pending()
+    for topic, payload in messages:
+        triage.accept(pending, topic, payload)
+    return pending
+
+
 def write(url: str, messages: list[tuple[str, bytes]]) -> Pending:
     async def go() -> Pending:
         store = await Store.connect(url)
         triage = Triage(Topics(), await RegistrySnapshot.load(store.conn))
-        pending = Pending()
-        for topic, payload in messages:
-            triage.accept(pending, topic, payload)
+        pending = pending_of(triage, messages)
         await store.write(pending)
         await store.close()
         return pending
