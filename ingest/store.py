@@ -1,4 +1,5 @@
-"""Writing one ``Pending`` to PostgreSQL in one transaction.
+"""Writing one ``Pending`` to PostgreSQL: its readings in one transaction, what it does to
+the charges in a second (see ``Store.write``).
 
 Readings and batch records take the fast path first: a binary COPY straight into the table inside a
 savepoint. Only when that hits a duplicate key (a redelivered batch) does the write fall
@@ -49,8 +50,8 @@ _COPIED = ("outlet_readings", "main_meter_readings", "meter_batches")
 class Store:
     """Owns two async connections; ``write`` commits a Pending or raises psycopg errors.
 
-    ``conn`` holds each write's one transaction. ``side`` reads, without locks, what the
-    open charges need while ``conn`` stores the readings (see ``write``)."""
+    ``conn`` holds each write's transactions. ``side`` reads, without locks, what the open
+    charges need while ``conn`` stores the readings (see ``write``)."""
 
     def __init__(
         self, conn: psycopg.AsyncConnection[Any], side: psycopg.AsyncConnection[Any]
@@ -61,8 +62,8 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str) -> Store:
-        # autocommit: every write is exactly one explicit transaction, never a savepoint
-        # inside an implicit one that nobody commits
+        # autocommit: every transaction of a write is explicit, never a savepoint inside
+        # an implicit one that nobody commits
         conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5, autocommit=True)
         try:
             side = await psycopg.AsyncConnection.connect(url, connect_timeout=5, autocommit=True)
