@@ -21,13 +21,30 @@ CREATE TABLE controller_outlets_hourly (
 
 CREATE INDEX outlet_hourly_by_controller ON outlet_hourly (controller_id, hour);
 
--- An outlet hour's energy, as energy_outlet_hourly computes it (0023).
+-- An hour's energy from its own row (see 0003 for the rule): the one place it is
+-- written, for the controller sums below and the hourly views (an SQL function the
+-- planner inlines).
 CREATE FUNCTION chargeline_hour_energy(first_wh double precision, last_wh double precision,
                                        prev_last_wh double precision)
 RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN prev_last_wh IS NULL OR last_wh < prev_last_wh
                 THEN last_wh - first_wh ELSE last_wh - prev_last_wh END
 $$;
+
+CREATE OR REPLACE VIEW energy_outlet_hourly AS
+SELECT o.outlet_id, c.site_id, h.controller_id, h.outlet_no, h.hour,
+       chargeline_hour_energy(h.first_wh, h.last_wh, h.prev_last_wh) AS energy_wh,
+       h.readings, h.max_current_a, h.sum_voltage_v / h.readings AS avg_voltage_v
+FROM outlet_hourly h
+JOIN controllers c ON c.controller_id = h.controller_id
+LEFT JOIN outlets o ON o.controller_id = h.controller_id AND o.outlet_no = h.outlet_no;
+
+CREATE OR REPLACE VIEW main_meter_hourly AS
+SELECT c.site_id, h.controller_id, h.hour,
+       chargeline_hour_energy(h.first_wh, h.last_wh, h.prev_last_wh) AS energy_wh,
+       h.readings
+FROM main_meter_hourly_rollup h JOIN controllers c ON c.controller_id = h.controller_id
+WHERE c.has_main_meter;
 
 CREATE OR REPLACE FUNCTION chargeline_outlet_hourly_add() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
