@@ -1,6 +1,6 @@
 """The partner-side stack for benchmarks: everything as in production, on loopback.
 
-``partner_stack`` starts the embedded amqtt broker, a fresh database, ingest, the
+``partner_stack`` starts the embedded amqtt broker (or Mosquitto), a fresh database, ingest, the
 authorization server, the gateway (uvicorn) and one simulated edge agent per controller,
 waits until they answer, and hands back where they are and a registered OAuth2 client.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import amqtt_broker, database
+from bench.common import amqtt_broker, database, mosquitto_broker
 from cloud_gateway.clients import NewClient, add_client
 from tests.procs import free_port, wait_port
 
@@ -76,12 +76,16 @@ def partner_stack(
     env: dict[str, str] | None = None,
     edge_env: dict[str, str] | None = None,
     edges: bool | Sequence[str] = True,
+    broker: str = "amqtt",
 ) -> Iterator[Stack]:
     """Everything a partner talks to; ``env`` adds settings for every process. ``edges``:
-    a simulated edge agent for every controller (True), none, or for those listed."""
+    a simulated edge agent for every controller (True), none, or for those listed.
+    ``broker``: ``amqtt`` (the embedded broker, the default deployment) or ``mosquitto``
+    (what the design moves to beyond a few hundred controllers)."""
     with_edges = list(controllers) if edges is True else list(edges or [])
+    brokers = {"amqtt": amqtt_broker, "mosquitto": mosquitto_broker}
     with ExitStack() as stack:
-        url = stack.enter_context(amqtt_broker(tmp))
+        url = stack.enter_context(brokers[broker](tmp))
         db = database(tmp, controllers)
         client = add_client(db, "bench", scopes, webhook_url, allow_private=True)
         auth_port, api_port = free_port(), free_port()

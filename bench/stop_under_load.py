@@ -15,6 +15,14 @@ answer is in (the charge ``stopped``) or after the gateway's wait for it. In the
 for comparison: the same stops with the fleet idle, and a read of each stopped charge
 (a call that takes no lock: what the load costs any call on this machine). Target: stop
 p99 ≤ 50 ms under load.
+
+Both brokers, in the same run. The fleet's 2,500 batches a second are what 150,000
+controllers send at their real rate of one a minute (the benchmark compresses 500
+controllers' minutes), and at that scale the design runs Mosquitto (DESIGN.md, "Scale";
+the embedded amqtt broker serves a few hundred controllers): the target is Mosquitto's
+figure. amqtt's is printed beside it; there the load asks the broker for about as many
+QoS 1 messages a second as it can carry (``bench.broker``), and its queue is the stop's
+tail.
 """
 
 from __future__ import annotations
@@ -66,16 +74,22 @@ def stops(
     return times, reads, answered
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    samples = 60 if args.quick else 300
+def measure(broker: str, quick: bool) -> dict[str, object]:
+    """One broker's figures: stops idle, then stops and reads under the peak."""
+    samples = 60 if quick else 300
     # Enough batches for the stops to be timed (a few dozen a second) within the flood.
-    load = Workload(controllers=500, messages=60 if args.quick else 240)
+    load = Workload(controllers=500, messages=60 if quick else 240)
     fleet = load.controller_ids()
     charges = (f"peak-{fleet[k % len(fleet)]}-{1 + k // len(fleet)}" for k in range(8 * 500))
     with (
         workdir() as tmp,
-        partner_stack(tmp, fleet, scopes=["charges:write", "charges:read"], edges=False) as stack,
+        partner_stack(
+            tmp,
+            fleet,
+            scopes=["charges:write", "charges:read"],
+            edges=False,
+            broker=broker,
+        ) as stack,
     ):
         evening_peak(stack.db, fleet, charging=True, client_id=stack.client.client_id)
         acker = subprocess.Popen(
@@ -102,9 +116,7 @@ def main() -> None:
             acker.wait(10)
     if len(loaded) < samples // 2:
         raise SystemExit(f"the load ended after {len(loaded)} stops; make it longer")
-    figures = {
-        "open_charges": len(fleet) * 8,
-        "fleet_messages_per_s": RATE,
+    figures: dict[str, object] = {
         "stops_timed": len(loaded),
         "stops_answered_stopped": answered,
         "stop_ms": {"p50": ms(percentile(loaded, 50)), "p99": ms(percentile(loaded, 99))},
@@ -118,14 +130,35 @@ def main() -> None:
         "database_mb": size,
     }
     print(
-        f"stop under load p50 {figures['stop_ms']['p50']} ms, p99 {figures['stop_ms']['p99']} ms"
-        f" ({len(loaded)} stops, {answered} answered stopped; ingest storing"
-        f" {figures['readings_stored_per_s_meanwhile']:,} readings/s); idle p99"
-        f" {figures['stop_idle_ms']['p99']} ms; a read under load p99"
-        f" {figures['read_ms']['p99']} ms",
+        f"{broker}: stop under load p50 {ms(percentile(loaded, 50))} ms,"
+        f" p99 {ms(percentile(loaded, 99))} ms ({len(loaded)} stops, {answered} answered"
+        f" stopped; ingest storing {figures['readings_stored_per_s_meanwhile']:,} readings/s);"
+        f" idle p99 {ms(percentile(idle, 99))} ms; a read under load p99"
+        f" {ms(percentile(reads, 99))} ms",
         file=sys.stderr,
     )
-    emit("stop_under_load", figures)
+    return figures
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    brokers = {broker: measure(broker, args.quick) for broker in ("mosquitto", "amqtt")}
+    target = brokers["mosquitto"]["stop_ms"]
+    assert isinstance(target, dict)
+    print(
+        f"target (Mosquitto, the broker at this scale): stop p99 {target['p99']} ms"
+        f" ({'met' if target['p99'] <= 50 else 'not met'}: ≤ 50 ms)",
+        file=sys.stderr,
+    )
+    emit(
+        "stop_under_load",
+        {
+            "open_charges": 8 * 500,
+            "fleet_messages_per_s": RATE,
+            "stop_p99_ms": target["p99"],
+            "brokers": brokers,
+        },
+    )
 
 
 if __name__ == "__main__":
