@@ -26,7 +26,9 @@ batch costs its own ack.
 
 Rates run from the publisher's first message to the last reading received (bare) or
 committed (ingest). The publisher is a separate process (bench/publisher.py) with four
-connections.
+connections. Beside each rate, ``cpu_us_per_reading``: the CPU each role spent per reading
+in that round (the publisher, the broker, the consumer, PostgreSQL; ``bench.cpu``) and how
+many of the two cores were busy. When both are, a ratio of rates is a ratio of CPU.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from bench.common import (
     rows,
     workdir,
 )
+from bench.cpu import CpuByRole
 from ingest.paho_link import PahoLink
 from ingest.settings import IngestSettings
 from ingest.worker import SUBSCRIBED, Ingest
@@ -58,6 +61,11 @@ from kernel.settings import MqttUrl
 from schemas.topics import Topics
 
 CONTROLLERS = 500
+#: Batches per controller in a round: 120 × 500 × 8 = 480,000 readings, rounds of 4–8 s,
+#: so that the last write's commit (~0.1 s) weighs little. With 30 (1–2 s rounds) ingest's
+#: ratios to the bare subscriber came out ~0.1 lower.
+MESSAGES = 120
+MESSAGES_QUICK = 4
 HISTORY = 50_000
 
 
@@ -113,7 +121,14 @@ def go(proc: subprocess.Popen[str]) -> float:
     return start
 
 
-async def bare(url: str, root: str, load: Workload) -> float:
+@dataclass
+class Round:
+    readings_per_s: float
+    cpu_us: dict[str, float]  # CPU per reading by role (bench.cpu)
+    acks_per_message: float = 0.0
+
+
+async def bare(url: str, root: str, load: Workload) -> Round:
     """Readings/s through ingest's MQTT link alone: receive and count, nothing else."""
     received = 0
     everything = asyncio.Event()
@@ -135,39 +150,37 @@ async def bare(url: str, root: str, load: Workload) -> float:
     task = asyncio.create_task(link.run(on_connected=connected.set))
     await connected.wait()
     publisher = start_publisher(url, root, load)
-    start = go(publisher)
-    await everything.wait()
-    elapsed = time.perf_counter() - start
+    with CpuByRole() as cpu:
+        start = go(publisher)
+        await everything.wait()
+        elapsed = time.perf_counter() - start
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     publisher.wait(60)
-    return load.readings / elapsed
+    return Round(load.readings / elapsed, cpu.per_reading_us(load.readings))
 
 
-@dataclass
-class IngestRun:
-    readings_per_s: float
-    acks_per_message: float
-
-
-async def ingest(url: str, root: str, load: Workload, db: str, connections: int = 4) -> IngestRun:
+async def ingest(url: str, root: str, load: Workload, db: str, connections: int = 4) -> Round:
     """Readings/s from the publisher's first message until ingest has committed them all."""
     settings = IngestSettings(mqtt_url=url, topic_root=root, database_url=db, log_level="WARNING")
     async with Ingest(settings, database_url=db) as worker:
         task = asyncio.create_task(worker.run())
         await worker.ready.wait()
         publisher = start_publisher(url, root, load, connections)
-        start = go(publisher)
-        while worker.counters.readings < load.readings:  # noqa: ASYNC110 - polls a counter the worker updates
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - start
+        with CpuByRole() as cpu:
+            start = go(publisher)
+            while worker.counters.readings < load.readings:  # noqa: ASYNC110 - polls a counter the worker updates
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - start
         await asyncio.sleep(settings.ack_max_delay_s + 0.5)  # let the last acks go out
         acks = worker.counters.acks
         task.cancel()
     publisher.wait(60)
     assert rows(db) == load.readings, "not every reading was stored"
-    return IngestRun(load.readings / elapsed, acks / load.total_messages)
+    return Round(
+        load.readings / elapsed, cpu.per_reading_us(load.readings), acks / load.total_messages
+    )
 
 
 #: The three ways of taking the same messages, rotated between rounds.
@@ -185,7 +198,9 @@ def main() -> None:
     if opts.steady:
         load = Workload(controllers=8000, messages=1)
     else:
-        load = Workload(controllers=CONTROLLERS, messages=4 if opts.quick else 30)
+        load = Workload(
+            controllers=CONTROLLERS, messages=MESSAGES_QUICK if opts.quick else MESSAGES
+        )
     rounds = 1 if opts.quick else 3
     figures: dict[str, object] = {
         "controllers": load.controllers,
@@ -198,6 +213,7 @@ def main() -> None:
     with workdir() as tmp:
         for name, broker in (("mosquitto", mosquitto_broker), ("amqtt", amqtt_broker)):
             rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+            cpus: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
             acks: list[float] = []
             with broker(tmp) as url:
                 for r in range(rounds):
@@ -205,17 +221,18 @@ def main() -> None:
                     for kind in KINDS[r % 3 :] + KINDS[: r % 3]:
                         root = f"{name}/{kind}{r}"
                         if kind == "bare":
-                            rates[kind].append(asyncio.run(bare(url, root, load)))
-                            continue
-                        db = database(Path(tmp), load.controller_ids())
-                        evening_peak(
-                            db, load.controller_ids(), charging=kind == "peak", history=HISTORY
-                        )
-                        run = asyncio.run(ingest(url, root, load, db))
+                            run = asyncio.run(bare(url, root, load))
+                        else:
+                            db = database(Path(tmp), load.controller_ids())
+                            evening_peak(
+                                db, load.controller_ids(), charging=kind == "peak", history=HISTORY
+                            )
+                            run = asyncio.run(ingest(url, root, load, db))
+                            acks.append(run.acks_per_message)
+                            if kind == "peak":
+                                figures["database_mb"] = database_mb(db)
                         rates[kind].append(run.readings_per_s)
-                        acks.append(run.acks_per_message)
-                        if kind == "peak":
-                            figures["database_mb"] = database_mb(db)
+                        cpus[kind].append(run.cpu_us)
                     print(
                         f"{name} round {r + 1}/{rounds}: "
                         + ", ".join(f"{k} {rates[k][-1]:,.0f}" for k in KINDS)
@@ -223,6 +240,7 @@ def main() -> None:
                         file=sys.stderr,
                     )
             peak, idle, bare_rate = (median(rates[k]) for k in ("peak", "idle", "bare"))
+            cpu = {kind: _median_figures(cpus[kind]) for kind in KINDS}
             figures[name] = {
                 "readings_per_s": round(peak),
                 "idle_readings_per_s": round(idle),
@@ -231,15 +249,28 @@ def main() -> None:
                 "peak_vs_idle": round(peak / idle, 3),
                 "idle_ratio": round(idle / bare_rate, 3),
                 "acks_per_message": round(median(acks), 3),
+                "cpu_us_per_reading": cpu,
                 **{f"rounds_{k}": [round(x) for x in rates[k]] for k in KINDS},
             }
             print(
                 f"{name}: evening peak {peak:,.0f} readings/s, no charges {idle:,.0f}, bare"
-                f" subscriber {bare_rate:,.0f} (peak/bare {peak / bare_rate:.2f}, peak/idle"
-                f" {peak / idle:.2f}; medians of {rounds})",
+                f" subscriber {bare_rate:,.0f} (peak/bare {peak / bare_rate:.2f}, idle/bare"
+                f" {idle / bare_rate:.2f}, peak/idle {peak / idle:.2f}; medians of {rounds})",
                 file=sys.stderr,
             )
+            for kind in KINDS:
+                print(f"  CPU µs per reading, {kind}: {_shown(cpu[kind])}", file=sys.stderr)
     emit("ingest_live", figures)
+
+
+def _median_figures(rounds: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({key for figures in rounds for key in figures})
+    return {key: round(median(f.get(key, 0.0) for f in rounds), 2) for key in keys}
+
+
+def _shown(figures: dict[str, float]) -> str:
+    parts = [f"{k} {v}" for k, v in figures.items() if k not in ("total", "cores")]
+    return f"{', '.join(parts)}; total {figures['total']} ({figures['cores']} cores busy)"
 
 
 if __name__ == "__main__":
