@@ -21,7 +21,7 @@ import time
 import httpx2
 from authlib.integrations.httpx_client import OAuth2Client
 
-from bench.common import emit, parser, workdir
+from bench.common import database_mb, emit, parser, workdir
 from bench.stack import Stack, ms, partner_stack
 from kernel.stats import percentile
 from tests.receiver import Receiver
@@ -48,6 +48,7 @@ def main() -> None:
             ) as stack,
         ):
             latencies = measure(stack, receiver, controllers, rounds)
+            size = database_mb(stack.db)
     finally:
         receiver.stop()
     figures = {
@@ -59,6 +60,7 @@ def main() -> None:
             "mean": ms(statistics.fmean(latencies)),
         },
         "edge_sample_interval_s": 1,
+        "database_mb": size,
     }
     print(
         f"current step → current-rise webhook: p50 {figures['rise_webhook_ms']['p50']} ms,"
