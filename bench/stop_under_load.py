@@ -21,8 +21,8 @@ controllers send at their real rate of one a minute (the benchmark compresses 50
 controllers' minutes), and at that scale the design runs Mosquitto (DESIGN.md, "Scale";
 the embedded amqtt broker serves a few hundred controllers): the target is Mosquitto's
 figure. amqtt's is printed beside it; there the load asks the broker for about as many
-QoS 1 messages a second as it can carry (``bench.broker``), and its queue is the stop's
-tail.
+QoS 1 messages a second as it can carry (``bench.broker``), and the time a command waits
+in its event loop is the stop's tail (docs/benchmarks.md).
 """
 
 from __future__ import annotations
