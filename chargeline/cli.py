@@ -53,8 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from chargeline import services  # heavy imports only once the arguments are good
 
-    common = settings.load(settings.CommonSettings, log_level=args.log_level)
-    runner.configure_logging(common.log_level)
+    common = settings.load(
+        settings.CommonSettings, log_level=args.log_level, log_format=args.log_format
+    )
+    runner.configure_logging(common.log_level, common.log_format)
 
     if args.command in ("broker", "pki"):
         return broker_cli.dispatch(args)

@@ -36,6 +36,11 @@ def build() -> argparse.ArgumentParser:
         "--config", type=Path, help="TOML settings file (environment variables win)"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, …")
+    parser.add_argument(
+        "--log-format",
+        choices=["plain", "json"],
+        help="plain text (default) or one JSON object per line (CHARGELINE_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     broker_cli.add_parsers(sub)
     _services(sub)

@@ -9,6 +9,7 @@ from edge_agent.clock import ScaledClock
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
+from kernel import logformat
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def simulated_agent(settings: EdgeSettings, *, arrivals: bool = True) -> EdgeAge
 
 
 async def run_edge(settings: EdgeSettings) -> None:
+    logformat.bind(controller_id=settings.controller_id)  # on every line this process logs
     await run_agent(simulated_agent(settings))
 
 

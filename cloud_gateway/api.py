@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import httpx2
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,6 +28,7 @@ from starlette.routing import Route
 from cloud_gateway import background, problems
 from cloud_gateway.context import Gateway, State
 from cloud_gateway.openapi import document as openapi_document
+from cloud_gateway.request_ids import RequestIds
 from cloud_gateway.resources import charges, outlets, sites, usage
 from cloud_gateway.settings import GatewaySettings
 
@@ -71,5 +73,6 @@ def create_app(
             Route("/openapi.json", spec, methods=["GET"]),
         ],
         exception_handlers=problems.HANDLERS,
+        middleware=[Middleware(RequestIds)],
         lifespan=lifespan,
     )

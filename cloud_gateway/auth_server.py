@@ -29,6 +29,7 @@ from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -43,6 +44,7 @@ from cloud_gateway.clients import (
     watch,
 )
 from cloud_gateway.ratelimit import RateLimiter, retry_after
+from cloud_gateway.request_ids import RequestIds
 from cloud_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,13 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         return self.clients.get(client_id)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
-        log.info("token issued to %s (scope %r)", request.client.client_id, token.get("scope"))
+        client_id = request.client.client_id
+        log.info(
+            "token issued to %s (scope %r)",
+            client_id,
+            token.get("scope"),
+            extra={"client_id": client_id},
+        )
 
     def create_oauth2_request(self, request: OAuth2Request) -> OAuth2Request:
         return request  # built by the endpoint from Starlette's request
@@ -278,6 +286,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             Route("/.well-known/jwks.json", keyset),
             Route("/.well-known/oauth-authorization-server", discovery),
         ],
+        middleware=[Middleware(RequestIds)],
         lifespan=lifespan,
     )
 

@@ -32,6 +32,7 @@ from cloud_gateway.settings import GatewaySettings
 from cloud_gateway.standing import Standing
 from cloud_gateway.tokens import Caller, TokenError, TokenValidator
 from cloud_gateway.webhooks import Deliverer
+from kernel import logformat
 from schemas.messages import CommandAck, DesiredState
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class Gateway:
         """The caller of a valid token with ``scope``, within its rate; else the problem."""
         # A refused token raises TokenError, which problems.HANDLERS answers (RFC 6750).
         caller = await self.tokens.check(request.headers.get("authorization"), scope)
+        logformat.bind(client_id=caller.client_id)  # on this call's log lines from here on
         await self._check_standing(caller)
         wait = self.limiter.take(caller.client_id)
         if wait:

@@ -31,6 +31,11 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "Allow": {"description": "the methods this path accepts", "schema": {"type": "string"}},
+    "X-Request-Id": {
+        "description": "this call's id in chargeline's logs: the caller's own X-Request-Id"
+        " if it sent one of 1-64 letters, digits, '.', '_' or '-', else a new one",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    },
 }
 _HEADERS_OF_STATUS = {401: ["WWW-Authenticate"], 403: ["WWW-Authenticate"], 429: ["Retry-After"]}
 
@@ -74,8 +79,8 @@ def _problem_response(status: int | None) -> dict[str, Any]:
             problems.MEDIA_TYPE: {"schema": {"$ref": _REF.format(model="ProblemDocument")}}
         },
     }
-    if status in _HEADERS_OF_STATUS:
-        answer["headers"] = {name: _HEADERS[name] for name in _HEADERS_OF_STATUS[status]}
+    names = ["X-Request-Id", *_HEADERS_OF_STATUS.get(status or 0, [])]
+    answer["headers"] = {name: _HEADERS[name] for name in names}
     return answer
 
 
@@ -93,6 +98,7 @@ def _operation(
         str(status): {
             "description": description,
             "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}},
+            "headers": {"X-Request-Id": _HEADERS["X-Request-Id"]},
         }
         for status, (model, description) in ok.items()
     }

@@ -229,7 +229,11 @@ class Ingest:
         c.dead_letters += len(batch.dead_letters)
         for letter in batch.dead_letters:
             log.warning(
-                "dead letter from %s on %s: %s", letter.controller_id, letter.topic, letter.reason
+                "dead letter from %s on %s: %s",
+                letter.controller_id,
+                letter.topic,
+                letter.reason,
+                extra={"controller_id": letter.controller_id},
             )
 
     async def _connect_store(self) -> Store:

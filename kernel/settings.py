@@ -11,7 +11,7 @@ import ssl
 import time
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, field_validator
@@ -107,6 +107,10 @@ class CommonSettings(BaseSettings):
     mqtt_key_file: Path | None = Field(default=None, description="its private key")
     topic_root: str = Field(default=DEFAULT_ROOT, description="root of every MQTT topic")
     log_level: str = "INFO"
+    log_format: Literal["plain", "json"] = Field(
+        default="plain",
+        description="plain text, or json: one JSON object per line with the ids it concerns",
+    )
     time_scale: float = Field(
         default=1.0, gt=0, le=3600, description="simulated seconds per real second (demo, tests)"
     )

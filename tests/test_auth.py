@@ -426,3 +426,46 @@ def test_unknown_ids_and_wrong_secrets_get_the_same_answer(auth: AuthServer) -> 
     ]
     assert [p.status_code for p in posted] == [400, 400]
     assert posted[0].json() == posted[1].json() == answers[0].json()
+
+
+def test_json_logs_carry_the_request_id_the_caller_sent_and_the_client(
+    database: str, tmp_path: Path
+) -> None:
+    """``CHARGELINE_LOG_FORMAT=json``: every line the server writes is one JSON object, a
+    token's line names the client and the request's id, and the answer carries that id
+    (the caller's own if it is well formed, a new one otherwise)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    partner = add_client(database, "Logged", ["charges:read"])
+    env = {
+        "CHARGELINE_DATABASE_URL": database,
+        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
+        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
+        "CHARGELINE_ISSUER": url,
+        "CHARGELINE_LOG_FORMAT": "json",
+        "CHARGELINE_LOG_LEVEL": "INFO",
+    }
+    proc = Proc("auth-json", ["auth"], env, tmp_path).start()
+    try:
+        wait_port(port, proc=proc)
+        form = {"grant_type": "client_credentials"}
+        auth = (partner.client_id, partner.client_secret)
+        mine = httpx2.post(
+            f"{url}/oauth2/token", data=form, auth=auth, headers={"X-Request-Id": "wecharge-42"}
+        )
+        assert mine.status_code == 200, mine.text
+        assert mine.headers["x-request-id"] == "wecharge-42"
+        odd = httpx2.post(
+            f"{url}/oauth2/token", data=form, auth=auth, headers={"X-Request-Id": "not one"}
+        )
+        assert odd.status_code == 200
+        assert odd.headers["x-request-id"] != "not one" and len(odd.headers["x-request-id"]) == 16
+    finally:
+        proc.stop()
+    lines = [json.loads(line) for line in proc.log().splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "message"} <= set(doc) for doc in lines)
+    issued = [doc for doc in lines if doc["message"].startswith("token issued")]
+    assert [(doc["request_id"], doc["client_id"]) for doc in issued] == [
+        ("wecharge-42", partner.client_id),
+        (odd.headers["x-request-id"], partner.client_id),
+    ]

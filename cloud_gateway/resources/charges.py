@@ -25,6 +25,7 @@ from cloud_gateway.models import ChargePage, ChargeSearch, StartCharge
 from cloud_gateway.problems import Problem
 from cloud_gateway.repository import ChargeRow, Conn
 from cloud_gateway.tokens import Caller
+from kernel import logformat
 from kernel.times import utc
 from schemas.messages import DesiredState
 
@@ -37,6 +38,7 @@ async def start(request: Request) -> Response:
         body = StartCharge.model_validate_json(raw)
     except ValidationError as exc:
         raise inputs.invalid(exc) from None
+    logformat.bind(charge_id=body.charge_id, outlet_id=body.outlet_id)
     now = gateway.settings.now()
     end_at = body.end_at.timestamp() if body.end_at else now + gateway.settings.max_charge_s
     digest = hashlib.sha256(
@@ -208,6 +210,7 @@ async def stop(request: Request) -> Response:
 
 
 async def _own_charge(conn: Conn, caller: Caller, partner_charge_id: str) -> ChargeRow:
+    logformat.bind(charge_id=partner_charge_id)
     cur = await repository.select_own_charge(conn, caller.client_id, partner_charge_id)
     row = await cur.fetchone()
     if row is None:
