@@ -15,9 +15,14 @@ log = logging.getLogger(__name__)
 
 
 async def run_ingest(settings: IngestSettings, url: str) -> None:
-    from ingest.worker import Ingest  # psycopg: not on a controller, which runs the edge only
+    from ingest.probe import probe  # psycopg: not on a controller, which runs the edge only
+    from ingest.worker import Ingest
+    from kernel import ops
 
-    async with Ingest(settings, database_url=url) as ingest:
+    async with (
+        Ingest(settings, database_url=url) as ingest,
+        ops.served(settings.ops_bind, probe(ingest)),
+    ):
         await ingest.run()
 
 

@@ -7,6 +7,7 @@ input. The runner (ingest/worker.py) owns the network and the database.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +30,26 @@ MainRow = tuple[str, dt.datetime, float]
 BatchRow = tuple[str, int, int, dt.datetime, dt.datetime]
 
 
+class Refusal(enum.StrEnum):
+    """Why a message became a dead letter, in a few kinds (a metric's label; the
+    letter's ``reason`` says exactly what was wrong)."""
+
+    INTERNAL_ERROR = "internal_error"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UNDECODABLE = "undecodable"
+    WRONG_CONTROLLER = "wrong_controller"
+    UNREGISTERED_CONTROLLER = "unregistered_controller"
+    UNREGISTERED_OUTLET = "unregistered_outlet"
+    NOT_FOR_INGEST = "not_for_ingest"
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     topic: str
     controller_id: str | None
     reason: str
     payload: bytes
+    kind: Refusal
 
 
 @dataclass
@@ -130,24 +145,32 @@ class Triage:
             pending.rewind(marks)
             detail = str(exc)[:200]
             reason = f"internal error while handling this message ({type(exc).__name__}: {detail})"
-            pending.dead_letters.append(DeadLetter(topic, None, reason, payload))
+            pending.dead_letters.append(
+                DeadLetter(topic, None, reason, payload, Refusal.INTERNAL_ERROR)
+            )
 
     def _accept(self, pending: Pending, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse(topic)
         if parsed is None:
-            pending.dead_letters.append(DeadLetter(topic, None, "not a chargeline topic", payload))
+            pending.dead_letters.append(
+                DeadLetter(topic, None, "not a chargeline topic", payload, Refusal.UNKNOWN_TOPIC)
+            )
             return
         cid = parsed.controller_id
         try:
             message: Message = decode(parsed.kind, payload)
         except CodecError as exc:
-            pending.dead_letters.append(DeadLetter(topic, cid, str(exc), payload))
+            pending.dead_letters.append(
+                DeadLetter(topic, cid, str(exc), payload, Refusal.UNDECODABLE)
+            )
             return
         if message.controller_id != cid:
             reason = (
                 f"payload names controller {message.controller_id!r} but came on {cid!r}'s topic"
             )
-            pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+            pending.dead_letters.append(
+                DeadLetter(topic, cid, reason, payload, Refusal.WRONG_CONTROLLER)
+            )
             return
         if not self.registry.knows(cid):
             self._unregistered(pending, topic, cid, message, payload)
@@ -169,7 +192,9 @@ class Triage:
                 pending.command_acks.append(message)
             case _:
                 reason = f"{parsed.kind.value} messages are not for ingest"
-                pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+                pending.dead_letters.append(
+                    DeadLetter(topic, cid, reason, payload, Refusal.NOT_FOR_INGEST)
+                )
 
     def _unregistered(
         self, pending: Pending, topic: str, cid: str, message: Message, payload: bytes
@@ -183,7 +208,9 @@ class Triage:
                 self._unregistered_seen.clear()
             self._unregistered_seen.add(key)
         reason = f"controller {cid!r} is not registered"
-        pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+        pending.dead_letters.append(
+            DeadLetter(topic, cid, reason, payload, Refusal.UNREGISTERED_CONTROLLER)
+        )
 
     def _meter(self, pending: Pending, topic: str, batch: MeterBatch, payload: bytes) -> None:
         cid = batch.controller_id
@@ -207,7 +234,9 @@ class Triage:
                 f"outlets {sorted(unknown)} are not registered for controller {cid!r}; "
                 "the batch's other readings were stored"
             )
-            pending.dead_letters.append(DeadLetter(topic, cid, reason, payload))
+            pending.dead_letters.append(
+                DeadLetter(topic, cid, reason, payload, Refusal.UNREGISTERED_OUTLET)
+            )
         minutes = [frame.minute for frame in batch.frames]
         pending.batch_rows.append(
             (cid, batch.seq, len(minutes), minute_time(min(minutes)), minute_time(max(minutes)))

@@ -28,12 +28,13 @@ import contextlib
 import gc
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
 import psycopg
+from prometheus_client import Histogram
 
 from charging import status
 from ingest.paho_link import PahoLink
@@ -66,9 +67,11 @@ class Counters:
         self.writes = 0
         self.write_failures = 0
         self.acks = 0
+        #: Dead letters by kind (``Refusal``), for the metrics.
+        self.refused: Counter[str] = Counter()
 
     def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
 #: Allocations between two young-generation collections (Python's default: 700).
@@ -97,6 +100,17 @@ class Ingest:
         self.counters = Counters()
         self.pending = Pending()
         self._pending_since: float | None = None
+        #: When the oldest message of the write in progress arrived (None: no write).
+        self._writing_since: float | None = None
+        #: The last database write (or connection) succeeded: readiness.
+        self.database_ok = False
+        #: Seconds per database write (both transactions), for the metrics.
+        self.write_seconds = Histogram(
+            "chargeline_ingest_database_write_seconds",
+            "time to store one write's messages (readings, batches, charges) and commit",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=None,
+        )
         self._has_data = asyncio.Event()
         self._full = asyncio.Event()
         self._link: PahoLink | None = None
@@ -109,6 +123,7 @@ class Ingest:
 
     async def __aenter__(self) -> Self:
         self._store = await self._connect_store()
+        self.database_ok = True
         async with await psycopg.AsyncConnection.connect(self.url) as conn:
             self._triage = Triage(self.topics, await RegistrySnapshot.load(conn))
         return self
@@ -186,11 +201,13 @@ class Ingest:
                     async with asyncio.timeout(remaining):
                         await self._full.wait()
             batch, self.pending = self.pending, Pending()
+            self._writing_since, self._pending_since = self._pending_since, None
             self._has_data.clear()
             self._full.clear()
             if self._link is not None:
                 self._link.resume_reading()
             await self._write(batch)
+            self._writing_since = None
             if batch.clock_requests:
                 self._send_acks({cid: [] for cid in batch.clock_requests})
             for cid, seqs in batch.acks.items():
@@ -205,9 +222,12 @@ class Ingest:
             try:
                 if self._store is None:
                     self._store = await self._connect_store()
-                await self._store.write(batch)
+                with self.write_seconds.time():
+                    await self._store.write(batch)
+                self.database_ok = True
                 break
             except psycopg.Error as exc:
+                self.database_ok = False
                 self.counters.write_failures += 1
                 delay = next(delays)
                 log.warning(
@@ -228,6 +248,7 @@ class Ingest:
         c.batches += len(batch.batch_rows)
         c.dead_letters += len(batch.dead_letters)
         for letter in batch.dead_letters:
+            c.refused[letter.kind] += 1
             log.warning(
                 "dead letter from %s on %s: %s",
                 letter.controller_id,
@@ -245,6 +266,20 @@ class Ingest:
                 delay = next(delays)
                 log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+
+    # --- what monitoring reads (ingest.probe) ------------------------------------------
+    @property
+    def mqtt_connected(self) -> bool:
+        return self._link is not None and self._link.connected
+
+    @property
+    def pending_messages(self) -> int:
+        return len(self.pending)
+
+    def lag_s(self) -> float:
+        """How long the oldest message not yet committed has waited (0: none waits)."""
+        waiting = [t for t in (self._writing_since, self._pending_since) if t is not None]
+        return time.monotonic() - min(waiting) if waiting else 0.0
 
     # --- ack ---------------------------------------------------------------------------
     async def _ack_forever(self) -> None:

@@ -107,6 +107,11 @@ class CommonSettings(BaseSettings):
     mqtt_key_file: Path | None = Field(default=None, description="its private key")
     topic_root: str = Field(default=DEFAULT_ROOT, description="root of every MQTT topic")
     log_level: str = "INFO"
+    ops_bind: str | None = Field(
+        default=None,
+        description="host:port for this process's /healthz, /readyz and /metrics"
+        " (one port per process; unset: not served)",
+    )
     log_format: Literal["plain", "json"] = Field(
         default="plain",
         description="plain text, or json: one JSON object per line with the ids it concerns",
@@ -135,6 +140,16 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
         MqttUrl(value)
+        return value
+
+    @field_validator("ops_bind")
+    @classmethod
+    def _check_ops_bind(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
         return value
 
     @field_validator("topic_root")
