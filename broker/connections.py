@@ -49,6 +49,8 @@ class Connections(Broker):  # type: ignore[misc]
     # Set by ChargelineBroker.__init__.
     access: RegistryAccess | None
     budget: ConnectionBudget
+    #: Connections closed at once because a cap was reached (the metrics).
+    connections_capped: int
     noisy: Summarised
     max_packet_bytes: int
     connect_timeout_s: float
@@ -60,6 +62,7 @@ class Connections(Broker):  # type: ignore[misc]
         address = peer_address(writer.get_extra_info("peername"))
         refusal = self.budget.admit(address)
         if refusal is not None:
+            self.connections_capped += 1
             self.noisy.warning(
                 "connections refused", "refused a connection from %s: %s", address, refusal
             )

@@ -31,14 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from broker.access import RegistryAccess
 from broker.connections import Connections
 from broker.delivery import BroadcastLanes, Delivery, Subscriptions
 from broker.settings import BrokerSettings
+from kernel import ops
 from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
 from kernel.logsafe import Summarised
+from kernel.ops import Probe
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class ChargelineBroker(Delivery, Connections):
         self.max_packet_bytes = max_packet_bytes
         self.connect_timeout_s = connect_timeout_s
         self.max_subscriptions = max_subscriptions
+        self.connections_capped = 0
         self.budget = ConnectionBudget(
             connection_cap(max_connections, raise_file_limit()), max_connections_per_address
         )
@@ -166,5 +173,45 @@ class EmbeddedBroker:
 
 
 async def serve(settings: BrokerSettings, database_url: str | None) -> None:
-    async with EmbeddedBroker(settings, database_url):
+    async with (
+        EmbeddedBroker(settings, database_url) as embedded,
+        ops.served(settings.ops_bind, probe(embedded)),
+    ):
         await asyncio.Event().wait()
+
+
+def probe(embedded: EmbeddedBroker) -> Probe:
+    """What the broker tells its monitoring (``kernel.ops``): ready while it accepts
+    connections; its open connections and its refusals by kind (never by client)."""
+
+    async def accepting() -> bool:
+        broker = embedded.broker
+        return broker is not None and broker.transitions.state == "started"
+
+    found = Probe("broker", {"accepting": accepting})
+    found.collect(_BrokerMetrics(embedded))
+    return found
+
+
+class _BrokerMetrics(Collector):
+    def __init__(self, embedded: EmbeddedBroker) -> None:
+        self.embedded = embedded
+
+    def collect(self) -> Iterator[Metric]:
+        broker = self.embedded.broker
+        if broker is None:
+            return
+        yield GaugeMetricFamily(
+            "chargeline_broker_connections", "open client connections", value=broker.budget.open
+        )
+        refusals = CounterMetricFamily(
+            "chargeline_broker_refusals",
+            "refused by kind: connect (credentials), publish, subscribe, receive (the access"
+            " policy), capped (a connection cap)",
+            labels=["kind"],
+        )
+        counted = broker.refusals
+        for kind in ("connect", "publish", "subscribe", "receive"):
+            refusals.add_metric([kind], counted.get(kind, 0))
+        refusals.add_metric(["capped"], broker.connections_capped)
+        yield refusals

@@ -198,7 +198,9 @@ def _clients(args: argparse.Namespace) -> int:
 def _webhooks() -> int:
     """Deliver webhooks only: the gateway runs with gateway_deliver_webhooks=false, and
     this process has the database role that may read webhook secrets."""
+    from cloud_gateway.probe import webhooks_probe
     from cloud_gateway.webhooks import Deliverer
+    from kernel import ops
 
     gateway = settings.load(GatewaySettings)
     url = prepare_database(settings.load(IngestSettings))
@@ -211,7 +213,8 @@ def _webhooks() -> int:
 
     async def deliver() -> None:
         try:
-            await deliverer.run()
+            async with ops.served(gateway.ops_bind, webhooks_probe(url, deliverer)):
+                await deliverer.run()
         finally:
             await deliverer.aclose()
 

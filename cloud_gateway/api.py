@@ -28,9 +28,11 @@ from starlette.routing import Route
 from cloud_gateway import background, problems
 from cloud_gateway.context import Gateway, State
 from cloud_gateway.openapi import document as openapi_document
+from cloud_gateway.probe import gateway_probe
 from cloud_gateway.request_ids import RequestIds
 from cloud_gateway.resources import charges, outlets, sites, usage
 from cloud_gateway.settings import GatewaySettings
+from kernel import ops
 
 
 def create_app(
@@ -43,12 +45,17 @@ def create_app(
     async def spec(request: Request) -> Response:
         return JSONResponse(document)
 
+    started: dict[str, Gateway] = {}
+    health = gateway_probe(lambda: started.get("gateway"))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with (
             Gateway.opened(settings, database_url, http) as gateway,
             asyncio.TaskGroup() as tasks,
+            ops.served(settings.ops_bind, health),
         ):
+            started["gateway"] = gateway
             loops = background.start(tasks, gateway)
             try:
                 yield {"gateway": gateway}
@@ -71,6 +78,7 @@ def create_app(
             Route("/v1/sites/{site_id}", sites.detail, methods=["GET"]),
             Route("/v1/usage", usage.month, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
+            *ops.health_routes(health),
         ],
         exception_handlers=problems.HANDLERS,
         middleware=[Middleware(RequestIds)],

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
+import json
 import logging
 import math
 import time
@@ -43,9 +45,11 @@ from cloud_gateway.clients import (
     load_clients,
     watch,
 )
+from cloud_gateway.probe import auth_probe
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.request_ids import RequestIds
 from cloud_gateway.settings import GatewaySettings
+from kernel import ops
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +195,15 @@ class _TokenEndpoint:
         self.url = f"{settings.issuer}/oauth2/token"
         self.by_source = RateLimiter(settings.token_source_rate_per_s, settings.token_source_burst)
         self.by_client = RateLimiter(settings.token_rate_per_s, settings.token_burst)
+        #: Answers by OAuth2 error code (``issued`` for a token), for the metrics.
+        self.answers: collections.Counter[str] = collections.Counter()
 
     async def handle(self, request: Request) -> Response:
+        answer = await self._handle(request)
+        self.answers[_error_of(answer)] += 1
+        return answer
+
+    async def _handle(self, request: Request) -> Response:
         form = await self._form(request)
         if isinstance(form, Response):
             return form
@@ -246,6 +257,30 @@ class _TokenEndpoint:
         return answer
 
 
+#: The error codes a token answer may carry (RFC 6749 section 5.2, and slow_down for the
+#: rate limits); anything else counts as ``other``, so the metric's labels stay few.
+TOKEN_ERRORS = (
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "slow_down",
+    "other",
+)
+
+
+def _error_of(answer: Response) -> str:
+    if answer.status_code == 200:
+        return "issued"
+    try:
+        error = json.loads(bytes(answer.body)).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if error in TOKEN_ERRORS else "other"
+
+
 def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     ring = keys.KeyRing(settings.data_dir / "keys")
     server = _Server({})
@@ -268,12 +303,17 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
     async def discovery(request: Request) -> Response:
         return JSONResponse(metadata)
 
+    health = auth_probe(database_url, token.answers, TOKEN_ERRORS)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         with psycopg.connect(database_url) as conn:
             server.clients = load_clients(conn)
         log.info("authorization server for %s; %d clients", settings.issuer, len(server.clients))
-        async with asyncio.TaskGroup() as tasks:  # the watcher ends, awaited, with the app
+        async with (
+            asyncio.TaskGroup() as tasks,  # the watcher ends, awaited, with the app
+            ops.served(settings.ops_bind, health),
+        ):
             watcher = tasks.create_task(_watch_clients(database_url, server))
             try:
                 yield
@@ -285,6 +325,7 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             Route("/oauth2/token", token.handle, methods=["POST"]),
             Route("/.well-known/jwks.json", keyset),
             Route("/.well-known/oauth-authorization-server", discovery),
+            *ops.health_routes(health),
         ],
         middleware=[Middleware(RequestIds)],
         lifespan=lifespan,

@@ -10,15 +10,18 @@ as its typed state (``of(request)``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypedDict
 
 import aiomqtt
 import httpx2
+from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
 
@@ -98,6 +101,22 @@ class Gateway:
         self.standing = Standing()
         self.limiter = RateLimiter(settings.api_rate_per_s, settings.api_burst)
         self.waiter = AckWaiter(self.topics)
+        #: Commands by (desired state, outcome: the edge's, or ``no_answer`` within the
+        #: wait) and the edge's answer times, for the metrics (cloud_gateway.probe).
+        self.commands: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.answer_seconds = Histogram(
+            "chargeline_command_answer_seconds",
+            "time from publishing a desired state to the edge's acknowledgement",
+            ["state"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=None,
+        )
+        self.start_seconds = Histogram(
+            "chargeline_api_start_seconds",
+            "a partner's start, from the call to the answer (breaker on, or accepted)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=None,
+        )
         self.client: aiomqtt.Client | None = None  # set while the MQTT link is up
         self._publishing: set[asyncio.Task[None]] = set()
         self.deliverer = Deliverer(
@@ -168,8 +187,17 @@ class Gateway:
         """Publish a recorded command and wait briefly for the edge's answer; the charge
         as it is then (``new``: the charge this call has just created)."""
         answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
+        sent = time.monotonic()
         await self.publish(want)
-        return await self._await_ack(charge_id, want, answer, new=new)
+        state = "on" if want.on else "off"
+        try:
+            row = await self._await_ack(charge_id, want, answer, new=new)
+        finally:
+            ack = answer.result() if answer.done() and not answer.cancelled() else None
+            self.commands[state, ack.outcome.value if ack else "no_answer"] += 1
+            if ack is not None:
+                self.answer_seconds.labels(state).observe(time.monotonic() - sent)
+        return row
 
     async def _await_ack(
         self,

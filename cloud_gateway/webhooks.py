@@ -144,6 +144,10 @@ LIMIT %(batch)s
 """
 
 #: Seconds until the next event that ``_DUE`` could return comes due.
+#: The outbox's backlog for the metrics (webhook_outbox_due covers it).
+_WAITING = "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL"
+WAITING_EVERY_S = 10.0
+
 _NEXT_DUE = """
 SELECT extract(epoch FROM min(o.next_attempt_at) - now())::float8
 FROM webhook_outbox o JOIN oauth_clients c USING (client_id)
@@ -198,6 +202,10 @@ class Deliverer:
         self.allow_private = allow_private
         self.delivered = 0
         self.failed_attempts = 0
+        self.given_up = 0
+        #: Events not yet delivered (nor given up), counted at most every WAITING_EVERY_S.
+        self.waiting: int | None = None
+        self._waiting_counted = 0.0
         self._lanes: dict[str, _Lane] = {}
         self._in_flight: set[int] = set()
 
@@ -237,7 +245,16 @@ class Deliverer:
             "full": [client for client, lane in self._lanes.items() if lane.full],
         }
 
+    @property
+    def in_flight(self) -> int:
+        """Events handed to the lanes and not yet recorded."""
+        return sum(lane.taken for lane in self._lanes.values())
+
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if time.monotonic() - self._waiting_counted >= WAITING_EVERY_S:
+            count = await (await conn.execute(_WAITING)).fetchone()
+            self.waiting = int(count[0]) if count else 0
+            self._waiting_counted = time.monotonic()
         cur = await conn.execute(_NEXT_DUE, self._exclusions())
         row = await cur.fetchone()
         due_in = 30.0 if row is None or row[0] is None else max(0.05, float(row[0]))
@@ -328,6 +345,7 @@ class Deliverer:
         self.failed_attempts += 1
         attempts = event.attempts + 1
         give_up = time.time() - event.created_at > GIVE_UP_AFTER.total_seconds()
+        self.given_up += give_up
         log.warning(
             "webhook %s attempt %d failed (%s)%s",
             event.public_id,

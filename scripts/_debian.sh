@@ -1,21 +1,25 @@
 # Sourced by scripts/test: make sure the Debian programs the tests run are installed:
 # mosquitto (the broker policy tests run the exported configuration on a real Mosquitto)
-# and nginx (the reverse-proxy example in deploy/nginx/ is tested in front of the API).
+# nginx (the reverse-proxy example in deploy/nginx/ is tested in front of the API) and
+# Prometheus's promtool (it checks the names of every metric the processes export).
 # Installs what is missing when we can (root + apt).
 missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]} (Debian packages) …" >&2
     apt-get update -qq
-    # Only the binaries: keep the packages from starting a system broker or web server.
+    # Only the binaries: keep the packages from starting a system broker, web server or
+    # Prometheus.
     no_start=""
     if [ ! -e /usr/sbin/policy-rc.d ]; then
       printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
       no_start=/usr/sbin/policy-rc.d
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
     if [ -n "$no_start" ]; then rm -f "$no_start"; fi
   else
     echo "the tests need ${missing[*]}: sudo apt-get install ${missing[*]}" >&2

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -44,6 +44,8 @@ class Partner:
     reader_token: str
     edge: Proc
     token_url: str
+    #: Each process's ops listener (/healthz, /readyz, /metrics), by process.
+    ops: dict[str, str] = field(default_factory=dict)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> httpx2.Response:
         response: httpx2.Response = self.oauth.post(f"{self.api}{path}", json=body or {})
@@ -85,10 +87,14 @@ def _marked(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
     return dict(marker.kwargs) if marker else {}
 
 
-def _start_stack(inst: Installation, request: pytest.FixtureRequest) -> tuple[str, str, Proc]:
-    """Auth, gateway, webhooks, ingest (each with its own database login) and one edge
-    agent; (issuer, API URL, the edge) once both servers listen."""
+def _start_stack(
+    inst: Installation, request: pytest.FixtureRequest
+) -> tuple[str, str, Proc, dict[str, str]]:
+    """Auth, gateway, webhooks, ingest (each with its own database login and its own ops
+    listener) and one edge agent; (issuer, API URL, the edge, the ops listeners' URLs)
+    once both servers listen."""
     auth_port, api_port = free_port(), free_port()
+    ops = {name: f"127.0.0.1:{free_port()}" for name in ("auth", "gateway", "webhooks", "ingest")}
     issuer = f"http://127.0.0.1:{auth_port}"
     common = {
         "issuer": issuer,
@@ -106,18 +112,33 @@ def _start_stack(inst: Installation, request: pytest.FixtureRequest) -> tuple[st
         service: roles.create_login(inst.database, f"t{tag}_{service}", service)
         for service in ("auth", "gateway", "webhooks", "ingest")
     }
-    auth = Proc("auth", ["auth"], inst.env(**common, database_url=login["auth"]), inst.tmp)
+    auth = Proc(
+        "auth",
+        ["auth"],
+        inst.env(**common, database_url=login["auth"], ops_bind=ops["auth"]),
+        inst.tmp,
+    )
     auth.start()
     gateway = Proc(
         "gateway",
         ["gateway"],
-        inst.env(**common, database_url=login["gateway"], gateway_deliver_webhooks="false"),
+        inst.env(
+            **common,
+            database_url=login["gateway"],
+            gateway_deliver_webhooks="false",
+            ops_bind=ops["gateway"],
+        ),
         inst.tmp,
     ).start()
     Proc(
-        "webhooks", ["webhooks"], inst.env(**common, database_url=login["webhooks"]), inst.tmp
+        "webhooks",
+        ["webhooks"],
+        inst.env(**common, database_url=login["webhooks"], ops_bind=ops["webhooks"]),
+        inst.tmp,
     ).start()
-    inst.ingest(**_marked(request, "ingest"), database_url=login["ingest"]).start()
+    inst.ingest(
+        **_marked(request, "ingest"), database_url=login["ingest"], ops_bind=ops["ingest"]
+    ).start()
     edge_settings: dict[str, Any] = {
         "sample_interval_s": 1,
         "sim_autoplay": "false",
@@ -127,7 +148,7 @@ def _start_stack(inst: Installation, request: pytest.FixtureRequest) -> tuple[st
     edge = inst.edge(inst.controllers[0], minutes=None, **edge_settings).start()
     wait_port(auth_port, proc=auth)
     wait_port(api_port, proc=gateway)
-    return issuer, f"http://127.0.0.1:{api_port}", edge
+    return issuer, f"http://127.0.0.1:{api_port}", edge, {k: f"http://{v}" for k, v in ops.items()}
 
 
 def _registered(database: str, name: str) -> tuple[Receiver, NewClient]:
@@ -144,7 +165,7 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
     inst.time_scale = SCALE
     receiver, client = _registered(inst.database, "WeCharge")
     reader = add_client(inst.database, "Reports", ["charges:read"])
-    issuer, api, edge = _start_stack(inst, request)
+    issuer, api, edge, ops = _start_stack(inst, request)
     oauth = OAuth2Client(
         client.client_id, client.client_secret, token_endpoint=f"{issuer}/oauth2/token"
     )
@@ -158,7 +179,7 @@ def partner(installation: Installation, request: pytest.FixtureRequest) -> Itera
         timeout=30,
         what="the controller online",
     )
-    yield Partner(api, oauth, client, receiver, reader_token, edge, f"{issuer}/oauth2/token")
+    yield Partner(api, oauth, client, receiver, reader_token, edge, f"{issuer}/oauth2/token", ops)
     oauth.close()
     receiver.stop()
 

@@ -5,7 +5,10 @@ here with the Prometheus project's own parser."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -16,7 +19,8 @@ from kernel.settings import MqttUrl
 from schemas.codec import encode
 from schemas.messages import MeterBatch, MeterFrame, OutletReading
 from schemas.topics import Topics
-from tests.conftest import Installation
+from tests.conftest import Broker, Installation
+from tests.partners import Partner
 from tests.procs import free_port, wait_for
 
 pytestmark = pytest.mark.processes
@@ -34,6 +38,18 @@ def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
+
+
+def lint(url: str) -> None:
+    """Prometheus's own check of metric names, types and help (``promtool check metrics``,
+    from Debian's prometheus package, which scripts/test installs)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus"
+    text = httpx2.get(f"{url}/metrics").text
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
 
 
 def ready(url: str) -> httpx2.Response:
@@ -96,6 +112,7 @@ def test_ingest_is_ready_and_counts_what_it_stores_and_refuses(
         writes = after["chargeline_ingest_database_write_seconds_count"][()]
         assert writes >= 1 and after["chargeline_ingest_database_writes_total"][()] == writes
         assert after["chargeline_ingest_lag_seconds"][()] >= 0
+        lint(url)
     finally:
         proc.stop()
 
@@ -113,3 +130,94 @@ def test_ingest_without_its_broker_is_alive_but_not_ready(installation: Installa
         assert scrape(url)["chargeline_mqtt_connected"][()] == 0
     finally:
         proc.stop()
+
+
+def test_the_partner_stack_reports_commands_tokens_and_webhooks(
+    partner: Partner, installation: Installation
+) -> None:
+    """Every process of the stack is ready and alive on its ops listener; a start and a
+    stop show in the gateway's command counters and start times, the tokens in the
+    authorization server's, the webhooks in the deliverer's. The public ports answer
+    health and readiness too (for a load balancer); metrics stay off them."""
+    for name, url in partner.ops.items():
+        wait_for(
+            lambda url=url: status_of(f"{url}/readyz") == 200, timeout=30, what=f"{name} ready"
+        )
+        assert httpx2.get(f"{url}/healthz").json() == {"status": "alive", "process": name}
+    checks = {name: ready(url).json()["checks"] for name, url in partner.ops.items()}
+    assert checks == {
+        "auth": {"database": True},
+        "gateway": {"database": True, "mqtt": True},
+        "webhooks": {"database": True},
+        "ingest": {"mqtt": True, "database": True},
+    }
+    assert ready(partner.api).json()["status"] == "ready"
+    assert httpx2.get(f"{partner.api}/metrics").status_code == 404
+
+    outlet = f"{installation.controllers[0]}-3"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "ops-1"})
+    assert started.status_code == 201, started.text
+    assert partner.post("/v1/charges/ops-1/stop").status_code == 200
+    wait_for(
+        lambda: "charge.stopped" in [w["type"] for w in partner.webhooks("ops-1")],
+        timeout=30,
+        what="the charge.stopped webhook",
+    )
+
+    gateway = scrape(partner.ops["gateway"])
+    commands = gateway["chargeline_commands_total"]
+    assert commands[(("outcome", "applied"), ("state", "on"))] == 1
+    assert commands[(("outcome", "applied"), ("state", "off"))] == 1
+    assert sum(commands.values()) == 2
+    assert gateway["chargeline_api_start_seconds_count"][()] == 1
+    assert gateway["chargeline_command_answer_seconds_count"][(("state", "on"),)] == 1
+    assert gateway["chargeline_mqtt_connected"][()] == 1
+
+    wrong = httpx2.post(
+        partner.token_url,
+        data={"grant_type": "client_credentials"},
+        auth=(partner.client.client_id, "not-the-secret"),
+    )
+    assert wrong.status_code == 401
+    auth = scrape(partner.ops["auth"])
+    assert auth["chargeline_tokens_issued_total"][()] >= 2  # the partner's and the reader's
+    refused = auth["chargeline_token_requests_refused_total"]
+    assert refused[(("error", "invalid_client"),)] == 1 and sum(refused.values()) == 1
+
+    def delivered() -> float | None:
+        deliveries = scrape(partner.ops["webhooks"])["chargeline_webhook_deliveries_total"]
+        count = deliveries[(("outcome", "delivered"),)]
+        return count if count >= 3 else None  # started, current rise or not, stopped
+
+    assert wait_for(delivered, timeout=30, what="the deliveries counted") >= 3
+    ingest = scrape(partner.ops["ingest"])
+    assert ingest["chargeline_ingest_readings_stored_total"][()] > 0
+    for url in partner.ops.values():
+        lint(url)
+
+
+def test_the_broker_counts_its_connections_and_refusals(tmp_path: Path) -> None:
+    ops = f"127.0.0.1:{free_port()}"
+    url = f"http://{ops}"
+    broker = Broker(tmp_path)
+    broker.proc.env["CHARGELINE_OPS_BIND"] = ops
+    broker.start()
+    wait_for(lambda: status_of(f"{url}/readyz") == 200, timeout=30, what="broker ready")
+    assert ready(url).json()["checks"] == {"accepting": True}
+    idle = scrape(url)["chargeline_broker_connections"][()]
+
+    async def hold() -> float:
+        async with mqtt.client(MqttUrl(broker.url), identifier="ops-held"):
+            return scrape(url)["chargeline_broker_connections"][()]
+
+    assert asyncio.run(hold()) == idle + 1
+    refusals = scrape(url)["chargeline_broker_refusals_total"]
+    assert {labels[0][1] for labels in refusals} == {
+        "connect",
+        "publish",
+        "subscribe",
+        "receive",
+        "capped",
+    }
+    lint(url)
+    broker.proc.stop()

@@ -31,6 +31,11 @@ from schemas.messages import DesiredState
 
 
 async def start(request: Request) -> Response:
+    with context.of(request).start_seconds.time():
+        return await _start(request)
+
+
+async def _start(request: Request) -> Response:
     gateway = context.of(request)
     caller = await gateway.authorize(request, "charges:write")
     raw = await inputs.body(request, gateway.settings.max_body_bytes)
