@@ -41,7 +41,7 @@ from broker.access import RegistryAccess
 from broker.connections import Connections
 from broker.delivery import BroadcastLanes, Delivery, Subscriptions
 from broker.settings import BrokerSettings
-from kernel import ops
+from kernel import ops, systemd
 from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
 from kernel.logsafe import Summarised
 from kernel.ops import Probe
@@ -176,6 +176,7 @@ async def serve(settings: BrokerSettings, database_url: str | None) -> None:
     async with (
         EmbeddedBroker(settings, database_url) as embedded,
         ops.served(settings.ops_bind, probe(embedded)),
+        systemd.service(),
     ):
         await asyncio.Event().wait()
 

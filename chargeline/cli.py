@@ -200,7 +200,7 @@ def _webhooks() -> int:
     this process has the database role that may read webhook secrets."""
     from cloud_gateway.probe import webhooks_probe
     from cloud_gateway.webhooks import Deliverer
-    from kernel import ops
+    from kernel import ops, systemd
 
     gateway = settings.load(GatewaySettings)
     url = prepare_database(settings.load(IngestSettings))
@@ -213,7 +213,10 @@ def _webhooks() -> int:
 
     async def deliver() -> None:
         try:
-            async with ops.served(gateway.ops_bind, webhooks_probe(url, deliverer)):
+            async with (
+                ops.served(gateway.ops_bind, webhooks_probe(url, deliverer)),
+                systemd.service(),
+            ):
                 await deliverer.run()
         finally:
             await deliverer.aclose()

@@ -9,7 +9,7 @@ from edge_agent.clock import ScaledClock
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
-from kernel import logformat
+from kernel import logformat, systemd
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ async def run_ingest(settings: IngestSettings, url: str) -> None:
     async with (
         Ingest(settings, database_url=url) as ingest,
         ops.served(settings.ops_bind, probe(ingest)),
+        systemd.service(),
     ):
         await ingest.run()
 
@@ -46,7 +47,8 @@ def simulated_agent(settings: EdgeSettings, *, arrivals: bool = True) -> EdgeAge
 
 async def run_edge(settings: EdgeSettings) -> None:
     logformat.bind(controller_id=settings.controller_id)  # on every line this process logs
-    await run_agent(simulated_agent(settings))
+    async with systemd.service():
+        await run_agent(simulated_agent(settings))
 
 
 async def run_agent(agent: EdgeAgent) -> None:

@@ -32,7 +32,7 @@ from cloud_gateway.probe import gateway_probe
 from cloud_gateway.request_ids import RequestIds
 from cloud_gateway.resources import charges, outlets, sites, usage
 from cloud_gateway.settings import GatewaySettings
-from kernel import ops
+from kernel import ops, systemd
 
 
 def create_app(
@@ -57,6 +57,10 @@ def create_app(
         ):
             started["gateway"] = gateway
             loops = background.start(tasks, gateway)
+            # READY=1 once uvicorn listens, which it does after this startup returns.
+            loops.append(
+                tasks.create_task(systemd.announce(lambda: systemd.listening(settings.api_bind)))
+            )
             try:
                 yield {"gateway": gateway}
             finally:

@@ -49,7 +49,7 @@ from cloud_gateway.probe import auth_probe
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from cloud_gateway.request_ids import RequestIds
 from cloud_gateway.settings import GatewaySettings
-from kernel import ops
+from kernel import ops, systemd
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +315,15 @@ def create_app(settings: GatewaySettings, database_url: str) -> Starlette:
             ops.served(settings.ops_bind, health),
         ):
             watcher = tasks.create_task(_watch_clients(database_url, server))
+            # READY=1 once uvicorn listens, which it does after this startup returns.
+            announcer = tasks.create_task(
+                systemd.announce(lambda: systemd.listening(settings.auth_bind))
+            )
             try:
                 yield
             finally:
                 watcher.cancel()
+                announcer.cancel()
 
     return Starlette(
         routes=[
