@@ -140,5 +140,8 @@ async def expire_starts(gateway: Gateway) -> None:
                     issued_at=now,
                     issued_by="chargeline",
                 )
+            gateway.starts_failed[
+                "controller_offline" if start.controller_offline else "timed_out"
+            ] += 1
             log.warning("charge %s: no answer from the breaker; cancelled", start.charge_id)
             await gateway.publish(cancel)

@@ -104,6 +104,8 @@ class Gateway:
         #: Commands by (desired state, outcome: the edge's, or ``no_answer`` within the
         #: wait) and the edge's answer times, for the metrics (cloud_gateway.probe).
         self.commands: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: Starts failed and cancelled by ``background.expire_starts``, by why.
+        self.starts_failed: collections.Counter[str] = collections.Counter()
         self.answer_seconds = Histogram(
             "chargeline_command_answer_seconds",
             "time from publishing a desired state to the edge's acknowledgement",

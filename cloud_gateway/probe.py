@@ -68,6 +68,15 @@ class _GatewayMetrics(Collector):
             for outcome in outcomes:
                 commands.add_metric([state, outcome], gateway.commands[state, outcome])
         yield commands
+        failed = CounterMetricFamily(
+            "chargeline_starts_failed",
+            "starts the breaker never answered, failed and cancelled with an OFF: timed_out"
+            " (start_timeout_s) or controller_offline",
+            labels=["reason"],
+        )
+        for reason in ("timed_out", "controller_offline"):
+            failed.add_metric([reason], gateway.starts_failed[reason])
+        yield failed
         yield GaugeMetricFamily(
             "chargeline_mqtt_connected",
             "1 while the MQTT link is up",

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from ingest.triage import Refusal
 from ingest.worker import Ingest
 from kernel.ops import Probe
+from schemas.messages import EdgeEventKind
 
 
 def probe(worker: Ingest) -> Probe:
@@ -59,6 +60,29 @@ class _Metrics(Collector):
         for kind in Refusal:
             refused.add_metric([kind.value], c.refused[kind])
         yield refused
+        events = CounterMetricFamily(
+            "chargeline_ingest_edge_events",
+            "edge events stored, by kind (breaker_failed and overcurrent_trip are alarms)",
+            labels=["kind"],
+        )
+        for event_kind in EdgeEventKind:
+            events.add_metric([event_kind.value], c.events[event_kind])
+        yield events
+        fleet = worker.fleet
+        if fleet is not None:
+            controllers = GaugeMetricFamily(
+                "chargeline_controllers",
+                "registered controllers by presence (offline: also never heard from)",
+                labels=["state"],
+            )
+            controllers.add_metric(["online"], fleet.online)
+            controllers.add_metric(["offline"], fleet.offline)
+            yield controllers
+            yield GaugeMetricFamily(
+                "chargeline_meter_batches_missing",
+                "meter batches missing between those stored, over the whole fleet (meter_seq_gaps)",
+                value=fleet.missing_batches,
+            )
         yield GaugeMetricFamily(
             "chargeline_ingest_lag_seconds",
             "how long the oldest message not yet committed has waited",

@@ -32,6 +32,12 @@ class IngestSettings(CommonSettings):
         default=20_000, ge=10, description="messages held in memory; beyond it reading stops"
     )
     registry_refresh_s: float = Field(default=10.0, gt=0)
+    fleet_refresh_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="how often the metrics' fleet figures (controllers online, batches missing)"
+        " are read from the database",
+    )
     silence_timeout_s: float = Field(
         default=150.0,
         gt=0,

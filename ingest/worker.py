@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import psycopg
 from prometheus_client import Histogram
@@ -58,6 +58,24 @@ SUBSCRIBED = (
 )
 
 
+class Fleet(NamedTuple):
+    online: int
+    offline: int
+    gaps: int
+    missing_batches: int
+
+
+#: The fleet's figures for the metrics (controllers registered, by presence; batches
+#: missing between those stored, from the ranges kept by migration 0024).
+_FLEET = """
+SELECT count(*) FILTER (WHERE s.online),
+       count(*) FILTER (WHERE s.online IS NOT TRUE),
+       (SELECT count(*) FROM meter_seq_gap_ranges),
+       (SELECT coalesce(sum(missing_to - missing_from + 1), 0) FROM meter_seq_gap_ranges)
+FROM controllers c LEFT JOIN controller_status s USING (controller_id)
+"""
+
+
 class Counters:
     def __init__(self) -> None:
         self.messages = 0
@@ -67,8 +85,9 @@ class Counters:
         self.writes = 0
         self.write_failures = 0
         self.acks = 0
-        #: Dead letters by kind (``Refusal``), for the metrics.
+        #: Dead letters by kind (``Refusal``) and edge events by kind, for the metrics.
         self.refused: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
@@ -104,6 +123,9 @@ class Ingest:
         self._writing_since: float | None = None
         #: The last database write (or connection) succeeded: readiness.
         self.database_ok = False
+        #: The fleet as the database sees it, refreshed by ``_fleet_forever`` (None until
+        #: first read): controllers online and offline, gap ranges, batches missing.
+        self.fleet: Fleet | None = None
         #: Seconds per database write (both transactions), for the metrics.
         self.write_seconds = Histogram(
             "chargeline_ingest_database_write_seconds",
@@ -147,6 +169,7 @@ class Ingest:
             tasks.create_task(self._registry_forever(), name="ingest-registry")
             tasks.create_task(self._report_forever(), name="ingest-report")
             tasks.create_task(self._silence_forever(), name="ingest-silence")
+            tasks.create_task(self._fleet_forever(), name="ingest-fleet")
 
     # --- receive -----------------------------------------------------------------------
     async def _receive_forever(self) -> None:
@@ -247,6 +270,8 @@ class Ingest:
         c.readings += len(batch.outlet_rows)
         c.batches += len(batch.batch_rows)
         c.dead_letters += len(batch.dead_letters)
+        for event in batch.events:
+            c.events[event.kind] += 1
         for letter in batch.dead_letters:
             c.refused[letter.kind] += 1
             log.warning(
@@ -373,6 +398,19 @@ class Ingest:
                     log.warning("%s: not heard from for %g s; offline", cid, timeout)
 
         await self._connected_forever("silence check", check, every)
+
+    async def _fleet_forever(self) -> None:
+        """Read the fleet's state for the metrics every ``fleet_refresh_s``."""
+        every = self.settings.fleet_refresh_s
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> None:
+            while True:
+                row = await (await conn.execute(_FLEET)).fetchone()
+                assert row is not None
+                self.fleet = Fleet(*row)
+                await asyncio.sleep(every)
+
+        await self._connected_forever("fleet figures", read, every)
 
     async def _report_forever(self) -> None:
         while True:

@@ -78,7 +78,7 @@ def test_ingest_is_ready_and_counts_what_it_stores_and_refuses(
 ) -> None:
     ops = f"127.0.0.1:{free_port()}"
     url = f"http://{ops}"
-    proc = installation.ingest(ops_bind=ops).start()
+    proc = installation.ingest(ops_bind=ops, fleet_refresh_s=0.5).start()
     try:
         wait_for(lambda: status_of(f"{url}/readyz") == 200, timeout=30, what="ingest ready")
         assert ready(url).json()["checks"] == {"mqtt": True, "database": True}
@@ -96,15 +96,27 @@ def test_ingest_is_ready_and_counts_what_it_stores_and_refuses(
             outlets=tuple(OutletReading(n, 100.0 + n, 230.0, 0.0, False) for n in (1, 2, 3)),
         )
         good = encode(MeterBatch(controller_id=cid, seq=1, frames=(frame,)))
-        publish(installation.mqtt_url, [(topics.meter(cid), good), (topics.meter(cid), b"\xc1")])
+        later = frame._replace(minute=minute + 120)
+        after_gap = encode(MeterBatch(controller_id=cid, seq=3, frames=(later,)))
+        publish(
+            installation.mqtt_url,
+            [
+                (topics.meter(cid), good),
+                (topics.meter(cid), b"\xc1"),
+                (topics.meter(cid), after_gap),
+            ],
+        )
 
         def counted() -> dict[str, dict[tuple[tuple[str, str], ...], float]] | None:
             now = scrape(url)
-            return now if now["chargeline_ingest_messages_received_total"][()] >= 2 else None
+            done = now["chargeline_ingest_messages_received_total"][()] >= 3
+            return now if done and now["chargeline_meter_batches_missing"][()] == 1 else None
 
         after = wait_for(counted, timeout=30, what="both messages counted")
-        assert after["chargeline_ingest_readings_stored_total"][()] == 3
-        assert after["chargeline_ingest_batches_stored_total"][()] == 1
+        assert after["chargeline_ingest_readings_stored_total"][()] == 6
+        assert after["chargeline_ingest_batches_stored_total"][()] == 2
+        controllers = after["chargeline_controllers"]
+        assert controllers[(("state", "online"),)] + controllers[(("state", "offline"),)] == 3
         dead = after["chargeline_ingest_dead_letters_total"]
         assert dead[(("reason", "undecodable"),)] == 1
         assert sum(dead.values()) == 1  # every kind is exported, the others at 0
@@ -190,8 +202,11 @@ def test_the_partner_stack_reports_commands_tokens_and_webhooks(
         return count if count >= 3 else None  # started, current rise or not, stopped
 
     assert wait_for(delivered, timeout=30, what="the deliveries counted") >= 3
-    ingest = scrape(partner.ops["ingest"])
-    assert ingest["chargeline_ingest_readings_stored_total"][()] > 0
+    wait_for(  # the edge's minutes (one a second here) reach ingest's counters
+        lambda: scrape(partner.ops["ingest"])["chargeline_ingest_readings_stored_total"][()] > 0,
+        timeout=30,
+        what="readings counted",
+    )
     for url in partner.ops.values():
         lint(url)
 
