@@ -22,6 +22,7 @@ from schemas.topics import Topics
 from tests.conftest import Broker, Installation
 from tests.partners import Partner
 from tests.procs import free_port, wait_for
+from tests.test_deploy_monitoring import named_metrics
 
 pytestmark = pytest.mark.processes
 
@@ -145,7 +146,7 @@ def test_ingest_without_its_broker_is_alive_but_not_ready(installation: Installa
 
 
 def test_the_partner_stack_reports_commands_tokens_and_webhooks(
-    partner: Partner, installation: Installation
+    partner: Partner, installation: Installation, tmp_path: Path
 ) -> None:
     """Every process of the stack is ready and alive on its ops listener; a start and a
     stop show in the gateway's command counters and start times, the tokens in the
@@ -209,6 +210,20 @@ def test_the_partner_stack_reports_commands_tokens_and_webhooks(
     )
     for url in partner.ops.values():
         lint(url)
+
+    # Every metric the alarms and the dashboard name (deploy/prometheus, deploy/grafana)
+    # is one these processes and a broker serve.
+    served = {name for url in partner.ops.values() for name in scrape(url)}
+    broker_ops = f"127.0.0.1:{free_port()}"
+    broker = Broker(tmp_path)
+    broker.proc.env["CHARGELINE_OPS_BIND"] = broker_ops
+    broker.start()
+    try:
+        wait_for(lambda: status_of(f"http://{broker_ops}/readyz") == 200, timeout=30, what="broker")
+        served |= set(scrape(f"http://{broker_ops}"))
+    finally:
+        broker.proc.stop()
+    assert named_metrics() <= served, named_metrics() - served
 
 
 def test_the_broker_counts_its_connections_and_refusals(tmp_path: Path) -> None:
