@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from schemas.errors import ChargelineError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,8 @@ class _Metrics:
 @contextlib.asynccontextmanager
 async def served(bind: str | None, probe: Probe) -> AsyncIterator[None]:
     """Serve ``app(probe)`` on ``bind`` (host:port) while the block runs; nothing when
-    ``bind`` is None. A port already taken is an error at start, not a silent gap."""
+    ``bind`` is None. A port already taken is an error at start (``OpsBindError``), not a
+    silent gap in the monitoring."""
     if bind is None:
         yield
         return
@@ -117,25 +121,24 @@ async def served(bind: str | None, probe: Probe) -> AsyncIterator[None]:
             yield  # the process's own handlers stop it (kernel.runner), not this listener's
 
     host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    try:  # bound here, so that a port in use is one clear error, not uvicorn's exit
+        listener = socket.create_server((host, int(port)), reuse_port=False)
+    except OSError as exc:
+        raise OpsBindError(f"ops_bind {bind}: {exc.strerror or exc}") from None
     config = uvicorn.Config(
-        app(probe),
-        host=host or "127.0.0.1",
-        port=int(port),
-        log_level="warning",
-        access_log=False,
-        log_config=None,
-        lifespan="off",
+        app(probe), log_level="warning", access_log=False, log_config=None, lifespan="off"
     )
     server = Server(config)
-    task = asyncio.create_task(server.serve(), name="ops")
-    while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn has no started event
-        await asyncio.sleep(0.01)
-    if task.done():
-        task.result()  # the bind failed: raise why
-        raise OSError(f"the ops listener on {bind} stopped at once")
+    task = asyncio.create_task(server.serve(sockets=[listener]), name="ops")
     log.info("health, readiness and metrics on http://%s/", bind)
     try:
         yield
     finally:
         server.should_exit = True
         await task
+        listener.close()
+
+
+class OpsBindError(ChargelineError):
+    """The ops listener's address cannot be used (taken, or not this host's)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -251,3 +252,15 @@ def test_the_broker_counts_its_connections_and_refusals(tmp_path: Path) -> None:
     }
     lint(url)
     broker.proc.stop()
+
+
+def test_a_taken_ops_port_stops_the_process_with_one_clear_line(
+    installation: Installation,
+) -> None:
+    """A monitoring port already in use is a mistake to fix, not a gap to discover later."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = installation.ingest(ops_bind=f"127.0.0.1:{port}").start()
+        assert proc.wait(60) == 1
+    assert f"chargeline: ops_bind 127.0.0.1:{port}: Address already in use" in proc.log()
+    assert "Traceback" not in proc.log()
