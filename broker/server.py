@@ -44,7 +44,7 @@ from broker.settings import BrokerSettings
 from kernel import ops, systemd
 from kernel.limits import ConnectionBudget, connection_cap, raise_file_limit
 from kernel.logsafe import Summarised
-from kernel.ops import Probe
+from kernel.ops import Probe, by_label
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +205,15 @@ class _BrokerMetrics(Collector):
         yield GaugeMetricFamily(
             "chargeline_broker_connections", "open client connections", value=broker.budget.open
         )
-        refusals = CounterMetricFamily(
+        counted = broker.refusals
+        yield by_label(
+            CounterMetricFamily,
             "chargeline_broker_refusals",
             "refused by kind: connect (credentials), publish, subscribe, receive (the access"
             " policy), capped (a connection cap)",
-            labels=["kind"],
+            "kind",
+            {
+                **{k: counted.get(k, 0) for k in ("connect", "publish", "subscribe", "receive")},
+                "capped": broker.connections_capped,
+            },
         )
-        counted = broker.refusals
-        for kind in ("connect", "publish", "subscribe", "receive"):
-            refusals.add_metric([kind], counted.get(kind, 0))
-        refusals.add_metric(["capped"], broker.connections_capped)
-        yield refusals

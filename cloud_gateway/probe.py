@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from cloud_gateway.context import Gateway
 from cloud_gateway.webhooks import Deliverer
-from kernel.ops import Check, Probe
+from kernel.ops import Check, Probe, by_label
 from schemas.messages import CommandOutcome
 
 
@@ -68,15 +68,14 @@ class _GatewayMetrics(Collector):
             for outcome in outcomes:
                 commands.add_metric([state, outcome], gateway.commands[state, outcome])
         yield commands
-        failed = CounterMetricFamily(
+        yield by_label(
+            CounterMetricFamily,
             "chargeline_starts_failed",
             "starts the breaker never answered, failed and cancelled with an OFF: timed_out"
             " (start_timeout_s) or controller_offline",
-            labels=["reason"],
+            "reason",
+            {r: gateway.starts_failed[r] for r in ("timed_out", "controller_offline")},
         )
-        for reason in ("timed_out", "controller_offline"):
-            failed.add_metric([reason], gateway.starts_failed[reason])
-        yield failed
         yield GaugeMetricFamily(
             "chargeline_mqtt_connected",
             "1 while the MQTT link is up",
@@ -89,15 +88,17 @@ class _GatewayMetrics(Collector):
 
 
 def deliverer_metrics(deliverer: Deliverer) -> Iterator[Metric]:
-    deliveries = CounterMetricFamily(
+    yield by_label(
+        CounterMetricFamily,
         "chargeline_webhook_deliveries",
         "webhook posts by outcome (failed: retried later; gave_up: after 72 h of failures)",
-        labels=["outcome"],
+        "outcome",
+        {
+            "delivered": deliverer.delivered,
+            "failed": deliverer.failed_attempts,
+            "gave_up": deliverer.given_up,
+        },
     )
-    deliveries.add_metric(["delivered"], deliverer.delivered)
-    deliveries.add_metric(["failed"], deliverer.failed_attempts)
-    deliveries.add_metric(["gave_up"], deliverer.given_up)
-    yield deliveries
     yield GaugeMetricFamily(
         "chargeline_webhook_events_in_flight",
         "webhook events being posted now",
@@ -152,11 +153,10 @@ class _TokenMetrics(Collector):
         yield CounterMetricFamily(
             "chargeline_tokens_issued", "access tokens issued", value=self.answers["issued"]
         )
-        refused = CounterMetricFamily(
+        yield by_label(
+            CounterMetricFamily,
             "chargeline_token_requests_refused",
             "token requests answered with an error, by its OAuth2 code (RFC 6749 5.2)",
-            labels=["error"],
+            "error",
+            {error: self.answers[error] for error in self.errors},
         )
-        for error in self.errors:
-            refused.add_metric([error], self.answers[error])
-        yield refused

@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from ingest.triage import Refusal
 from ingest.worker import Ingest
-from kernel.ops import Probe
+from kernel.ops import Probe, by_label
 from schemas.messages import EdgeEventKind
 
 
@@ -52,32 +52,29 @@ class _Metrics(Collector):
         )
         for name, documentation, value in counters:
             yield CounterMetricFamily(f"chargeline_ingest_{name}", documentation, value=value)
-        refused = CounterMetricFamily(
+        yield by_label(
+            CounterMetricFamily,
             "chargeline_ingest_dead_letters",
             "messages kept as dead letters instead of stored, by kind of refusal",
-            labels=["reason"],
+            "reason",
+            {kind.value: c.refused[kind] for kind in Refusal},
         )
-        for kind in Refusal:
-            refused.add_metric([kind.value], c.refused[kind])
-        yield refused
-        events = CounterMetricFamily(
+        yield by_label(
+            CounterMetricFamily,
             "chargeline_ingest_edge_events",
             "edge events stored, by kind (breaker_failed and overcurrent_trip are alarms)",
-            labels=["kind"],
+            "kind",
+            {kind.value: c.events[kind] for kind in EdgeEventKind},
         )
-        for event_kind in EdgeEventKind:
-            events.add_metric([event_kind.value], c.events[event_kind])
-        yield events
         fleet = worker.fleet
         if fleet is not None:
-            controllers = GaugeMetricFamily(
+            yield by_label(
+                GaugeMetricFamily,
                 "chargeline_controllers",
                 "registered controllers by presence (offline: also never heard from)",
-                labels=["state"],
+                "state",
+                {"online": fleet.online, "offline": fleet.offline},
             )
-            controllers.add_metric(["online"], fleet.online)
-            controllers.add_metric(["offline"], fleet.offline)
-            yield controllers
             yield GaugeMetricFamily(
                 "chargeline_meter_batches_missing",
                 "meter batches missing between those stored, over the whole fleet (meter_seq_gaps)",

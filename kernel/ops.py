@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -138,6 +139,21 @@ async def served(bind: str | None, probe: Probe) -> AsyncIterator[None]:
         server.should_exit = True
         await task
         listener.close()
+
+
+def by_label(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    label: str,
+    values: Mapping[str, float],
+) -> Metric:
+    """A counter or gauge family with one sample per value of ``label``: every value in
+    ``values`` is exported, those at 0 too, so a series exists before its first event."""
+    family = kind(name, documentation, labels=[label])
+    for value, count in values.items():
+        family.add_metric([value], count)
+    return family
 
 
 class OpsBindError(ChargelineError):

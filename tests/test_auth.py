@@ -78,22 +78,32 @@ class AuthServer:
         return asyncio.run(run())
 
 
+def auth_env(database: str, tmp_path: Path, port: int, **settings: str) -> dict[str, str]:
+    """An authorization server's environment on ``port``, with ``settings`` beside."""
+    return {
+        "CHARGELINE_DATABASE_URL": database,
+        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
+        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
+        "CHARGELINE_ISSUER": f"http://127.0.0.1:{port}",
+        **{f"CHARGELINE_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
 @pytest.fixture
 def auth(database: str, tmp_path: Path) -> Iterator[AuthServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     writer = add_client(database, "WeCharge", ["charges:write", "charges:read"], "http://x/hook")
     reader = add_client(database, "Reports", ["charges:read"])
-    env = {
-        "CHARGELINE_DATABASE_URL": database,
-        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
-        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
-        "CHARGELINE_ISSUER": url,
-        "CHARGELINE_TOKEN_RATE_PER_S": "5",
-        "CHARGELINE_TOKEN_BURST": "10",
-        "CHARGELINE_TOKEN_SOURCE_RATE_PER_S": "2",
-        "CHARGELINE_TOKEN_SOURCE_BURST": "20",
-    }
+    env = auth_env(
+        database,
+        tmp_path,
+        port,
+        token_rate_per_s="5",
+        token_burst="10",
+        token_source_rate_per_s="2",
+        token_source_burst="20",
+    )
     proc = Proc("auth", ["auth"], env, tmp_path).start()
     wait_port(port, proc=proc)
     yield AuthServer(url, database, tmp_path / "data", writer, reader)
@@ -437,14 +447,7 @@ def test_json_logs_carry_the_request_id_the_caller_sent_and_the_client(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     partner = add_client(database, "Logged", ["charges:read"])
-    env = {
-        "CHARGELINE_DATABASE_URL": database,
-        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
-        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
-        "CHARGELINE_ISSUER": url,
-        "CHARGELINE_LOG_FORMAT": "json",
-        "CHARGELINE_LOG_LEVEL": "INFO",
-    }
+    env = auth_env(database, tmp_path, port, log_format="json", log_level="INFO")
     proc = Proc("auth-json", ["auth"], env, tmp_path).start()
     try:
         wait_port(port, proc=proc)

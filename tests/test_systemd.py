@@ -14,6 +14,7 @@ import pytest
 
 from kernel import systemd
 from tests.procs import Proc, free_port
+from tests.test_auth import auth_env
 
 
 @pytest.fixture
@@ -64,13 +65,7 @@ def test_an_http_server_is_ready_only_once_it_listens(
 ) -> None:
     sock, path = notify_socket
     port = free_port()
-    env = {
-        "NOTIFY_SOCKET": path,
-        "CHARGELINE_DATABASE_URL": database,
-        "CHARGELINE_DATA_DIR": str(tmp_path / "data"),
-        "CHARGELINE_AUTH_BIND": f"127.0.0.1:{port}",
-        "CHARGELINE_ISSUER": f"http://127.0.0.1:{port}",
-    }
+    env = {"NOTIFY_SOCKET": path, **auth_env(database, tmp_path, port)}
     auth = Proc("auth", ["auth"], env, tmp_path).start()
     try:
         assert receive(sock, "READY=1")[-1] == "READY=1"
