@@ -143,5 +143,9 @@ async def expire_starts(gateway: Gateway) -> None:
             gateway.starts_failed[
                 "controller_offline" if start.controller_offline else "timed_out"
             ] += 1
-            log.warning("charge %s: no answer from the breaker; cancelled", start.charge_id)
+            log.warning(
+                "charge %s: no answer from the breaker; cancelled",
+                start.charge_id,
+                extra={"charge_id": start.charge_id, "controller_id": start.controller_id},
+            )
             await gateway.publish(cancel)

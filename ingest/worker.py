@@ -395,7 +395,12 @@ class Ingest:
                 async with conn.transaction():
                     silent = await status.fell_silent(conn, timeout_s=timeout)
                 for cid in silent:
-                    log.warning("%s: not heard from for %g s; offline", cid, timeout)
+                    log.warning(
+                        "%s: not heard from for %g s; offline",
+                        cid,
+                        timeout,
+                        extra={"controller_id": cid},
+                    )
 
         await self._connected_forever("silence check", check, every)
 
