@@ -43,7 +43,6 @@ async def _start(request: Request) -> Response:
         body = StartCharge.model_validate_json(raw)
     except ValidationError as exc:
         raise inputs.invalid(exc) from None
-    logformat.bind(charge_id=body.charge_id, outlet_id=body.outlet_id)
     now = gateway.settings.now()
     end_at = body.end_at.timestamp() if body.end_at else now + gateway.settings.max_charge_s
     digest = hashlib.sha256(
@@ -53,6 +52,7 @@ async def _start(request: Request) -> Response:
     ).digest()
     bad_end = _end_at_problem(gateway, end_at, now)
     charge_id = charges.internal_id(caller.client_id, body.charge_id)
+    logformat.bind(charge_id=charge_id, outlet_id=body.outlet_id)  # the charges table's key
     async with gateway.pool.connection() as conn:
         # The usual case is one round trip and the commit: the command and the charge
         # are written only if the outlet exists, its controller is online and the
@@ -215,9 +215,9 @@ async def stop(request: Request) -> Response:
 
 
 async def _own_charge(conn: Conn, caller: Caller, partner_charge_id: str) -> ChargeRow:
-    logformat.bind(charge_id=partner_charge_id)
     cur = await repository.select_own_charge(conn, caller.client_id, partner_charge_id)
     row = await cur.fetchone()
     if row is None:
         raise Problem("unknown-charge", "no such charge for this client")
+    logformat.bind(charge_id=row.charge_id, outlet_id=row.outlet_id)  # the charges table's key
     return row
