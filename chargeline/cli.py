@@ -77,6 +77,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     simple: dict[str, Callable[[], int]] = {
         "registry": lambda: _registry_import(args.file),
         "clients": lambda: _clients(args),
+        "operators": lambda: _operators(args),
         "keys": lambda: _keys(args),
         "webhooks": _webhooks,
         "charges": lambda: _charges(args),
@@ -266,6 +267,38 @@ def _keys(args: argparse.Namespace) -> int:
         role = "signing" if entry["kid"] == ring.signing.kid else "previous"
         print(f"{entry['kid']}  {role}")
     return 0
+
+
+def _operators(args: argparse.Namespace) -> int:
+    from cloud_gateway import operators
+
+    url = prepare_database(settings.load(IngestSettings))
+    if args.operators_command == "add":
+        operators.add_operator(url, args.name, args.role, _new_password())
+        print(f"operator {args.name} ({args.role}) added; they log in at /console/login")
+        return 0
+    if args.operators_command == "list":
+        for name, role, created, disabled in operators.list_operators(url):
+            state = f"disabled {disabled:%Y-%m-%d %H:%M}" if disabled else "enabled"
+            print(f"{name}  {role}  created {created:%Y-%m-%d %H:%M}  {state}")
+        return 0
+    operators.set_disabled(url, args.name, args.operators_command == "disable")
+    print(f"operator {args.name} {args.operators_command}d")
+    return 0
+
+
+def _new_password() -> str:
+    """Asked twice at a terminal; otherwise one line of standard input."""
+    import getpass
+
+    from schemas.errors import InputError
+
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise InputError("the two passwords differ")
+    return first
 
 
 def _clients_add(url: str, args: argparse.Namespace) -> int:

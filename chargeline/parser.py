@@ -47,6 +47,7 @@ def build() -> argparse.ArgumentParser:
     _db_parser(sub)
     _registry_parser(sub)
     _clients_parser(sub)
+    _operators_parser(sub)
     _keys_parser(sub)
     _charges_parser(sub)
     _demo_parser(sub)
@@ -202,6 +203,33 @@ def _clients_parser(sub: Sub) -> None:
         "remove", help="disable a client for good (its charges stay on record)"
     )
     remove.add_argument("client_id")
+
+
+def _operators_parser(sub: Sub) -> None:
+    """``chargeline operators …``: who may log in to the console."""
+    operators = sub.add_parser(
+        "operators",
+        help="operators of the console (/console on the gateway)",
+        **_help(IngestSettings),
+    )
+    operators_sub = operators.add_subparsers(dest="operators_command", required=True)
+    add = operators_sub.add_parser(
+        "add",
+        help="create an operator; the password is asked twice, or read from one line of"
+        " standard input when that is not a terminal (at least 12 characters)",
+    )
+    add.add_argument("name", help="lower-case letters, digits, '.', '_', '-'")
+    add.add_argument(
+        "--role",
+        choices=["admin", "viewer"],
+        required=True,
+        help="admin acts (stops charges, acknowledges alarms); viewer only looks",
+    )
+    operators_sub.add_parser("list", help="every operator: name, role, created, disabled")
+    disable = operators_sub.add_parser("disable", help="refuse an operator; their sessions end")
+    disable.add_argument("name")
+    enable = operators_sub.add_parser("enable", help="let a disabled operator back in")
+    enable.add_argument("name")
 
 
 def _keys_parser(sub: Sub) -> None:

@@ -23,9 +23,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from cloud_gateway import background, problems
+from cloud_gateway.console.pages import routes as console_routes
 from cloud_gateway.context import Gateway, State
 from cloud_gateway.openapi import document as openapi_document
 from cloud_gateway.probe import gateway_probe
@@ -83,6 +84,7 @@ def create_app(
             Route("/v1/usage", usage.month, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
             *ops.health_routes(health),
+            Mount("/console", routes=console_routes()),
         ],
         exception_handlers=problems.HANDLERS,
         middleware=[Middleware(RequestIds)],

@@ -1,0 +1,259 @@
+"""The console's routes (see the package docstring): login, logout, and the charges."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from charging import lifecycle
+from cloud_gateway import commands, context, operators
+from cloud_gateway.operators import Session
+from cloud_gateway.ratelimit import RateLimiter, retry_after
+from kernel import logformat
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+COOKIE = "chargeline_console"
+#: A session lasts a working day; logging out or disabling the operator ends it sooner.
+SESSION_S = 8 * 3600
+#: Login attempts per source address: a few a minute, a burst of five.
+_LOGINS = RateLimiter(0.1, 5)
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+STATES = [s.value for s in lifecycle.State]
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+Handler = Callable[[Request, Session], Awaitable[Response]]
+
+
+def routes() -> list[Route | Mount]:
+    return [
+        Route("/", home),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", _guarded(logout), methods=["POST"]),
+        Route("/charges", _page(charges_page)),
+        Route("/charges/rows", _page(charge_rows)),
+        Route("/charges/{charge_id}/stop", _guarded(stop, act=True), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+
+
+def _render(request: Request, name: str, status: int = 200, **values: Any) -> Response:
+    response = templates.TemplateResponse(request, name, values, status_code=status)
+    response.headers.update(_HEADERS)
+    return response
+
+
+async def _session(request: Request) -> Session | None:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        found = await operators.session(conn, request.cookies.get(COOKIE))
+    if found is not None:
+        logformat.bind(client_id=f"operator:{found.operator}")
+    return found
+
+
+def _to_login(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A page for any operator with a session; without one, the login page."""
+
+    async def page(request: Request) -> Response:
+        found = await _session(request)
+        if found is None:
+            return _to_login(request)
+        return await handler(request, found)
+
+    return page
+
+
+def _guarded(handler: Handler, *, act: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """A form post: a session, its CSRF token, and (``act``) the admin role."""
+
+    async def post(request: Request) -> Response:
+        found = await _session(request)
+        if found is None:
+            return _to_login(request)
+        form = await request.form()
+        if form.get("csrf_token") != found.csrf_token:
+            return _render(
+                request,
+                "refused.html",
+                403,
+                why="the form's token does not match your session: reload the page",
+            )
+        if act and not found.may_act:
+            return _render(
+                request,
+                "refused.html",
+                403,
+                why=f"{found.operator} may look but not act (role viewer)",
+            )
+        request.state.form = form
+        return await handler(request, found)
+
+    return post
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/console/charges", status_code=303)
+
+
+def _next(value: object) -> str:
+    """Where to go after login: only a page of the console (never another site)."""
+    text = str(value or "")
+    return text if text.startswith("/console/") and "//" not in text else "/console/charges"
+
+
+async def login_page(request: Request) -> Response:
+    return _render(request, "login.html", next=_next(request.query_params.get("next")), error=None)
+
+
+async def login(request: Request) -> Response:
+    form = await request.form()
+    name, password = str(form.get("name", "")), str(form.get("password", ""))
+    target = _next(form.get("next"))
+    source = request.client.host if request.client else "?"
+    wait = _LOGINS.take(source)
+    if wait:
+        response = _render(
+            request, "login.html", 429, next=target, error="too many attempts: wait a minute"
+        )
+        response.headers["Retry-After"] = retry_after(wait)
+        return response
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        if not await operators.verify(conn, name, password):
+            log.warning("console login refused for %r from %s", name[:64], source)
+            return _render(request, "login.html", 401, next=target, error="wrong name or password")
+        token, _ = await operators.open_session(conn, name, SESSION_S)
+    log.info("console login: %s from %s", name, source)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=SESSION_S,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        await operators.close_session(conn, request.cookies.get(COOKIE, ""))
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/console")
+    return response
+
+
+# --- charges ------------------------------------------------------------------------------
+_CHARGES = """
+SELECT c.charge_id, c.partner_charge_id, c.client_id, k.name AS client, c.outlet_id, c.state,
+       c.requested_at, c.stopped_at, c.energy_wh, c.fee, c.currency, c.stop_reason, c.failure
+FROM charges c LEFT JOIN oauth_clients k USING (client_id)
+WHERE (%(q)s = '' OR c.charge_id = %(q)s OR c.partner_charge_id = %(q)s OR c.outlet_id = %(q)s
+       OR c.client_id = %(q)s OR k.name = %(q)s)
+  AND (%(state)s = '' OR c.state = %(state)s)
+ORDER BY c.requested_at DESC
+LIMIT 100
+"""
+
+
+def _filters(request: Request) -> dict[str, str]:
+    q = request.query_params.get("q", "").strip()[:100]
+    state = request.query_params.get("state", "")
+    return {"q": q, "state": state if state in STATES else ""}
+
+
+async def _charges(request: Request) -> list[dict[str, Any]]:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        cur = await conn.execute(_CHARGES, _filters(request))
+        names = [d.name for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def charges_page(request: Request, session: Session) -> Response:
+    filters = _filters(request)
+    return _render(
+        request,
+        "charges.html",
+        session=session,
+        charges=await _charges(request),
+        filters=filters,
+        query=urlencode(filters),
+        states=STATES,
+        stoppable=[s.value for s in lifecycle.STOPPABLE],
+    )
+
+
+async def charge_rows(request: Request, session: Session) -> Response:
+    return _render(
+        request,
+        "_charge_rows.html",
+        session=session,
+        charges=await _charges(request),
+        stoppable=[s.value for s in lifecycle.STOPPABLE],
+    )
+
+
+async def stop(request: Request, session: Session) -> Response:
+    """Stop a charge on the operator's authority (an OFF of the outlet's next generation),
+    recorded with who did it; the breaker's answer arrives as for any stop."""
+    gateway = context.of(request)
+    charge_id = request.path_params["charge_id"]
+    async with gateway.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT controller_id, outlet_no, state FROM charges WHERE charge_id = %s",
+            (charge_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return _render(request, "refused.html", 404, why=f"no charge {charge_id!r}")
+        controller_id, outlet_no, state = row
+        if lifecycle.State(state) not in lifecycle.STOPPABLE:
+            return RedirectResponse(_back(request.state.form), status_code=303)
+        async with conn.transaction():
+            want = await commands.record_stop(
+                conn,
+                charge_id=charge_id,
+                controller_id=controller_id,
+                outlet=outlet_no,
+                issued_by=f"operator:{session.operator}",
+                reason="operator stopped",
+                now=gateway.settings.now(),
+            )
+            await operators.record(conn, session.operator, "stop charge", charge_id)
+    await gateway.publish(want)
+    log.info(
+        "console: %s stopped charge %s", session.operator, charge_id, extra={"charge_id": charge_id}
+    )
+    return RedirectResponse(_back(request.state.form), status_code=303)
+
+
+def _back(form: FormData) -> str:
+    return _next(form.get("back"))

@@ -1,0 +1,36 @@
+-- The operator console (issue 18): operators who log in, their sessions, and every action
+-- they take. Served by the gateway, so its role reads and writes these; an operator's
+-- password is an argon2id hash, a session is kept as the SHA-256 of its cookie.
+CREATE TABLE operators (
+    name          text PRIMARY KEY CHECK (name ~ '^[a-z0-9][a-z0-9._-]{0,62}$'),
+    password_hash text NOT NULL,
+    role          text NOT NULL CHECK (role IN ('admin', 'viewer')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    disabled_at   timestamptz
+);
+
+CREATE TABLE operator_sessions (
+    token_sha256 bytea PRIMARY KEY,
+    operator     text NOT NULL REFERENCES operators ON DELETE CASCADE,
+    csrf_token   text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL
+);
+CREATE INDEX operator_sessions_expiry ON operator_sessions (expires_at);
+
+-- Who did what, from the console (and `chargeline charges stop`, issued_by 'operator').
+CREATE TABLE operator_actions (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at       timestamptz NOT NULL DEFAULT now(),
+    operator text NOT NULL,
+    action   text NOT NULL,
+    target   text NOT NULL,
+    detail   text
+);
+CREATE INDEX operator_actions_recent ON operator_actions (at DESC);
+
+GRANT SELECT (name, password_hash, role, disabled_at) ON operators TO chargeline_gateway;
+GRANT SELECT, INSERT, DELETE ON operator_sessions TO chargeline_gateway;
+GRANT SELECT, INSERT ON operator_actions TO chargeline_gateway;
+-- The console names each charge's client.
+GRANT SELECT (name) ON oauth_clients TO chargeline_gateway;

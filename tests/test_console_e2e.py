@@ -1,0 +1,154 @@
+"""The operator console in a real browser: Playwright (PyPI) driving Debian's Chromium
+against the running stack (the partner fixture: gateway, auth, ingest, webhooks, an edge).
+Each page's screenshot goes to the test's directory, and to docs/console/ when
+CHARGELINE_CONSOLE_SCREENSHOTS names that directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from cloud_gateway.operators import add_operator
+from tests.conftest import Installation
+from tests.db import query
+from tests.partners import Partner
+from tests.procs import wait_for
+
+pytestmark = pytest.mark.processes
+
+PASSWORD = "a long console password"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: apt-get install chromium"
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def operators(installation: Installation) -> dict[str, str]:
+    add_operator(installation.database, "alice", "admin", PASSWORD)
+    add_operator(installation.database, "victor", "viewer", PASSWORD)
+    return {"admin": "alice", "viewer": "victor"}
+
+
+def shot(page: Page, name: str, tmp_path: Path) -> None:
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    keep = os.environ.get("CHARGELINE_CONSOLE_SCREENSHOTS")
+    if keep:
+        page.screenshot(path=str(Path(keep) / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, api: str, name: str, password: str = PASSWORD) -> None:
+    page.goto(f"{api}/console/login")
+    page.get_by_label("Operator").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_a_page_without_a_session_goes_to_the_login_and_back(
+    browser: Browser, partner: Partner, operators: dict[str, str], tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{partner.api}/console/charges?state=stopped")
+    expect(page).to_have_url(
+        f"{partner.api}/console/login?next=%2Fconsole%2Fcharges%3Fstate%3Dstopped"
+    )
+    shot(page, "login", tmp_path)
+    page.get_by_label("Operator").fill("alice")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("wrong name or password")
+    page.get_by_label("Operator").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{partner.api}/console/charges?state=stopped")  # back where it was
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(f"{partner.api}/console/login")
+    page.goto(f"{partner.api}/console/charges")
+    expect(page).to_have_url(f"{partner.api}/console/login?next=%2Fconsole%2Fcharges")
+    page.close()
+
+
+def test_an_admin_sees_a_charge_appear_and_stops_it_from_the_console(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    page = browser.new_page()
+    log_in(page, partner.api, "alice")
+    expect(page).to_have_url(f"{partner.api}/console/charges")
+    expect(page.get_by_text("alice (admin)")).to_be_visible()
+
+    outlet = f"{installation.controllers[0]}-3"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-1"})
+    assert started.status_code == 201, started.text
+    row = page.locator('tr[data-charge="console-1"]')
+    expect(row).to_be_visible(timeout=15_000)  # no reload: the rows refresh themselves
+    expect(row.locator("td.state")).to_have_text(re.compile("^(on|drawing)$"), timeout=15_000)
+    shot(page, "charges", tmp_path)
+
+    row.get_by_role("button", name="Stop").click()
+    expect(page).to_have_url(f"{partner.api}/console/charges")
+    wait_for(
+        lambda: partner.get("/v1/charges/console-1").json()["state"] == "stopped",
+        timeout=20,
+        what="the charge stopped",
+    )
+    expect(page.locator('tr[data-charge="console-1"] td.state')).to_contain_text(
+        "stopped", timeout=15_000
+    )
+    assert query(installation.database, "SELECT operator, action FROM operator_actions") == [
+        ("alice", "stop charge")
+    ]
+    issued = query(
+        installation.database,
+        "SELECT m.issued_by FROM commands m JOIN charges c USING (charge_id)"
+        " WHERE c.partner_charge_id = 'console-1' AND NOT m.turn_on",
+    )
+    assert issued == [("operator:alice",)]
+    stopped = [w for w in partner.webhooks("console-1") if w["type"] == "charge.stopped"]
+    assert stopped and stopped[0]["data"]["reason"] == "operator stopped"
+    page.close()
+
+
+def test_a_viewer_sees_but_cannot_act_and_forms_need_the_sessions_token(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+) -> None:
+    outlet = f"{installation.controllers[0]}-5"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-2"})
+    assert started.status_code == 201, started.text
+    page = browser.new_page()
+    log_in(page, partner.api, "victor")
+    row = page.locator('tr[data-charge="console-2"]')
+    expect(row).to_be_visible(timeout=15_000)
+    expect(row.get_by_role("button", name="Stop")).to_have_count(0)
+
+    charge_id = row.locator("td").first.get_attribute("title")
+    cookie = {c["name"]: c["value"] for c in page.context.cookies()}["chargeline_console"]
+    csrf = page.locator('input[name="csrf_token"]').first.get_attribute("value")
+    stop = f"{partner.api}/console/charges/{charge_id}/stop"
+    with httpx2.Client(cookies={"chargeline_console": cookie}) as client:
+        as_viewer = client.post(stop, data={"csrf_token": csrf})
+        assert as_viewer.status_code == 403 and "may look but not act" in as_viewer.text
+        forged = client.post(stop, data={"csrf_token": "guessed"})
+        assert forged.status_code == 403 and "token does not match" in forged.text
+    assert partner.get("/v1/charges/console-2").json()["state"] in ("on", "drawing")
+    assert query(installation.database, "SELECT count(*) FROM operator_actions") == [(0,)]
+    page.close()
