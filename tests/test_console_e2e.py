@@ -13,9 +13,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from paho.mqtt import publish
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from cloud_gateway.operators import add_operator
+from kernel.settings import MqttUrl
+from schemas.topics import Topics
 from tests.conftest import Installation
 from tests.db import query
 from tests.partners import Partner
@@ -151,4 +154,41 @@ def test_a_viewer_sees_but_cannot_act_and_forms_need_the_sessions_token(
         assert forged.status_code == 403 and "token does not match" in forged.text
     assert partner.get("/v1/charges/console-2").json()["state"] in ("on", "drawing")
     assert query(installation.database, "SELECT count(*) FROM operator_actions") == [(0,)]
+    page.close()
+
+
+def test_an_admin_acknowledges_an_alarm_that_a_bad_message_raised(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """A controller sends something ingest cannot read: it becomes a dead letter, which the
+    Alarms page shows until an admin acknowledges it (recorded with who did)."""
+    cid = installation.controllers[0]
+
+    broker = MqttUrl(installation.mqtt_url)
+    publish.single(  # paho's own: Playwright's sync API holds this thread's event loop
+        Topics(installation.topic_root).meter(cid),
+        b"\xc1 not msgpack",
+        qos=1,
+        hostname=broker.host,
+        port=broker.port,
+    )
+    page = browser.new_page()
+    log_in(page, partner.api, "alice")
+    page.get_by_role("link", name="Alarms").click()
+    alarm = page.locator('tr[data-alarm^="dead:"]').filter(has_text=cid)
+    expect(alarm).to_be_visible(timeout=15_000)  # the rows refresh themselves
+    expect(alarm).to_contain_text("dead letter")
+    shot(page, "alarms", tmp_path)
+    alarm.get_by_role("button", name="Acknowledge").click()
+    expect(page.locator('tr[data-alarm^="dead:"]').filter(has_text=cid)).to_contain_text(
+        "acknowledged by alice"
+    )
+    assert query(
+        installation.database,
+        "SELECT operator, action, target LIKE 'dead:%%' FROM operator_actions",
+    ) == [("alice", "acknowledge alarm", True)]
     page.close()

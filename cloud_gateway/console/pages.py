@@ -17,6 +17,7 @@ from starlette.templating import Jinja2Templates
 
 from charging import lifecycle
 from cloud_gateway import commands, context, operators
+from cloud_gateway.console import alarms
 from cloud_gateway.operators import Session
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from kernel import logformat
@@ -51,6 +52,9 @@ def routes() -> list[Route | Mount]:
         Route("/charges", _page(charges_page)),
         Route("/charges/rows", _page(charge_rows)),
         Route("/charges/{charge_id}/stop", _guarded(stop, act=True), methods=["POST"]),
+        Route("/alarms", _page(alarms_page)),
+        Route("/alarms/rows", _page(alarm_rows)),
+        Route("/alarms/acknowledge", _guarded(acknowledge, act=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
@@ -257,3 +261,35 @@ async def stop(request: Request, session: Session) -> Response:
 
 def _back(form: FormData) -> str:
     return _next(form.get("back"))
+
+
+# --- alarms -------------------------------------------------------------------------------
+async def _alarms(request: Request) -> list[dict[str, Any]]:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        return await alarms.current(conn)
+
+
+async def alarms_page(request: Request, session: Session) -> Response:
+    return _render(
+        request, "alarms.html", session=session, alarms=await _alarms(request), kinds=alarms.KINDS
+    )
+
+
+async def alarm_rows(request: Request, session: Session) -> Response:
+    return _render(
+        request,
+        "_alarm_rows.html",
+        session=session,
+        alarms=await _alarms(request),
+        kinds=alarms.KINDS,
+    )
+
+
+async def acknowledge(request: Request, session: Session) -> Response:
+    key = str(request.state.form.get("key", ""))
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn, conn.transaction():
+        if await alarms.acknowledge(conn, key, session.operator):
+            await operators.record(conn, session.operator, "acknowledge alarm", key)
+    return RedirectResponse("/console/alarms", status_code=303)

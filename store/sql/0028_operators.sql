@@ -34,3 +34,16 @@ GRANT SELECT, INSERT, DELETE ON operator_sessions TO chargeline_gateway;
 GRANT SELECT, INSERT ON operator_actions TO chargeline_gateway;
 -- The console names each charge's client.
 GRANT SELECT (name) ON oauth_clients TO chargeline_gateway;
+
+-- Alarms the console shows are read from the tables that hold their facts; an operator's
+-- acknowledgement is kept by the alarm's key (cloud_gateway/console/alarms.py).
+CREATE TABLE alarm_acks (
+    key      text PRIMARY KEY,
+    acked_by text NOT NULL,
+    acked_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT, INSERT ON alarm_acks TO chargeline_gateway;
+GRANT SELECT ON edge_events, meter_seq_gap_ranges TO chargeline_gateway;
+GRANT SELECT (id, received_at, topic, controller_id, reason) ON dead_letters TO chargeline_gateway;
+GRANT SELECT (event_id, client_id, attempts, last_error, created_at, delivered_at, gave_up_at)
+    ON webhook_outbox TO chargeline_gateway;
