@@ -192,3 +192,30 @@ def test_an_admin_acknowledges_an_alarm_that_a_bad_message_raised(
         "SELECT operator, action, target LIKE 'dead:%%' FROM operator_actions",
     ) == [("alice", "acknowledge alarm", True)]
     page.close()
+
+
+def test_the_sites_page_shows_each_sites_controllers_outlets_energy_and_load(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    outlet = f"{installation.controllers[0]}-3"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-3"})
+    assert started.status_code == 201, started.text
+    page = browser.new_page()
+    log_in(page, partner.api, "victor")  # a viewer sees every page
+    page.get_by_role("link", name="Sites").click()
+    site = page.locator('section[data-site="test-site"]')
+    expect(site.locator("dd.online")).to_have_text("1 of 3")  # one controller runs an edge
+    expect(site.locator("dd.outlets")).to_contain_text("1 charging")
+    expect(site.locator("dd.outlets")).to_contain_text("16 offline")  # the two silent ones
+    chart = site.locator(".chart")
+    expect(chart.locator("canvas")).to_have_count(1, timeout=15_000)  # uPlot drew it
+    assert int(chart.get_attribute("data-points") or 0) > 0  # the edge's minutes
+    shot(page, "sites", tmp_path)
+    load = page.request.get(f"{partner.api}/console/sites/test-site/load.json").json()
+    assert load["cap_a"] == 100 and len(load["t"]) == len(load["current_a"]) > 0
+    assert page.request.get(f"{partner.api}/console/sites/nowhere/load.json").status == 404
+    page.close()

@@ -10,14 +10,14 @@ from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from charging import lifecycle
 from cloud_gateway import commands, context, operators
-from cloud_gateway.console import alarms
+from cloud_gateway.console import alarms, sites
 from cloud_gateway.operators import Session
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from kernel import logformat
@@ -52,6 +52,8 @@ def routes() -> list[Route | Mount]:
         Route("/charges", _page(charges_page)),
         Route("/charges/rows", _page(charge_rows)),
         Route("/charges/{charge_id}/stop", _guarded(stop, act=True), methods=["POST"]),
+        Route("/sites", _page(sites_page)),
+        Route("/sites/{site_id}/load.json", _page(site_load)),
         Route("/alarms", _page(alarms_page)),
         Route("/alarms/rows", _page(alarm_rows)),
         Route("/alarms/acknowledge", _guarded(acknowledge, act=True), methods=["POST"]),
@@ -293,3 +295,20 @@ async def acknowledge(request: Request, session: Session) -> Response:
         if await alarms.acknowledge(conn, key, session.operator):
             await operators.record(conn, session.operator, "acknowledge alarm", key)
     return RedirectResponse("/console/alarms", status_code=303)
+
+
+# --- sites --------------------------------------------------------------------------------
+async def sites_page(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        found = await sites.sites(conn)
+    return _render(request, "sites.html", session=session, sites=found, statuses=sites.STATUSES)
+
+
+async def site_load(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        data = await sites.load(conn, request.path_params["site_id"])
+    if data is None:
+        return JSONResponse({"error": "no such site"}, status_code=404, headers=_HEADERS)
+    return JSONResponse(data, headers=_HEADERS)

@@ -47,3 +47,6 @@ GRANT SELECT ON edge_events, meter_seq_gap_ranges TO chargeline_gateway;
 GRANT SELECT (id, received_at, topic, controller_id, reason) ON dead_letters TO chargeline_gateway;
 GRANT SELECT (event_id, client_id, attempts, last_error, created_at, delivered_at, gave_up_at)
     ON webhook_outbox TO chargeline_gateway;
+
+-- The console's Sites page: each site's energy today and this month.
+GRANT SELECT ON energy_site_daily, energy_site_monthly TO chargeline_gateway;
