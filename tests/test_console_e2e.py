@@ -219,3 +219,65 @@ def test_the_sites_page_shows_each_sites_controllers_outlets_energy_and_load(
     assert load["cap_a"] == 100 and len(load["t"]) == len(load["current_a"]) > 0
     assert page.request.get(f"{partner.api}/console/sites/nowhere/load.json").status == 404
     page.close()
+
+
+def test_an_outlets_page_shows_its_commands_lifecycle_and_an_admin_acts_on_it(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    outlet = f"{installation.controllers[0]}-5"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-4"})
+    assert started.status_code == 201, started.text
+    wait_for(
+        lambda: partner.get("/v1/charges/console-4").json()["state"] == "drawing",
+        timeout=20,
+        what="the current's rise",
+    )
+    page = browser.new_page()
+    log_in(page, partner.api, "alice")
+    page.locator('tr[data-charge="console-4"]').get_by_role("link", name=outlet).click()
+    expect(page).to_have_url(f"{partner.api}/console/outlets/{outlet}")
+    expect(page.locator("dd.charge")).to_contain_text("console-4 (drawing")
+    command = page.locator("table.commands tbody tr").first
+    # sent → acknowledged (applied, breaker on) → current rise, each with its time
+    expect(command).to_contain_text("ON")
+    expect(command).to_contain_text(partner.client.client_id)
+    expect(command).to_contain_text("applied")
+    expect(command.locator("td").nth(6)).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
+
+    page.get_by_role("button", name="Request a status").click()
+    page.wait_for_timeout(500)
+    for _ in range(30):  # the edge answers within seconds; the page shows it when reloaded
+        if page.locator("table.events").get_by_text("status", exact=True).count():
+            break
+        page.wait_for_timeout(500)
+        page.reload()
+    expect(page.locator("table.events").get_by_text("status", exact=True).first).to_be_visible()
+    shot(page, "outlet", tmp_path)
+
+    assert partner.post("/v1/charges/console-4/stop").status_code == 200
+    page.get_by_role("button", name="Put out of service").click()
+    expect(page.locator("dd.status")).to_have_text("out of service")
+    refused = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-5"})
+    assert refused.status_code >= 400, refused.text  # no new start on it
+    page.get_by_role("button", name="Put back in service").click()
+    expect(page.locator("dd.status")).not_to_have_text("out of service")
+    actions = query(
+        installation.database, "SELECT action, target FROM operator_actions ORDER BY id"
+    )
+    assert [a for a, _ in actions] == [
+        "request status",
+        "put out of service",
+        "put in service",
+    ] and {t for _, t in actions} == {outlet}
+
+    page.get_by_role("link", name="Partners and controllers").click()
+    expect(page.locator("table.partners")).to_contain_text("WeCharge")
+    online = page.locator(f'tr[data-controller="{installation.controllers[0]}"]')
+    expect(online).to_contain_text("yes")
+    shot(page, "clients", tmp_path)
+    assert partner.client.client_secret not in page.content()
+    page.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from starlette.templating import Jinja2Templates
 
 from charging import lifecycle
 from cloud_gateway import commands, context, operators
-from cloud_gateway.console import alarms, sites
+from cloud_gateway.console import alarms, outlets, sites
 from cloud_gateway.operators import Session
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from kernel import logformat
+from schemas.codec import encode
+from schemas.messages import StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,14 @@ def routes() -> list[Route | Mount]:
         Route("/charges/{charge_id}/stop", _guarded(stop, act=True), methods=["POST"]),
         Route("/sites", _page(sites_page)),
         Route("/sites/{site_id}/load.json", _page(site_load)),
+        Route("/outlets/{outlet_id}", _page(outlet_page)),
+        Route(
+            "/outlets/{outlet_id}/status-request",
+            _guarded(status_request, act=True),
+            methods=["POST"],
+        ),
+        Route("/outlets/{outlet_id}/service", _guarded(service, act=True), methods=["POST"]),
+        Route("/clients", _page(clients_page)),
         Route("/alarms", _page(alarms_page)),
         Route("/alarms/rows", _page(alarm_rows)),
         Route("/alarms/acknowledge", _guarded(acknowledge, act=True), methods=["POST"]),
@@ -312,3 +323,65 @@ async def site_load(request: Request, session: Session) -> Response:
     if data is None:
         return JSONResponse({"error": "no such site"}, status_code=404, headers=_HEADERS)
     return JSONResponse(data, headers=_HEADERS)
+
+
+# --- outlets, partners and controllers -----------------------------------------------------
+async def outlet_page(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    outlet_id = request.path_params["outlet_id"]
+    async with gateway.pool.connection() as conn:
+        found = await outlets.outlet(conn, outlet_id)
+    if found is None:
+        return _render(
+            request, "refused.html", 404, session=session, why=f"no outlet {outlet_id!r}"
+        )
+    return _render(request, "outlet.html", session=session, o=found)
+
+
+async def status_request(request: Request, session: Session) -> Response:
+    """Ask the edge for a fresh sample: it arrives as an edge event of kind ``status``."""
+    gateway = context.of(request)
+    outlet_id = request.path_params["outlet_id"]
+    client = gateway.client
+    if client is None:
+        return _render(
+            request,
+            "refused.html",
+            503,
+            session=session,
+            why="the broker is unreachable: try again",
+        )
+    async with gateway.pool.connection() as conn:
+        found = await outlets.outlet(conn, outlet_id)
+        if found is None:
+            return _render(
+                request, "refused.html", 404, session=session, why=f"no outlet {outlet_id!r}"
+            )
+        request_id = f"op_{secrets.token_hex(8)}"
+        ask = StatusRequest(
+            controller_id=found["controller_id"],
+            request_id=request_id,
+            at=gateway.settings.now(),
+            outlet=found["outlet_no"],
+        )
+        await operators.record(conn, session.operator, "request status", outlet_id, request_id)
+    await client.publish(gateway.topics.request(ask.controller_id), encode(ask), qos=1)
+    return RedirectResponse(f"/console/outlets/{outlet_id}", status_code=303)
+
+
+async def service(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    outlet_id = request.path_params["outlet_id"]
+    in_service = request.state.form.get("in_service") == "true"
+    async with gateway.pool.connection() as conn, conn.transaction():
+        if await outlets.set_in_service(conn, outlet_id, in_service):
+            action = "put in service" if in_service else "put out of service"
+            await operators.record(conn, session.operator, action, outlet_id)
+    return RedirectResponse(f"/console/outlets/{outlet_id}", status_code=303)
+
+
+async def clients_page(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    async with gateway.pool.connection() as conn:
+        partners, fleet = await outlets.clients(conn), await outlets.controllers(conn)
+    return _render(request, "clients.html", session=session, partners=partners, controllers=fleet)

@@ -50,3 +50,6 @@ GRANT SELECT (event_id, client_id, attempts, last_error, created_at, delivered_a
 
 -- The console's Sites page: each site's energy today and this month.
 GRANT SELECT ON energy_site_daily, energy_site_monthly TO chargeline_gateway;
+
+-- The console's outlet page: put an outlet out of service and back.
+GRANT UPDATE (in_service) ON outlets TO chargeline_gateway;
