@@ -123,8 +123,28 @@ def test_an_admin_sees_a_charge_appear_and_stops_it_from_the_console(
         " WHERE c.partner_charge_id = 'console-1' AND NOT m.turn_on",
     )
     assert issued == [("operator:alice",)]
-    stopped = [w for w in partner.webhooks("console-1") if w["type"] == "charge.stopped"]
-    assert stopped and stopped[0]["data"]["reason"] == "operator stopped"
+    stopped = wait_for(
+        lambda: [w for w in partner.webhooks("console-1") if w["type"] == "charge.stopped"],
+        timeout=20,
+        what="the charge.stopped webhook",
+    )
+    assert stopped[0]["data"]["reason"] == "operator stopped"
+
+    page.locator('tr[data-charge="console-1"]').get_by_role("link", name="console-1").click()
+    timeline = page.locator("table.timeline")
+    for moment in (
+        "requested",
+        "ON sent (generation",
+        "ON acknowledged: applied, breaker on",
+        "OFF sent",
+        "by operator:alice",
+        "stopped: operator stopped",
+    ):
+        expect(timeline).to_contain_text(moment)
+    billed = partner.get("/v1/charges/console-1").json()  # what the partner bills
+    expect(page.locator("dd.fee")).to_contain_text(f"{billed['fee']:.2f} {billed['currency']}")
+    expect(page.locator("table.webhooks")).to_contain_text("charge.stopped", timeout=15_000)
+    shot(page, "charge", tmp_path)
     page.close()
 
 

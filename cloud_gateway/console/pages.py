@@ -18,7 +18,7 @@ from starlette.templating import Jinja2Templates
 
 from charging import lifecycle
 from cloud_gateway import commands, context, operators
-from cloud_gateway.console import alarms, outlets, sites
+from cloud_gateway.console import alarms, charge, outlets, sites
 from cloud_gateway.operators import Session
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from kernel import logformat
@@ -54,6 +54,7 @@ def routes() -> list[Route | Mount]:
         Route("/logout", _guarded(logout), methods=["POST"]),
         Route("/charges", _page(charges_page)),
         Route("/charges/rows", _page(charge_rows)),
+        Route("/charges/{charge_id}", _page(charge_page)),
         Route("/charges/{charge_id}/stop", _guarded(stop, act=True), methods=["POST"]),
         Route("/sites", _page(sites_page)),
         Route("/sites/{site_id}/load.json", _page(site_load)),
@@ -236,6 +237,19 @@ async def charge_rows(request: Request, session: Session) -> Response:
         charges=await _charges(request),
         stoppable=[s.value for s in lifecycle.STOPPABLE],
     )
+
+
+async def charge_page(request: Request, session: Session) -> Response:
+    gateway = context.of(request)
+    charge_id = request.path_params["charge_id"]
+    async with gateway.pool.connection() as conn:
+        found = await charge.charge(conn, charge_id)
+    if found is None:
+        return _render(
+            request, "refused.html", 404, session=session, why=f"no charge {charge_id!r}"
+        )
+    stoppable = [s.value for s in lifecycle.STOPPABLE]
+    return _render(request, "charge.html", session=session, c=found, stoppable=stoppable)
 
 
 async def stop(request: Request, session: Session) -> Response:

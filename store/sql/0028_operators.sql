@@ -53,3 +53,6 @@ GRANT SELECT ON energy_site_daily, energy_site_monthly TO chargeline_gateway;
 
 -- The console's outlet page: put an outlet out of service and back.
 GRANT UPDATE (in_service) ON outlets TO chargeline_gateway;
+
+-- The console's charge page: the webhooks sent about it (never their bodies' secrets).
+GRANT SELECT (kind, charge_id) ON webhook_outbox TO chargeline_gateway;

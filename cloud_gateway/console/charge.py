@@ -1,0 +1,76 @@
+"""The console's page for one charge: its timeline (requested, each command sent and
+answered, started, the current's rise, stopped or failed), its energy and fee, and the
+webhooks the partner was sent about it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+
+_CHARGE = """
+SELECT c.charge_id, c.partner_charge_id, c.client_id, k.name AS client, c.outlet_id,
+       c.state, c.requested_at, c.started_at, c.rise_at, c.stopped_at, c.end_at,
+       c.stop_reason, c.failure, c.energy_wh, c.energy_kwh, c.tariff_per_kwh, c.currency, c.fee
+FROM charges c LEFT JOIN oauth_clients k USING (client_id)
+WHERE c.charge_id = %s
+"""
+
+_COMMANDS = """
+SELECT generation, turn_on, issued_by, issued_at, acked_at, outcome, breaker_on
+FROM commands WHERE charge_id = %s ORDER BY generation
+"""
+
+_WEBHOOKS = """
+SELECT kind, created_at, delivered_at, attempts, last_error FROM webhook_outbox
+WHERE charge_id = %s ORDER BY event_id
+"""
+
+
+async def _rows(
+    conn: psycopg.AsyncConnection[Any], sql: str, *args: object
+) -> list[dict[str, Any]]:
+    cur = await conn.execute(sql, args)
+    names = [d.name for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def charge(conn: psycopg.AsyncConnection[Any], charge_id: str) -> dict[str, Any] | None:
+    found = await _rows(conn, _CHARGE, charge_id)
+    if not found:
+        return None
+    page = found[0]
+    page["commands"] = await _rows(conn, _COMMANDS, charge_id)
+    page["webhooks"] = await _rows(conn, _WEBHOOKS, charge_id)
+    page["timeline"] = timeline(page)
+    return page
+
+
+def timeline(page: dict[str, Any]) -> list[tuple[dt.datetime, str]]:
+    """The charge's moments in time order (pure)."""
+    moments: list[tuple[dt.datetime | None, str]] = [
+        (page["requested_at"], "requested"),
+        (page["started_at"], "breaker on"),
+        (page["rise_at"], "current rose: the car draws"),
+        (
+            page["stopped_at"],
+            f"{page['state']}"
+            + (
+                f": {page['stop_reason'] or page['failure']}"
+                if page["stop_reason"] or page["failure"]
+                else ""
+            ),
+        ),
+    ]
+    for m in page["commands"]:
+        what = "ON" if m["turn_on"] else "OFF"
+        moments.append(
+            (m["issued_at"], f"{what} sent (generation {m['generation']}, by {m['issued_by']})")
+        )
+        if m["acked_at"] is not None:
+            breaker = (
+                "" if m["breaker_on"] is None else f", breaker {'on' if m['breaker_on'] else 'off'}"
+            )
+            moments.append((m["acked_at"], f"{what} acknowledged: {m['outcome']}{breaker}"))
+    return sorted((at, what) for at, what in moments if at is not None)
