@@ -5,6 +5,7 @@ CHARGELINE_CONSOLE_SCREENSHOTS names that directory."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shutil
@@ -301,3 +302,56 @@ def test_an_outlets_page_shows_its_commands_lifecycle_and_an_admin_acts_on_it(
     shot(page, "clients", tmp_path)
     assert partner.client.client_secret not in page.content()
     page.close()
+
+
+@pytest.mark.edge(sim_failed_breakers="6")
+def test_a_breaker_that_fails_shows_as_a_faulted_outlet_and_an_alarm(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+) -> None:
+    outlet = f"{installation.controllers[0]}-6"  # its breaker never closes
+    partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-6"})
+    page = browser.new_page()
+    log_in(page, partner.api, "alice")
+    page.get_by_role("link", name="Alarms").click()
+    alarm = page.locator('tr[data-alarm^="edge:"]').filter(has_text="breaker failed to move")
+    expect(alarm).to_contain_text(f"{installation.controllers[0]} outlet 6", timeout=20_000)
+    page.get_by_role("link", name="Sites").click()
+    faulted = page.locator('section[data-site="test-site"] .faulted')
+    expect(faulted).to_have_text("1 faulted")
+    page.get_by_role("link", name="Alarms").click()
+    alarm.get_by_role("button", name="Acknowledge").click()
+    page.get_by_role("link", name="Sites").click()
+    expect(faulted).to_have_text("0 faulted")
+    page.close()
+
+
+def test_charges_are_found_by_the_days_they_were_requested_and_read_on_a_phone(
+    browser: Browser,
+    partner: Partner,
+    installation: Installation,
+    operators: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    outlet = f"{installation.controllers[0]}-4"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-7"})
+    assert started.status_code == 201, started.text
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = phone.new_page()
+    log_in(page, partner.api, "victor")
+    yesterday = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+    page.goto(f"{partner.api}/console/charges?since={yesterday}")
+    expect(page.locator('tr[data-charge="console-7"]')).to_be_visible()
+    page.goto(f"{partner.api}/console/charges?until={yesterday}")
+    expect(page.get_by_text("No charge matches.")).to_be_visible()
+    page.goto(f"{partner.api}/console/charges?since=not-a-day")  # ignored, not an error
+    expect(page.locator('tr[data-charge="console-7"]')).to_be_visible()
+    for name in ("charges", "sites", "alarms"):
+        page.goto(f"{partner.api}/console/{name}")
+        wide = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+        assert wide <= 1, f"the {name} page scrolls sideways on a phone by {wide} px"
+    page.goto(f"{partner.api}/console/charges")
+    shot(page, "phone-charges", tmp_path)
+    phone.close()

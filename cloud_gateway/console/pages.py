@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -196,15 +197,32 @@ FROM charges c LEFT JOIN oauth_clients k USING (client_id)
 WHERE (%(q)s = '' OR c.charge_id = %(q)s OR c.partner_charge_id = %(q)s OR c.outlet_id = %(q)s
        OR c.client_id = %(q)s OR k.name = %(q)s)
   AND (%(state)s = '' OR c.state = %(state)s)
+  AND (%(since)s = '' OR c.requested_at >= %(since)s::date)
+  AND (%(until)s = '' OR c.requested_at < %(until)s::date + 1)
 ORDER BY c.requested_at DESC
 LIMIT 100
 """
 
 
 def _filters(request: Request) -> dict[str, str]:
+    """The search: an id (charge, the partner's, outlet, client), a state, and the days
+    requested (``since``, ``until``: YYYY-MM-DD, UTC, both included). Anything else is
+    left out rather than refused: a search box is not an API."""
     q = request.query_params.get("q", "").strip()[:100]
     state = request.query_params.get("state", "")
-    return {"q": q, "state": state if state in STATES else ""}
+    return {
+        "q": q,
+        "state": state if state in STATES else "",
+        "since": _day(request.query_params.get("since", "")),
+        "until": _day(request.query_params.get("until", "")),
+    }
+
+
+def _day(value: str) -> str:
+    try:
+        return dt.date.fromisoformat(value).isoformat() if value else ""
+    except ValueError:
+        return ""
 
 
 async def _charges(request: Request) -> list[dict[str, Any]]:

@@ -1,6 +1,9 @@
 """The console's Sites page: each site's contract current against what its outlets draw
-(the last 24 hours, a minute at a time), its controllers online, its outlets by status,
-and its energy today and this month (the analytics views, in the site's time zone)."""
+(the last 24 hours, a minute at a time), its controllers online, its outlets by status
+(and how many are faulted: a breaker that failed to move or tripped on over-current in
+the last 7 days, not yet acknowledged on the Alarms page), and its energy today and this
+month (the analytics views, in the site's time zone). Paused outlets come with load
+management (issue 19)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,11 @@ SELECT s.site_id, s.name, s.contract_current_a, s.timezone,
        (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM (
             SELECT status, count(*) AS n FROM outlet_live_status o
             WHERE o.site_id = s.site_id GROUP BY status) x) AS outlets,
+       (SELECT count(DISTINCT (e.controller_id, e.outlet_no))
+        FROM edge_events e JOIN controllers c USING (controller_id)
+        WHERE c.site_id = s.site_id AND e.kind IN ('breaker_failed', 'overcurrent_trip')
+          AND e.at > now() - interval '7 days'
+          AND NOT EXISTS (SELECT 1 FROM alarm_acks k WHERE k.key = 'edge:' || e.id)) AS faulted,
        (SELECT outlets_wh FROM energy_site_daily d
         WHERE d.site_id = s.site_id AND d.day = (now() AT TIME ZONE s.timezone)::date) AS today_wh,
        (SELECT outlets_wh FROM energy_site_monthly m
