@@ -270,13 +270,10 @@ def test_an_outlets_page_shows_its_commands_lifecycle_and_an_admin_acts_on_it(
     expect(command.locator("td").nth(6)).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
 
     page.get_by_role("button", name="Request a status").click()
-    page.wait_for_timeout(500)
-    for _ in range(30):  # the edge answers within seconds; the page shows it when reloaded
-        if page.locator("table.events").get_by_text("status", exact=True).count():
-            break
-        page.wait_for_timeout(500)
-        page.reload()
-    expect(page.locator("table.events").get_by_text("status", exact=True).first).to_be_visible()
+    # the edge answers within seconds, and the page shows it without a reload
+    expect(page.locator("table.events").get_by_text("status", exact=True).first).to_be_visible(
+        timeout=20_000
+    )
     shot(page, "outlet", tmp_path)
 
     assert partner.post("/v1/charges/console-4/stop").status_code == 200
