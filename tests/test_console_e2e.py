@@ -54,6 +54,14 @@ def shot(page: Page, name: str, tmp_path: Path) -> None:
         page.screenshot(path=str(Path(keep) / f"{name}.png"), full_page=True)
 
 
+def start(partner: Partner, installation: Installation, outlet_no: int, charge_id: str) -> str:
+    """A partner's start on the running edge's outlet ``outlet_no``; the outlet id."""
+    outlet = f"{installation.controllers[0]}-{outlet_no}"
+    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": charge_id})
+    assert started.status_code == 201, started.text
+    return outlet
+
+
 def log_in(page: Page, api: str, name: str, password: str = PASSWORD) -> None:
     page.goto(f"{api}/console/login")
     page.get_by_label("Operator").fill(name)
@@ -97,9 +105,7 @@ def test_an_admin_sees_a_charge_appear_and_stops_it_from_the_console(
     expect(page).to_have_url(f"{partner.api}/console/charges")
     expect(page.get_by_text("alice (admin)")).to_be_visible()
 
-    outlet = f"{installation.controllers[0]}-3"
-    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-1"})
-    assert started.status_code == 201, started.text
+    start(partner, installation, 3, "console-1")
     row = page.locator('tr[data-charge="console-1"]')
     expect(row).to_be_visible(timeout=15_000)  # no reload: the rows refresh themselves
     expect(row.locator("td.state")).to_have_text(re.compile("^(on|drawing)$"), timeout=15_000)
@@ -155,9 +161,7 @@ def test_a_viewer_sees_but_cannot_act_and_forms_need_the_sessions_token(
     installation: Installation,
     operators: dict[str, str],
 ) -> None:
-    outlet = f"{installation.controllers[0]}-5"
-    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-2"})
-    assert started.status_code == 201, started.text
+    start(partner, installation, 5, "console-2")
     page = browser.new_page()
     log_in(page, partner.api, "victor")
     row = page.locator('tr[data-charge="console-2"]')
@@ -222,9 +226,7 @@ def test_the_sites_page_shows_each_sites_controllers_outlets_energy_and_load(
     operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    outlet = f"{installation.controllers[0]}-3"
-    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-3"})
-    assert started.status_code == 201, started.text
+    start(partner, installation, 3, "console-3")
     page = browser.new_page()
     log_in(page, partner.api, "victor")  # a viewer sees every page
     page.get_by_role("link", name="Sites").click()
@@ -249,9 +251,7 @@ def test_an_outlets_page_shows_its_commands_lifecycle_and_an_admin_acts_on_it(
     operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    outlet = f"{installation.controllers[0]}-5"
-    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-4"})
-    assert started.status_code == 201, started.text
+    outlet = start(partner, installation, 5, "console-4")
     wait_for(
         lambda: partner.get("/v1/charges/console-4").json()["state"] == "drawing",
         timeout=20,
@@ -332,9 +332,7 @@ def test_charges_are_found_by_the_days_they_were_requested_and_read_on_a_phone(
     operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    outlet = f"{installation.controllers[0]}-4"
-    started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-7"})
-    assert started.status_code == 201, started.text
+    start(partner, installation, 4, "console-7")
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = phone.new_page()
     log_in(page, partner.api, "victor")

@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 
+from cloud_gateway.console.records import records
+
 #: Events older than this are history, not alarms.
 WINDOW = "7 days"
 
@@ -66,9 +68,7 @@ KINDS = {
 
 async def current(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
     """The alarms, unacknowledged first, newest first."""
-    cur = await conn.execute(_ALARMS)
-    names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+    return await records(conn, _ALARMS)
 
 
 async def acknowledge(conn: psycopg.AsyncConnection[Any], key: str, operator: str) -> bool:

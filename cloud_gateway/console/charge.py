@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from cloud_gateway.console.records import records
+
 _CHARGE = """
 SELECT c.charge_id, c.partner_charge_id, c.client_id, k.name AS client, c.outlet_id,
        c.state, c.requested_at, c.started_at, c.rise_at, c.stopped_at, c.end_at,
@@ -37,12 +39,12 @@ async def _rows(
 
 
 async def charge(conn: psycopg.AsyncConnection[Any], charge_id: str) -> dict[str, Any] | None:
-    found = await _rows(conn, _CHARGE, charge_id)
+    found = await records(conn, _CHARGE, (charge_id,))
     if not found:
         return None
     page = found[0]
-    page["commands"] = await _rows(conn, _COMMANDS, charge_id)
-    page["webhooks"] = await _rows(conn, _WEBHOOKS, charge_id)
+    page["commands"] = await records(conn, _COMMANDS, (charge_id,))
+    page["webhooks"] = await records(conn, _WEBHOOKS, (charge_id,))
     page["timeline"] = timeline(page)
     return page
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from cloud_gateway.console.records import records
+
 _OUTLET = """
 SELECT o.outlet_id, o.controller_id, o.outlet_no, o.site_id, o.kind, o.rated_current_a,
        o.status, s.heard_at,
@@ -60,13 +62,13 @@ async def _rows(
 
 
 async def outlet(conn: psycopg.AsyncConnection[Any], outlet_id: str) -> dict[str, Any] | None:
-    found = await _rows(conn, _OUTLET, outlet_id)
+    found = await records(conn, _OUTLET, (outlet_id,))
     if not found:
         return None
     page = found[0]
     place = (page["controller_id"], page["outlet_no"])
-    page["commands"] = await _rows(conn, _COMMANDS, *place)
-    page["events"] = await _rows(conn, _EVENTS, *place)
+    page["commands"] = await records(conn, _COMMANDS, place)
+    page["events"] = await records(conn, _EVENTS, place)
     return page
 
 
@@ -82,8 +84,8 @@ async def set_in_service(
 
 
 async def clients(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-    return await _rows(conn, _CLIENTS)
+    return await records(conn, _CLIENTS)
 
 
 async def controllers(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-    return await _rows(conn, _CONTROLLERS)
+    return await records(conn, _CONTROLLERS)

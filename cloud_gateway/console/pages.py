@@ -20,6 +20,7 @@ from starlette.templating import Jinja2Templates
 from charging import lifecycle
 from cloud_gateway import commands, context, operators
 from cloud_gateway.console import alarms, charge, outlets, sites
+from cloud_gateway.console.records import records
 from cloud_gateway.operators import Session
 from cloud_gateway.ratelimit import RateLimiter, retry_after
 from kernel import logformat
@@ -87,6 +88,10 @@ async def _session(request: Request) -> Session | None:
     if found is not None:
         logformat.bind(client_id=f"operator:{found.operator}")
     return found
+
+
+def _missing(request: Request, session: Session, what: str) -> Response:
+    return _render(request, "refused.html", 404, session=session, why=f"no {what}")
 
 
 def _to_login(request: Request) -> Response:
@@ -228,9 +233,7 @@ def _day(value: str) -> str:
 async def _charges(request: Request) -> list[dict[str, Any]]:
     gateway = context.of(request)
     async with gateway.pool.connection() as conn:
-        cur = await conn.execute(_CHARGES, _filters(request))
-        names = [d.name for d in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+        return await records(conn, _CHARGES, _filters(request))
 
 
 async def charges_page(request: Request, session: Session) -> Response:
@@ -263,9 +266,7 @@ async def charge_page(request: Request, session: Session) -> Response:
     async with gateway.pool.connection() as conn:
         found = await charge.charge(conn, charge_id)
     if found is None:
-        return _render(
-            request, "refused.html", 404, session=session, why=f"no charge {charge_id!r}"
-        )
+        return _missing(request, session, f"charge {charge_id!r}")
     stoppable = [s.value for s in lifecycle.STOPPABLE]
     return _render(request, "charge.html", session=session, c=found, stoppable=stoppable)
 
@@ -282,7 +283,7 @@ async def stop(request: Request, session: Session) -> Response:
         )
         row = await cur.fetchone()
         if row is None:
-            return _render(request, "refused.html", 404, why=f"no charge {charge_id!r}")
+            return _missing(request, session, f"charge {charge_id!r}")
         controller_id, outlet_no, state = row
         if lifecycle.State(state) not in lifecycle.STOPPABLE:
             return RedirectResponse(_back(request.state.form), status_code=303)
@@ -364,9 +365,7 @@ async def outlet_page(request: Request, session: Session) -> Response:
     async with gateway.pool.connection() as conn:
         found = await outlets.outlet(conn, outlet_id)
     if found is None:
-        return _render(
-            request, "refused.html", 404, session=session, why=f"no outlet {outlet_id!r}"
-        )
+        return _missing(request, session, f"outlet {outlet_id!r}")
     return _render(request, "outlet.html", session=session, o=found)
 
 
@@ -386,9 +385,7 @@ async def status_request(request: Request, session: Session) -> Response:
     async with gateway.pool.connection() as conn:
         found = await outlets.outlet(conn, outlet_id)
         if found is None:
-            return _render(
-                request, "refused.html", 404, session=session, why=f"no outlet {outlet_id!r}"
-            )
+            return _missing(request, session, f"outlet {outlet_id!r}")
         request_id = f"op_{secrets.token_hex(8)}"
         ask = StatusRequest(
             controller_id=found["controller_id"],

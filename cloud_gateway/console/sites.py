@@ -11,6 +11,8 @@ from typing import Any
 
 import psycopg
 
+from cloud_gateway.console.records import records
+
 _SITES = """
 SELECT s.site_id, s.name, s.contract_current_a, s.timezone,
        (SELECT count(*) FROM controllers c JOIN controller_status t USING (controller_id)
@@ -45,9 +47,7 @@ STATUSES = ("charging", "available", "offline", "out_of_service")
 
 
 async def sites(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-    cur = await conn.execute(_SITES)
-    names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
+    return await records(conn, _SITES)
 
 
 async def load(conn: psycopg.AsyncConnection[Any], site_id: str) -> dict[str, Any] | None:
