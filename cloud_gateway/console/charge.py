@@ -30,14 +30,6 @@ WHERE charge_id = %s ORDER BY event_id
 """
 
 
-async def _rows(
-    conn: psycopg.AsyncConnection[Any], sql: str, *args: object
-) -> list[dict[str, Any]]:
-    cur = await conn.execute(sql, args)
-    names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
-
-
 async def charge(conn: psycopg.AsyncConnection[Any], charge_id: str) -> dict[str, Any] | None:
     found = await records(conn, _CHARGE, (charge_id,))
     if not found:

@@ -53,14 +53,6 @@ ORDER BY c.site_id, c.controller_id
 """
 
 
-async def _rows(
-    conn: psycopg.AsyncConnection[Any], sql: str, *args: object
-) -> list[dict[str, Any]]:
-    cur = await conn.execute(sql, args)
-    names = [d.name for d in cur.description or ()]
-    return [dict(zip(names, row, strict=True)) for row in await cur.fetchall()]
-
-
 async def outlet(conn: psycopg.AsyncConnection[Any], outlet_id: str) -> dict[str, Any] | None:
     found = await records(conn, _OUTLET, (outlet_id,))
     if not found:
