@@ -175,8 +175,9 @@ def test_a_viewer_sees_but_cannot_act_and_forms_need_the_sessions_token(
     with httpx2.Client(cookies={"chargeline_console": cookie}) as client:
         as_viewer = client.post(stop, data={"csrf_token": csrf})
         assert as_viewer.status_code == 403 and "may look but not act" in as_viewer.text
-        forged = client.post(stop, data={"csrf_token": "guessed"})
-        assert forged.status_code == 403 and "token does not match" in forged.text
+        for guess in ("guessed", "ünïcode", ""):
+            forged = client.post(stop, data={"csrf_token": guess})
+            assert forged.status_code == 403 and "token does not match" in forged.text
     assert partner.get("/v1/charges/console-2").json()["state"] in ("on", "drawing")
     assert query(installation.database, "SELECT count(*) FROM operator_actions") == [(0,)]
     page.close()

@@ -1,4 +1,7 @@
-"""The console's routes (see the package docstring): login, logout, and the charges."""
+"""The console's routes (see the package docstring): login and logout; Sites, Charges
+(with each charge's page), an outlet's page, Alarms, and the partners and controllers;
+the actions (stop a charge, request a status, out of service and back, acknowledge an
+alarm), each behind a session, its CSRF token and the admin role."""
 
 from __future__ import annotations
 
@@ -119,7 +122,8 @@ def _guarded(handler: Handler, *, act: bool = False) -> Callable[[Request], Awai
         if found is None:
             return _to_login(request)
         form = await request.form()
-        if form.get("csrf_token") != found.csrf_token:
+        sent = str(form.get("csrf_token", "")).encode()
+        if not secrets.compare_digest(sent, found.csrf_token.encode()):
             return _render(
                 request,
                 "refused.html",
