@@ -16,6 +16,7 @@ import httpx2
 import pytest
 
 from broker.pki import LocalCA
+from cloud_gateway.operators import add_operator
 from tests.conftest import Installation
 from tests.partners import Partner
 from tests.procs import free_port, wait_port
@@ -104,3 +105,22 @@ def test_the_example_proxy_serves_partners_and_cuts_off_slow_clients(
         answer = slow.recv(64)  # nginx closes at its header deadline
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
         assert time.monotonic() - started < 10
+
+
+def test_behind_the_proxy_the_console_session_cookie_is_secure(
+    partner: Partner, proxy: tuple[str, Path], installation: Installation
+) -> None:
+    """Through TLS at the proxy, the gateway sees https (X-Forwarded-Proto from a trusted
+    proxy) and marks the console's session cookie Secure, HttpOnly and SameSite=Strict."""
+    add_operator(installation.database, "olga", "admin", "a long console password")
+    url, ca = proxy
+    with httpx2.Client(verify=ssl.create_default_context(cafile=str(ca))) as http:
+        login = http.post(
+            f"{url}/console/login",
+            data={"name": "olga", "password": "a long console password", "next": ""},
+        )
+    assert login.status_code == 303, login.text
+    cookie = login.headers["set-cookie"].lower()
+    assert cookie.startswith("chargeline_console=")
+    for flag in ("secure", "httponly", "samesite=strict", "path=/console"):
+        assert flag in cookie, cookie
