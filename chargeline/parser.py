@@ -221,9 +221,9 @@ def _operators_parser(sub: Sub) -> None:
     add.add_argument("name", help="lower-case letters, digits, '.', '_', '-'")
     add.add_argument(
         "--role",
-        choices=["admin", "viewer"],
+        choices=["admin", "read-only"],
         required=True,
-        help="admin acts (stops charges, acknowledges alarms); viewer only looks",
+        help="admin acts (stops charges, acknowledges alarms); read-only only looks",
     )
     operators_sub.add_parser("list", help="every operator: name, role, created, disabled")
     disable = operators_sub.add_parser("disable", help="refuse an operator; their sessions end")

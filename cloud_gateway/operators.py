@@ -1,5 +1,5 @@
 """The console's operators: accounts with argon2id password hashes and a role (``admin``
-acts, ``viewer`` only looks), their sessions, and the record of every action they take.
+acts, ``read-only`` only looks), their sessions, and the record of every action they take.
 
 A session is a random token in a cookie; the database keeps only its SHA-256, with the
 operator, the session's CSRF token and its expiry, so a copy of the database opens no
@@ -21,7 +21,7 @@ from argon2.exceptions import VerificationError
 
 from schemas.errors import InputError, NotFound
 
-ROLES = ("admin", "viewer")
+ROLES = ("admin", "read-only")
 MIN_PASSWORD_CHARS = 12
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 #: argon2id with argon2-cffi's defaults (RFC 9106's second recommended profile).

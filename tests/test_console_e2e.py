@@ -43,8 +43,8 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def operators(installation: Installation) -> dict[str, str]:
     add_operator(installation.database, "alice", "admin", PASSWORD)
-    add_operator(installation.database, "victor", "viewer", PASSWORD)
-    return {"admin": "alice", "viewer": "victor"}
+    add_operator(installation.database, "victor", "read-only", PASSWORD)
+    return {"admin": "alice", "read-only": "victor"}
 
 
 def shot(page: Page, name: str, tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_an_admin_sees_a_charge_appear_and_stops_it_from_the_console(
     page.close()
 
 
-def test_a_viewer_sees_but_cannot_act_and_forms_need_the_sessions_token(
+def test_a_read_only_operator_sees_but_cannot_act_and_forms_need_the_sessions_token(
     browser: Browser,
     partner: Partner,
     installation: Installation,
@@ -173,8 +173,8 @@ def test_a_viewer_sees_but_cannot_act_and_forms_need_the_sessions_token(
     csrf = page.locator('input[name="csrf_token"]').first.get_attribute("value")
     stop = f"{partner.api}/console/charges/{charge_id}/stop"
     with httpx2.Client(cookies={"chargeline_console": cookie}) as client:
-        as_viewer = client.post(stop, data={"csrf_token": csrf})
-        assert as_viewer.status_code == 403 and "may look but not act" in as_viewer.text
+        as_reader = client.post(stop, data={"csrf_token": csrf})
+        assert as_reader.status_code == 403 and "may look but not act" in as_reader.text
         for guess in ("guessed", "ünïcode", ""):
             forged = client.post(stop, data={"csrf_token": guess})
             assert forged.status_code == 403 and "token does not match" in forged.text
@@ -229,7 +229,7 @@ def test_the_sites_page_shows_each_sites_controllers_outlets_energy_and_load(
 ) -> None:
     start(partner, installation, 3, "console-3")
     page = browser.new_page()
-    log_in(page, partner.api, "victor")  # a viewer sees every page
+    log_in(page, partner.api, "victor")  # a read-only operator sees every page
     page.get_by_role("link", name="Sites").click()
     site = page.locator('section[data-site="test-site"]')
     expect(site.locator("dd.online")).to_have_text("1 of 3")  # one controller runs an edge

@@ -43,8 +43,8 @@ def test_a_password_is_kept_as_an_argon2id_hash_and_checked(database: str) -> No
     [
         ("Olga", "admin", PASSWORD, "lower-case"),
         ("o" * 64, "admin", PASSWORD, "lower-case"),
-        ("olga", "root", PASSWORD, "one of admin, viewer"),
-        ("olga", "viewer", "short", "at least 12"),
+        ("olga", "root", PASSWORD, "one of admin, read-only"),
+        ("olga", "read-only", "short", "at least 12"),
     ],
 )
 def test_bad_operators_are_refused_with_the_reason(
@@ -55,7 +55,7 @@ def test_bad_operators_are_refused_with_the_reason(
 
 
 def test_a_session_lasts_until_logout_expiry_or_the_operator_is_disabled(database: str) -> None:
-    operators.add_operator(database, "olga", "viewer", PASSWORD)
+    operators.add_operator(database, "olga", "read-only", PASSWORD)
 
     async def sessions(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
         token, csrf = await operators.open_session(conn, "olga", 3600)
@@ -68,7 +68,7 @@ def test_a_session_lasts_until_logout_expiry_or_the_operator_is_disabled(databas
         return [token, csrf, opened, closed, expired, await operators.session(conn, "forged")]
 
     token, csrf, opened, closed, expired, forged = run(database, sessions)
-    assert opened == operators.Session("olga", "viewer", csrf) and not opened.may_act
+    assert opened == operators.Session("olga", "read-only", csrf) and not opened.may_act
     assert closed is None and expired is None and forged is None
     assert query(
         database, "SELECT count(*) FROM operator_sessions WHERE token_sha256 = %s", token.encode()
@@ -99,7 +99,7 @@ def test_the_command_line_adds_lists_and_disables_operators(database: str, tmp_p
 
     added = chargeline("add", "olga", "--role", "admin", stdin=PASSWORD + "\n")
     assert added.returncode == 0 and "olga (admin) added" in added.stdout
-    again = chargeline("add", "olga", "--role", "viewer", stdin=PASSWORD + "\n")
+    again = chargeline("add", "olga", "--role", "read-only", stdin=PASSWORD + "\n")
     assert again.returncode == 2 and "chargeline: operator 'olga' exists already" in again.stderr
     assert chargeline("disable", "olga").returncode == 0
     listed = chargeline("list").stdout

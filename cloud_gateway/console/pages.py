@@ -135,7 +135,7 @@ def _guarded(handler: Handler, *, act: bool = False) -> Callable[[Request], Awai
                 request,
                 "refused.html",
                 403,
-                why=f"{found.operator} may look but not act (role viewer)",
+                why=f"{found.operator} may look but not act (role read-only)",
             )
         request.state.form = form
         return await handler(request, found)

@@ -4,7 +4,7 @@
 CREATE TABLE operators (
     name          text PRIMARY KEY CHECK (name ~ '^[a-z0-9][a-z0-9._-]{0,62}$'),
     password_hash text NOT NULL,
-    role          text NOT NULL CHECK (role IN ('admin', 'viewer')),
+    role          text NOT NULL CHECK (role IN ('admin', 'read-only')),
     created_at    timestamptz NOT NULL DEFAULT now(),
     disabled_at   timestamptz
 );
