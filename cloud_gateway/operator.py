@@ -14,15 +14,19 @@ example ``chargeline broker credentials issue svc_operator --role gateway``), gi
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
 from charging import lifecycle
 from cloud_gateway import commands, repository
+from cloud_gateway.repository import ChargeRow
 from cloud_gateway.settings import GatewaySettings
 from kernel import mqtt
 from schemas.errors import NotFound
+from schemas.messages import DesiredState
 
 
 class ChargeNotFound(NotFound):
@@ -52,21 +56,42 @@ async def stop_charge(
             raise ChargeNotFound(
                 f"no charge {charge!r}" + (f" of client {client_id!r}" if client_id else "")
             )
-        charge_id, owner, outlet_id, state = row.charge_id, row.client_id, row.outlet_id, row.state
-        if lifecycle.State(state) not in lifecycle.STOPPABLE:
-            return Stopped(charge_id, owner, outlet_id, state, None)
-        async with conn.transaction():
-            want = await commands.record_stop(
-                conn,
-                charge_id=charge_id,
-                controller_id=row.controller_id,
-                outlet=row.outlet_no,
-                issued_by="operator",
-                reason="operator stopped",
-                now=settings.now(),
-            )
+        want = await record_stop(conn, row, issued_by="operator", now=settings.now())
+    stopped = Stopped(
+        row.charge_id, row.client_id, row.outlet_id, row.state, want and want.generation
+    )
+    if want is None:
+        return stopped
     url = settings.mqtt
     identifier = url.username or f"chargeline-operator-{os.getpid()}"
     async with mqtt.client(url, identifier=identifier) as client:
         await commands.publish(client, settings.topics, want)
-    return Stopped(charge_id, owner, outlet_id, state, want.generation)
+    return stopped
+
+
+async def record_stop(
+    conn: psycopg.AsyncConnection[Any],
+    row: ChargeRow,
+    *,
+    issued_by: str,
+    now: float,
+    then: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
+) -> DesiredState | None:
+    """Record an operator's stop of the charge ``row`` in one transaction (with ``then``,
+    for example the console's record of who did it): the OFF to publish after the commit,
+    or None when there is nothing to stop (it had stopped, or was stopping)."""
+    if lifecycle.State(row.state) not in lifecycle.STOPPABLE:
+        return None
+    async with conn.transaction():
+        want = await commands.record_stop(
+            conn,
+            charge_id=row.charge_id,
+            controller_id=row.controller_id,
+            outlet=row.outlet_no,
+            issued_by=issued_by,
+            reason="operator stopped",
+            now=now,
+        )
+        if then is not None:
+            await then(conn)
+    return want

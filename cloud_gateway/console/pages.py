@@ -21,11 +21,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from charging import lifecycle
-from cloud_gateway import commands, context, operators
+from cloud_gateway import context, operator, operators, repository
 from cloud_gateway.console import alarms, charge, outlets, sites
 from cloud_gateway.console.records import records
 from cloud_gateway.operators import Session
 from cloud_gateway.ratelimit import RateLimiter, retry_after
+from cloud_gateway.repository import Conn
 from kernel import logformat
 from schemas.codec import encode
 from schemas.messages import StatusRequest
@@ -280,28 +281,23 @@ async def stop(request: Request, session: Session) -> Response:
     recorded with who did it; the breaker's answer arrives as for any stop."""
     gateway = context.of(request)
     charge_id = request.path_params["charge_id"]
+
+    async def noted(conn: Conn) -> None:
+        await operators.record(conn, session.operator, "stop charge", charge_id)
+
     async with gateway.pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT controller_id, outlet_no, state FROM charges WHERE charge_id = %s",
-            (charge_id,),
-        )
-        row = await cur.fetchone()
+        row = await (await repository.select_charge(conn, charge_id)).fetchone()
         if row is None:
             return _missing(request, session, f"charge {charge_id!r}")
-        controller_id, outlet_no, state = row
-        if lifecycle.State(state) not in lifecycle.STOPPABLE:
-            return RedirectResponse(_back(request.state.form), status_code=303)
-        async with conn.transaction():
-            want = await commands.record_stop(
-                conn,
-                charge_id=charge_id,
-                controller_id=controller_id,
-                outlet=outlet_no,
-                issued_by=f"operator:{session.operator}",
-                reason="operator stopped",
-                now=gateway.settings.now(),
-            )
-            await operators.record(conn, session.operator, "stop charge", charge_id)
+        want = await operator.record_stop(
+            conn,
+            row,
+            issued_by=f"operator:{session.operator}",
+            now=gateway.settings.now(),
+            then=noted,
+        )
+    if want is None:  # stopping or stopped already
+        return RedirectResponse(_back(request.state.form), status_code=303)
     await gateway.publish(want)
     log.info(
         "console: %s stopped charge %s", session.operator, charge_id, extra={"charge_id": charge_id}
