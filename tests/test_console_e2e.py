@@ -25,7 +25,7 @@ from tests.db import query
 from tests.partners import Partner
 from tests.procs import wait_for
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.usefixtures("operators")]
 
 PASSWORD = "a long console password"
 
@@ -41,10 +41,10 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def operators(installation: Installation) -> dict[str, str]:
+def operators(installation: Installation) -> None:
+    """alice, an admin, and victor, read-only, for every test here."""
     add_operator(installation.database, "alice", "admin", PASSWORD)
     add_operator(installation.database, "victor", "read-only", PASSWORD)
-    return {"admin": "alice", "read-only": "victor"}
 
 
 def shot(page: Page, name: str, tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def log_in(page: Page, api: str, name: str, password: str = PASSWORD) -> None:
 
 
 def test_a_page_without_a_session_goes_to_the_login_and_back(
-    browser: Browser, partner: Partner, operators: dict[str, str], tmp_path: Path
+    browser: Browser, partner: Partner, tmp_path: Path
 ) -> None:
     page = browser.new_page()
     page.goto(f"{partner.api}/console/charges?state=stopped")
@@ -97,7 +97,6 @@ def test_an_admin_sees_a_charge_appear_and_stops_it_from_the_console(
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
     page = browser.new_page()
@@ -159,7 +158,6 @@ def test_a_read_only_operator_sees_but_cannot_act_and_forms_need_the_sessions_to
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
 ) -> None:
     start(partner, installation, 5, "console-2")
     page = browser.new_page()
@@ -187,7 +185,6 @@ def test_an_admin_acknowledges_an_alarm_that_a_bad_message_raised(
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
     """A controller sends something ingest cannot read: it becomes a dead letter, which the
@@ -224,7 +221,6 @@ def test_the_sites_page_shows_each_sites_controllers_outlets_energy_and_load(
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
     start(partner, installation, 3, "console-3")
@@ -249,7 +245,6 @@ def test_an_outlets_page_shows_its_commands_lifecycle_and_an_admin_acts_on_it(
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
     outlet = start(partner, installation, 5, "console-4")
@@ -307,7 +302,6 @@ def test_a_breaker_that_fails_shows_as_a_faulted_outlet_and_an_alarm(
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
 ) -> None:
     outlet = f"{installation.controllers[0]}-6"  # its breaker never closes
     partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": "console-6"})
@@ -330,7 +324,6 @@ def test_charges_are_found_by_the_days_they_were_requested_and_read_on_a_phone(
     browser: Browser,
     partner: Partner,
     installation: Installation,
-    operators: dict[str, str],
     tmp_path: Path,
 ) -> None:
     start(partner, installation, 4, "console-7")

@@ -1,4 +1,4 @@
-"""A charge's timeline on the console (``console.charge.timeline``): every moment known,
+"""A charge's timeline on the console (``console.timeline``): every moment known,
 in time order, commands with their answers; moments not reached are left out."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from cloud_gateway.console.charge import timeline
+from cloud_gateway.console.timeline import timeline
 
 pytestmark = pytest.mark.pure
 
