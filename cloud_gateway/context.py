@@ -189,17 +189,8 @@ class Gateway:
         """Publish a recorded command and wait briefly for the edge's answer; the charge
         as it is then (``new``: the charge this call has just created)."""
         answer = self.waiter.expect(want.controller_id, want.outlet, want.generation)
-        sent = time.monotonic()
         await self.publish(want)
-        state = "on" if want.on else "off"
-        try:
-            row = await self._await_ack(charge_id, want, answer, new=new)
-        finally:
-            ack = answer.result() if answer.done() and not answer.cancelled() else None
-            self.commands[state, ack.outcome.value if ack else "no_answer"] += 1
-            if ack is not None:
-                self.answer_seconds.labels(state).observe(time.monotonic() - sent)
-        return row
+        return await self._await_ack(charge_id, want, answer, new=new)
 
     async def _await_ack(
         self,
@@ -214,11 +205,16 @@ class Gateway:
         ``new`` is a charge this call has just created: its answer is applied in one
         statement (``charges.apply_to_new``), unless something else has moved it already.
         """
+        sent = time.monotonic()
         try:
             ack = await asyncio.wait_for(answer, self.settings.start_wait_s)
         except TimeoutError:
             self.waiter.forget(want.controller_id, want.outlet, want.generation)
             ack = None
+        state = "on" if want.on else "off"
+        self.commands[state, ack.outcome.value if ack else "no_answer"] += 1
+        if ack is not None:
+            self.answer_seconds.labels(state).observe(time.monotonic() - sent)
         event = ack and lifecycle.Acked.of(ack)
         if event is not None and new is not None:
             async with self.acks_pool.connection() as conn:
