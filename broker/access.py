@@ -36,7 +36,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
 from broker import identities
 from broker.identities import Identity
-from broker.policy import Access, Policy
+from broker.policy import Access, Policy, Role
 from kernel.logsafe import Summarised, shown
 from kernel.mqtt import backoff
 from schemas.topics import DEFAULT_ROOT, Topics
@@ -70,7 +70,12 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
     async def on_broker_pre_start(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.config.database_url) as conn:
             self.identities = await identities.load(conn)
-        log.info("broker knows %d identities", len(self.identities))
+            self.policy.with_stations(await identities.load_stations(conn))
+        log.info(
+            "broker knows %d identities and %d OCPP stations",
+            len(self.identities),
+            len(self.policy.stations),
+        )
         self._watcher = asyncio.create_task(self._watch_forever(), name="identities-watch")
         self._watcher.add_done_callback(_log_crash)
 
@@ -102,6 +107,7 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
 
     async def _reload(self, conn: psycopg.AsyncConnection) -> None:
         fresh = await identities.load(conn)
+        self.policy.with_stations(await identities.load_stations(conn))
         old, self.identities = self.identities, fresh
         for name, before in old.items():
             now = fresh.get(name)
@@ -147,6 +153,8 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
             return "unknown identity", None
         if identity.revoked:
             return "credential revoked", None
+        if identity.role is Role.STATION:
+            return "an OCPP station's identity: it connects to `chargeline ocpp`", None
         if session.client_id != name:
             return "client id must equal the identity", None
         if cn is None and not await self._password_ok(identity, session.password):

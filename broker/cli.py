@@ -13,7 +13,7 @@ from kernel import runner, settings
 if TYPE_CHECKING:
     import psycopg
 
-ROLES = ("controller", "ingest", "gateway")
+ROLES = ("controller", "station", "ingest", "gateway", "ocpp")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -155,8 +155,9 @@ def _export(args: argparse.Namespace) -> int:
     config = settings.load(BrokerSettings)
     with _connect() as conn:
         known = identities.all_identities(conn)
+        stations = identities.stations(conn)
     common: dict[str, Any] = {
-        "policy": Policy(config.topics),
+        "policy": Policy(config.topics, stations),
         "identities": known,
         "listeners": export.Listeners.of(config),
         "max_packet_bytes": config.broker_max_packet_bytes,

@@ -104,7 +104,7 @@ def mosquitto(
     conf.write_text("\n".join(lines) + "\n")
     _write_private(
         passwords,
-        "".join(f"{i.name}:{i.pbkdf2}\n" for i in identities if i.pbkdf2 and not i.revoked),
+        "".join(f"{i.name}:{i.pbkdf2}\n" for i in _brokers_own(identities) if i.pbkdf2),
     )
     acl.write_text(mosquitto_acl(policy, identities))
     if here:
@@ -185,18 +185,25 @@ def _hand_to(user: str, paths: list[Path]) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def _brokers_own(identities: list[Identity]) -> list[Identity]:
+    """The identities a broker admits: neither revoked nor an OCPP station's (a station
+    speaks OCPP to the bridge; its password must not open the broker)."""
+    return [i for i in identities if not i.revoked and i.role is not Role.STATION]
+
+
 def mosquitto_acl(policy: Policy, identities: list[Identity]) -> str:
     words = {Access.READ: "read", Access.WRITE: "write"}
     lines = [
         "# Written by `chargeline broker export mosquitto`. Anything not granted is denied.",
         "",
     ]
-    for identity in identities:
-        if identity.role is Role.CONTROLLER or identity.revoked:
+    for identity in _brokers_own(identities):
+        if identity.role is Role.CONTROLLER:
             continue
         lines.append(f"user {identity.name}")
         lines += [
-            f"topic {words[g.access]} {g.topic_filter}" for g in policy.for_role(identity.role)
+            f"topic {words[access]} {topic}"
+            for access, topic in policy.filters_for(identity.name, identity.role)
         ]
         lines.append("")
     revoked = [i.name for i in identities if i.role is Role.CONTROLLER and i.revoked]
@@ -226,8 +233,8 @@ def emqx(
     users_path, acl_path, conf_path = out / "authn-users.json", out / "acl.conf", out / "emqx.conf"
     users = []
     iterations = None
-    for identity in identities:
-        if not identity.pbkdf2 or identity.revoked:
+    for identity in _brokers_own(identities):
+        if not identity.pbkdf2:
             continue
         parsed = Pbkdf2.parse(identity.pbkdf2)
         iterations = iterations or parsed.iterations
@@ -252,14 +259,12 @@ def emqx(
 def emqx_acl(policy: Policy, identities: list[Identity]) -> str:
     verbs = {Access.READ: "subscribe", Access.WRITE: "publish"}
     lines = ["%% Written by `chargeline broker export emqx`. Anything not granted is denied.", ""]
-    for identity in identities:
-        if identity.role is Role.CONTROLLER or identity.revoked:
+    for identity in _brokers_own(identities):
+        if identity.role is Role.CONTROLLER:
             continue
-        for grant in policy.for_role(identity.role):
-            topic = json.dumps(grant.topic_filter)
-            lines.append(
-                f'{{allow, {{user, "{identity.name}"}}, {verbs[grant.access]}, [{topic}]}}.'
-            )
+        for access, topic_filter in policy.filters_for(identity.name, identity.role):
+            topic = json.dumps(topic_filter)
+            lines.append(f'{{allow, {{user, "{identity.name}"}}, {verbs[access]}, [{topic}]}}.')
     lines.append("%% every controller, for its own topics only")
     for grant in policy.for_role(Role.CONTROLLER):
         topic = json.dumps(grant.topic_filter.replace("%u", "${username}"))

@@ -32,7 +32,11 @@ from schemas.errors import Refused
 from schemas.topics import is_controller_id
 
 SERVICE_NAME_RE = re.compile(r"svc_[a-z0-9-]{1,40}")
-DEFAULT_SERVICE_NAMES = {Role.INGEST: "svc_ingest", Role.GATEWAY: "svc_gateway"}
+DEFAULT_SERVICE_NAMES = {
+    Role.INGEST: "svc_ingest",
+    Role.GATEWAY: "svc_gateway",
+    Role.OCPP: "svc_ocpp",
+}
 
 #: ~5 ms per check on these machines (see the module docstring for why so light).
 _ARGON2 = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1)
@@ -58,7 +62,7 @@ class Identity:
 
 
 def check_name(name: str, role: Role) -> None:
-    if role is Role.CONTROLLER:
+    if role in (Role.CONTROLLER, Role.STATION):
         if not is_controller_id(name):
             raise IdentityError(f"{name!r} is not a controller id ([a-z0-9][a-z0-9-]*)")
     elif not SERVICE_NAME_RE.fullmatch(name):
@@ -133,7 +137,7 @@ def issue(conn: psycopg.Connection, name: str, role: Role) -> str:
 
     The only time the password exists outside the caller's memory is this return value.
     """
-    _check_registered(conn, name, role)
+    role = _check_registered(conn, name, role)
     password = new_password()
     store(conn, name, role, *hashes_of(password))
     return password
@@ -144,20 +148,28 @@ def hashes_of(password: str) -> tuple[str, str]:
     return argon2_hash(password), pbkdf2_hash(password)
 
 
-def _check_registered(conn: psycopg.Connection, name: str, role: Role) -> None:
+def _check_registered(conn: psycopg.Connection, name: str, role: Role) -> Role:
+    """Check ``name`` may be an identity of ``role``; return its role (a registered OCPP
+    station's controller id is a station's identity, whichever was asked for)."""
     check_name(name, role)
-    if role is Role.CONTROLLER:
-        known = conn.execute("SELECT 1 FROM controllers WHERE controller_id = %s", (name,))
-        if known.fetchone() is None:
+    if role in (Role.CONTROLLER, Role.STATION):
+        known = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM ocpp_stations s WHERE s.controller_id = c.controller_id)"
+            " FROM controllers c WHERE c.controller_id = %s",
+            (name,),
+        ).fetchone()
+        if known is None:
             raise IdentityError(
                 f"controller {name!r} is not in the registry: import it first"
                 " (chargeline registry import FILE)"
             )
+        return Role.STATION if known[0] else Role.CONTROLLER
+    return role
 
 
 def ensure_certificate_only(conn: psycopg.Connection, name: str, role: Role) -> None:
     """Make sure ``name`` exists (unrevoked) so its client certificate is accepted."""
-    _check_registered(conn, name, role)
+    role = _check_registered(conn, name, role)
     existing = get(conn, name)
     if existing is None or existing.revoked:
         store(conn, name, role, None, None)
@@ -168,7 +180,7 @@ def ensure_certificate_only(conn: psycopg.Connection, name: str, role: Role) -> 
 def bind_certificate(conn: psycopg.Connection, name: str, role: Role, sha256: bytes) -> None:
     """Make ``name`` (created, or un-revoked, if need be) accept exactly the certificate
     whose DER SHA-256 is ``sha256``; any certificate issued to it before is refused."""
-    ensure_certificate_only(conn, name, role)
+    ensure_certificate_only(conn, name, _check_registered(conn, name, role))
     conn.execute("UPDATE mqtt_identities SET cert_sha256 = %s WHERE name = %s", (sha256, name))
 
 
@@ -225,3 +237,14 @@ def all_identities(conn: psycopg.Connection) -> list[Identity]:
 async def load(conn: psycopg.AsyncConnection) -> dict[str, Identity]:
     cur = await conn.execute(f"SELECT {_COLUMNS} FROM mqtt_identities")
     return {row[0]: _identity(row) for row in await cur.fetchall()}
+
+
+def stations(conn: psycopg.Connection) -> frozenset[str]:
+    """The controller ids of the registry's OCPP stations (the bridge speaks for these)."""
+    return frozenset(cid for (cid,) in conn.execute("SELECT controller_id FROM ocpp_stations"))
+
+
+async def load_stations(conn: psycopg.AsyncConnection) -> frozenset[str]:
+    """The controller ids of the registry's OCPP stations (the bridge speaks for these)."""
+    cur = await conn.execute("SELECT controller_id FROM ocpp_stations")
+    return frozenset(cid for (cid,) in await cur.fetchall())

@@ -10,6 +10,10 @@ Mosquitto ACL lines and EMQX rules, so switching brokers changes nothing for any
   connected identity, which is how Mosquitto's ``pattern`` lines say it.
 - **ingest** reads what controllers write and answers ``meter/ack``.
 - **gateway** writes commands (``desired``) and status requests, and reads command acks.
+- **ocpp** (the OCPP bridge, ``chargeline ocpp``) speaks for its stations: what a controller
+  may write and read, on the topics of registered stations only (``Policy.stations``), never
+  on a controller's.
+- A **station**'s identity is for its OCPP connection; it has no grants at the broker.
 
 Nothing else is granted: no ``$SYS``, no ``#``, no other controller's subtree.
 """
@@ -26,6 +30,8 @@ class Role(enum.StrEnum):
     CONTROLLER = "controller"
     INGEST = "ingest"
     GATEWAY = "gateway"
+    OCPP = "ocpp"
+    STATION = "station"
 
 
 class Access(enum.StrEnum):
@@ -65,6 +71,14 @@ _GRANTS: tuple[tuple[Role, Access, str, tuple[TopicKind, ...]], ...] = (
     (Role.INGEST, Access.WRITE, "+", (TopicKind.METER_ACK,)),
     (Role.GATEWAY, Access.READ, "+", (TopicKind.ACK,)),
     (Role.GATEWAY, Access.WRITE, "+", (TopicKind.DESIRED, TopicKind.REQUEST)),
+    # The bridge's grants name every controller; ``Policy.allows`` then keeps to stations.
+    (
+        Role.OCPP,
+        Access.WRITE,
+        "+",
+        (TopicKind.METER, TopicKind.EVENT, TopicKind.ACK, TopicKind.STATE, TopicKind.PRESENCE),
+    ),
+    (Role.OCPP, Access.READ, "+", (TopicKind.DESIRED, TopicKind.METER_ACK, TopicKind.REQUEST)),
 )
 
 #: The topics a role may leave a retained message on: the ones the wire contract retains
@@ -75,14 +89,18 @@ _RETAINED: dict[Role, frozenset[TopicKind]] = {
     Role.CONTROLLER: frozenset({TopicKind.STATE, TopicKind.PRESENCE}),
     Role.GATEWAY: frozenset({TopicKind.DESIRED}),
     Role.INGEST: frozenset(),
+    Role.OCPP: frozenset({TopicKind.STATE, TopicKind.PRESENCE}),
+    Role.STATION: frozenset(),
 }
 
 
 class Policy:
     """The grants for one topic root, and the decisions made from them."""
 
-    def __init__(self, topics: Topics) -> None:
+    def __init__(self, topics: Topics, stations: frozenset[str] = frozenset()) -> None:
         self.topics = topics
+        #: The controller ids of OCPP stations: the only ones the bridge may speak for.
+        self.stations = stations
         self.grants = tuple(
             Grant(role, access, topics.filter_for(kind, who))
             for role, access, who, kinds in _GRANTS
@@ -102,6 +120,32 @@ class Policy:
     def for_role(self, role: Role) -> list[Grant]:
         return [grant for grant in self.grants if grant.role is role]
 
+    def with_stations(self, stations: frozenset[str]) -> None:
+        """The registry's stations changed: the bridge may speak for these from now on."""
+        if stations != self.stations:
+            self.stations = stations
+            self._cache.clear()
+
+    def filters_for(self, name: str, role: Role) -> list[tuple[Access, str]]:
+        """What ``name`` may do, as concrete filters (the bridge's, one set per station):
+        how the exports write a service's lines."""
+        if role is Role.OCPP:
+            return [
+                (access, self.topics.filter_for(kind, station))
+                for station in sorted(self.stations)
+                for r, access, _, kinds in _GRANTS
+                if r is Role.OCPP
+                for kind in kinds
+            ]
+        return [(g.access, g.for_identity(name)) for g in self.for_role(role)]
+
+    def _station_topic(self, topic: str) -> bool:
+        """Is ``topic`` (or filter) under one station's subtree, named without wildcards?"""
+        prefix = f"{self.topics.root}/ctl/"
+        if not topic.startswith(prefix):
+            return False
+        return topic[len(prefix) :].partition("/")[0] in self.stations
+
     def allows(
         self, *, name: str, role: Role, access: Access, topic: str, subscribing: bool = False
     ) -> bool:
@@ -120,7 +164,7 @@ class Policy:
                 check(grant.for_identity(name), topic)
                 for grant in self.grants
                 if grant.role is role and grant.access is access
-            )
+            ) and (role is not Role.OCPP or self._station_topic(topic))
             if len(self._cache) > 100_000:  # bounded: a client inventing topics cannot grow it
                 self._cache.clear()
             self._cache[key] = verdict

@@ -16,6 +16,7 @@ from cloud_gateway.settings import GatewaySettings
 from edge_agent.settings import EdgeSettings
 from ingest.settings import IngestSettings
 from kernel import runner, settings
+from ocpp_bridge.settings import OcppSettings
 from schemas.errors import ChargelineError
 from store.database import prepare_database
 
@@ -72,6 +73,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         ingest = settings.load(IngestSettings)
         url = prepare_database(ingest)
         return runner.run(services.run_ingest(ingest, url))
+    if args.command == "ocpp":
+        config = settings.load(OcppSettings)
+        url = prepare_database(config)
+        if args.ocpp_command == "frames":
+            from ocpp_bridge.frames import print_frames
+
+            return print_frames(url, args.station_id, args.since, args.until, args.limit)
+        return runner.run(services.run_ocpp(config, url))
     if args.command == "db":
         return _db(args)
     simple: dict[str, Callable[[], int]] = {

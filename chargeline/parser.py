@@ -12,6 +12,7 @@ from cloud_gateway.settings import GatewaySettings
 from edge_agent.settings import EdgeSettings
 from ingest.settings import IngestSettings
 from kernel import settings
+from ocpp_bridge.settings import OcppSettings
 
 DESCRIPTION = "``chargeline``: one command, a subcommand per process."
 
@@ -55,7 +56,7 @@ def build() -> argparse.ArgumentParser:
 
 
 def _services(sub: Sub) -> None:
-    """The long-running processes: edge, ingest, auth, gateway, webhooks."""
+    """The long-running processes: edge, ingest, ocpp, auth, gateway, webhooks."""
     edge = sub.add_parser(
         "edge",
         help="run an edge agent (simulated outlets)",
@@ -74,6 +75,21 @@ def _services(sub: Sub) -> None:
         help="run the ingest worker",
         **_help(IngestSettings, "nothing: it subscribes at CHARGELINE_MQTT_URL"),
     )
+    ocpp = sub.add_parser(
+        "ocpp",
+        help="run the OCPP-J endpoint: each OCPP station as one more controller",
+        **_help(
+            OcppSettings, "CHARGELINE_OCPP_BIND (default 127.0.0.1:9220), path /ocpp/{station_id}"
+        ),
+    )
+    ocpp_sub = ocpp.add_subparsers(dest="ocpp_command")
+    frames = ocpp_sub.add_parser(
+        "frames", help="what a station really said: the raw OCPP frames, oldest first"
+    )
+    frames.add_argument("station_id", help="the station's OCPP id")
+    frames.add_argument("--since", help="from this time (ISO 8601, e.g. 2026-12-01T09:00Z)")
+    frames.add_argument("--until", help="up to this time (ISO 8601)")
+    frames.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     sub.add_parser(
         "auth",
         help="run the OAuth2 authorization server",
@@ -111,7 +127,9 @@ def _db_parser(sub: Sub) -> None:
     )
     login.add_argument("name", help="the login's name, e.g. cl_gateway")
     login.add_argument(
-        "service", choices=["broker", "auth", "gateway", "webhooks", "ingest"], help="its grants"
+        "service",
+        choices=["broker", "auth", "gateway", "webhooks", "ingest", "ocpp"],
+        help="its grants",
     )
 
 

@@ -10,6 +10,7 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
 from kernel import logformat, systemd
+from ocpp_bridge.settings import OcppSettings
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,26 @@ async def run_ingest(settings: IngestSettings, url: str) -> None:
         systemd.service(),
     ):
         await ingest.run()
+
+
+async def run_ocpp(settings: OcppSettings, url: str) -> None:
+    from kernel import ops
+    from ocpp_bridge.bridge import Bridge
+    from ocpp_bridge.probe import probe
+
+    bridge = Bridge(settings, url)
+
+    async def serving() -> None:
+        await bridge.serving.wait()
+
+    try:
+        async with (
+            ops.served(settings.ops_bind, probe(bridge)),
+            systemd.service(serving),
+        ):
+            await bridge.run()
+    finally:
+        bridge.close()
 
 
 def simulated_agent(settings: EdgeSettings, *, arrivals: bool = True) -> EdgeAgent:

@@ -9,7 +9,8 @@ from typing import Any
 
 import psycopg
 
-from store.registry_file import Registry, SiteEntry
+from schemas.errors import InputError
+from store.registry_file import Registry, RfidTagEntry, SiteEntry, StationEntry
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,48 @@ RETURNING (xmax = 0) AS inserted
 
 _UPSERT_OUTLET = """
 INSERT INTO outlets AS t
-    (outlet_id, controller_id, outlet_no, rated_current_a, rise_threshold_a, in_service)
-VALUES (%s, %s, %s, %s, %s, %s)
+    (outlet_id, controller_id, outlet_no, rated_current_a, rise_threshold_a, in_service, kind)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (outlet_id) DO UPDATE SET
     controller_id = excluded.controller_id, outlet_no = excluded.outlet_no,
     rated_current_a = excluded.rated_current_a, rise_threshold_a = excluded.rise_threshold_a,
-    in_service = excluded.in_service, updated_at = now()
-WHERE (t.controller_id, t.outlet_no, t.rated_current_a, t.rise_threshold_a, t.in_service)
+    in_service = excluded.in_service, kind = excluded.kind, updated_at = now()
+WHERE (t.controller_id, t.outlet_no, t.rated_current_a, t.rise_threshold_a, t.in_service,
+       t.kind)
     IS DISTINCT FROM (excluded.controller_id, excluded.outlet_no,
-                      excluded.rated_current_a, excluded.rise_threshold_a, excluded.in_service)
+                      excluded.rated_current_a, excluded.rise_threshold_a, excluded.in_service,
+                      excluded.kind)
+RETURNING (xmax = 0) AS inserted
+"""
+
+_UPSERT_STATION = """
+INSERT INTO ocpp_stations AS t (station_id, controller_id, ocpp_version) VALUES (%s, %s, %s)
+ON CONFLICT (station_id) DO UPDATE SET
+    controller_id = excluded.controller_id, ocpp_version = excluded.ocpp_version,
+    updated_at = now()
+WHERE (t.controller_id, t.ocpp_version) IS DISTINCT FROM (excluded.controller_id,
+                                                          excluded.ocpp_version)
+RETURNING (xmax = 0) AS inserted
+"""
+
+_UPSERT_CONNECTOR = """
+INSERT INTO ocpp_connectors AS t
+    (controller_id, outlet_no, evse_id, connector_id, current_type, rated_power_kw)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (controller_id, outlet_no) DO UPDATE SET
+    evse_id = excluded.evse_id, connector_id = excluded.connector_id,
+    current_type = excluded.current_type, rated_power_kw = excluded.rated_power_kw
+WHERE (t.evse_id, t.connector_id, t.current_type, t.rated_power_kw)
+    IS DISTINCT FROM (excluded.evse_id, excluded.connector_id, excluded.current_type,
+                      excluded.rated_power_kw)
+RETURNING (xmax = 0) AS inserted
+"""
+
+_UPSERT_TAG = """
+INSERT INTO rfid_tags AS t (id_tag, client_id, valid) VALUES (%s, %s, %s)
+ON CONFLICT (id_tag) DO UPDATE SET
+    client_id = excluded.client_id, valid = excluded.valid, updated_at = now()
+WHERE (t.client_id, t.valid) IS DISTINCT FROM (excluded.client_id, excluded.valid)
 RETURNING (xmax = 0) AS inserted
 """
 
@@ -119,10 +153,72 @@ def import_registry(url: str, registry: Registry) -> ImportSummary:
                         o.rated_current_a,
                         o.rise_threshold_a,
                         o.in_service,
+                        "ac_outlet",
                     ),
                 ).fetchone()
                 summary.record("outlets", row)
+        for station in registry.stations:
+            _import_station(conn, station, summary)
+        _import_tags(conn, registry.rfid_tags, summary)
     return summary
+
+
+def _import_station(
+    conn: psycopg.Connection[Any], station: StationEntry, summary: ImportSummary
+) -> None:
+    """A station is a controller (without a main meter) whose connectors are its outlets."""
+    cid = station.cid
+    taken = conn.execute(
+        "SELECT station_id FROM ocpp_stations WHERE controller_id = %s AND station_id <> %s",
+        (cid, station.id),
+    ).fetchone()
+    if taken is not None:
+        raise InputError(
+            f"station {station.id!r}: controller id {cid!r} already belongs to station"
+            f" {taken[0]!r}",
+            station=station.id,
+        )
+    summary.record(
+        "stations", conn.execute(_UPSERT_CONTROLLER, (cid, station.site, False)).fetchone()
+    )
+    conn.execute(_UPSERT_STATION, (station.id, cid, station.ocpp_version))
+    for c in station.connectors:
+        kind = "ocpp_dc" if c.current_type == "DC" else "ocpp_ac"
+        row = conn.execute(
+            _UPSERT_OUTLET,
+            (c.outlet_id, cid, c.number, c.rated_current_a, c.rise_threshold_a, c.in_service, kind),
+        ).fetchone()
+        summary.record("connectors", row)
+        evse = c.evse if station.ocpp_version == "2.0.1" else c.connector
+        conn.execute(
+            _UPSERT_CONNECTOR,
+            (cid, c.number, evse, c.connector, c.current_type, c.rated_power_kw),
+        )
+
+
+def _import_tags(
+    conn: psycopg.Connection[Any], tags: list[RfidTagEntry], summary: ImportSummary
+) -> None:
+    if not tags:
+        return
+    known = {
+        client_id
+        for (client_id,) in conn.execute(
+            "SELECT client_id FROM oauth_clients WHERE client_id = ANY(%s)",
+            ([t.client_id for t in tags],),
+        )
+    }
+    unknown = sorted({t.client_id for t in tags} - known)
+    if unknown:
+        raise InputError(
+            f"rfid_tags: no partner client {unknown[0]!r} (chargeline clients list)",
+            client_id=unknown[0],
+        )
+    for tag in tags:
+        summary.record(
+            "rfid tags",
+            conn.execute(_UPSERT_TAG, (tag.id_tag, tag.client_id, tag.valid)).fetchone(),
+        )
 
 
 def _import_tariffs(conn: psycopg.Connection[Any], site: SiteEntry, summary: ImportSummary) -> None:

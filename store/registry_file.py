@@ -27,6 +27,26 @@ A registry file lists sites, controllers and outlets::
     rated_current_a = 16
     rise_threshold_a = 2.0
 
+    [[stations]]                       # an OCPP charging station (docs/ocpp.md)
+    id = "HV-DC-01"                    # its OCPP id: the last part of its endpoint URL
+    controller_id = "hv-dc-01"         # how the rest of chargeline knows it
+    site = "harbor-view"
+    ocpp_version = "2.0.1"             # or "1.6" (OCPP 1.6J)
+
+    [[stations.connectors]]
+    number = 1                         # its outlet number (1..8) on the controller
+    evse = 1                           # 2.0.1: the EVSE id; 1.6: ignored
+    connector = 1                      # the connector id (1.6: connectorId)
+    outlet_id = "HV-DC01"
+    current_type = "DC"                # or "AC"
+    rated_current_a = 200
+    rated_power_kw = 150
+    rise_threshold_a = 2.0
+
+    [[rfid_tags]]                      # a card a resident starts a charge with
+    id_tag = "04A2B3C4D5E6F7"
+    client_id = "…"                    # the partner client its charges are billed to
+
 Pure: ``parse(text, suffix)`` returns a ``Registry`` or raises ``RegistryFileError`` whose
 lines name the file line of each problem.
 """
@@ -35,7 +55,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -74,6 +94,75 @@ class OutletEntry(_Strict):
         if self.rise_threshold_a >= self.rated_current_a:
             raise ValueError("rise_threshold_a must be below rated_current_a")
         return self
+
+
+#: An OCPP station id: OCPP 1.6's CiString48 / 2.0.1's identifierString, as URL-safe text.
+STATION_ID = r"^[A-Za-z0-9._:*+|@-]{1,48}$"
+#: An RFID id tag (OCPP's idToken): printable, at most 36 characters.
+ID_TAG = r"^[^\x00-\x1f\x7f]{1,36}$"
+
+
+class ConnectorEntry(_Strict):
+    """One connector of an OCPP station: an outlet of the station's controller."""
+
+    number: Annotated[int, Field(ge=1, le=MAX_OUTLETS)]
+    evse: Annotated[int, Field(ge=1, le=MAX_OUTLETS)] = 1
+    connector: Annotated[int, Field(ge=1, le=MAX_OUTLETS)] = 1
+    outlet_id: PublicId
+    current_type: Literal["AC", "DC"] = "AC"
+    #: A DC fast charger draws up to 500 A (the wire contract's version 2 limit).
+    rated_current_a: Annotated[float, Field(gt=0, le=500)] = 32.0
+    rated_power_kw: Annotated[float, Field(gt=0, le=1000)] | None = None
+    rise_threshold_a: Annotated[float, Field(gt=0, le=500)] = 2.0
+    in_service: bool = True
+
+    @model_validator(mode="after")
+    def _threshold_below_rating(self) -> ConnectorEntry:
+        if self.rise_threshold_a >= self.rated_current_a:
+            raise ValueError("rise_threshold_a must be below rated_current_a")
+        return self
+
+
+class StationEntry(_Strict):
+    """An OCPP charging station: one more controller to the rest of chargeline."""
+
+    id: Annotated[str, Field(pattern=STATION_ID)]
+    #: Required unless ``id`` is itself a controller id: never lower-cased into a collision.
+    controller_id: Annotated[str, Field(pattern=f"^{CONTROLLER_ID_RE.pattern}$")] | None = None
+    site: PublicId
+    ocpp_version: Literal["1.6", "2.0.1"]
+    connectors: Annotated[list[ConnectorEntry], Field(min_length=1, max_length=MAX_OUTLETS)]
+
+    @model_validator(mode="after")
+    def _controller_id(self) -> StationEntry:
+        if self.controller_id is None:
+            if not CONTROLLER_ID_RE.fullmatch(self.id):
+                raise ValueError(
+                    f"station id {self.id!r} is not a controller id ([a-z0-9][a-z0-9-]{{0,62}}):"
+                    " give the station a controller_id"
+                )
+            object.__setattr__(self, "controller_id", self.id)
+        numbers = [c.number for c in self.connectors]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"connector numbers repeat: {sorted(numbers)}")
+        plugs = [
+            (c.evse, c.connector) if self.ocpp_version == "2.0.1" else (c.connector,)
+            for c in self.connectors
+        ]
+        if len(set(plugs)) != len(plugs):
+            raise ValueError(f"connectors repeat: {sorted(plugs)}")
+        return self
+
+    @property
+    def cid(self) -> str:
+        assert self.controller_id is not None  # set by the validator
+        return self.controller_id
+
+
+class RfidTagEntry(_Strict):
+    id_tag: Annotated[str, Field(pattern=ID_TAG)]
+    client_id: Annotated[str, Field(min_length=1, max_length=200)]
+    valid: bool = True
 
 
 class ControllerEntry(_Strict):
@@ -160,13 +249,23 @@ class SiteEntry(_Strict):
 class Registry(_Strict):
     sites: list[SiteEntry] = []
     controllers: list[ControllerEntry] = []
+    stations: list[StationEntry] = []
+    rfid_tags: list[RfidTagEntry] = []
 
     @model_validator(mode="after")
     def _references(self) -> Registry:
         site_ids = [s.id for s in self.sites]
         _no_repeats("site id", site_ids)
-        _no_repeats("controller id", [c.id for c in self.controllers])
-        _no_repeats("outlet_id", [o.outlet_id for c in self.controllers for o in c.outlets])
+        _no_repeats(
+            "controller id", [c.id for c in self.controllers] + [s.cid for s in self.stations]
+        )
+        _no_repeats("station id", [s.id for s in self.stations])
+        _no_repeats(
+            "outlet_id",
+            [o.outlet_id for c in self.controllers for o in c.outlets]
+            + [c.outlet_id for s in self.stations for c in s.connectors],
+        )
+        _no_repeats("id_tag", [t.id_tag for t in self.rfid_tags])
         return self
 
 
@@ -223,6 +322,13 @@ def _check_sites_exist(registry: Registry, source: str, locate: Any) -> None:
         )
         for i, c in enumerate(registry.controllers)
         if c.site not in known
+    ] + [
+        (
+            locate(("stations", i, "site")),
+            f"stations.{i}.site: no site {s.site!r} in this file",
+        )
+        for i, s in enumerate(registry.stations)
+        if s.site not in known
     ]
     if problems:
         raise RegistryFileError(source, problems)

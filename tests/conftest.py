@@ -22,7 +22,7 @@ from store.registry import import_registry
 from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
 from tests.procs import Proc, free_port, wait_port
 
-pytest_plugins = ["tests.partners"]  # the partner fixture of the end-to-end tests
+pytest_plugins = ["tests.partners", "tests.stations"]  # the end-to-end tests' fixtures
 
 # --- the run's own temporary directory --------------------------------------------------
 

@@ -1,0 +1,578 @@
+"""One OCPP station as one controller: what an edge agent does, on a station's messages.
+
+For each registered station the bridge keeps a ``Station``. It speaks chargeline's wire
+contract for it, exactly as ``edge_agent`` does for a controller, and shares the edge's
+parts rather than copying them:
+
+- **readings**: each connector's samples (``MeterValues``, ``TransactionEvent``) go
+  through the ``MinuteFramer`` into minute frames, kept in the edge's on-disk
+  ``FrameBuffer`` until ``meter/ack`` names their batch, and resent until then;
+- **commands**: every desired state is judged by the edge's pure ``reconciler`` (stale,
+  replayed and expired states, the start age limit, the cloud clock learned from
+  ``meter/ack``, the ``end_at`` timer) with the edge's ``CommandMemory`` on disk. Where a
+  controller switches a breaker, a station is asked: ON is RemoteStartTransaction (1.6) /
+  RequestStartTransaction (2.0.1) and counts as done once the station accepted *and* its
+  transaction started; OFF is RemoteStop/RequestStopTransaction and is done when the
+  transaction ended (``Link``). A "breaker" is ON while a transaction runs on the connector;
+- **events**: a current rising through a level (``reconciler.watch_current``), a connector
+  reported ``Faulted``, status answers;
+- **state and presence**: the connectors' transactions and applied generations; online
+  while its WebSocket is open.
+
+Commands run one at a time per station (a task reading ``_work``), so one OCPP call is in
+flight per station and the memory is never stepped by two decisions at once. Nothing here
+blocks a message handler: handlers call the ``on_…`` methods, which only file facts and
+queue work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+from edge_agent import reconciler
+from edge_agent.buffer import FrameBuffer
+from edge_agent.clock import Clock
+from edge_agent.memory import CommandMemory
+from edge_agent.reconciler import Acknowledge, Decision, Report, Switch
+from ocpp_bridge.minutes import MinuteFramer
+from ocpp_bridge.readings import Sample
+from schemas.codec import CodecError, decode, encode
+from schemas.messages import (
+    CommandAck,
+    CommandOutcome,
+    DesiredState,
+    EdgeEvent,
+    EdgeEventKind,
+    MeterAck,
+    MeterBatch,
+    OutletReading,
+    OutletState,
+    Presence,
+    ReportedState,
+    StatusRequest,
+)
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: A station protects itself against over-current; the edge's local trip is not used.
+_NO_TRIP = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Connector:
+    outlet: int
+    evse: int
+    connector: int
+    current_type: str = "AC"
+
+
+@dataclass(frozen=True, slots=True)
+class StationInfo:
+    station_id: str
+    controller_id: str
+    ocpp_version: str
+    connectors: tuple[Connector, ...]
+
+    def by_outlet(self, outlet: int) -> Connector | None:
+        return next((c for c in self.connectors if c.outlet == outlet), None)
+
+    def outlet_of(self, *, evse: int | None = None, connector: int | None = None) -> int | None:
+        """The outlet of a 1.6 connectorId (``connector``) or a 2.0.1 EVSE (and connector)."""
+        for c in self.connectors:
+            if self.ocpp_version == "1.6":
+                if connector == c.connector:
+                    return c.outlet
+            elif evse == c.evse and connector in (None, c.connector):
+                return c.outlet
+        return None
+
+
+@dataclass(slots=True)
+class Transaction:
+    transaction_id: str
+    outlet: int
+    started_at: float
+    meter_start_wh: float | None
+    id_tag: str | None = None
+    remote: bool = False
+    stopped_at: float | None = None
+    meter_stop_wh: float | None = None
+    stop_reason: str | None = None
+
+
+class Link(Protocol):
+    """A station's open OCPP connection, as a station's commands need it."""
+
+    async def remote_start(self, connector: Connector, id_tag: str, remote_id: int) -> bool:
+        """Ask the station to start; True when it accepted."""
+        ...
+
+    async def remote_stop(self, transaction_id: str) -> bool:
+        """Ask the station to stop a transaction; True when it accepted."""
+        ...
+
+
+class CallFailed(Exception):
+    """The station did not answer a call in time, or answered with a CALLERROR."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    topics: Topics
+    firmware_prefix: str = "ocpp"
+    start_max_age_s: float = 120.0
+    #: How long a started transaction (or an ended one) may take after the station accepted.
+    transaction_wait_s: float = 10.0
+    current_levels_a: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 10.0)
+    buffer_max_frames: int = 7 * 24 * 60
+    max_frames_per_message: int = 60
+
+
+@dataclass
+class Facts:
+    """What the station told, per connector: readings, status, transactions."""
+
+    latest: dict[int, OutletReading] = field(default_factory=dict)
+    status: dict[int, str] = field(default_factory=dict)
+    active: dict[int, Transaction] = field(default_factory=dict)
+    #: outlet → event set when a transaction starts or ends there.
+    changed: dict[int, asyncio.Event] = field(default_factory=dict)
+
+    def reading(self, outlet: int) -> OutletReading:
+        known = self.latest.get(outlet)
+        on = outlet in self.active
+        if known is None:
+            return OutletReading(outlet, 0.0, 0.0, 0.0, on)
+        return known._replace(breaker_on=on)
+
+
+class Station:
+    def __init__(
+        self,
+        info: StationInfo,
+        settings: Settings,
+        *,
+        clock: Clock,
+        send: Callable[[str, bytes, bool], None],
+        record: Callable[[Transaction, str], None] = lambda t, cid: None,
+    ) -> None:
+        self.info = info
+        self.cid = info.controller_id
+        self.settings = settings
+        self.topics = settings.topics
+        self.clock = clock
+        self._send = send
+        self._record = record
+        folder = settings.data_dir / "ocpp"
+        self.buffer = FrameBuffer(
+            folder / f"{self.cid}.sqlite", max_frames=settings.buffer_max_frames
+        )
+        self.memory_store = CommandMemory(folder / f"{self.cid}.commands.sqlite")
+        self.outlet_numbers = tuple(c.outlet for c in info.connectors)
+        self.memory = {
+            n: m for n, m in self.memory_store.load(range(1, 9)).items() if n in self.outlet_numbers
+        }
+        self.cloud_clock = reconciler.CloudClock()
+        self.limits = reconciler.Limits(start_max_age_s=settings.start_max_age_s)
+        self.current_limits = reconciler.CurrentLimits(
+            overcurrent_a=_NO_TRIP, overcurrent_s=0.0, levels_a=settings.current_levels_a
+        )
+        self._watch = {n: reconciler.CurrentWatch() for n in self.outlet_numbers}
+        self._restoring = set(self.outlet_numbers)
+        self._waiting: dict[int, DesiredState] = {}
+        self.framer = MinuteFramer()
+        self.facts = Facts()
+        self.link: Link | None = None
+        self.firmware = "unknown"
+        self.started_at = clock.now()
+        self.online_since: float | None = None
+        #: Tags this bridge gave for remote starts: a station may Authorize them.
+        self.remote_tags: set[str] = set()
+        self._sent_at: dict[int, float] = {}
+        self._work: asyncio.Queue[Callable[[], Decision | None]] = asyncio.Queue()
+        self.failures: dict[str, int] = {"rejected": 0, "timed_out": 0, "offline": 0}
+
+    def close(self) -> None:
+        self.buffer.close()
+        self.memory_store.close()
+
+    # --- the connection --------------------------------------------------------------------
+    def connected(self, link: Link) -> None:
+        self.link = link
+        self.online_since = self.clock.now()
+        self._publish(
+            self.topics.presence(self.cid),
+            encode(Presence(controller_id=self.cid, online=True, since=self.online_since)),
+            retain=True,
+        )
+        self.publish_state()
+        self.send_pending()
+
+    def disconnected(self, reason: str) -> None:
+        self.link = None
+        self.online_since = None
+        for event in self.facts.changed.values():
+            event.set()  # a command waiting on a transaction learns the link is gone
+        self._publish(
+            self.topics.presence(self.cid),
+            encode(
+                Presence(
+                    controller_id=self.cid, online=False, since=self.clock.now(), reason=reason
+                )
+            ),
+            retain=True,
+        )
+
+    # --- what the station says (called from message handlers: no waiting) ----------------
+    def on_boot(self, vendor: str, model: str, firmware: str | None) -> None:
+        self.firmware = f"{vendor} {model} {firmware or ''}".strip()[:200]
+        self.publish_state()
+
+    def on_status(self, outlet: int, status: str, error: str | None = None) -> None:
+        before = self.facts.status.get(outlet)
+        self.facts.status[outlet] = status
+        if status == "Faulted" and before != "Faulted":
+            detail = f"station reports Faulted ({error or 'no error code'})"
+            self._event(EdgeEventKind.BREAKER_FAILED, outlet, detail)
+
+    def on_sample(self, outlet: int, sample: Sample) -> None:
+        """One connector's sample: the minute frames, and the current-rise fast path."""
+        previous = self.facts.reading(outlet)
+        reading = OutletReading(
+            outlet=outlet,
+            energy_wh=round(sample.energy_wh, 3)
+            if sample.energy_wh is not None
+            else previous.energy_wh,
+            voltage_v=sample.voltage_v if sample.voltage_v is not None else previous.voltage_v,
+            current_a=sample.current_a if sample.current_a is not None else 0.0,
+            breaker_on=outlet in self.facts.active,
+        )
+        self.facts.latest[outlet] = reading
+        for frame in self.framer.add(sample.at, reading):
+            self.buffer.add(frame)
+        self.send_pending()
+        memory = self.memory.get(outlet)
+        if memory is None:
+            return
+        seen = reconciler.watch_current(
+            memory,
+            self._watch[outlet],
+            at=sample.at,
+            current_a=reading.current_a,
+            breaker_on=reading.breaker_on,
+            limits=self.current_limits,
+        )
+        self._watch[outlet] = seen.watch
+        if seen.crossed_a is not None:
+            self._event(EdgeEventKind.CURRENT_CROSSED, outlet, f"rose through {seen.crossed_a:g} A")
+
+    def on_transaction_started(self, transaction: Transaction) -> None:
+        outlet = transaction.outlet
+        self.facts.active[outlet] = transaction
+        if transaction.meter_start_wh is not None:
+            reading = self.facts.reading(outlet)
+            self.facts.latest[outlet] = reading._replace(energy_wh=transaction.meter_start_wh)
+        self._watch[outlet] = reconciler.breaker_closed(self._watch[outlet])
+        self._record(transaction, self.cid)
+        self._changed(outlet)
+        self.publish_state()
+
+    def on_transaction_ended(
+        self, transaction_id: str, *, at: float, meter_stop_wh: float | None, reason: str | None
+    ) -> Transaction | None:
+        for outlet, t in list(self.facts.active.items()):
+            if t.transaction_id == transaction_id:
+                ended = replace(t, stopped_at=at, meter_stop_wh=meter_stop_wh, stop_reason=reason)
+                del self.facts.active[outlet]
+                if meter_stop_wh is not None:
+                    reading = self.facts.reading(outlet)
+                    self.facts.latest[outlet] = reading._replace(energy_wh=meter_stop_wh)
+                self._record(ended, self.cid)
+                self._changed(outlet)
+                self.publish_state()
+                memory = self.memory.get(outlet)
+                if memory is not None and memory.on:
+                    # The station (or a resident) ended it: the edge reports a breaker that
+                    # opened on its own, and forgets the charge's timer.
+                    self._remember(replace(memory, on=False, stop_at=None))
+                    self._event(
+                        EdgeEventKind.BREAKER_SWITCHED, outlet, f"station stopped: {reason}"
+                    )
+                return ended
+        return None
+
+    def transaction(self, transaction_id: str) -> Transaction | None:
+        return next(
+            (t for t in self.facts.active.values() if t.transaction_id == transaction_id), None
+        )
+
+    def _changed(self, outlet: int) -> None:
+        self.facts.changed.setdefault(outlet, asyncio.Event()).set()
+
+    # --- what the cloud says ---------------------------------------------------------------
+    def on_meter_ack(self, payload: bytes) -> None:
+        try:
+            ack = decode(MeterAck, payload)
+        except CodecError as exc:
+            log.warning("%s: ignoring a bad meter ack: %s", self.cid, exc)
+            return
+        if ack.controller_id != self.cid:
+            return
+        if ack.at is not None:
+            self.cloud_clock.learn(ack.at, self.clock.now())
+            self._queue(self._judge_waiting)
+        if ack.seqs:
+            self.buffer.ack(ack.seqs)
+            for seq in ack.seqs:
+                self._sent_at.pop(seq, None)
+
+    def on_desired(self, outlet: int, payload: bytes) -> None:
+        try:
+            want = decode(DesiredState, payload)
+        except CodecError as exc:
+            log.warning("%s: ignoring a bad desired state for outlet %d: %s", self.cid, outlet, exc)
+            return
+        if want.controller_id != self.cid or want.outlet != outlet or outlet not in self.memory:
+            log.warning(
+                "%s: ignoring a desired state for %s/%d", self.cid, want.controller_id, outlet
+            )
+            return
+        self._queue(partial(self._decide, outlet, want))
+
+    def on_status_request(self, payload: bytes) -> None:
+        try:
+            request = decode(StatusRequest, payload)
+        except CodecError as exc:
+            log.warning("%s: ignoring a bad status request: %s", self.cid, exc)
+            return
+        if request.controller_id == self.cid and request.outlet in self.memory:
+            self._event(EdgeEventKind.STATUS, request.outlet, request.request_id)
+
+    def tick(self) -> None:
+        """Once a second: the ``end_at`` timer and frames of minutes nobody will add to."""
+        for frame in self.framer.idle(self.clock.now()):
+            self.buffer.add(frame)
+            self.send_pending()
+        cloud_now = self.cloud_clock.cloud(self.clock.now())
+        if cloud_now is None:
+            return  # nothing can have started without the cloud's time
+        for outlet, memory in self.memory.items():
+            if memory.on and memory.stop_at is not None and cloud_now >= memory.stop_at:
+                self._queue(partial(self._tick, outlet))
+
+    # --- commands, one at a time -----------------------------------------------------------
+    def _queue(self, work: Callable[[], Decision | None]) -> None:
+        self._work.put_nowait(work)
+
+    async def run_commands(self) -> None:
+        while True:
+            work = await self._work.get()
+            try:
+                decision = work()
+                if decision is not None:
+                    await self._execute(decision)
+            except Exception:
+                log.exception("%s: a command failed; the next one is read", self.cid)
+
+    def _tick(self, outlet: int) -> Decision:
+        return reconciler.tick(
+            self.memory[outlet], cloud_now=self.cloud_clock.cloud(self.clock.now())
+        )
+
+    def _judge_waiting(self) -> None:
+        for outlet, want in list(self._waiting.items()):
+            self._queue(partial(self._decide, outlet, want))
+        self._waiting.clear()
+
+    def _decide(self, outlet: int, want: DesiredState) -> Decision | None:
+        decision = reconciler.desired(
+            self.memory[outlet],
+            want,
+            cloud_now=self.cloud_clock.cloud(self.clock.now()),
+            limits=self.limits,
+            restoring=outlet in self._restoring,
+        )
+        if decision.waiting:
+            self._waiting[outlet] = want
+            return None
+        self._waiting.pop(outlet, None)
+        self._restoring.discard(outlet)
+        return decision
+
+    async def _execute(self, decision: Decision) -> None:
+        """Ask, persist, then acknowledge and report: the edge's order."""
+        memory = decision.memory
+        self._remember(memory)
+        for action in decision.actions:
+            if isinstance(action, Switch):
+                feedback, why = await self._switch(action)
+                after = reconciler.switched(memory, action, feedback=feedback)
+                memory = after.memory
+                self._remember(memory)
+                if why in {"timed_out", "offline"}:
+                    # No answer to give: the partner hears of it from the gateway's start
+                    # time-out (or the station's offline presence), never from us.
+                    continue
+                actions = tuple(
+                    replace(a, detail=why)
+                    if isinstance(a, Report) and why and a.kind is EdgeEventKind.BREAKER_FAILED
+                    else a
+                    for a in after.actions
+                )
+                await self._execute(Decision(memory, actions))
+            elif isinstance(action, Acknowledge):
+                self._acknowledge(action)
+            elif isinstance(action, Report):
+                self._event(action.kind, action.outlet, action.detail, generation=action.generation)
+
+    async def _switch(self, switch: Switch) -> tuple[bool, str]:
+        """Carry out a Switch on the station: (is a transaction running now, why not)."""
+        outlet = switch.outlet
+        running = outlet in self.facts.active
+        if running == switch.on:
+            return running, ""
+        link, connector = self.link, self.info.by_outlet(outlet)
+        if link is None or connector is None:
+            self.failures["offline"] += 1
+            return running, "offline"
+        memory = self.memory[outlet]
+        wait = self.facts.changed.setdefault(outlet, asyncio.Event())
+        wait.clear()
+        try:
+            if switch.on:
+                tag = _remote_tag(self.cid, memory.applied_generation)
+                self.remote_tags.add(tag)
+                accepted = await link.remote_start(connector, tag, memory.applied_generation)
+                verb = (
+                    "RemoteStartTransaction"
+                    if self.info.ocpp_version == "1.6"
+                    else "RequestStartTransaction"
+                )
+            else:
+                accepted = await link.remote_stop(self.facts.active[outlet].transaction_id)
+                verb = (
+                    "RemoteStopTransaction"
+                    if self.info.ocpp_version == "1.6"
+                    else "RequestStopTransaction"
+                )
+        except CallFailed as exc:
+            log.warning("%s: outlet %d: %s", self.cid, outlet, exc)
+            self.failures["timed_out"] += 1
+            return outlet in self.facts.active, "timed_out"
+        if not accepted:
+            self.failures["rejected"] += 1
+            return outlet in self.facts.active, f"{verb} rejected by the station"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.transaction_wait_s):
+                while (outlet in self.facts.active) != switch.on and self.link is not None:
+                    await wait.wait()
+                    wait.clear()
+        running = outlet in self.facts.active
+        if running != switch.on:
+            self.failures["timed_out"] += 1
+            what = "started" if switch.on else "ended"
+            log.warning("%s: outlet %d: accepted, but no transaction %s", self.cid, outlet, what)
+            return running, "timed_out"
+        return running, ""
+
+    def _acknowledge(self, action: Acknowledge) -> None:
+        reading = self.facts.reading(action.outlet)
+        ack = CommandAck(
+            controller_id=self.cid,
+            outlet=action.outlet,
+            generation=action.generation,
+            outcome=action.outcome,
+            breaker_on=reading.breaker_on,
+            at=self.cloud_clock.stamp(self.clock.now()),
+            energy_wh=reading.energy_wh,
+        )
+        self._publish(self.topics.ack(self.cid), encode(ack))
+        if action.outcome is not CommandOutcome.STALE:
+            self.publish_state()
+
+    def _remember(self, memory: reconciler.OutletMemory) -> None:
+        if self.memory.get(memory.outlet) != memory:
+            self.memory_store.save(memory)
+            self.memory[memory.outlet] = memory
+
+    # --- to the cloud ----------------------------------------------------------------------
+    def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self._send(topic, payload, retain)
+
+    def _event(
+        self, kind: EdgeEventKind, outlet: int, detail: str, *, generation: int | None = None
+    ) -> None:
+        reading = self.facts.reading(outlet)
+        memory = self.memory.get(outlet)
+        event = EdgeEvent(
+            controller_id=self.cid,
+            at=self.cloud_clock.stamp(self.clock.now()),
+            kind=kind,
+            outlet=outlet,
+            generation=generation
+            if generation is not None
+            else (memory.applied_generation if memory else 0),
+            current_a=reading.current_a,
+            breaker_on=reading.breaker_on,
+            detail=detail[:200],
+            energy_wh=reading.energy_wh,
+            voltage_v=reading.voltage_v,
+        )
+        self._publish(self.topics.event(self.cid), encode(event))
+
+    def publish_state(self) -> None:
+        outlets = tuple(
+            OutletState(
+                outlet=n,
+                breaker_on=n in self.facts.active,
+                applied_generation=self.memory[n].applied_generation,
+            )
+            for n in self.outlet_numbers
+        )
+        state = ReportedState(
+            controller_id=self.cid,
+            firmware=self.firmware,
+            started_at=self.started_at,
+            outlets=outlets,
+        )
+        self._publish(self.topics.state(self.cid), encode(state), retain=True)
+
+    def send_pending(self, *, older_than: float | None = None) -> None:
+        """Send batches not yet sent (or, with ``older_than``, sent before that time)."""
+        self.buffer.assign(self.settings.max_frames_per_message)
+        topic = self.topics.meter(self.cid)
+        for seq, frames in self.buffer.batches().items():
+            last = self._sent_at.get(seq)
+            if last is not None and (older_than is None or last > older_than):
+                continue
+            self._sent_at[seq] = self.clock.monotonic()
+            self._publish(topic, encode(MeterBatch(controller_id=self.cid, seq=seq, frames=frames)))
+
+    def link_restarted(self) -> None:
+        """The bridge's MQTT link came back: every unacknowledged batch goes again."""
+        self._sent_at.clear()
+
+
+def _remote_tag(cid: str, generation: int) -> str:
+    """The id tag of a remote start: 20 characters (1.6's CiString20), the same for the same
+    command, telling nothing of the charge."""
+    return "CL" + hashlib.sha256(f"{cid}/{generation}".encode()).hexdigest()[:18].upper()
+
+
+def transaction_id_16(
+    cid: str, outlet: int, started_at: float, meter_start: float, tag: str
+) -> int:
+    """A 1.6 transaction id from what the station sent: a retried StartTransaction (same
+    connector, time, meter and tag) gets the same id, and a new one a new id."""
+    key = f"{cid}/{outlet}/{started_at:.3f}/{meter_start:.3f}/{tag}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big") & 0x7FFFFFFF or 1

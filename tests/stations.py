@@ -1,0 +1,177 @@
+"""OCPP stations beside the partner's stack, for the end-to-end tests: a 1.6J wallbox and a
+2.0.1 fast charger registered through the documented registry format, their passwords
+issued by the documented command, ``chargeline ocpp`` running, and the ``ocpp`` package's
+charge point side (``ocpp_bridge.simulated``) driven from a thread of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+
+from ocpp_bridge.simulated import Car, Plug, SimulatedStation
+from store import roles
+from tests.conftest import Installation
+from tests.partners import Partner, chargeline
+from tests.procs import Proc, free_port, wait_for, wait_port
+
+T = TypeVar("T")
+
+
+class Loop:
+    """An event loop in a thread: the stations live there while a test runs in sync code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.tasks: list[Any] = []
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.tasks.append(future)
+        return future
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+        self.run(cancel_all(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@dataclass
+class Stations:
+    """The registered stations, their passwords and the running bridge."""
+
+    installation: Installation
+    url: str  # ws://127.0.0.1:PORT/ocpp
+    bridge: Proc
+    ids: dict[str, str]  # "1.6" / "2.0.1" → station id
+    cids: dict[str, str]  # "1.6" / "2.0.1" → controller id
+    outlets: dict[str, str]  # "1.6" / "2.0.1" → the connector's public outlet id
+    passwords: dict[str, str]  # station id → password
+    loop: Loop = field(default_factory=Loop)
+
+    def station(
+        self, version: str, *, password: str | None = None, **options: Any
+    ) -> SimulatedStation:
+        inst = self.installation
+        sid = self.ids[version]
+        car = (
+            Car(current_a=16.0, voltage_v=200.0)
+            if version == "1.6"
+            else Car(current_a=80.0, voltage_v=400.0, soc_percent=40.0)
+        )
+        return SimulatedStation(
+            url=self.url,
+            station_id=sid,
+            password=self.passwords[sid] if password is None else password,
+            version=version,
+            plugs=[Plug(connector=1, evse=1, car=car)],
+            clock=inst.now,
+            time_scale=inst.time_scale,
+            **options,
+        )
+
+    def start(self, station: SimulatedStation) -> SimulatedStation:
+        self.loop.spawn(station.run())
+        wait_for(station.connected.is_set, timeout=20, what=f"{station.station_id} connected")
+        return station
+
+
+REGISTRY = """
+[[sites]]
+id = "{site}"
+name = "Station site"
+contract_current_a = 400
+tariff_per_kwh = 30
+
+[[stations]]
+id = "WB-{tag}"                # an AC wallbox, OCPP 1.6J
+controller_id = "wb-{tag}"
+site = "{site}"
+ocpp_version = "1.6"
+
+[[stations.connectors]]
+number = 1
+connector = 1
+outlet_id = "WB-{tag}-1"
+current_type = "AC"
+rated_current_a = 32
+rise_threshold_a = 2.0
+
+[[stations]]
+id = "DC-{tag}"                # a DC fast charger, OCPP 2.0.1
+controller_id = "dc-{tag}"
+site = "{site}"
+ocpp_version = "2.0.1"
+
+[[stations.connectors]]
+number = 1
+evse = 1
+connector = 1
+outlet_id = "DC-{tag}-1"
+current_type = "DC"
+rated_current_a = 200
+rated_power_kw = 150
+rise_threshold_a = 2.0
+"""
+
+
+@pytest.fixture
+def stations(partner: Partner, installation: Installation) -> Iterator[Stations]:
+    inst = installation
+    tag = uuid.uuid4().hex[:6]
+    path = inst.tmp / "stations.toml"
+    path.write_text(REGISTRY.format(tag=tag, site=f"s-{tag}"))
+    imported = chargeline(inst, "registry", "import", str(path))
+    assert imported.returncode == 0, imported.stderr
+    ids = {"1.6": f"WB-{tag}", "2.0.1": f"DC-{tag}"}
+    cids = {"1.6": f"wb-{tag}", "2.0.1": f"dc-{tag}"}
+    passwords = {}
+    for version, cid in cids.items():
+        issued = chargeline(inst, "broker", "credentials", "issue", cid)
+        assert issued.returncode == 0, issued.stderr
+        name, password = issued.stdout.splitlines()[0].split()
+        assert name == cid
+        passwords[ids[version]] = password
+    port = free_port()
+    login = roles.create_login(inst.database, f"t{tag}_ocpp", "ocpp")
+    bridge = Proc(
+        "ocpp",
+        ["ocpp"],
+        inst.env(
+            database_url=login,
+            ocpp_bind=f"127.0.0.1:{port}",
+            call_timeout_s=2,
+            transaction_wait_s=2,
+            registry_refresh_s=1,
+        ),
+        inst.tmp,
+    ).start()
+    wait_port(port, proc=bridge)
+    found = Stations(
+        installation=inst,
+        url=f"ws://127.0.0.1:{port}/ocpp",
+        bridge=bridge,
+        ids=ids,
+        cids=cids,
+        outlets={"1.6": f"WB-{tag}-1", "2.0.1": f"DC-{tag}-1"},
+        passwords=passwords,
+    )
+    yield found
+    found.loop.close()
