@@ -50,6 +50,8 @@ def bare_copy(db: str, load: Workload) -> float:
             r.voltage_v,
             r.current_a,
             r.breaker_on,
+            r.power_w,
+            r.soc_percent,
         )
         for m in range(load.messages)
         for c in range(load.controllers)

@@ -99,7 +99,7 @@ class FrameBuffer:
             frame = MeterFrame(
                 minute=minute,
                 main_energy_wh=main,
-                outlets=tuple(OutletReading._make(r) for r in readings),
+                outlets=tuple(OutletReading(*r) for r in readings),
             )
             out.setdefault(seq, []).append(frame)
         return {seq: tuple(frames) for seq, frames in out.items()}

@@ -64,7 +64,7 @@ def route(
     minute_then: object = None
     at = 0.0
     reading_of = lifecycle.MinuteReading
-    for cid, outlet, minute, energy_wh, _volts, current_a, _on in pending.outlet_rows:
+    for cid, outlet, minute, energy_wh, _volts, current_a, _on, _w, _soc in pending.outlet_rows:
         key = (cid, outlet)
         sink = sinks.get(key)
         if sink is None:

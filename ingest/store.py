@@ -37,8 +37,20 @@ _OUTLET_COLUMNS = (
     "voltage_v",
     "current_a",
     "breaker_on",
+    "power_w",
+    "soc_percent",
 )
-_OUTLET_TYPES = ("text", "int2", "timestamptz", "float8", "float4", "float4", "bool")
+_OUTLET_TYPES = (
+    "text",
+    "int2",
+    "timestamptz",
+    "float8",
+    "float4",
+    "float4",
+    "bool",
+    "float4",
+    "float4",
+)
 _MAIN_COLUMNS = ("controller_id", "minute", "energy_wh")
 _MAIN_TYPES = ("text", "timestamptz", "float8")
 _BATCH_COLUMNS = ("controller_id", "seq", "frames", "first_minute", "last_minute")

@@ -25,7 +25,8 @@ from schemas.topics import TopicKind, Topics
 from store.registry import RegistrySnapshot
 
 UTC = dt.UTC
-OutletRow = tuple[str, int, dt.datetime, float, float, float, bool]
+#: A reading as stored: (controller, outlet, minute, Wh, V, A, breaker ON, W, SoC %).
+OutletRow = tuple[str, int, dt.datetime, float, float, float, bool, float | None, float | None]
 MainRow = tuple[str, dt.datetime, float]
 BatchRow = tuple[str, int, int, dt.datetime, dt.datetime]
 
@@ -222,10 +223,20 @@ class Triage:
             minute = minute_time(frame.minute)
             main_rows.append((cid, minute, frame.main_energy_wh))
             # Unpacking beats attribute access here: this loop runs once per reading.
-            for outlet, energy_wh, voltage_v, current_a, breaker_on in frame.outlets:
+            for outlet, energy_wh, voltage_v, current_a, breaker_on, power_w, soc in frame.outlets:
                 if outlet in known:
                     outlet_rows.append(
-                        (cid, outlet, minute, energy_wh, voltage_v, current_a, breaker_on)
+                        (
+                            cid,
+                            outlet,
+                            minute,
+                            energy_wh,
+                            voltage_v,
+                            current_a,
+                            breaker_on,
+                            power_w,
+                            soc,
+                        )
                     )
                 else:
                     unknown.add(outlet)

@@ -256,6 +256,8 @@ class Station:
             voltage_v=sample.voltage_v if sample.voltage_v is not None else previous.voltage_v,
             current_a=sample.current_a if sample.current_a is not None else 0.0,
             breaker_on=outlet in self.facts.active,
+            power_w=sample.power_w,
+            soc_percent=sample.soc_percent,
         )
         self.facts.latest[outlet] = reading
         for frame in self.framer.add(sample.at, reading):

@@ -1,7 +1,10 @@
 """msgpack codec: ``encode(message) -> bytes`` and ``decode(kind, bytes) -> message``.
 
-Wire form: a msgpack array ``[WIRE_VERSION, field, field, …]`` in the field order of the
-message's NamedTuple (schemas/messages.py); nested tuples are nested arrays.
+Wire form: a msgpack array ``[version, field, field, …]`` in the field order of the
+message's NamedTuple (schemas/messages.py); nested tuples are nested arrays. ``encode``
+writes version 1 whenever the message fits it (no reading with power or state of charge,
+nothing beyond 100 A or 500 V; a reading's two version 2 fields are then left off) and
+version 2 otherwise; ``decode`` reads both, and holds version 1 to version 1's limits.
 
 Decoding is the trust boundary for everything a device sends. It enforces, in order:
 
@@ -36,19 +39,24 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from schemas.errors import InputError
 from schemas.messages import (
+    V1_MAX_AMPS,
+    V1_MAX_VOLTS,
     CommandAck,
     DesiredState,
     EdgeEvent,
     Message,
     MeterAck,
     MeterBatch,
+    OutletReading,
     Presence,
     ReportedState,
     StatusRequest,
 )
 from schemas.topics import TopicKind
 
-WIRE_VERSION: Final = 1
+#: The newest wire version, and every version this side decodes.
+WIRE_VERSION: Final = 2
+WIRE_VERSIONS: Final = (1, 2)
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MAX_ARRAY_LEN: Final = 1024
 MAX_STR_LEN: Final = 256
@@ -79,8 +87,30 @@ class CodecError(InputError):
 
 
 def encode(message: Message) -> bytes:
-    """Pack a message as ``[WIRE_VERSION, *fields]``. Enums travel as their string value."""
-    return msgpack.packb((WIRE_VERSION, *message), use_bin_type=True)
+    """Pack a message as ``[version, *fields]``: version 1 when it fits, else 2. Enums
+    travel as their string value."""
+    if isinstance(message, MeterBatch):
+        if all(_fits_v1(r) for frame in message.frames for r in frame.outlets):
+            frames = tuple(
+                (f.minute, f.main_energy_wh, tuple(r[:5] for r in f.outlets))
+                for f in message.frames
+            )
+            return msgpack.packb((1, message.controller_id, message.seq, frames), use_bin_type=True)
+        return msgpack.packb((2, *message), use_bin_type=True)
+    if isinstance(message, EdgeEvent) and not (
+        message.current_a <= V1_MAX_AMPS and message.voltage_v <= V1_MAX_VOLTS
+    ):
+        return msgpack.packb((2, *message), use_bin_type=True)
+    return msgpack.packb((1, *message), use_bin_type=True)
+
+
+def _fits_v1(reading: OutletReading) -> bool:
+    return (
+        reading.power_w is None
+        and reading.soc_percent is None
+        and reading.current_a <= V1_MAX_AMPS
+        and reading.voltage_v <= V1_MAX_VOLTS
+    )
 
 
 def decode(kind: TopicKind | type[M], payload: bytes) -> M:
@@ -114,9 +144,10 @@ def _validate(cls: type[M], name: str, raw: Any) -> M:
     if not isinstance(raw, tuple) or not raw:
         raise CodecError(f"expected an array [version, …], got {type(raw).__name__}", kind=name)
     version, fields = raw[0], raw[1:]
-    if version != WIRE_VERSION or isinstance(version, bool):
+    if version not in WIRE_VERSIONS or isinstance(version, bool):
         raise CodecError(
-            f"unsupported wire version {_short(version)} (this side speaks {WIRE_VERSION})",
+            f"unsupported wire version {_short(version)} (this side speaks"
+            f" {', '.join(map(str, WIRE_VERSIONS))})",
             kind=name,
         )
     try:
@@ -125,7 +156,38 @@ def _validate(cls: type[M], name: str, raw: Any) -> M:
         raise CodecError(_describe(cls, exc), kind=name) from None
     if isinstance(message, MeterBatch):
         _check_batch(message)
+        if version == 1:
+            _check_v1_batch(message, fields)
+    elif isinstance(message, EdgeEvent) and version == 1:
+        _check_v1_limits("", message.current_a, message.voltage_v, "EdgeEvent")
     return message
+
+
+def _check_v1_batch(batch: MeterBatch, fields: tuple[Any, ...]) -> None:
+    """Version 1 readings: five fields, within 100 A and 500 V."""
+    for i, frame in enumerate(fields[2]):
+        for j, reading in enumerate(frame[2]):
+            where = f"frames[{i}].outlets[{j}]"
+            if len(reading) != 5:
+                raise CodecError(
+                    f"{where}: wire version 1 readings have 5 fields, got {len(reading)}",
+                    kind="MeterBatch",
+                )
+            parsed = batch.frames[i].outlets[j]
+            _check_v1_limits(where + ".", parsed.current_a, parsed.voltage_v, "MeterBatch")
+
+
+def _check_v1_limits(where: str, amps: float, volts: float, kind: str) -> None:
+    if amps > V1_MAX_AMPS:
+        raise CodecError(
+            f"{where}current_a: at most {V1_MAX_AMPS:g} A in wire version 1 (got {amps:g})",
+            kind=kind,
+        )
+    if volts > V1_MAX_VOLTS:
+        raise CodecError(
+            f"{where}voltage_v: at most {V1_MAX_VOLTS:g} V in wire version 1 (got {volts:g})",
+            kind=kind,
+        )
 
 
 def _unpack(payload: bytes, name: str) -> Any:
@@ -260,6 +322,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MESSAGE_TYPES",
     "WIRE_VERSION",
+    "WIRE_VERSIONS",
     "CodecError",
     "NamedTuple",
     "decode",

@@ -8,6 +8,13 @@ validates them (strict mode, through a ``TypeAdapter``) using the constraints wr
 beside each field below; these constraints are the contract's hard limits.
 
 Times are Unix epoch seconds (UTC). Energy is cumulative and in watt-hours.
+
+Wire versions. Version 1 carried AC outlets: at most 100 A and 500 V, no power, no state of
+charge. Version 2 carries DC fast chargers too (OCPP stations): up to 500 A and 1,000 V, and
+each reading may add its power (W) and the car's state of charge (%). The types below are
+version 2's; ``schemas.codec`` still decodes version 1, holding it to version 1's limits
+(``V1_MAX_AMPS``, ``V1_MAX_VOLTS``), and writes version 1 whenever a message fits it, so an
+AC edge and a cloud of either version understand each other.
 """
 
 from __future__ import annotations
@@ -36,10 +43,17 @@ Timestamp = Annotated[float, Field(ge=MIN_TIME, le=MAX_TIME, allow_inf_nan=False
 Minute = Annotated[int, Field(ge=MIN_TIME, le=MAX_TIME, multiple_of=60)]
 #: Cumulative energy: up to 10 TWh fits any meter register.
 EnergyWh = Annotated[float, Field(ge=0, le=1e13, allow_inf_nan=False)]
-#: AC 200 V outlets; anything beyond 500 V is a broken sensor, not a reading.
-Volts = Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)]
-#: Outlets are rated 16–32 A; 100 A leaves room for a fault current to be recorded.
-Amps = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+#: AC outlets are 200 V and DC chargers up to 1,000 V; beyond is a broken sensor.
+Volts = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]
+#: AC outlets are rated 16–32 A and DC chargers up to 500 A (a 150 kW charger at 300 V).
+Amps = Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)]
+#: Power drawn, up to 1 MW (the largest DC chargers are 400 kW).
+Watts = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+#: A car's state of charge.
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+#: Version 1's limits (AC 200 V outlets: 100 A left room for a fault current).
+V1_MAX_AMPS = 100.0
+V1_MAX_VOLTS = 500.0
 #: No control characters: PostgreSQL text cannot hold NUL, and logs should not hold the rest.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 ShortText = Annotated[str, Field(max_length=200, pattern=PRINTABLE)]
@@ -56,6 +70,9 @@ class OutletReading(NamedTuple):
     voltage_v: Volts
     current_a: Amps
     breaker_on: bool
+    #: Version 2: the power drawn and the car's state of charge, when the outlet knows them.
+    power_w: Watts | None = None
+    soc_percent: Percent | None = None
 
 
 class MeterFrame(NamedTuple):

@@ -74,7 +74,7 @@ class Stations:
         car = (
             Car(current_a=16.0, voltage_v=200.0)
             if version == "1.6"
-            else Car(current_a=80.0, voltage_v=400.0, soc_percent=40.0)
+            else Car(current_a=180.0, voltage_v=800.0, soc_percent=40.0)  # 144 kW
         )
         return SimulatedStation(
             url=self.url,

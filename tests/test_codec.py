@@ -47,9 +47,11 @@ readings = st.builds(
     OutletReading,
     st.integers(1, 8),
     energy,
+    st.floats(0, 1000, allow_nan=False),
     st.floats(0, 500, allow_nan=False),
-    st.floats(0, 100, allow_nan=False),
     st.booleans(),
+    st.none() | st.floats(0, 1e6, allow_nan=False),
+    st.none() | st.floats(0, 100, allow_nan=False),
 )
 
 
@@ -274,7 +276,15 @@ def tampered(path: tuple[int, ...], value: object) -> bytes:
         (tampered((3, 0, 0), 1_767_225_601), "frames[0].minute: Input should be a multiple of 60"),
         (tampered((2,), "7"), "seq: Input should be a valid integer"),
         (tampered((1,), "CTL_1"), "controller_id: String should match pattern"),
-        (tampered((0,), 2), "unsupported wire version 2"),
+        (tampered((0,), 3), "unsupported wire version 3 (this side speaks 1, 2)"),
+        (
+            tampered((3, 0, 2, 0, 3), 150.0),
+            "frames[0].outlets[0].current_a: at most 100 A in wire version 1 (got 150)",
+        ),
+        (
+            tampered((3, 0, 2, 0), [1, 5.0, 200.0, 3.0, True, 600.0, None]),
+            "frames[0].outlets[0]: wire version 1 readings have 5 fields, got 7",
+        ),
         (tampered((3,), []), "frames: Tuple should have at least 1 item"),
         (tampered((3, 0, 2), [[1, 5.0, 200.0, 3.0, True]] * 2), "outlet numbers repeat"),
         (encode(GOOD)[:-3], "not valid msgpack"),
@@ -333,3 +343,64 @@ def test_array_shaped_payload_is_compact() -> None:
         )
     )
     assert len(encode(full)) < 300
+
+
+DC = OutletReading(
+    outlet=1,
+    energy_wh=123_456.0,
+    voltage_v=800.0,
+    current_a=180.0,
+    breaker_on=True,
+    power_w=144_000.0,
+    soc_percent=62.5,
+)
+
+
+def test_a_dc_reading_travels_as_wire_version_2() -> None:
+    """A 150 kW charger's reading (over 100 A and 500 V, with power and state of charge)
+    needs version 2, and comes back whole."""
+    batch = GOOD._replace(frames=(GOOD.frames[0]._replace(outlets=(DC,)),))
+    payload = encode(batch)
+    assert msgpack.unpackb(payload)[0] == 2
+    assert decode(TopicKind.METER, payload) == batch
+
+
+def test_ac_messages_still_travel_as_wire_version_1() -> None:
+    """An AC reading fits version 1, so it is written in version 1's five fields: a cloud
+    that knows only version 1 reads a new edge, and a new cloud reads an old edge."""
+    payload = encode(GOOD)
+    raw = msgpack.unpackb(payload)
+    assert raw[0] == 1 and len(raw[3][0][2][0]) == 5
+    assert decode(TopicKind.METER, payload) == GOOD
+    old_edge = msgpack.packb([1, "ctl-1", 7, [[1_767_225_600, 10.0, [[1, 5.0, 200.0, 3.0, True]]]]])
+    assert decode(TopicKind.METER, old_edge) == GOOD
+
+
+def test_version_2_carries_what_version_1_refuses() -> None:
+    wide = tampered((3, 0, 2, 0, 3), 150.0)
+    with pytest.raises(CodecError, match="at most 100 A in wire version 1"):
+        decode(TopicKind.METER, wide)
+    raw = msgpack.unpackb(wide)
+    raw[0] = 2
+    assert decode(TopicKind.METER, msgpack.packb(raw)).frames[0].outlets[0].current_a == 150.0
+
+
+def test_a_dc_edge_event_is_version_2_and_version_1_holds_its_limits() -> None:
+    event = EdgeEvent(
+        controller_id="dc-1",
+        at=1.8e9,
+        kind=EdgeEventKind.CURRENT_CROSSED,
+        outlet=1,
+        generation=3,
+        current_a=180.0,
+        breaker_on=True,
+        detail="rose through 10 A",
+        energy_wh=1.0,
+        voltage_v=800.0,
+    )
+    payload = encode(event)
+    assert msgpack.unpackb(payload)[0] == 2 and decode(TopicKind.EVENT, payload) == event
+    raw = msgpack.unpackb(payload)
+    raw[0] = 1
+    with pytest.raises(CodecError, match="current_a: at most 100 A in wire version 1"):
+        decode(TopicKind.EVENT, msgpack.packb(raw))

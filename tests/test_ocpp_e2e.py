@@ -69,8 +69,13 @@ def test_the_partner_charges_on_a_station_as_on_an_outlet(
     assert final["energy_wh"] == pytest.approx(meter_stop - meter_start, abs=1.0)
     rows = query(
         inst.database,
-        "SELECT count(*) FROM outlet_readings WHERE controller_id = %s AND current_a > 0",
+        "SELECT current_a, voltage_v, power_w, soc_percent FROM outlet_readings"
+        " WHERE controller_id = %s AND current_a > 0 ORDER BY minute",
         cid,
     )
-    assert rows[0][0] >= 2, "the station's minutes while charging are stored"
+    assert len(rows) >= 2, "the station's minutes while charging are stored"
+    if version == "2.0.1":  # a 144 kW DC charge: wire version 2's limits and fields
+        assert rows[-1] == (180.0, 800.0, 144_000.0, 40.0)
+    else:  # an AC wallbox: version 1's fields, as from an outlet controller
+        assert rows[-1] == (16.0, 200.0, None, None)
     assert station.plugs[0].transaction is None

@@ -33,7 +33,7 @@ def _pending(minutes: int) -> Pending:
         minute = dt.datetime.fromtimestamp(T0 + 60 * m, dt.UTC)
         for outlet in (1, 2):
             pending.outlet_rows.append(
-                ("ctl-a", outlet, minute, 1000.0 + 100 * m, 230.0, 16.0, True)
+                ("ctl-a", outlet, minute, 1000.0 + 100 * m, 230.0, 16.0, True, None, None)
             )
         pending.batch_rows.append(("ctl-a", m, 1, minute, minute))
     return pending

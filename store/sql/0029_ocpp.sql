@@ -96,3 +96,9 @@ ALTER TABLE mqtt_identities
         CHECK ((role IN ('controller', 'station')) = (name !~ '^svc_'));
 -- The broker lets the bridge speak for stations only: it reads which controllers they are.
 GRANT SELECT (controller_id) ON ocpp_stations TO chargeline_broker;
+
+-- Wire version 2 (DC fast chargers): a reading may carry the power drawn and the car's
+-- state of charge. Older edges send neither: the columns stay NULL for them.
+ALTER TABLE outlet_readings
+    ADD COLUMN power_w     real CHECK (power_w >= 0),
+    ADD COLUMN soc_percent real CHECK (soc_percent BETWEEN 0 AND 100);
