@@ -244,7 +244,16 @@ class Bridge:
 
     async def refresh(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.url) as conn:
-            self.snapshot = await load_snapshot(conn)
+            before, self.snapshot = self.snapshot, await load_snapshot(conn)
+        for cid, (_, wire) in list(self.links.items()):
+            old, new = before.secrets.get(cid), self.snapshot.secrets.get(cid)
+            if new is None or new.revoked or (old is not None and old != new):
+                # Revoked or rotated: the connection that proved the old credential ends.
+                wire.why = (
+                    "credential revoked" if new is None or new.revoked else "credential rotated"
+                )
+                self._verified.pop(cid, None)
+                self._tasks.create_task(wire.ws.close(1008, wire.why))
         config = Settings(
             data_dir=self.settings.data_dir,
             topics=self.topics,

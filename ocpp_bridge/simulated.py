@@ -19,6 +19,7 @@ import base64
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -96,11 +97,14 @@ class SimulatedStation:
     model: str = "sim"
     heartbeat_s: float = 60.0
     sample_s: float = 60.0
-    #: Messages waiting for the connection (transaction messages and meter values).
-    queued: deque[Any] = field(default_factory=deque)
+    #: Messages waiting for the connection (transaction messages and meter values), in
+    #: order, each with the future of its answer.
+    queued: deque[tuple[Any, asyncio.Future[Any]]] = field(default_factory=deque)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     refused: int | None = None  # the HTTP status of the last refused upgrade
+    away_until: float = 0.0  # monotonic: no reconnecting before (``drop``)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _point: Any = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -109,10 +113,11 @@ class SimulatedStation:
         """Connect, and stay connected (reconnecting after a drop) until cancelled."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._meter_forever())
+            tasks.create_task(self._send_forever())
             while True:
                 with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
                     await self.session()
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(max(0.3, self.away_until - time.monotonic()))
 
     async def session(self) -> None:
         """One connection, until it drops."""
@@ -135,17 +140,19 @@ class SimulatedStation:
         point.sim = self
         self._point = point
         reader = asyncio.create_task(point.start())
+        heartbeat: asyncio.Task[None] | None = None
         try:
             await self._boot(point)
             self.connected.set()
-            await self._drain()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._heartbeat_forever(point))
-                await reader
+            self._wake.set()
+            heartbeat = asyncio.create_task(self._heartbeat_forever(point))
+            await reader  # until the connection drops (ConnectionClosed)
         finally:
             self.connected.clear()
             self._point = None
-            reader.cancel()
+            for task in (reader, heartbeat):
+                if task is not None:
+                    task.cancel()
             await ws.close()
 
     async def _boot(self, point: Any) -> None:
@@ -189,22 +196,56 @@ class SimulatedStation:
             await asyncio.sleep(self.heartbeat_s / self.time_scale)
             await point.call(c16.Heartbeat() if self.version == "1.6" else c201.Heartbeat())
 
+    async def drop(self, for_s: float) -> None:
+        """The network goes away for ``for_s`` real seconds (no close handshake): the
+        station keeps metering and queues what it would have sent."""
+        self.away_until = time.monotonic() + for_s
+        if self._point is not None:
+            self._point._connection.transport.abort()
+
+    async def send_raw(self, text: str) -> None:
+        """Put any text on the wire (a misbehaving charger, for tests)."""
+        if self._point is None:
+            raise ConnectionError(f"{self.station_id} is not connected")
+        await self._point._connection.send(text)
+
+    async def call(self, payload: Any) -> Any:
+        """One call now, its CALLERROR raised (for tests of what the CSMS refuses)."""
+        if self._point is None:
+            raise ConnectionError(f"{self.station_id} is not connected")
+        return await self._point.call(payload, suppress=False)
+
     # --- messages that must not be lost ----------------------------------------------------
+    def post(self, payload: Any) -> asyncio.Future[Any]:
+        """Queue a message for the connection, in order; the future of its answer."""
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queued.append((payload, answered))
+        self._wake.set()
+        return answered
+
     async def send(self, payload: Any) -> Any:
-        """Send now when connected, else queue (and answer None)."""
-        if self._point is None or self.queued:
-            self.queued.append(payload)
-            return None
+        """``post``, and its answer if it is sent within 15 s, else None (it stays queued
+        until the connection is back)."""
+        answered = self.post(payload)
         try:
-            return await self._point.call(payload)
-        except (ConnectionClosed, TimeoutError):
-            self.queued.append(payload)
+            return await asyncio.wait_for(asyncio.shield(answered), 15)
+        except TimeoutError:
             return None
 
-    async def _drain(self) -> None:
-        while self.queued and self._point is not None:
-            await self._point.call(self.queued[0])
-            self.queued.popleft()
+    async def _send_forever(self) -> None:
+        """Send the queue's head whenever connected; on a failure it stays at the head."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.queued and self._point is not None:
+                payload, answered = self.queued[0]
+                try:
+                    answer = await self._point.call(payload)
+                except (ConnectionClosed, TimeoutError):
+                    break
+                self.queued.popleft()
+                if not answered.done():
+                    answered.set_result(answer)
 
     # --- the meter -------------------------------------------------------------------------
     async def _meter_forever(self) -> None:
@@ -221,7 +262,7 @@ class SimulatedStation:
                 plug.drawn_wh += gained
             last = now
             for plug in self.plugs:
-                await self.send(self._meter_values(plug, now))
+                self.post(self._meter_values(plug, now))
             next_sample += self.sample_s
 
     def _sampled(self, plug: Plug, at: float, context: str = "Sample.Periodic") -> dict[str, Any]:
