@@ -101,7 +101,7 @@ async def create(
     request_sha256: bytes,
 ) -> None:
     """A new charge in ``requested``, for the start command recorded for it earlier in this
-    transaction (``cloud_gateway.commands.send_start``): its controller, outlet and start
+    transaction (``charging.commands.send_start``): its controller, outlet and start
     generation are that command's. Without such a command (the start was refused) nothing
     is written, so a pipelined caller need not wait for the command's answer.
     UniqueViolation means the outlet is busy.
@@ -134,12 +134,17 @@ async def create(
             charge_id,
         ),
     )
-    # 2 s of slack: the edge stamps its events with its estimate of cloud time, which may
-    # lag a little; the breaker was OFF for longer than that before any start.
+    # From the start command's issue time (the installation's clock, which an accelerated
+    # one shares with its edges), with 2 s of slack: the edge stamps its events with its
+    # estimate of cloud time, which may lag a little; the breaker was OFF for longer than
+    # that before any start. (A station's card charge has been drawing since just before:
+    # what it drew before the charge was recorded must not spend the charge's rise.)
     await conn.execute(
         "INSERT INTO outlet_current_state"
-        " SELECT controller_id, outlet_no, false, extract(epoch FROM now()) - 2"
-        " FROM charges WHERE charge_id = %s"
+        " SELECT h.controller_id, h.outlet_no, false, extract(epoch FROM c.issued_at) - 2"
+        " FROM charges h JOIN commands c ON c.controller_id = h.controller_id"
+        "  AND c.outlet_no = h.outlet_no AND c.generation = h.start_generation"
+        " WHERE h.charge_id = %s"
         " ON CONFLICT (controller_id, outlet_no) DO UPDATE SET high = false,"
         " seen_at = excluded.seen_at",
         (charge_id,),

@@ -22,7 +22,8 @@ import aiomqtt
 import psycopg
 
 from charging import availability_feed, charges, lifecycle, status
-from cloud_gateway import commands, repository, standing
+from charging import commands as command_records
+from cloud_gateway import repository, standing
 from cloud_gateway.context import Gateway
 from cloud_gateway.problems import Problem
 from kernel import mqtt
@@ -130,7 +131,7 @@ async def expire_starts(gateway: Gateway) -> None:
                 stepped = await charges.apply(conn, start.charge_id, why)
                 if stepped is None or stepped[0].state is not lifecycle.State.FAILED:
                     continue
-                cancel = await commands.record(
+                cancel = await command_records.record(
                     conn,
                     controller_id=start.controller_id,
                     outlet=start.outlet_no,

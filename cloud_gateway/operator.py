@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from charging import commands as command_records
 from charging import lifecycle
 from cloud_gateway import commands, repository
 from cloud_gateway.repository import ChargeRow
@@ -83,7 +84,7 @@ async def record_stop(
     if lifecycle.State(row.state) not in lifecycle.STOPPABLE:
         return None
     async with conn.transaction():
-        want = await commands.record_stop(
+        want = await command_records.record_stop(
             conn,
             charge_id=row.charge_id,
             controller_id=row.controller_id,

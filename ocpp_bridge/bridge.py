@@ -41,16 +41,22 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from charging import charges
+from charging import commands as command_records
 from edge_agent.clock import ScaledClock
 from kernel import mqtt
 from ocpp_bridge.protocol import V16, V201
 from ocpp_bridge.settings import OcppSettings
 from ocpp_bridge.station import Connector, Settings, Station, StationInfo, Transaction
+from schemas.codec import encode
 from schemas.topics import TopicKind
 
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/ocpp/"
+#: A charge started with a card ends after this long unless stopped (as a partner's start
+#: without an end time).
+LOCAL_CHARGE_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ class Snapshot:
     """What the bridge reads from the registry: stations, valid tags, station secrets."""
 
     stations: dict[str, StationInfo] = field(default_factory=dict)
-    tags: frozenset[str] = frozenset()
+    #: Valid RFID tags → the partner client billed for their charges.
+    tags: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, Secret] = field(default_factory=dict)
 
 
@@ -73,8 +80,10 @@ async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
     cur = await conn.execute(
         "SELECT s.station_id, s.controller_id, s.ocpp_version,"
         "       array_agg(ARRAY[c.outlet_no, c.evse_id, c.connector_id] ORDER BY c.outlet_no),"
-        "       array_agg(c.current_type ORDER BY c.outlet_no)"
+        "       array_agg(c.current_type ORDER BY c.outlet_no),"
+        "       array_agg(o.outlet_id ORDER BY c.outlet_no)"
         " FROM ocpp_stations s JOIN ocpp_connectors c USING (controller_id)"
+        " JOIN outlets o ON o.controller_id = c.controller_id AND o.outlet_no = c.outlet_no"
         " GROUP BY 1, 2, 3"
     )
     stations = {
@@ -82,12 +91,15 @@ async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
             sid,
             cid,
             version,
-            tuple(Connector(o, e, c, kind) for (o, e, c), kind in zip(plugs, kinds, strict=True)),
+            tuple(
+                Connector(o, e, c, kind, public)
+                for (o, e, c), kind, public in zip(plugs, kinds, ids, strict=True)
+            ),
         )
-        for sid, cid, version, plugs, kinds in await cur.fetchall()
+        for sid, cid, version, plugs, kinds, ids in await cur.fetchall()
     }
-    cur = await conn.execute("SELECT id_tag FROM rfid_tags WHERE valid")
-    tags = frozenset(tag for (tag,) in await cur.fetchall())
+    cur = await conn.execute("SELECT id_tag, client_id FROM rfid_tags WHERE valid")
+    tags = dict(await cur.fetchall())
     cur = await conn.execute(
         "SELECT name, argon2, revoked_at IS NOT NULL, cert_sha256 FROM mqtt_identities"
         " WHERE role = 'station'"
@@ -237,6 +249,7 @@ class Bridge:
         self.refusals: dict[str, int] = {}
         self.port: int | None = None
         self.serving = asyncio.Event()
+        self._local_starts: asyncio.Queue[tuple[Station, Transaction]] = asyncio.Queue()
 
     # --- the registry ----------------------------------------------------------------------
     def valid(self, id_tag: str) -> bool:
@@ -268,7 +281,12 @@ class Bridge:
                 if existing is not None:
                     existing.close()
                 station = Station(
-                    info, config, clock=self.clock, send=self._send, record=self.journal.transaction
+                    info,
+                    config,
+                    clock=self.clock,
+                    send=self._send,
+                    record=self.journal.transaction,
+                    started_locally=self._started_locally,
                 )
                 self.stations[info.controller_id] = station
                 self._tasks.create_task(
@@ -284,6 +302,84 @@ class Bridge:
             except psycopg.Error as exc:
                 log.warning("registry: could not re-read it (%s); keeping the last", exc)
 
+    # --- a resident's card -----------------------------------------------------------------
+    def _started_locally(self, station: Station, transaction: Transaction) -> None:
+        """A station started a transaction for a card (not for our remote start): record a
+        charge billed to the card's client, as a partner's start is recorded."""
+        self._local_starts.put_nowait((station, transaction))
+
+    async def _local_starts_forever(self) -> None:
+        delays = mqtt.backoff(first=0.5, cap=10.0)
+        while True:
+            station, transaction = await self._local_starts.get()
+            while True:
+                try:
+                    async with await psycopg.AsyncConnection.connect(self.url) as conn:
+                        await self._record_local_start(conn, station, transaction)
+                    break
+                except psycopg.OperationalError as exc:
+                    log.warning("%s: recording a card's charge: %s; retrying", station.cid, exc)
+                    await asyncio.sleep(next(delays))
+
+    async def _record_local_start(
+        self, conn: psycopg.AsyncConnection[Any], station: Station, t: Transaction
+    ) -> None:
+        client_id = self.snapshot.tags.get(t.id_tag or "")
+        connector = station.info.by_outlet(t.outlet)
+        if client_id is None or connector is None:
+            station.release_frames()
+            return  # a tag removed since it was accepted: the transaction is logged
+        partner_charge_id = f"rfid-{station.cid}-{t.transaction_id}"[:64]
+        charge_id = charges.internal_id(client_id, partner_charge_id)
+        now = self.settings.now()
+        end_at = now + LOCAL_CHARGE_S
+        try:
+            async with conn.transaction():
+                recorded = await command_records.send_start(
+                    conn,
+                    outlet_id=connector.outlet_id,
+                    charge_id=charge_id,
+                    end_at=end_at,
+                    issued_at=now,
+                    issued_by=f"rfid:{t.id_tag}",
+                )
+                await charges.create(
+                    conn,
+                    charge_id=charge_id,
+                    partner_charge_id=partner_charge_id,
+                    client_id=client_id,
+                    outlet_id=connector.outlet_id,
+                    end_at=end_at,
+                    request_sha256=hashlib.sha256(partner_charge_id.encode()).digest(),
+                )
+            want = await recorded.desired()
+        except psycopg.errors.UniqueViolation:
+            station.release_frames()
+            log.warning(
+                "%s: outlet %d already has a charge; the card's is not billed",
+                station.cid,
+                t.outlet,
+            )
+            return
+        if want is None:
+            station.release_frames()
+            log.warning(
+                "%s: the card's charge on %s was not recorded (outlet out of service, or the"
+                " station offline in the cloud)",
+                station.cid,
+                connector.outlet_id,
+            )
+            return
+        station.local_charges.add(charge_id)
+        log.info(
+            "%s: card %s started charge %s for %s",
+            station.cid,
+            t.id_tag,
+            partner_charge_id,
+            client_id,
+        )
+        self._send(self.topics.desired(want.controller_id, want.outlet), encode(want), True)
+
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -294,6 +390,7 @@ class Bridge:
             tasks.create_task(self._publish_forever(), name="ocpp-publish")
             tasks.create_task(self._tick_forever(), name="ocpp-tick")
             tasks.create_task(self._refresh_forever(), name="ocpp-registry")
+            tasks.create_task(self._local_starts_forever(), name="ocpp-cards")
             await self._serve()
 
     def close(self) -> None:

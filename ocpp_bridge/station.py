@@ -63,6 +63,8 @@ from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
+#: Longest a card's transaction holds back minute frames while its charge is recorded.
+HOLD_FRAMES_S = 30.0
 #: A station protects itself against over-current; the edge's local trip is not used.
 _NO_TRIP = 1e9
 
@@ -73,6 +75,7 @@ class Connector:
     evse: int
     connector: int
     current_type: str = "AC"
+    outlet_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class Station:
         clock: Clock,
         send: Callable[[str, bytes, bool], None],
         record: Callable[[Transaction, str], None] = lambda t, cid: None,
+        started_locally: Callable[[Station, Transaction], None] = lambda s, t: None,
     ) -> None:
         self.info = info
         self.cid = info.controller_id
@@ -173,6 +177,10 @@ class Station:
         self.clock = clock
         self._send = send
         self._record = record
+        self._started_locally = started_locally
+        #: Charges recorded for transactions the station started itself (a card): their
+        #: desired ON only confirms a running transaction, never asks for a new one.
+        self.local_charges: set[str] = set()
         folder = settings.data_dir / "ocpp"
         self.buffer = FrameBuffer(
             folder / f"{self.cid}.sqlite", max_frames=settings.buffer_max_frames
@@ -199,6 +207,7 @@ class Station:
         #: Tags this bridge gave for remote starts: a station may Authorize them.
         self.remote_tags: set[str] = set()
         self._sent_at: dict[int, float] = {}
+        self._hold_frames_until = 0.0
         self._work: asyncio.Queue[Callable[[], Decision | None]] = asyncio.Queue()
         self.failures: dict[str, int] = {"rejected": 0, "timed_out": 0, "offline": 0}
 
@@ -264,8 +273,8 @@ class Station:
             self.buffer.add(frame)
         self.send_pending()
         memory = self.memory.get(outlet)
-        if memory is None:
-            return
+        if memory is None or self.clock.monotonic() < self._hold_frames_until:
+            return  # (a card's charge not yet on: its rise is reported once it is)
         seen = reconciler.watch_current(
             memory,
             self._watch[outlet],
@@ -288,6 +297,12 @@ class Station:
         self._record(transaction, self.cid)
         self._changed(outlet)
         self.publish_state()
+        if not transaction.remote:
+            # The card's charge is recorded in the cloud in a moment. Until its ON is
+            # applied, minute frames wait in the buffer and no current rise is reported:
+            # the car's current seen before the charge is on would spend its rise webhook.
+            self._hold_frames_until = self.clock.monotonic() + HOLD_FRAMES_S
+            self._started_locally(self, transaction)
 
     def on_transaction_ended(
         self, transaction_id: str, *, at: float, meter_stop_wh: float | None, reason: str | None
@@ -405,6 +420,13 @@ class Station:
             restoring=outlet in self._restoring,
         )
         if decision.waiting:
+            if outlet not in self._waiting:
+                log.info(
+                    "%s: outlet %d: ON (generation %d) waits for the cloud's time",
+                    self.cid,
+                    outlet,
+                    want.generation,
+                )
             self._waiting[outlet] = want
             return None
         self._waiting.pop(outlet, None)
@@ -418,6 +440,14 @@ class Station:
         for action in decision.actions:
             if isinstance(action, Switch):
                 feedback, why = await self._switch(action)
+                log.info(
+                    "%s: outlet %d %s: transaction %s%s",
+                    self.cid,
+                    action.outlet,
+                    "ON" if action.on else "OFF",
+                    "running" if feedback else "none",
+                    f" ({why})" if why else "",
+                )
                 after = reconciler.switched(memory, action, feedback=feedback)
                 memory = after.memory
                 self._remember(memory)
@@ -442,12 +472,20 @@ class Station:
         outlet = switch.outlet
         running = outlet in self.facts.active
         if running == switch.on:
+            if running:
+                # An ON for a transaction already running (a card's charge, recorded after
+                # it began): its current counts from now, as after a breaker closing.
+                self._watch[outlet] = reconciler.breaker_closed(self._watch[outlet])
             return running, ""
         link, connector = self.link, self.info.by_outlet(outlet)
         if link is None or connector is None:
             self.failures["offline"] += 1
             return running, "offline"
         memory = self.memory[outlet]
+        if switch.on and memory.charge_id in self.local_charges:
+            # Recorded for a transaction the station ran on its own, which has ended since:
+            # a card's charge is never started again from the cloud.
+            return running, "the station's own transaction had already ended"
         wait = self.facts.changed.setdefault(outlet, asyncio.Event())
         wait.clear()
         try:
@@ -489,6 +527,10 @@ class Station:
 
     def _acknowledge(self, action: Acknowledge) -> None:
         reading = self.facts.reading(action.outlet)
+        running = self.facts.active.get(action.outlet)
+        if running is not None and running.meter_start_wh is not None and reading.breaker_on:
+            # A charge's energy counts from its transaction's own meterStart.
+            reading = reading._replace(energy_wh=running.meter_start_wh)
         ack = CommandAck(
             controller_id=self.cid,
             outlet=action.outlet,
@@ -501,6 +543,13 @@ class Station:
         self._publish(self.topics.ack(self.cid), encode(ack))
         if action.outcome is not CommandOutcome.STALE:
             self.publish_state()
+        self.release_frames()
+
+    def release_frames(self) -> None:
+        """Frames held for a card's charge go now (its ON was answered, or not recorded)."""
+        if self._hold_frames_until:
+            self._hold_frames_until = 0.0
+            self.send_pending()
 
     def _remember(self, memory: reconciler.OutletMemory) -> None:
         if self.memory.get(memory.outlet) != memory:
@@ -551,6 +600,8 @@ class Station:
 
     def send_pending(self, *, older_than: float | None = None) -> None:
         """Send batches not yet sent (or, with ``older_than``, sent before that time)."""
+        if self.clock.monotonic() < self._hold_frames_until:
+            return
         self.buffer.assign(self.settings.max_frames_per_message)
         topic = self.topics.meter(self.cid)
         for seq, frames in self.buffer.batches().items():

@@ -10,7 +10,8 @@ import aiomqtt
 import psycopg
 import pytest
 
-from cloud_gateway.commands import AckWaiter, publish, record
+from charging.commands import record
+from cloud_gateway.commands import AckWaiter, publish
 from kernel import mqtt
 from kernel.settings import MqttUrl
 from schemas.messages import CommandOutcome, DesiredState

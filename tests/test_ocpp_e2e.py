@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.db import query
-from tests.partners import Partner
+from tests.partners import Partner, chargeline
 from tests.procs import wait_for
 from tests.stations import Stations
 
@@ -79,3 +79,67 @@ def test_the_partner_charges_on_a_station_as_on_an_outlet(
     else:  # an AC wallbox: version 1's fields, as from an outlet controller
         assert rows[-1] == (16.0, 200.0, None, None)
     assert station.plugs[0].transaction is None
+
+
+def test_a_residents_card_starts_a_charge_billed_to_its_client(
+    partner: Partner, stations: Stations
+) -> None:
+    inst = stations.installation
+    tag = "04A1B2C3D4E5F6"
+    cards = inst.tmp / "cards.toml"
+    cards.write_text(f'[[rfid_tags]]\nid_tag = "{tag}"\nclient_id = "{partner.client.client_id}"\n')
+    imported = chargeline(inst, "registry", "import", str(cards))
+    assert imported.returncode == 0, imported.stderr
+    unknown = inst.tmp / "unknown.toml"
+    unknown.write_text('[[rfid_tags]]\nid_tag = "X1"\nclient_id = "no-such-client"\n')
+    refused = chargeline(inst, "registry", "import", str(unknown))
+    assert refused.returncode != 0 and "no partner client 'no-such-client'" in refused.stderr
+
+    station = stations.start(stations.station("2.0.1"))
+    cid = stations.cids["2.0.1"]
+    wait_for(
+        lambda: (
+            query(
+                inst.database, "SELECT online FROM controller_status WHERE controller_id = %s", cid
+            )
+            == [(True,)]
+        ),
+        timeout=20,
+        what="the station online in the cloud",
+    )
+    run = stations.loop.run
+    assert run(station.swipe("NOT-A-CARD")) is False, "an unknown card is refused"
+    assert station.plugs[0].transaction is None
+    wait_for(lambda: run(station.swipe(tag)), timeout=10, what="the card accepted")
+    charge_id = f"rfid-{cid}-{station.plugs[0].transaction}"
+    wait_for(
+        lambda: (
+            [w["type"] for w in partner.webhooks(charge_id)][:2]
+            == ["charge.started", "charge.current_rise"]
+        ),
+        timeout=30,
+        what="the card's charge started, to the card's client",
+    )
+    time.sleep(3)
+    run(station.end(station.plugs[0], "Local"))  # the resident stops at the station
+    wait_for(
+        lambda: "charge.stopped" in [w["type"] for w in partner.webhooks(charge_id)],
+        timeout=30,
+        what="the card's charge stopped",
+    )
+    ((meter_start, meter_stop),) = wait_for(
+        lambda: query(
+            inst.database,
+            "SELECT meter_start_wh, meter_stop_wh FROM ocpp_transactions"
+            " WHERE controller_id = %s AND id_tag = %s AND meter_stop_wh IS NOT NULL",
+            cid,
+            tag,
+        ),
+        timeout=10,
+        what="the transaction closed",
+    )
+    final = partner.webhooks(charge_id)[-1]["data"]
+    assert final["energy_wh"] == pytest.approx(meter_stop - meter_start, abs=1.0)
+    charge = partner.get(f"/v1/charges/{charge_id}").json()
+    assert charge["state"] == "stopped" and charge["outlet_id"] == stations.outlets["2.0.1"]
+    assert charge["fee"] > 0, "billed at the site's tariff like any other charge"

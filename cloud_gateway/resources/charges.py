@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from charging import charges, lifecycle
-from cloud_gateway import commands, context, inputs, repository
+from charging import commands as command_records
+from cloud_gateway import context, inputs, repository
 from cloud_gateway.context import Gateway, NewCharge
 from cloud_gateway.models import ChargePage, ChargeSearch, StartCharge
 from cloud_gateway.problems import Problem
@@ -56,7 +57,7 @@ async def _start(request: Request) -> Response:
     async with gateway.pool.connection() as conn:
         # The usual case is one round trip and the commit: the command and the charge
         # are written only if the outlet exists, its controller is online and the
-        # charge id is new (in SQL, see commands.send_start).
+        # charge id is new (in SQL, see charging.commands.send_start).
         want = None
         if bad_end is None:
             want = await _record_start(
@@ -150,7 +151,7 @@ async def _record_start(
     the desired state to publish, or None when the guards let nothing be written."""
     try:
         async with conn.pipeline(), conn.transaction():
-            recorded = await commands.send_start(
+            recorded = await command_records.send_start(
                 conn,
                 outlet_id=body.outlet_id,
                 charge_id=charge_id,
@@ -201,7 +202,7 @@ async def stop(request: Request) -> Response:
         if lifecycle.State(row.state) not in lifecycle.STOPPABLE:
             return JSONResponse(row.json())  # stopping, stopped or failed: idempotent
         async with conn.pipeline(), conn.transaction():
-            want = await commands.record_stop(
+            want = await command_records.record_stop(
                 conn,
                 charge_id=row.charge_id,
                 controller_id=row.controller_id,

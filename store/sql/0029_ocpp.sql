@@ -102,3 +102,12 @@ GRANT SELECT (controller_id) ON ocpp_stations TO chargeline_broker;
 ALTER TABLE outlet_readings
     ADD COLUMN power_w     real CHECK (power_w >= 0),
     ADD COLUMN soc_percent real CHECK (soc_percent BETWEEN 0 AND 100);
+
+-- A resident's card at a station starts a charge billed to the card's client: the bridge
+-- records it as the gateway records a partner's start (charging.commands.send_start and
+-- charging.charges.create), with the triggers' tables those writes touch.
+GRANT SELECT ON controller_status, site_tariffs TO chargeline_ocpp;
+GRANT SELECT, INSERT, UPDATE ON charges, commands, outlet_generations, outlet_current_state
+    TO chargeline_ocpp;
+GRANT SELECT, INSERT, UPDATE, DELETE ON availability_changes TO chargeline_ocpp;
+GRANT SELECT, INSERT, UPDATE ON usage_monthly TO chargeline_ocpp;
