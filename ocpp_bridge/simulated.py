@@ -19,6 +19,7 @@ import base64
 import contextlib
 import itertools
 import logging
+import ssl
 import time
 import uuid
 from collections import deque
@@ -104,6 +105,8 @@ class SimulatedStation:
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     refused: int | None = None  # the HTTP status of the last refused upgrade
     away_until: float = 0.0  # monotonic: no reconnecting before (``drop``)
+    #: wss:// (security profiles 2 and 3): the CA to trust, and for 3 the station's certificate.
+    tls: ssl.SSLContext | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _point: Any = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -131,6 +134,7 @@ class SimulatedStation:
                 subprotocols=[f"ocpp{self.version}"],  # type: ignore[list-item]
                 additional_headers=headers,
                 open_timeout=10,
+                ssl=self.tls,
             )
         except InvalidStatus as exc:
             self.refused = exc.response.status_code

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from broker.pki import LocalCA
 from ocpp_bridge.simulated import Car, Plug, SimulatedStation
 from store import roles
 from tests.conftest import Installation
@@ -133,7 +134,11 @@ rise_threshold_a = 2.0
 
 
 @pytest.fixture
-def stations(partner: Partner, installation: Installation) -> Iterator[Stations]:
+def stations(
+    partner: Partner, installation: Installation, request: pytest.FixtureRequest
+) -> Iterator[Stations]:
+    """With ``@pytest.mark.ocpp_tls``, the endpoint is wss:// with a server certificate from
+    the project's PKI, and takes client certificates from it (security profiles 2 and 3)."""
     inst = installation
     tag = uuid.uuid4().hex[:6]
     path = inst.tmp / "stations.toml"
@@ -151,6 +156,18 @@ def stations(partner: Partner, installation: Installation) -> Iterator[Stations]
         passwords[ids[version]] = password
     port = free_port()
     login = roles.create_login(inst.database, f"t{tag}_ocpp", "ocpp")
+    tls: dict[str, str] = {}
+    scheme = "ws"
+    if request.node.get_closest_marker("ocpp_tls"):
+        ca = LocalCA(inst.tmp / "data" / "pki")
+        ca.init()
+        server = ca.issue_server(["127.0.0.1"])
+        tls = {
+            "ocpp_tls_cert_file": str(server.cert),
+            "ocpp_tls_key_file": str(server.key),
+            "ocpp_client_ca_file": str(ca.cert_path),
+        }
+        scheme = "wss"
     bridge = Proc(
         "ocpp",
         ["ocpp"],
@@ -160,13 +177,14 @@ def stations(partner: Partner, installation: Installation) -> Iterator[Stations]
             call_timeout_s=2,
             transaction_wait_s=2,
             registry_refresh_s=1,
+            **tls,
         ),
         inst.tmp,
     ).start()
     wait_port(port, proc=bridge)
     found = Stations(
         installation=inst,
-        url=f"ws://127.0.0.1:{port}/ocpp",
+        url=f"{scheme}://127.0.0.1:{port}/ocpp",
         bridge=bridge,
         ids=ids,
         cids=cids,

@@ -7,6 +7,8 @@ point side against ``chargeline ocpp`` with the whole stack behind it."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
@@ -152,3 +154,50 @@ def test_a_start_the_station_refuses_or_never_answers_fails_by_webhook(
         what="the other station's start",
     )
     assert other.plugs[0].transaction is not None
+
+
+def _trusting(stations: Stations, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        cafile=stations.installation.tmp / "data" / "pki" / "ca.pem"
+    )
+    if client is not None:
+        context.load_cert_chain(*client)
+    return context
+
+
+@pytest.mark.ocpp_tls
+def test_security_profiles_2_and_3_over_tls(partner: Partner, stations: Stations) -> None:
+    """Profile 2: the password over TLS. Profile 3: the station's certificate from the
+    project's PKI, whose CN names it; another station's certificate is refused."""
+    inst, run = stations.installation, stations.loop.run
+    wallbox = stations.station("1.6", tls=_trusting(stations))
+    assert run(_attempt(wallbox)) == 101
+    plain = stations.station("1.6")
+    plain.url = plain.url.replace("wss://", "ws://")
+    with pytest.raises(Exception):  # noqa: B017  (the TLS endpoint speaks no plain HTTP)
+        run(plain.session(), timeout=10)
+
+    certs = {}
+    for version in ("1.6", "2.0.1"):
+        issued = chargeline(inst, "pki", "client", stations.cids[version])
+        assert issued.returncode == 0, issued.stderr
+        lines = dict(line.split(maxsplit=1) for line in issued.stdout.splitlines())
+        certs[version] = (Path(lines["certificate"]), Path(lines["key"].split(" (")[0]))
+    charger = stations.station("2.0.1", password=None, tls=_trusting(stations, certs["2.0.1"]))
+    wait_for(lambda: run(_attempt(charger)) == 101, timeout=10, what="profile 3 admitted")
+    borrowed = stations.station("2.0.1", password=None, tls=_trusting(stations, certs["1.6"]))
+    assert run(_attempt(borrowed)) == 403
+
+    # The station works over it: the partner starts and stops a charge.
+    stations.start(
+        stations.station("2.0.1", password=None, tls=_trusting(stations, certs["2.0.1"]))
+    )
+    started = partner.post(
+        "/v1/charges", {"outlet_id": stations.outlets["2.0.1"], "charge_id": "tls-1"}
+    )
+    assert started.status_code in (201, 202), started.text
+    wait_for(
+        lambda: "charge.started" in [w["type"] for w in partner.webhooks("tls-1")],
+        timeout=30,
+        what="a start over profile 3",
+    )
