@@ -76,6 +76,8 @@ class Behaviour:
     answer at all, as a hung charger)."""
 
     remote_start: str = "accept"
+    #: A hung charger: its socket stays open, and it sends nothing (no heartbeat either).
+    silent: bool = False
 
 
 def iso(epoch: float) -> str:
@@ -198,6 +200,8 @@ class SimulatedStation:
     async def _heartbeat_forever(self, point: Any) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s / self.time_scale)
+            if self.behaviour.silent:
+                continue
             await point.call(c16.Heartbeat() if self.version == "1.6" else c201.Heartbeat())
 
     async def drop(self, for_s: float) -> None:
@@ -241,7 +245,7 @@ class SimulatedStation:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.queued and self._point is not None:
+            while self.queued and self._point is not None and not self.behaviour.silent:
                 payload, answered = self.queued[0]
                 try:
                     answer = await self._point.call(payload)

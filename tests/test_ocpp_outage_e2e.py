@@ -4,6 +4,7 @@ with the energy of its own register, and the partner hears offline then online, 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -93,3 +94,39 @@ def test_a_station_back_from_an_outage_loses_and_repeats_nothing(
     away = range(int(dropped_at // 60 + 1) * 60, int(back_at // 60) * 60, 60)
     assert len(away) >= 4 and set(away) <= set(minutes), "the minutes metered while away"
     assert presence()[-2:] == ["controller.offline", "controller.online"]
+
+
+def test_a_silent_station_goes_offline_and_its_charge_still_ends_at_its_end_at(
+    partner: Partner, stations: Stations
+) -> None:
+    """A hung charger keeps its socket open and sends nothing: after 2.5 heartbeat
+    intervals the bridge disconnects it (the partner hears controller.offline). A charge
+    with an end time is ended by the bridge's own timer, as by an edge's."""
+    inst = stations.installation
+    cid = stations.cids["1.6"]
+    station = stations.start(stations.station("1.6"))
+    end_at = inst.now() + 6 * 60  # six simulated minutes: six real seconds
+    started = partner.post(
+        "/v1/charges",
+        {
+            "outlet_id": stations.outlets["1.6"],
+            "charge_id": "short",
+            "end_at": dt.datetime.fromtimestamp(end_at, dt.UTC).isoformat(),
+        },
+    )
+    assert started.status_code in (201, 202), started.text
+    stopped = wait_for(
+        lambda: partner.event("charge.stopped", charge_id="short"),
+        timeout=40,
+        what="the charge ended at its end_at",
+    )
+    assert stopped["data"]["reason"] == "end_at reached"
+    assert stopped["data"]["at"] >= end_at - 2
+    assert station.plugs[0].transaction is None
+
+    station.behaviour.silent = True
+    wait_for(
+        lambda: partner.event("controller.offline", controller_id=cid, reason="silent for 150 s"),
+        timeout=30,
+        what="the silent station taken offline",
+    )
