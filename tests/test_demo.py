@@ -65,7 +65,8 @@ def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -
         "SELECT count(*), (extract(epoch FROM max(minute) - min(minute)) / 60)::int + 1"
         " FROM outlet_readings GROUP BY controller_id, outlet_no",
     )
-    assert len(spans) == 24 and all(count == span >= 20 for count, span in spans), spans
+    # 3 controllers × 8 outlets, and the two OCPP stations' connectors.
+    assert len(spans) == 24 + 2 and all(count == span >= 20 for count, span in spans), spans
     assert query(url, "SELECT count(*) FROM meter_seq_gaps") == [(0,)]
     stopped = query(url, "SELECT count(*), min(energy_wh) FROM charges WHERE state = 'stopped'")[0]
     assert stopped[0] == charges["stopped"] and stopped[1] > 0

@@ -12,6 +12,9 @@ ends one of four ways, chosen at random:
   it stops the charge;
 * ``trips``: the car develops a fault and draws too much; the edge trips the breaker.
 
+The site's two OCPP stations (an AC wallbox and a DC fast charger) get the same residents
+through the same partner API, except that no car trips a station.
+
 Every charge ends with a ``charge.stopped`` webhook (with the energy) or ``charge.failed``.
 Durations are in simulated time, which runs ``time_scale`` times faster than real time.
 """
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,7 @@ import httpx2
 from chargeline.demo.partner import Event, Partner
 from chargeline.demo.site import outlet_id_of
 from edge_agent.simulated import SimulatedSite
+from ocpp_bridge.simulated import Car, Plug
 
 MINUTE = 60.0
 KINDS = ("leaves", "end-time", "fills-up", "trips")
@@ -70,9 +75,12 @@ class World:
         *,
         time_scale: float,
         seed: int | None = None,
+        stations: dict[str, Plug] | None = None,
     ) -> None:
         self.partner = partner
         self.sites = sites  # controller id → its simulated site
+        #: OCPP stations' connectors by outlet id: the station simulator's plug
+        self.stations = stations or {}
         self.scale = time_scale
         self.rng = random.Random(seed)
         self.closing = asyncio.Event()
@@ -85,6 +93,8 @@ class World:
             for cid, site in self.sites.items():
                 for n in site.outlets:
                     tasks.create_task(self._outlet(cid, site, n))
+            for outlet_id, plug in self.stations.items():
+                tasks.create_task(self._connector(outlet_id, plug))
 
     async def sleep(self, sim_s: float) -> bool:
         """Wait ``sim_s`` simulated seconds; False if the demo started closing meanwhile."""
@@ -101,16 +111,46 @@ class World:
             plan = Plan.draw(self.rng)
             site.plug_in(n, need_wh=plan.need_wh, max_current_a=plan.max_current_a)
             charge_id = f"wc-{self.tag}-{outlet_id}-{visit}"
+
+            def fault(n: int = n) -> None:
+                car = site.outlets[n].car
+                if car is not None:
+                    car.max_current_a = FAULT_CURRENT_A
+
             try:
-                await self._visit(site, n, outlet_id, charge_id, plan)
+                await self._visit(outlet_id, charge_id, plan, fault)
             except httpx2.HTTPError as exc:  # the API is unreachable: this visit is over
                 self.partner.tally.say(f"{outlet_id}: {charge_id}: partner API failed: {exc!r}")
             if not self.closing.is_set():
                 await self.sleep(self.rng.uniform(1, 5) * MINUTE)  # unplugging, driving off
             site.unplug(n)
 
+    async def _connector(self, outlet_id: str, plug: Plug) -> None:
+        """A station's connector: the same visits, but no car trips a breaker there (a
+        station protects itself), and a DC charger's car draws far more."""
+        visit = 0
+        dc = plug.car is not None and plug.car.voltage_v > 300
+        while await self.sleep(self.rng.uniform(0.5, 20) * MINUTE):
+            visit += 1
+            plan = Plan.draw(self.rng)
+            while plan.kind == "trips":
+                plan = Plan.draw(self.rng)
+            plug.car = (
+                Car(current_a=150.0, need_wh=plan.need_wh, voltage_v=400.0, soc_percent=35.0)
+                if dc
+                else Car(current_a=plan.max_current_a, need_wh=plan.need_wh, voltage_v=200.0)
+            )
+            charge_id = f"wc-{self.tag}-{outlet_id}-{visit}"
+            try:
+                await self._visit(outlet_id, charge_id, plan, lambda: None)
+            except httpx2.HTTPError as exc:
+                self.partner.tally.say(f"{outlet_id}: {charge_id}: partner API failed: {exc!r}")
+            if not self.closing.is_set():
+                await self.sleep(self.rng.uniform(1, 5) * MINUTE)
+            plug.car = Car(current_a=0.0, voltage_v=400.0 if dc else 200.0)
+
     async def _visit(
-        self, site: SimulatedSite, n: int, outlet_id: str, charge_id: str, plan: Plan
+        self, outlet_id: str, charge_id: str, plan: Plan, fault: Callable[[], None]
     ) -> None:
         partner = self.partner
 
@@ -131,9 +171,7 @@ class World:
                 await self._until(ended, plan.stop_after_s)
             elif plan.kind == "trips":
                 if await self._until(ended, plan.stop_after_s):
-                    car = site.outlets[n].car
-                    if car is not None:
-                        car.max_current_a = FAULT_CURRENT_A
+                    fault()
                     await self._until(ended, 5 * MINUTE)  # the edge trips the breaker
             elif plan.kind == "fills-up":
                 while await self._until(ended, 5 * MINUTE):

@@ -5,9 +5,10 @@ In one process tree, on embedded defaults:
 
 * this process: PostgreSQL (embedded unless ``CHARGELINE_DATABASE_URL`` is set), the
   broker (embedded unless ``CHARGELINE_MQTT_URL`` is set), migrations, the sample site's
-  registry, ingest, one simulated edge agent per controller, and the partner (an OAuth2
-  client with a webhook receiver) whose residents play the field operation flow
-  (``residents``);
+  registry, ingest, one simulated edge agent per controller, the OCPP bridge with the
+  site's two simulated OCPP stations (an AC wallbox on 1.6J, a DC fast charger on 2.0.1),
+  and the partner (an OAuth2 client with a webhook receiver) whose residents play the
+  field operation flow (``residents``);
 * child processes, as in production: the authorization server and the gateway.
 
 Time runs ``--time-scale`` times faster (default: a minute per second). After
@@ -36,12 +37,14 @@ from chargeline import services
 from chargeline.demo import stack, view
 from chargeline.demo.partner import Partner, Tally
 from chargeline.demo.residents import ENDED_WITHIN_S, World
-from chargeline.demo.site import controller_id_of, sample_registry
+from chargeline.demo.site import STATIONS, controller_id_of, sample_registry
 from cloud_gateway.clients import SCOPES, NewClient, add_client
 from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
 from kernel import runner, settings
+from ocpp_bridge.settings import OcppSettings
+from ocpp_bridge.simulated import Car, Plug, SimulatedStation
 from store.database import prepare_database
 from store.registry import import_registry
 
@@ -154,6 +157,8 @@ async def _run(
         ingesting = tasks.create_task(services.run_ingest(ingest, url), name="ingest")
         sites, background = _start_edges(tasks, controllers, args, overrides, logins)
         background.append(ingesting)
+        plugs, bridging = _start_stations(tasks, url, args, overrides, logins)
+        background += bridging
         try:
             async with (
                 stack.cloud(url, ingest, stack.login(ingest.mqtt_url, logins, stack.GATEWAY)) as (
@@ -162,14 +167,16 @@ async def _run(
                 ),
                 await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
             ):
-                await stack.wait_online(conn, controllers)
+                await stack.wait_online(conn, controllers + [st.controller_id for st in STATIONS])
                 port = stack.free_port()
                 client = _register_partner(url, port)
                 partner = Partner(
                     client, api=api, token_url=token_url, port=port, tally=tally, now=ingest.now
                 )
                 async with partner.running():
-                    world = World(partner, sites, time_scale=args.time_scale, seed=args.seed)
+                    world = World(
+                        partner, sites, time_scale=args.time_scale, seed=args.seed, stations=plugs
+                    )
                     await _play(world, tally, conn, client.client_id, args.duration, live=live)
                     # Ingest stops first, so the summary's figures are the database's.
                     # Whatever it had not written was not acknowledged either: the edges
@@ -219,6 +226,43 @@ def _start_edges(
         sites[cid] = agent.meter
         running.append(tasks.create_task(services.run_agent(agent), name=cid))
     return sites, running
+
+
+def _start_stations(
+    tasks: asyncio.TaskGroup,
+    url: str,
+    args: argparse.Namespace,
+    overrides: dict[str, Any],
+    logins: dict[str, str],
+) -> tuple[dict[str, Plug], list[asyncio.Task[None]]]:
+    """The OCPP bridge, and the site's two stations (the ``ocpp`` package's charge point
+    side) connected to it with their passwords; (each connector's plug by outlet id, the
+    tasks)."""
+    port = stack.free_port()
+    bridge = settings.load(
+        OcppSettings,
+        **{**overrides, "mqtt_url": stack.login(overrides.get("mqtt_url"), logins, stack.OCPP)},
+        ocpp_bind=f"127.0.0.1:{port}",
+    )
+    running = [tasks.create_task(services.run_ocpp(bridge, url), name="ocpp")]
+    passwords = stack.issue_station_passwords(url)
+    plugs: dict[str, Plug] = {}
+    for st in STATIONS:
+        dc = st.current_type == "DC"
+        plug = Plug(connector=1, evse=1, car=Car(current_a=0.0, voltage_v=400.0 if dc else 200.0))
+        station = SimulatedStation(
+            url=f"ws://127.0.0.1:{port}/ocpp",
+            station_id=st.station_id,
+            password=passwords[st.station_id],
+            version=st.version,
+            plugs=[plug],
+            clock=bridge.now,
+            time_scale=args.time_scale,
+            model="fast charger" if dc else "wallbox",
+        )
+        plugs[st.outlet_id] = plug
+        running.append(tasks.create_task(station.run(), name=st.station_id))
+    return plugs, running
 
 
 def _register_partner(url: str, port: int) -> NewClient:

@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
-from store.registry_file import ControllerEntry, OutletEntry, Registry, SiteEntry
+from dataclasses import dataclass
+
+from store.registry_file import (
+    ConnectorEntry,
+    ControllerEntry,
+    OutletEntry,
+    Registry,
+    SiteEntry,
+    StationEntry,
+)
 
 SITE = "harbor-view"
+
+
+@dataclass(frozen=True)
+class DemoStation:
+    """One of the car park's OCPP stations, as the registry and the simulator see it."""
+
+    station_id: str
+    controller_id: str
+    version: str
+    outlet_id: str
+    current_type: str
+    rated_current_a: float
+    rated_power_kw: float
+
+
+#: An AC wallbox speaking OCPP 1.6J and a 150 kW DC fast charger speaking OCPP 2.0.1.
+STATIONS = (
+    DemoStation("HV-WB-01", "hv-wb-01", "1.6", "HV-WB-1", "AC", 32, 7.4),
+    DemoStation("HV-DC-01", "hv-dc-01", "2.0.1", "HV-DC-1", "DC", 400, 150),
+)
 
 
 def controller_id_of(number: int) -> str:
@@ -43,5 +72,23 @@ def sample_registry(controllers: int, outlets: int) -> Registry:
                 ],
             )
             for c in range(1, controllers + 1)
+        ],
+        stations=[
+            StationEntry(
+                id=st.station_id,
+                controller_id=st.controller_id,
+                site=SITE,
+                ocpp_version=st.version,
+                connectors=[
+                    ConnectorEntry(
+                        number=1,
+                        outlet_id=st.outlet_id,
+                        current_type=st.current_type,
+                        rated_current_a=st.rated_current_a,
+                        rated_power_kw=st.rated_power_kw,
+                    )
+                ],
+            )
+            for st in STATIONS
         ],
     )

@@ -18,23 +18,33 @@ import psycopg
 from broker import identities
 from broker.identities import DEFAULT_SERVICE_NAMES
 from broker.policy import Role
-from chargeline.demo.site import controller_id_of
+from chargeline.demo.site import STATIONS, controller_id_of
 from ingest.settings import IngestSettings
 from kernel import runner, settings
 
 INGEST, GATEWAY = DEFAULT_SERVICE_NAMES[Role.INGEST], DEFAULT_SERVICE_NAMES[Role.GATEWAY]
+OCPP = DEFAULT_SERVICE_NAMES[Role.OCPP]
 
 
 def issue_logins(url: str, controllers: int) -> dict[str, str]:
-    """Fresh passwords for the sample site's controllers and the two services.
+    """Fresh passwords for the sample site's controllers and the three services.
 
     The demo's broker checks them like any other: a password is shown once and only its
     hash is kept, so every run issues new ones (rotating the last run's).
     """
     names = [(controller_id_of(c), Role.CONTROLLER) for c in range(1, controllers + 1)]
-    names += [(INGEST, Role.INGEST), (GATEWAY, Role.GATEWAY)]
+    names += [(INGEST, Role.INGEST), (GATEWAY, Role.GATEWAY), (OCPP, Role.OCPP)]
     with psycopg.connect(url, autocommit=True) as conn:
         return {name: identities.issue(conn, name, role) for name, role in names}
+
+
+def issue_station_passwords(url: str) -> dict[str, str]:
+    """Fresh OCPP passwords for the sample site's stations, by station id (their HTTP
+    Basic username), whichever broker the demo uses."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            st.station_id: identities.issue(conn, st.controller_id, Role.STATION) for st in STATIONS
+        }
 
 
 def login(url: str | None, logins: dict[str, str], name: str) -> str | None:

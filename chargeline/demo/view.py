@@ -144,6 +144,19 @@ class View:
                     state,
                     "" if wh is None else f"{wh / 1000:.2f}",
                 )
+        for outlet_id, plug in self.world.stations.items():  # the OCPP stations' connectors
+            charge_id = self.world.charges.get(outlet_id)
+            state, wh = charges.get(charge_id or "", ("", None))
+            plan = self.world.plans.get(outlet_id)
+            outlets.add_row(
+                f"{outlet_id} (OCPP)",
+                "[green]transaction[/]" if plug.transaction else "idle",
+                f"{plug.current():.1f}",
+                plan.kind if plan and charge_id else "",
+                charge_id or "",
+                state,
+                "" if wh is None else f"{wh / 1000:.2f}",
+            )
         t = self.tally
         stats = Table.grid(padding=(0, 2))
         stats.add_row(
