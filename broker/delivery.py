@@ -283,8 +283,13 @@ class Delivery(Broker):  # type: ignore[misc]
         if not any(s is session for s, _ in self._subscriptions.get(topic_filter, ())):
             return
         if "+" in topic_filter or "#" in topic_filter:
+            # A wildcard delivers only what the session may receive, as a broadcast does
+            # (the OCPP bridge subscribes with wildcards and may receive its stations' only).
             found = [
-                m for t, m in self._retained_messages.items() if self._matches(t, topic_filter)
+                m
+                for t, m in self._retained_messages.items()
+                if self._matches(t, topic_filter)
+                and await self._topic_filtering(session, t, Action.RECEIVE)
             ]
         else:
             message = self._retained_messages.get(topic_filter)

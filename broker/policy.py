@@ -12,7 +12,9 @@ Mosquitto ACL lines and EMQX rules, so switching brokers changes nothing for any
 - **gateway** writes commands (``desired``) and status requests, and reads command acks.
 - **ocpp** (the OCPP bridge, ``chargeline ocpp``) speaks for its stations: what a controller
   may write and read, on the topics of registered stations only (``Policy.stations``), never
-  on a controller's.
+  on a controller's. It subscribes once with wildcards (a session holds at most
+  ``broker_max_subscriptions`` filters, and a bridge serves thousands of stations); the
+  embedded broker then delivers it only the stations' messages, retained ones included.
 - A **station**'s identity is for its OCPP connection; it has no grants at the broker.
 
 Nothing else is granted: no ``$SYS``, no ``#``, no other controller's subtree.
@@ -127,16 +129,18 @@ class Policy:
             self._cache.clear()
 
     def filters_for(self, name: str, role: Role) -> list[tuple[Access, str]]:
-        """What ``name`` may do, as concrete filters (the bridge's, one set per station):
-        how the exports write a service's lines."""
+        """What ``name`` may do, as the exports write a service's lines. The bridge writes
+        on each station's topics, one set per station; it reads through its wildcard
+        subscriptions, which Mosquitto and EMQX can only grant whole (there it may read
+        every controller's commands, and still write for stations only)."""
         if role is Role.OCPP:
             return [
                 (access, self.topics.filter_for(kind, station))
                 for station in sorted(self.stations)
                 for r, access, _, kinds in _GRANTS
-                if r is Role.OCPP
+                if r is Role.OCPP and access is Access.WRITE
                 for kind in kinds
-            ]
+            ] + [(g.access, g.topic_filter) for g in self.for_role(role) if g.access is Access.READ]
         return [(g.access, g.for_identity(name)) for g in self.for_role(role)]
 
     def _station_topic(self, topic: str) -> bool:
@@ -164,7 +168,7 @@ class Policy:
                 check(grant.for_identity(name), topic)
                 for grant in self.grants
                 if grant.role is role and grant.access is access
-            ) and (role is not Role.OCPP or self._station_topic(topic))
+            ) and (role is not Role.OCPP or subscribing or self._station_topic(topic))
             if len(self._cache) > 100_000:  # bounded: a client inventing topics cannot grow it
                 self._cache.clear()
             self._cache[key] = verdict

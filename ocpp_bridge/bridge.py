@@ -57,6 +57,8 @@ PATH_PREFIX = "/ocpp/"
 #: A charge started with a card ends after this long unless stopped (as a partner's start
 #: without an end time).
 LOCAL_CHARGE_S = 24 * 3600
+#: Messages in flight to the broker at once (aiomqtt's max_inflight_messages matches it).
+PUBLISH_WINDOW = 100
 
 
 @dataclass(frozen=True)
@@ -552,6 +554,9 @@ class Bridge:
         self._outbox_ready.set()
 
     async def _publish_forever(self) -> None:
+        """Publish the outbox in order, up to ``PUBLISH_WINDOW`` messages awaiting their
+        PUBACK at once (one at a time, two thousand stations' presence at a reconnect
+        would take seconds); a window that failed is sent again whole."""
         while True:
             await self._outbox_ready.wait()
             client = self._client
@@ -560,30 +565,31 @@ class Bridge:
                 continue
             try:
                 while self._outbox:
-                    topic, payload, retain = self._outbox[0]
-                    await client.publish(topic, payload, qos=1, retain=retain)
-                    self._outbox.popleft()
+                    window = [
+                        self._outbox[i] for i in range(min(PUBLISH_WINDOW, len(self._outbox)))
+                    ]
+                    await asyncio.gather(
+                        *(client.publish(t, p, qos=1, retain=r) for t, p, r in window)
+                    )
+                    for _ in window:
+                        self._outbox.popleft()
                 self._outbox_ready.clear()
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
 
     async def _subscribe_all(self) -> None:
+        """Three wildcard subscriptions for every station (a session may hold only so many
+        filters; the broker delivers the bridge its stations' messages only)."""
         client = self._client
-        if client is None:
+        if client is None or self._subscribed:
             return
-        wanted = []
-        for cid in self.stations:
-            for topic in (
-                self.topics.filter_for(TopicKind.DESIRED, cid),
-                self.topics.meter_ack(cid),
-                self.topics.request(cid),
-            ):
-                if topic not in self._subscribed:
-                    wanted.append(topic)
-        for start in range(0, len(wanted), 100):
-            chunk = wanted[start : start + 100]
-            await client.subscribe([(t, 1) for t in chunk])
-            self._subscribed.update(chunk)
+        wanted = [
+            self.topics.all_controllers(TopicKind.DESIRED),
+            self.topics.all_controllers(TopicKind.METER_ACK),
+            self.topics.all_controllers(TopicKind.REQUEST),
+        ]
+        await client.subscribe([(t, 1) for t in wanted])
+        self._subscribed.update(wanted)
 
     async def _mqtt_forever(self) -> None:
         delays = mqtt.backoff()
@@ -592,7 +598,11 @@ class Bridge:
         while True:
             try:
                 async with mqtt.client(
-                    url, identifier=self.settings.client_id, clean_session=True, keepalive=30
+                    url,
+                    identifier=self.settings.client_id,
+                    clean_session=True,
+                    keepalive=30,
+                    max_inflight_messages=PUBLISH_WINDOW,
                 ) as client:
                     self._client = client
                     self._subscribed.clear()

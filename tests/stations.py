@@ -65,6 +65,7 @@ class Stations:
     cids: dict[str, str]  # "1.6" / "2.0.1" → controller id
     outlets: dict[str, str]  # "1.6" / "2.0.1" → the connector's public outlet id
     passwords: dict[str, str]  # station id → password
+    ops: str  # the bridge's /healthz, /readyz and /metrics
     loop: Loop = field(default_factory=Loop)
 
     def station(
@@ -154,7 +155,7 @@ def stations(
         name, password = issued.stdout.splitlines()[0].split()
         assert name == cid
         passwords[ids[version]] = password
-    port = free_port()
+    port, ops = free_port(), free_port()
     login = roles.create_login(inst.database, f"t{tag}_ocpp", "ocpp")
     tls: dict[str, str] = {}
     scheme = "ws"
@@ -177,6 +178,7 @@ def stations(
             call_timeout_s=2,
             transaction_wait_s=2,
             registry_refresh_s=1,
+            ops_bind=f"127.0.0.1:{ops}",
             **tls,
         ),
         inst.tmp,
@@ -190,6 +192,7 @@ def stations(
         cids=cids,
         outlets={"1.6": f"WB-{tag}-1", "2.0.1": f"DC-{tag}-1"},
         passwords=passwords,
+        ops=f"http://127.0.0.1:{ops}",
     )
     yield found
     found.loop.close()

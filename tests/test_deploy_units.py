@@ -38,6 +38,7 @@ def test_every_service_is_found() -> None:
         "chargeline-edge@.service",
         "chargeline-gateway.service",
         "chargeline-ingest.service",
+        "chargeline-ocpp.service",
         "chargeline-webhooks.service",
     }
 

@@ -200,17 +200,24 @@ def test_the_bridge_speaks_for_stations_only(access: Access, topic: str, allowed
     assert POLICY.allows(name="svc_ocpp", role=Role.OCPP, access=access, topic=topic) is allowed
 
 
-def test_the_bridge_may_not_subscribe_with_a_wildcard_for_every_controller() -> None:
-    for wide in ("cl/v1/ctl/+/outlet/+/desired", "cl/v1/ctl/#"):
-        assert not POLICY.allows(
+def test_the_bridge_subscribes_with_wildcards_and_receives_stations_messages_only() -> None:
+    """One set of wildcard filters serves thousands of stations; what it then receives is
+    judged topic by topic (``Action.RECEIVE``), so a controller's commands never reach it."""
+    for wide in ("cl/v1/ctl/+/outlet/+/desired", "cl/v1/ctl/+/meter/ack"):
+        assert POLICY.allows(
             name="svc_ocpp", role=Role.OCPP, access=Access.READ, topic=wide, subscribing=True
         )
+    assert not POLICY.allows(
+        name="svc_ocpp", role=Role.OCPP, access=Access.READ, topic="cl/v1/ctl/#", subscribing=True
+    )
     assert POLICY.allows(
+        name="svc_ocpp", role=Role.OCPP, access=Access.READ, topic="cl/v1/ctl/dc-1/outlet/1/desired"
+    )
+    assert not POLICY.allows(
         name="svc_ocpp",
         role=Role.OCPP,
         access=Access.READ,
-        topic="cl/v1/ctl/dc-1/outlet/+/desired",
-        subscribing=True,
+        topic="cl/v1/ctl/ctl-1/outlet/1/desired",
     )
 
 

@@ -21,6 +21,7 @@ from tests.db import query
 from tests.partners import Partner, chargeline
 from tests.procs import wait_for
 from tests.stations import Stations
+from tests.test_ops_e2e import lint, ready, scrape
 
 pytestmark = pytest.mark.processes
 
@@ -65,6 +66,15 @@ def test_stations_are_refused_at_the_upgrade_unless_they_prove_who_they_are(
     )
     assert good.connected.is_set(), "the other station's connection was never touched"
     assert run(good.call(c16.Heartbeat())) is not None
+
+    # The operator's monitoring sees it all, in names Prometheus's own checker accepts.
+    assert ready(stations.ops).status_code == 200
+    lint(f"{stations.ops}/metrics")
+    metrics = scrape(f"{stations.ops}/metrics")
+    assert metrics["chargeline_ocpp_stations"][(("state", "connected"),)] == 1
+    refused = metrics["chargeline_ocpp_refused_connections_total"]
+    assert refused[(("reason", "no such station"),)] == 1
+    assert refused[(("reason", "wrong password"),)] >= 2
 
 
 async def _attempt(station: object) -> int:
