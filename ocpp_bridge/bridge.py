@@ -113,18 +113,28 @@ async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
     return Snapshot(stations, tags, found)
 
 
+#: Frames kept in memory while the database is away; beyond, the oldest are dropped (and
+#: counted): the frame log is for inspection, and must not take the bridge's memory.
+MAX_UNWRITTEN_FRAMES = 500_000
+
+
 class Journal:
     """Writes queued by the handlers (which never wait for the database): raw frames,
     transactions and boot details. Flushed together every half second."""
 
     def __init__(self) -> None:
         self.frames: list[tuple[str, float, str, str]] = []
+        self.frames_dropped = 0
         self.transactions: dict[tuple[str, str], Transaction] = {}
         self.boots: dict[str, tuple[str, str, str | None, str | None, float]] = {}
         self.frames_logged = 0
         self.ok = False
 
     def frame(self, station_id: str, direction: str, text: str) -> None:
+        if len(self.frames) >= MAX_UNWRITTEN_FRAMES:
+            del self.frames[: MAX_UNWRITTEN_FRAMES // 10]
+            self.frames_dropped += MAX_UNWRITTEN_FRAMES // 10
+            log.error("journal: the database is away; %d raw frames dropped", self.frames_dropped)
         self.frames.append((station_id, time.time(), direction, text.replace("\x00", "\\u0000")))
 
     def transaction(self, transaction: Transaction, cid: str) -> None:
@@ -400,6 +410,10 @@ class Bridge:
             station.close()
 
     async def _serve(self) -> None:
+        # The raw frame log is where frames go: the ocpp package's line per frame is noise.
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
+        # A port probe (a load balancer's TCP check) is not an error.
+        logging.getLogger("websockets.server").addFilter(_NoProbes())
         host, _, port = self.settings.ocpp_bind.rpartition(":")
         async with serve(
             self._connection,
@@ -671,6 +685,11 @@ class Bridge:
                     self._tasks.create_task(link[1].ws.close(1000, "missed heartbeats"))
             if resend:
                 last_resend = now
+
+
+class _NoProbes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "opening handshake failed"
 
 
 def _basic(header: str | None) -> tuple[str, str] | None:

@@ -269,9 +269,11 @@ class Station:
             soc_percent=sample.soc_percent,
         )
         self.facts.latest[outlet] = reading
-        for frame in self.framer.add(sample.at, reading):
+        frames = self.framer.add(sample.at, reading)
+        for frame in frames:
             self.buffer.add(frame)
-        self.send_pending()
+        if frames:
+            self.send_pending()
         memory = self.memory.get(outlet)
         if memory is None or self.clock.monotonic() < self._hold_frames_until:
             return  # (a card's charge not yet on: its rise is reported once it is)

@@ -35,6 +35,17 @@ def test_the_partner_charges_on_a_station_as_on_an_outlet(
         timeout=20,
         what="the station online in the cloud",
     )
+    booted = wait_for(
+        lambda: query(
+            inst.database,
+            "SELECT vendor, model, booted_at IS NOT NULL FROM ocpp_stations WHERE controller_id = %s"
+            " AND booted_at IS NOT NULL",
+            cid,
+        ),
+        timeout=10,
+        what="the BootNotification's vendor and model recorded for the operator",
+    )
+    assert booted == [("chargeline-sim", "sim", True)]
     charge_id = f"oc-{version}"
     started = partner.post("/v1/charges", {"outlet_id": outlet, "charge_id": charge_id})
     assert started.status_code in (201, 202), started.text

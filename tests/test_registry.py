@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.errors import InputError
 from store.registry import import_registry
 from store.registry_file import RegistryFileError, parse
 from tests.db import query
@@ -134,3 +135,26 @@ def test_cli_import_reports_errors_and_exits_nonzero(tmp_path: Path, database: s
     result = run()
     assert result.returncode == 0, result.stderr
     assert "2 outlets added" in result.stdout
+
+
+def test_stations_import_idempotently_as_controllers_with_connectors(database: str) -> None:
+    """The documented example's station: once added (a controller without a main meter,
+    its connector an outlet of kind ocpp_dc), then unchanged; and its controller id is
+    never taken over by another station."""
+    example = Path(__file__).parent.parent / "deploy" / "registry.example.toml"
+    registry = parse(example.read_text(), source=str(example))
+    first = import_registry(database, registry)
+    assert first.counts["stations added"] == 1 and first.counts["connectors added"] == 1
+    again = import_registry(database, registry)
+    assert not any(key.endswith(("added", "updated")) for key in again.counts), again
+    assert query(
+        database,
+        "SELECT s.station_id, s.ocpp_version, c.has_main_meter, o.kind, n.evse_id"
+        " FROM ocpp_stations s JOIN controllers c USING (controller_id)"
+        " JOIN outlets o USING (controller_id) JOIN ocpp_connectors n USING (controller_id)",
+    ) == [("HV-DC-01", "2.0.1", False, "ocpp_dc", 1)]
+    other = registry.stations[0].model_copy(update={"id": "OTHER-01"})
+    with pytest.raises(
+        InputError, match="controller id 'hv-dc-01' already belongs to station 'HV-DC-01'"
+    ):
+        import_registry(database, registry.model_copy(update={"stations": [other]}))
