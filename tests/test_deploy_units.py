@@ -60,7 +60,7 @@ def test_each_service_has_its_own_ops_port() -> None:
         for e in settings(unit).get("Environment", [])
         if e.startswith("CHARGELINE_OPS_BIND=")
     ]
-    assert len(ports) == 5 and len(set(ports)) == 5
+    assert len(ports) == 6 and len(set(ports)) == 6
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.stem)

@@ -69,8 +69,8 @@ def test_stations_are_refused_at_the_upgrade_unless_they_prove_who_they_are(
 
     # The operator's monitoring sees it all, in names Prometheus's own checker accepts.
     assert ready(stations.ops).status_code == 200
-    lint(f"{stations.ops}/metrics")
-    metrics = scrape(f"{stations.ops}/metrics")
+    lint(stations.ops)
+    metrics = scrape(stations.ops)
     assert metrics["chargeline_ocpp_stations"][(("state", "connected"),)] == 1
     refused = metrics["chargeline_ocpp_refused_connections_total"]
     assert refused[(("reason", "no such station"),)] == 1
