@@ -150,6 +150,42 @@ async def send_start(
     )
 
 
+async def record_start(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    outlet_id: str,
+    charge_id: str,
+    partner_charge_id: str,
+    client_id: str,
+    end_at: float,
+    issued_at: float,
+    issued_by: str,
+    request_sha256: bytes,
+) -> Recorded:
+    """A charge's start, in the caller's transaction: its guarded ON command
+    (``send_start``) and the charge in ``requested`` (``charges.create``). A partner's
+    start and a station's card start are recorded alike. Pipelined: nothing waits for the
+    command's answer (``Recorded.desired``, None when the guards wrote nothing)."""
+    recorded = await send_start(
+        conn,
+        outlet_id=outlet_id,
+        charge_id=charge_id,
+        end_at=end_at,
+        issued_at=issued_at,
+        issued_by=issued_by,
+    )
+    await charges.create(
+        conn,
+        charge_id=charge_id,
+        partner_charge_id=partner_charge_id,
+        client_id=client_id,
+        outlet_id=outlet_id,
+        end_at=end_at,
+        request_sha256=request_sha256,
+    )
+    return recorded
+
+
 async def record(conn: psycopg.AsyncConnection[Any], **command: Unpack[Command]) -> DesiredState:
     """``send_record`` and wait for the generation."""
     want = await (await send_record(conn, **command)).desired()

@@ -38,7 +38,6 @@ from kernel import mqtt
 from schemas.codec import CodecError, decode, encode
 from schemas.messages import (
     MeterAck,
-    MeterBatch,
     MeterFrame,
     OutletReading,
     OutletState,
@@ -88,7 +87,9 @@ class EdgeAgent:
         self.topics = settings.topics
         self.started_at = clock.now()
         self.buffer = FrameBuffer(
-            settings.data_dir / "edge" / f"{self.cid}.sqlite", max_frames=settings.buffer_max_frames
+            settings.data_dir / "edge" / f"{self.cid}.sqlite",
+            controller_id=self.cid,
+            max_frames=settings.buffer_max_frames,
         )
         self._client: aiomqtt.Client | None = None
         self._sent_at: dict[int, float] = {}  # seq → monotonic time of the last send
@@ -339,19 +340,17 @@ class EdgeAgent:
         client = self._client
         if client is None:
             return
-        self.buffer.assign(self.settings.max_frames_per_message)
         topic = self.topics.meter(self.cid)
-        for seq, frames in self.buffer.batches().items():
-            last = self._sent_at.get(seq)
-            if last is not None and (older_than is None or last > older_than):
-                continue
-            self._sent_at[seq] = self.clock.monotonic()
+        for batch in self.buffer.due(
+            self._sent_at,
+            now=self.clock.monotonic(),
+            older_than=older_than,
+            max_frames=self.settings.max_frames_per_message,
+        ):
             try:
-                await client.publish(
-                    topic, encode(MeterBatch(controller_id=self.cid, seq=seq, frames=frames)), qos=1
-                )
+                await client.publish(topic, encode(batch), qos=1)
             except aiomqtt.MqttError as exc:
-                log.warning("%s: batch %d not sent (%s); will resend", self.cid, seq, exc)
+                log.warning("%s: batch %d not sent (%s); will resend", self.cid, batch.seq, exc)
                 return
 
     async def _resend_forever(self) -> None:

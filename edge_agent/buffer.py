@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 
-from schemas.messages import MeterFrame, OutletReading
+from schemas.messages import MeterBatch, MeterFrame, OutletReading
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ class FrameBuffer:
     operating system instead (SQLite's ``synchronous=NORMAL`` in WAL mode): safe across
     a crash of the process, not of the machine."""
 
-    def __init__(self, path: Path, *, max_frames: int, durable: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, controller_id: str, max_frames: int, durable: bool = True
+    ) -> None:
+        self.controller_id = controller_id
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -109,6 +112,22 @@ class FrameBuffer:
             )
             out.setdefault(seq, []).append(frame)
         return {seq: tuple(frames) for seq, frames in out.items()}
+
+    def due(
+        self, sent_at: dict[int, float], *, now: float, older_than: float | None, max_frames: int
+    ) -> list[MeterBatch]:
+        """The batches to send now, numbered first: those never sent, or with
+        ``older_than``, those last sent before it. ``sent_at`` (seq → when last sent) is
+        the caller's; each batch returned is marked sent at ``now``."""
+        self.assign(max_frames)
+        due = []
+        for seq, frames in self.batches().items():
+            last = sent_at.get(seq)
+            if last is not None and (older_than is None or last > older_than):
+                continue
+            sent_at[seq] = now
+            due.append(MeterBatch(controller_id=self.controller_id, seq=seq, frames=frames))
+        return due
 
     def ack(self, seqs: tuple[int, ...]) -> int:
         """Forget the named batches; return how many frames that freed."""

@@ -347,21 +347,15 @@ class Bridge:
         end_at = now + LOCAL_CHARGE_S
         try:
             async with conn.transaction():
-                recorded = await command_records.send_start(
+                recorded = await command_records.record_start(
                     conn,
                     outlet_id=connector.outlet_id,
-                    charge_id=charge_id,
-                    end_at=end_at,
-                    issued_at=now,
-                    issued_by=f"rfid:{t.id_tag}",
-                )
-                await charges.create(
-                    conn,
                     charge_id=charge_id,
                     partner_charge_id=partner_charge_id,
                     client_id=client_id,
-                    outlet_id=connector.outlet_id,
                     end_at=end_at,
+                    issued_at=now,
+                    issued_by=f"rfid:{t.id_tag}",
                     request_sha256=hashlib.sha256(partner_charge_id.encode()).digest(),
                 )
             want = await recorded.desired()

@@ -58,6 +58,23 @@ class _Common:
     def _accepts(self, id_tag: str | None) -> bool:
         return bool(id_tag) and (id_tag in self.station.remote_tags or self.tags.valid(str(id_tag)))
 
+    async def _call(self, payload: Any) -> Any:
+        """One call to the station: its answer, None for a CALLERROR, ``CallFailed`` when
+        no answer came within the call timeout. (The versions' ``ChargePoint.call``.)"""
+        try:
+            return await self.call(payload, suppress=False)  # type: ignore[attr-defined]
+        except TimeoutError as exc:
+            timeout = self._response_timeout  # type: ignore[attr-defined]
+            raise CallFailed(f"{type(payload).__name__}: no answer in {timeout} s") from exc
+        except OCPPError as exc:
+            log.warning(
+                "%s: %s answered with a CALLERROR: %s",
+                self.station.info.station_id,
+                type(payload).__name__,
+                exc,
+            )
+            return None
+
     def _samples(
         self, outlet: int | None, meter_values: list[dict[str, Any]] | None
     ) -> list[readings.Sample]:
@@ -79,19 +96,6 @@ class V16(_Common, ChargePoint16):  # type: ignore[misc]  # the ocpp package has
     async def remote_stop(self, transaction_id: str) -> bool:
         answer = await self._call(call16.RemoteStopTransaction(transaction_id=int(transaction_id)))
         return answer is not None and answer.status == "Accepted"
-
-    async def _call(self, payload: Any) -> Any:
-        try:
-            return await self.call(payload, suppress=False)
-        except TimeoutError as exc:
-            raise CallFailed(
-                f"{type(payload).__name__}: no answer in {self._response_timeout} s"
-            ) from exc
-        except OCPPError as exc:
-            log.warning(
-                "%s: %s answered with a CALLERROR: %s", self.id, type(payload).__name__, exc
-            )
-            return None
 
     # --- what the station says --------------------------------------------------------------
     @on(Action16.boot_notification)
@@ -207,19 +211,6 @@ class V201(_Common, ChargePoint201):  # type: ignore[misc]
     async def remote_stop(self, transaction_id: str) -> bool:
         answer = await self._call(call201.RequestStopTransaction(transaction_id=transaction_id))
         return answer is not None and answer.status == "Accepted"
-
-    async def _call(self, payload: Any) -> Any:
-        try:
-            return await self.call(payload, suppress=False)
-        except TimeoutError as exc:
-            raise CallFailed(
-                f"{type(payload).__name__}: no answer in {self._response_timeout} s"
-            ) from exc
-        except OCPPError as exc:
-            log.warning(
-                "%s: %s answered with a CALLERROR: %s", self.id, type(payload).__name__, exc
-            )
-            return None
 
     @on(Action201.boot_notification)
     def on_boot_notification(self, charging_station: dict[str, Any], reason: str, **_: Any) -> Any:

@@ -52,7 +52,6 @@ from schemas.messages import (
     EdgeEvent,
     EdgeEventKind,
     MeterAck,
-    MeterBatch,
     OutletReading,
     OutletState,
     Presence,
@@ -185,7 +184,10 @@ class Station:
         # Thousands of stations in one event loop: an fsync per minute each would stall it
         # at every minute's burst (bench.ocpp). Their minutes survive the bridge crashing.
         self.buffer = FrameBuffer(
-            folder / f"{self.cid}.sqlite", max_frames=settings.buffer_max_frames, durable=False
+            folder / f"{self.cid}.sqlite",
+            controller_id=self.cid,
+            max_frames=settings.buffer_max_frames,
+            durable=False,
         )
         self.memory_store = CommandMemory(folder / f"{self.cid}.commands.sqlite")
         self.outlet_numbers = tuple(c.outlet for c in info.connectors)
@@ -606,14 +608,14 @@ class Station:
         """Send batches not yet sent (or, with ``older_than``, sent before that time)."""
         if self.clock.monotonic() < self._hold_frames_until:
             return
-        self.buffer.assign(self.settings.max_frames_per_message)
         topic = self.topics.meter(self.cid)
-        for seq, frames in self.buffer.batches().items():
-            last = self._sent_at.get(seq)
-            if last is not None and (older_than is None or last > older_than):
-                continue
-            self._sent_at[seq] = self.clock.monotonic()
-            self._publish(topic, encode(MeterBatch(controller_id=self.cid, seq=seq, frames=frames)))
+        for batch in self.buffer.due(
+            self._sent_at,
+            now=self.clock.monotonic(),
+            older_than=older_than,
+            max_frames=self.settings.max_frames_per_message,
+        ):
+            self._publish(topic, encode(batch))
 
     def link_restarted(self) -> None:
         """The bridge's MQTT link came back: every unacknowledged batch goes again."""

@@ -18,6 +18,7 @@ from broker.pki import LocalCA
 from ocpp_bridge.simulated import Car, Plug, SimulatedStation
 from store import roles
 from tests.conftest import Installation
+from tests.db import query
 from tests.partners import Partner, chargeline
 from tests.procs import Proc, free_port, wait_for, wait_port
 
@@ -88,6 +89,37 @@ class Stations:
             time_scale=inst.time_scale,
             **options,
         )
+
+    def online(self, version: str) -> None:
+        """Wait until the cloud has the station online (ingest saw its presence)."""
+        cid = self.cids[version]
+        wait_for(
+            lambda: (
+                query(
+                    self.installation.database,
+                    "SELECT online FROM controller_status WHERE controller_id = %s",
+                    cid,
+                )
+                == [(True,)]
+            ),
+            timeout=20,
+            what=f"{cid} online in the cloud",
+        )
+
+    def closed_transaction(self, version: str) -> tuple[float, float]:
+        """(meterStart, meterStop) of the station's last ended transaction, once recorded."""
+        rows = wait_for(
+            lambda: query(
+                self.installation.database,
+                "SELECT meter_start_wh, meter_stop_wh FROM ocpp_transactions"
+                " WHERE controller_id = %s AND meter_stop_wh IS NOT NULL"
+                " ORDER BY stopped_at DESC LIMIT 1",
+                self.cids[version],
+            ),
+            timeout=10,
+            what="the transaction recorded with its meterStop",
+        )
+        return rows[0][0], rows[0][1]
 
     def start(self, station: SimulatedStation) -> SimulatedStation:
         self.loop.spawn(station.run())

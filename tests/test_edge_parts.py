@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from edge_agent.buffer import FrameBuffer
@@ -72,22 +74,37 @@ def test_failed_breaker_does_not_move() -> None:
 def test_buffer_numbers_batches_and_keeps_seq_across_restarts(tmp_path: Path) -> None:
     """Backlogged frames are grouped into batches; seqs never repeat after a restart."""
     path = tmp_path / "buf.sqlite"
-    buf = FrameBuffer(path, max_frames=100)
+    buf = FrameBuffer(path, controller_id="ctl-1", max_frames=100)
     for i in range(5):
         buf.add(frame(i))
     assert buf.assign(max_frames=2) == [1, 2, 3]
     assert [len(f) for f in buf.batches().values()] == [2, 2, 1]
     buf.close()
-    buf = FrameBuffer(path, max_frames=100)
+    buf = FrameBuffer(path, controller_id="ctl-1", max_frames=100)
     buf.add(frame(5))
     assert buf.assign(max_frames=2) == [4]
     assert list(buf.batches()) == [1, 2, 3, 4]
     assert buf.batches()[1][0] == frame(0)
 
 
+def test_a_buffer_written_before_wire_version_2_still_reads(tmp_path: Path) -> None:
+    """Frames an older edge left on disk have five fields per reading: after an upgrade
+    they are sent as they were (no power, no state of charge)."""
+    path = tmp_path / "buf.sqlite"
+    FrameBuffer(path, controller_id="ctl-1", max_frames=100).close()
+    with sqlite3.connect(path) as db:
+        body = msgpack.packb((1_767_225_600, 10.0, [(1, 5.0, 200.0, 3.0, True)]))
+        db.execute("INSERT INTO frames (minute, body) VALUES (?, ?)", (1_767_225_600, body))
+    buf = FrameBuffer(path, controller_id="ctl-1", max_frames=100)
+    (batch,) = buf.due({}, now=0.0, older_than=None, max_frames=60)
+    reading = batch.frames[0].outlets[0]
+    assert reading == (1, 5.0, 200.0, 3.0, True, None, None)
+    assert batch.controller_id == "ctl-1" and batch.seq == 1
+
+
 def test_ack_deletes_exactly_the_named_batches(tmp_path: Path) -> None:
     """An ack for batch 2 does not delete batch 1 (which the broker may have dropped)."""
-    buf = FrameBuffer(tmp_path / "buf.sqlite", max_frames=100)
+    buf = FrameBuffer(tmp_path / "buf.sqlite", controller_id="ctl-1", max_frames=100)
     for i in range(3):
         buf.add(frame(i))
     buf.assign(max_frames=1)
@@ -97,7 +114,7 @@ def test_ack_deletes_exactly_the_named_batches(tmp_path: Path) -> None:
 
 def test_full_buffer_drops_oldest_and_counts(tmp_path: Path) -> None:
     """Past its limit the buffer drops the oldest frames and counts them."""
-    buf = FrameBuffer(tmp_path / "buf.sqlite", max_frames=10)
+    buf = FrameBuffer(tmp_path / "buf.sqlite", controller_id="ctl-1", max_frames=10)
     for i in range(15):
         buf.add(frame(i))
     assert len(buf) == 10 and buf.dropped == 5

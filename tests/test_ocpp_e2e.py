@@ -25,16 +25,7 @@ def test_the_partner_charges_on_a_station_as_on_an_outlet(
     station = stations.start(stations.station(version))
     outlet = stations.outlets[version]
     cid = stations.cids[version]
-    wait_for(
-        lambda: (
-            query(
-                inst.database, "SELECT online FROM controller_status WHERE controller_id = %s", cid
-            )
-            == [(True,)]
-        ),
-        timeout=20,
-        what="the station online in the cloud",
-    )
+    stations.online(version)
     booted = wait_for(
         lambda: query(
             inst.database,
@@ -66,16 +57,7 @@ def test_the_partner_charges_on_a_station_as_on_an_outlet(
         what="the charge.stopped webhook",
     )
     final = partner.webhooks(charge_id)[-1]["data"]
-    ((meter_start, meter_stop),) = wait_for(
-        lambda: query(
-            inst.database,
-            "SELECT meter_start_wh, meter_stop_wh FROM ocpp_transactions"
-            " WHERE controller_id = %s AND meter_stop_wh IS NOT NULL",
-            cid,
-        ),
-        timeout=10,
-        what="the transaction recorded with its meterStop",
-    )
+    meter_start, meter_stop = stations.closed_transaction(version)
     assert meter_stop > meter_start
     assert final["energy_wh"] == pytest.approx(meter_stop - meter_start, abs=1.0)
     rows = query(
@@ -108,16 +90,7 @@ def test_a_residents_card_starts_a_charge_billed_to_its_client(
 
     station = stations.start(stations.station("2.0.1"))
     cid = stations.cids["2.0.1"]
-    wait_for(
-        lambda: (
-            query(
-                inst.database, "SELECT online FROM controller_status WHERE controller_id = %s", cid
-            )
-            == [(True,)]
-        ),
-        timeout=20,
-        what="the station online in the cloud",
-    )
+    stations.online("2.0.1")
     run = stations.loop.run
     assert run(station.swipe("NOT-A-CARD")) is False, "an unknown card is refused"
     assert station.plugs[0].transaction is None
@@ -138,17 +111,10 @@ def test_a_residents_card_starts_a_charge_billed_to_its_client(
         timeout=30,
         what="the card's charge stopped",
     )
-    ((meter_start, meter_stop),) = wait_for(
-        lambda: query(
-            inst.database,
-            "SELECT meter_start_wh, meter_stop_wh FROM ocpp_transactions"
-            " WHERE controller_id = %s AND id_tag = %s AND meter_stop_wh IS NOT NULL",
-            cid,
-            tag,
-        ),
-        timeout=10,
-        what="the transaction closed",
-    )
+    meter_start, meter_stop = stations.closed_transaction("2.0.1")
+    assert query(
+        inst.database, "SELECT id_tag FROM ocpp_transactions WHERE controller_id = %s", cid
+    ) == [(tag,)]
     final = partner.webhooks(charge_id)[-1]["data"]
     assert final["energy_wh"] == pytest.approx(meter_stop - meter_start, abs=1.0)
     charge = partner.get(f"/v1/charges/{charge_id}").json()

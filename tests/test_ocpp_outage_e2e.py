@@ -65,16 +65,7 @@ def test_a_station_back_from_an_outage_loses_and_repeats_nothing(
         timeout=30,
         what="the charge.stopped webhook",
     )
-    ((meter_start, meter_stop),) = wait_for(
-        lambda: query(
-            inst.database,
-            "SELECT meter_start_wh, meter_stop_wh FROM ocpp_transactions"
-            " WHERE controller_id = %s AND meter_stop_wh IS NOT NULL",
-            cid,
-        ),
-        timeout=10,
-        what="the transaction closed",
-    )
+    meter_start, meter_stop = stations.closed_transaction("1.6")
     final = partner.webhooks("through-outage")[-1]["data"]
     assert final["energy_wh"] == pytest.approx(meter_stop - meter_start, abs=1.0)
 

@@ -151,21 +151,15 @@ async def _record_start(
     the desired state to publish, or None when the guards let nothing be written."""
     try:
         async with conn.pipeline(), conn.transaction():
-            recorded = await command_records.send_start(
+            recorded = await command_records.record_start(
                 conn,
                 outlet_id=body.outlet_id,
-                charge_id=charge_id,
-                end_at=end_at,
-                issued_at=now,
-                issued_by=client_id,
-            )
-            await charges.create(
-                conn,
                 charge_id=charge_id,
                 partner_charge_id=body.charge_id,
                 client_id=client_id,
-                outlet_id=body.outlet_id,
                 end_at=end_at,
+                issued_at=now,
+                issued_by=client_id,
                 request_sha256=digest,
             )
         return await recorded.desired()
