@@ -28,22 +28,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Ports this process has handed out: never twice (a server may not have bound its port yet).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768+).
+    """A free port below Linux's ephemeral range (32768+), in this test worker's own slice.
 
     A port the kernel hands out for ``bind(0)`` is ephemeral: any outgoing connection
-    (to PostgreSQL, to the broker) may take it before our server binds it.
+    (to PostgreSQL, to the broker) may take it before our server binds it. Between the
+    check and the bind, another xdist worker could pick the same port (a test's
+    authorization server once answered from another's ops listener): each worker draws
+    from its own slice of 20000..32000, and never hands out a port twice.
     """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    width = 12000 // count
+    low = 20000 + (index % count) * width
     rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
+    for _ in range(400):
+        port = rng.randrange(low, low + width)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
-    raise RuntimeError("no free port in 20000..32000")
+    raise RuntimeError(f"no free port in {low}..{low + width}")
 
 
 def wait_for(check: Callable[[], Any], *, timeout: float, what: str, every: float = 0.2) -> Any:
