@@ -123,6 +123,9 @@ def _credentials(args: argparse.Namespace) -> int:
     from broker.policy import Role
 
     with _connect(autocommit=True) as conn:
+        if getattr(args, "name", None):
+            # An OCPP station may be named by its station id (HV-DC-01) as well.
+            args.name = identities.controller_of_station(conn, args.name)
         if args.credentials_command == "list":
             for i in identities.all_identities(conn):
                 how = "password" if i.argon2 else "certificate"
@@ -191,6 +194,8 @@ def _pki(args: argparse.Namespace) -> int:
     elif args.pki_command == "server":
         issued = ca.issue_server(args.hosts)
     else:
+        with _connect() as conn:
+            args.name = identities.controller_of_station(conn, args.name)
         role = Role(_role_of(args.name, args.role))
         identities.check_name(args.name, role)
         with _connect() as conn:  # one transaction: issued and bound

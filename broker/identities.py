@@ -239,6 +239,16 @@ async def load(conn: psycopg.AsyncConnection) -> dict[str, Identity]:
     return {row[0]: _identity(row) for row in await cur.fetchall()}
 
 
+def controller_of_station(conn: psycopg.Connection, name: str) -> str:
+    """``name``, or the controller id of the OCPP station whose station id it is."""
+    if SERVICE_NAME_RE.fullmatch(name):
+        return name
+    row = conn.execute(
+        "SELECT controller_id FROM ocpp_stations WHERE station_id = %s", (name,)
+    ).fetchone()
+    return str(row[0]) if row else name
+
+
 def stations(conn: psycopg.Connection) -> frozenset[str]:
     """The controller ids of the registry's OCPP stations (the bridge speaks for these)."""
     return frozenset(cid for (cid,) in conn.execute("SELECT controller_id FROM ocpp_stations"))

@@ -196,6 +196,20 @@ class V16(_Common, ChargePoint16):  # type: ignore[misc]  # the ocpp package has
         self._samples(self.station.info.outlet_of(connector=connector_id), meter_value)
         return result16.MeterValues()
 
+    # Notifications a station sends that ask nothing of us: acknowledged (and kept in the
+    # raw frame log); a vendor's DataTransfer is answered as no vendor of ours.
+    @on(Action16.diagnostics_status_notification)
+    def on_diagnostics_status(self, **_: Any) -> Any:
+        return result16.DiagnosticsStatusNotification()
+
+    @on(Action16.firmware_status_notification)
+    def on_firmware_status(self, **_: Any) -> Any:
+        return result16.FirmwareStatusNotification()
+
+    @on(Action16.data_transfer)
+    def on_data_transfer(self, **_: Any) -> Any:
+        return result16.DataTransfer(status="UnknownVendorId")
+
 
 class V201(_Common, ChargePoint201):  # type: ignore[misc]
     async def remote_start(self, connector: Connector, id_tag: str, remote_id: int) -> bool:
@@ -322,6 +336,30 @@ class V201(_Common, ChargePoint201):  # type: ignore[misc]
         return result201.TransactionEvent(
             id_token_info={"status": "Accepted" if accepted else "Invalid"}
         )
+
+    @on(Action201.notify_event)
+    def on_notify_event(self, **_: Any) -> Any:
+        return result201.NotifyEvent()
+
+    @on(Action201.notify_report)
+    def on_notify_report(self, **_: Any) -> Any:
+        return result201.NotifyReport()
+
+    @on(Action201.security_event_notification)
+    def on_security_event(self, **_: Any) -> Any:
+        return result201.SecurityEventNotification()
+
+    @on(Action201.firmware_status_notification)
+    def on_firmware_status(self, **_: Any) -> Any:
+        return result201.FirmwareStatusNotification()
+
+    @on(Action201.log_status_notification)
+    def on_log_status(self, **_: Any) -> Any:
+        return result201.LogStatusNotification()
+
+    @on(Action201.data_transfer)
+    def on_data_transfer(self, **_: Any) -> Any:
+        return result201.DataTransfer(status="UnknownVendorId")
 
     @on(Action201.meter_values)
     def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:

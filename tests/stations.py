@@ -182,7 +182,9 @@ def stations(
     cids = {"1.6": f"wb-{tag}", "2.0.1": f"dc-{tag}"}
     passwords = {}
     for version, cid in cids.items():
-        issued = chargeline(inst, "broker", "credentials", "issue", cid)
+        # By its controller id, or (the 2.0.1 charger here) by its OCPP station id.
+        named = ids[version] if version == "2.0.1" else cid
+        issued = chargeline(inst, "broker", "credentials", "issue", named)
         assert issued.returncode == 0, issued.stderr
         name, password = issued.stdout.splitlines()[0].split()
         assert name == cid
