@@ -29,15 +29,15 @@ from typing import Self
 
 import aiomqtt
 
+from edge_agent import inbox
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import ScaledClock
 from edge_agent.drivers import BreakerDriver, MeterReader, Sample
 from edge_agent.executor import Executor
 from edge_agent.settings import EdgeSettings
 from kernel import mqtt
-from schemas.codec import CodecError, decode, encode
+from schemas.codec import encode
 from schemas.messages import (
-    MeterAck,
     MeterFrame,
     OutletReading,
     OutletState,
@@ -155,13 +155,8 @@ class EdgeAgent:
 
     # --- acks, events and state to the cloud ----------------------------------------------
     def _on_meter_ack(self, payload: bytes) -> None:
-        try:
-            ack = decode(MeterAck, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad meter ack: %s", self.cid, exc)
-            return
-        if ack.controller_id != self.cid:
-            log.warning("%s: ignoring a meter ack for %s", self.cid, ack.controller_id)
+        ack = inbox.meter_ack(self.cid, payload)
+        if ack is None:
             return
         if ack.at is not None:
             self.executor.learn_cloud_time(ack.at)

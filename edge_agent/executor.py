@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from edge_agent import reconciler
+from edge_agent import inbox, reconciler
 from edge_agent.clock import Clock
 from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
 from edge_agent.memory import CommandMemory
 from edge_agent.reconciler import Acknowledge, CloudClock, Decision, Limits, Report, Switch
 from edge_agent.settings import EdgeSettings
-from schemas.codec import CodecError, decode, encode
-from schemas.messages import CommandAck, DesiredState, EdgeEvent, EdgeEventKind, StatusRequest
+from schemas.codec import encode
+from schemas.messages import CommandAck, DesiredState, EdgeEvent, EdgeEventKind
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +122,8 @@ class Executor:
 
     def on_status_request(self, payload: bytes) -> None:
         """Answer a status request with a fresh sample of the outlet it names."""
-        try:
-            request = decode(StatusRequest, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad status request: %s", self.cid, exc)
-            return
-        if request.controller_id != self.cid or request.outlet not in self.outlet_numbers:
-            log.warning(
-                "%s: ignoring a status request for %s/%d",
-                self.cid,
-                request.controller_id,
-                request.outlet,
-            )
+        request = inbox.status_request(self.cid, payload, self.outlet_numbers)
+        if request is None:
             return
         sample = self.meter.read(self.clock.now())
         o = next(o for o in sample.outlets if o.outlet == request.outlet)
@@ -141,21 +131,9 @@ class Executor:
         self._send_event(EdgeEventKind.STATUS, o, at, detail=request.request_id)
 
     def on_desired(self, outlet: int, payload: bytes) -> None:
-        try:
-            want = decode(DesiredState, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad desired state for outlet %d: %s", self.cid, outlet, exc)
-            return
-        if want.controller_id != self.cid or want.outlet != outlet:
-            log.warning(
-                "%s: ignoring a desired state addressed to %s/%d on outlet %d's topic",
-                self.cid,
-                want.controller_id,
-                want.outlet,
-                outlet,
-            )
-            return
-        self._decide(outlet, want)
+        want = inbox.desired(self.cid, outlet, payload, self.outlet_numbers)
+        if want is not None:
+            self._decide(outlet, want)
 
     def _decide(self, outlet: int, want: DesiredState) -> None:
         restoring = outlet in self._restoring

@@ -37,26 +37,24 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from edge_agent import reconciler
+from edge_agent import inbox, reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import Clock
 from edge_agent.memory import CommandMemory
 from edge_agent.reconciler import Acknowledge, Decision, Report, Switch
 from ocpp_bridge.minutes import MinuteFramer
 from ocpp_bridge.readings import Sample
-from schemas.codec import CodecError, decode, encode
+from schemas.codec import encode
 from schemas.messages import (
     CommandAck,
     CommandOutcome,
     DesiredState,
     EdgeEvent,
     EdgeEventKind,
-    MeterAck,
     OutletReading,
     OutletState,
     Presence,
     ReportedState,
-    StatusRequest,
 )
 from schemas.topics import Topics
 
@@ -344,12 +342,8 @@ class Station:
 
     # --- what the cloud says ---------------------------------------------------------------
     def on_meter_ack(self, payload: bytes) -> None:
-        try:
-            ack = decode(MeterAck, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad meter ack: %s", self.cid, exc)
-            return
-        if ack.controller_id != self.cid:
+        ack = inbox.meter_ack(self.cid, payload)
+        if ack is None:
             return
         if ack.at is not None:
             self.cloud_clock.learn(ack.at, self.clock.now())
@@ -360,37 +354,25 @@ class Station:
                 self._sent_at.pop(seq, None)
 
     def on_desired(self, outlet: int, payload: bytes) -> None:
-        try:
-            want = decode(DesiredState, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad desired state for outlet %d: %s", self.cid, outlet, exc)
-            return
-        if want.controller_id != self.cid or want.outlet != outlet or outlet not in self.memory:
-            log.warning(
-                "%s: ignoring a desired state for %s/%d", self.cid, want.controller_id, outlet
-            )
-            return
-        self._queue(partial(self._decide, outlet, want))
+        want = inbox.desired(self.cid, outlet, payload, self.memory)
+        if want is not None:
+            self._queue(partial(self._decide, outlet, want))
 
     def on_status_request(self, payload: bytes) -> None:
-        try:
-            request = decode(StatusRequest, payload)
-        except CodecError as exc:
-            log.warning("%s: ignoring a bad status request: %s", self.cid, exc)
-            return
-        if request.controller_id == self.cid and request.outlet in self.memory:
+        request = inbox.status_request(self.cid, payload, self.memory)
+        if request is not None:
             self._event(EdgeEventKind.STATUS, request.outlet, request.request_id)
 
     def tick(self) -> None:
-        """Once a second: the ``end_at`` timer and frames of minutes nobody will add to."""
-        for frame in self.framer.idle(self.clock.now()):
+        """Once a second: frames of minutes nobody will add to, and the reconciler's
+        ``end_at`` timer for every outlet with a charge on."""
+        frames = self.framer.idle(self.clock.now())
+        for frame in frames:
             self.buffer.add(frame)
+        if frames:
             self.send_pending()
-        cloud_now = self.cloud_clock.cloud(self.clock.now())
-        if cloud_now is None:
-            return  # nothing can have started without the cloud's time
         for outlet, memory in self.memory.items():
-            if memory.on and memory.stop_at is not None and cloud_now >= memory.stop_at:
+            if memory.on:
                 self._queue(partial(self._tick, outlet))
 
     # --- commands, one at a time -----------------------------------------------------------
