@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import secrets
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from broker.identities import Identity
 from broker.policy import Access, Policy, Role
 from kernel.logsafe import Summarised, shown
 from kernel.mqtt import backoff
+from kernel.passwords import Checks
 from schemas.topics import DEFAULT_ROOT, Topics
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,8 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
         self.identities: dict[str, Identity] = {}
         self.refusals: Counter[str] = Counter()
         self._log = Summarised(log)
-        # name -> (stored argon2 hash, HMAC of the password that matched it): a reconnect
-        # with the same password skips argon2; a new hash (rotation) misses the cache.
-        self._verified: dict[str, tuple[str, bytes]] = {}
-        self._key = secrets.token_bytes(32)
+        # A reconnect with the same password skips argon2; a rotation misses the memory.
+        self._passwords = Checks()
         self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -112,7 +110,7 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
         for name, before in old.items():
             now = fresh.get(name)
             if now is None or now.revoked or now.argon2 != before.argon2:
-                self._verified.pop(name, None)
+                self._passwords.forget(name)
                 why = "revoked" if now is None or now.revoked else "rotated"
                 try:
                     await self._close_sessions_of(name, why)
@@ -175,16 +173,7 @@ class RegistryAccess(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # 
         )
 
     async def _password_ok(self, identity: Identity, password: str | None) -> bool:
-        if identity.argon2 is None or not password:
-            return False
-        mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
-        cached = self._verified.get(identity.name)
-        if cached is not None and cached[0] == identity.argon2:
-            return hmac.compare_digest(cached[1], mac)
-        ok = await asyncio.to_thread(identities.argon2_verify, identity.argon2, password)
-        if ok:
-            self._verified[identity.name] = (identity.argon2, mac)
-        return ok
+        return await self._passwords.check(identity.name, identity.argon2, password)
 
     # --- topics --------------------------------------------------------------------------
     async def topic_filtering(

@@ -25,9 +25,9 @@ from typing import Any
 
 import psycopg
 from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from broker.policy import Role
+from kernel import passwords
 from schemas.errors import Refused
 from schemas.topics import is_controller_id
 
@@ -81,10 +81,7 @@ def argon2_hash(password: str) -> str:
 
 
 def argon2_verify(stored: str, password: str) -> bool:
-    try:
-        return _ARGON2.verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
+    return passwords.verify(stored, password)
 
 
 def pbkdf2_hash(password: str, *, iterations: int = PBKDF2_ITERATIONS) -> str:

@@ -21,22 +21,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import logging
-import secrets
 import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
 import aiomqtt
 import psycopg
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -45,6 +40,8 @@ from charging import charges
 from charging import commands as command_records
 from edge_agent.clock import ScaledClock
 from kernel import mqtt
+from kernel.passwords import Checks
+from kernel.times import utc, utc_or_none
 from ocpp_bridge.protocol import V16, V201
 from ocpp_bridge.settings import OcppSettings
 from ocpp_bridge.station import Connector, Settings, Station, StationInfo, Transaction
@@ -179,7 +176,7 @@ class Journal:
                         "COPY ocpp_frames (station_id, at, direction, frame) FROM STDIN"
                     ) as copy:
                         for sid, at, direction, text in frames:
-                            await copy.write_row((sid, _ts(at), direction, text))
+                            await copy.write_row((sid, utc(at), direction, text))
                 for (cid, tid), t in transactions.items():
                     await conn.execute(
                         "INSERT INTO ocpp_transactions AS t (controller_id, transaction_id,"
@@ -194,9 +191,9 @@ class Journal:
                             tid,
                             t.outlet,
                             t.id_tag,
-                            _ts(t.started_at),
+                            utc(t.started_at),
                             t.meter_start_wh,
-                            _ts(t.stopped_at) if t.stopped_at is not None else None,
+                            utc_or_none(t.stopped_at),
                             t.meter_stop_wh,
                             t.stop_reason,
                         ),
@@ -205,7 +202,7 @@ class Journal:
                     await conn.execute(
                         "UPDATE ocpp_stations SET vendor = %s, model = %s, serial_number = %s,"
                         " firmware = %s, booted_at = %s WHERE station_id = %s",
-                        (vendor, model, serial, firmware, _ts(at), sid),
+                        (vendor, model, serial, firmware, utc(at), sid),
                     )
         except BaseException:
             # Nothing is lost: what could not be written waits for the next flush.
@@ -214,10 +211,6 @@ class Journal:
             self.boots = {**boots, **self.boots}
             raise
         self.frames_logged += len(frames)
-
-
-def _ts(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
 
 
 class Wire:
@@ -256,8 +249,7 @@ class Bridge:
         self._client: aiomqtt.Client | None = None
         self.mqtt_connected = False
         self._subscribed: set[str] = set()
-        self._verified: dict[str, tuple[str, bytes]] = {}
-        self._key = secrets.token_bytes(32)
+        self._passwords = Checks()
         self.refusals: dict[str, int] = {}
         self.port: int | None = None
         self.serving = asyncio.Event()
@@ -277,7 +269,7 @@ class Bridge:
                 wire.why = (
                     "credential revoked" if new is None or new.revoked else "credential rotated"
                 )
-                self._verified.pop(cid, None)
+                self._passwords.forget(cid)
                 self._tasks.create_task(wire.ws.close(1008, wire.why))
         config = Settings(
             data_dir=self.settings.data_dir,
@@ -491,7 +483,7 @@ class Bridge:
             return self._refuse(
                 connection, HTTPStatus.UNAUTHORIZED, "no credentials", info.station_id
             )
-        if not await self._password_ok(info.controller_id, secret, login[1]):
+        if not await self._passwords.check(info.controller_id, secret.argon2, login[1]):
             return self._refuse(
                 connection, HTTPStatus.UNAUTHORIZED, "wrong password", info.station_id
             )
@@ -506,18 +498,6 @@ class Bridge:
         if status is HTTPStatus.UNAUTHORIZED:
             response.headers["WWW-Authenticate"] = 'Basic realm="chargeline", charset="UTF-8"'
         return response
-
-    async def _password_ok(self, cid: str, secret: Secret, password: str) -> bool:
-        if secret.argon2 is None or not password:
-            return False
-        mac = hmac.new(self._key, password.encode(), hashlib.sha256).digest()
-        cached = self._verified.get(cid)
-        if cached is not None and cached[0] == secret.argon2:
-            return hmac.compare_digest(cached[1], mac)
-        ok = await asyncio.to_thread(_argon2_verify, secret.argon2, password)
-        if ok:
-            self._verified[cid] = (secret.argon2, mac)
-        return ok
 
     # --- a connection ----------------------------------------------------------------------
     async def _connection(self, ws: ServerConnection) -> None:
@@ -707,10 +687,3 @@ def _peer_certificate(connection: ServerConnection) -> tuple[bytes, str | None] 
         return None
     subject = dict(x[0] for x in ssl_object.getpeercert().get("subject", ()))
     return der, subject.get("commonName")
-
-
-def _argon2_verify(stored: str, password: str) -> bool:
-    try:
-        return PasswordHasher().verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
