@@ -72,6 +72,8 @@ class FrameBuffer:
     def assign(self, max_frames: int) -> list[int]:
         """Give every frame without a batch a ``seq``; return the new seqs."""
         new: list[int] = []
+        if self.db.execute("SELECT 1 FROM frames WHERE seq IS NULL LIMIT 1").fetchone() is None:
+            return new  # nothing to number: no write (a resend check calls this often)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
@@ -91,11 +93,12 @@ class FrameBuffer:
                 )
                 new.append(next_seq)
                 next_seq += 1
-            self.db.execute(
-                "INSERT INTO meta (key, value) VALUES ('next_seq', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (next_seq,),
-            )
+            if new:
+                self.db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('next_seq', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (next_seq,),
+                )
         return new
 
     def batches(self) -> dict[int, tuple[MeterFrame, ...]]:

@@ -129,7 +129,6 @@ class CallFailed(Exception):
 class Settings:
     data_dir: Path
     topics: Topics
-    firmware_prefix: str = "ocpp"
     start_max_age_s: float = 120.0
     #: How long a started transaction (or an ended one) may take after the station accepted.
     transaction_wait_s: float = 10.0
@@ -205,7 +204,6 @@ class Station:
         self.link: Link | None = None
         self.firmware = "unknown"
         self.started_at = clock.now()
-        self.online_since: float | None = None
         #: Tags this bridge gave for remote starts: a station may Authorize them.
         self.remote_tags: set[str] = set()
         self._sent_at: dict[int, float] = {}
@@ -220,10 +218,9 @@ class Station:
     # --- the connection --------------------------------------------------------------------
     def connected(self, link: Link) -> None:
         self.link = link
-        self.online_since = self.clock.now()
         self._publish(
             self.topics.presence(self.cid),
-            encode(Presence(controller_id=self.cid, online=True, since=self.online_since)),
+            encode(Presence(controller_id=self.cid, online=True, since=self.clock.now())),
             retain=True,
         )
         self.publish_state()
@@ -231,7 +228,6 @@ class Station:
 
     def disconnected(self, reason: str) -> None:
         self.link = None
-        self.online_since = None
         for event in self.facts.changed.values():
             event.set()  # a command waiting on a transaction learns the link is gone
         self._publish(

@@ -17,10 +17,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ocpp_bridge.simulated import Behaviour
 from tests.db import query
+from tests.ops import lint, ready, scrape
 from tests.partners import Partner, chargeline
 from tests.procs import wait_for
 from tests.stations import Stations
-from tests.test_ops_e2e import lint, ready, scrape
 
 pytestmark = pytest.mark.processes
 

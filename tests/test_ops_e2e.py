@@ -5,15 +5,12 @@ here with the Prometheus project's own parser."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import httpx2
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kernel import mqtt
 from kernel.settings import MqttUrl
@@ -21,41 +18,12 @@ from schemas.codec import encode
 from schemas.messages import MeterBatch, MeterFrame, OutletReading
 from schemas.topics import Topics
 from tests.conftest import Broker, Installation
+from tests.ops import lint, ready, scrape
 from tests.partners import Partner
 from tests.procs import free_port, wait_for
 from tests.test_deploy_monitoring import named_metrics
 
 pytestmark = pytest.mark.processes
-
-
-def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """``/metrics`` as name → {labels: value}, each sample under its full name."""
-    answer = httpx2.get(f"{url}/metrics")
-    assert answer.status_code == 200
-    assert answer.headers["content-type"].startswith("text/plain; version=")
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(answer.text):
-        assert family.name.startswith("chargeline_"), family.name
-        assert family.documentation, f"{family.name} has no help text"
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def lint(url: str) -> None:
-    """Prometheus's own check of metric names, types and help (``promtool check metrics``,
-    from Debian's prometheus package, which scripts/test installs)."""
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: apt-get install prometheus"
-    text = httpx2.get(f"{url}/metrics").text
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
-
-
-def ready(url: str) -> httpx2.Response:
-    return httpx2.get(f"{url}/readyz", timeout=10)
 
 
 def status_of(url: str) -> int | None:
