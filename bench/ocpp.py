@@ -146,7 +146,7 @@ async def _load(url: str, passwords: dict[str, str], flood: int) -> None:
         plug = s.plugs[0]
         for m in range(60):
             plug.register_wh += 100.0
-            sample = s._sampled(plug, hour_ago + 60 * m + 1)
+            sample = s.meter_value(plug, hour_ago + 60 * m + 1)
             s.post(c16.MeterValues(connector_id=1, meter_value=[sample]))
         tasks.append(asyncio.create_task(s.run()))
     await reader.readline()  # until the bench is done

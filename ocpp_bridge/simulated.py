@@ -273,7 +273,9 @@ class SimulatedStation:
                 self.post(self._meter_values(plug, now))
             next_sample += self.sample_s
 
-    def _sampled(self, plug: Plug, at: float, context: str = "Sample.Periodic") -> dict[str, Any]:
+    def meter_value(
+        self, plug: Plug, at: float, context: str = "Sample.Periodic"
+    ) -> dict[str, Any]:
         car = plug.car or Car(current_a=0.0)
         current = plug.current()
         values: list[dict[str, Any]]
@@ -319,7 +321,7 @@ class SimulatedStation:
         return {"timestamp": iso(at), "sampledValue": values}
 
     def _meter_values(self, plug: Plug, at: float) -> Any:
-        sample = self._sampled(plug, at)
+        sample = self.meter_value(plug, at)
         if self.version == "1.6":
             return c16.MeterValues(
                 connector_id=plug.connector,
@@ -380,7 +382,7 @@ class SimulatedStation:
                         "id_token": id_tag,
                         "type": "Central" if remote_id is not None else "ISO14443",
                     },
-                    meter_value=[self._sampled(plug, at, "Transaction.Begin")],
+                    meter_value=[self.meter_value(plug, at, "Transaction.Begin")],
                     offline=self._point is None or None,
                 )
             )
@@ -417,7 +419,7 @@ class SimulatedStation:
                     seq_no=plug.seq,
                     transaction_info={"transaction_id": plug.transaction, "stopped_reason": reason},
                     evse={"id": plug.evse, "connector_id": plug.connector},
-                    meter_value=[self._sampled(plug, at, "Transaction.End")],
+                    meter_value=[self.meter_value(plug, at, "Transaction.End")],
                     offline=self._point is None or None,
                 )
             )
