@@ -50,7 +50,8 @@ _COLUMNS = (
     " extract(epoch FROM rise_at)::float8, extract(epoch FROM stopped_at)::float8,"
     " stop_reason, failure, extract(epoch FROM first_minute)::float8, first_energy_wh,"
     " extract(epoch FROM last_minute)::float8, last_energy_wh,"
-    " energy_wh, reported, client_id, outlet_id, end_at, partner_charge_id"
+    " energy_wh, reported, client_id, outlet_id, end_at, partner_charge_id,"
+    " extract(epoch FROM expected_start_at)::float8"
 )
 
 
@@ -297,11 +298,17 @@ def _step(row: tuple[Any, ...], events: Sequence[Event]) -> Stepped:
     webhooks of its notices."""
     before = _charge(row)
     client_id, outlet_id, end_at, partner_id = row[15], row[16], row[17], row[18]
+    expected = row[19]
     after, given = lifecycle.step_all(before, events)
     webhooks: list[_Webhook] = []
     for notice, then in given:
         data = webhook_data(
-            then, notice, partner_charge_id=partner_id, outlet_id=outlet_id, end_at=end_at
+            then,
+            notice,
+            partner_charge_id=partner_id,
+            outlet_id=outlet_id,
+            end_at=end_at,
+            expected_start_at=expected,
         )
         check_event(notice.kind, data)
         public_id, body = event_body(notice.kind, data)
@@ -462,8 +469,10 @@ def webhook_data(
     partner_charge_id: str,
     outlet_id: str,
     end_at: dt.datetime,
+    expected_start_at: float | None = None,
 ) -> dict[str, Any]:
-    """An event's data; it names the charge by the partner's own id."""
+    """An event's data; it names the charge by the partner's own id. ``expected_start_at``:
+    the site allocator's estimate for a waiting charge (``charge.paused``)."""
     data: dict[str, Any] = {
         "charge_id": partner_charge_id,
         "outlet_id": outlet_id,
@@ -482,6 +491,9 @@ def webhook_data(
         }
     if notice.kind == "charge.failed":
         data["reason"] = notice.detail
+    if notice.kind == "charge.paused":
+        data["reason"] = notice.detail
+        data["expected_start_at"] = expected_start_at
     return data
 
 

@@ -3,12 +3,24 @@
 ::
 
     requested ──ack applied──▶ on ──current rise──▶ drawing
-        │                       │                      │
-        │ ack failed/refused,   │ stop requested, end_at, over-current trip, car full
-        │ start timed out,      ▼                      ▼
-        │ controller offline   stopping ──ack applied / breaker opened──▶ stopped
-        ▼
+        │ │                     ▲ │                    │ ▲
+        │ │ ack queued          │ │ paused             │ │ resumed
+        │ ▼                     │ ▼                    ▼ │
+        │ queued ──resumed──────┘ paused ◀──paused── (either)
+        │                                │
+        │ ack failed/refused,   stop requested, end_at, over-current trip, car full
+        │ start timed out,      (from on, drawing, paused)
+        │ controller offline            ▼
+        ▼                      stopping ──ack applied / breaker opened──▶ stopped
       failed
+
+Load management (DESIGN.md, "Site load management"): an ON the edge takes but cannot
+switch yet for lack of room in its budget is acknowledged ``queued``; a running charge
+whose breaker the edge opens to keep within its budget is ``paused``; either goes back to
+charging when the edge reports it ``resumed`` (a queued charge then starts:
+``charge.started``; a paused one: ``charge.resumed``). Waiting is never a failure: a
+queued charge does not time out, and a stop of a queued charge is a stop like any other
+(nothing was delivered, so it fails as ``stopped before it started``).
 
 Inputs come from the API (start, stop), the edge (command acks, breaker events), ingest
 (current rise, minute readings) and timers (start timeout). Each transition may produce
@@ -45,14 +57,18 @@ from schemas.messages import CommandAck, CommandOutcome
 
 class State(enum.StrEnum):
     REQUESTED = "requested"
+    QUEUED = "queued"
     ON = "on"
     DRAWING = "drawing"
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
 
 
-ACTIVE = frozenset({State.REQUESTED, State.ON, State.DRAWING, State.STOPPING})
+ACTIVE = frozenset(
+    {State.REQUESTED, State.QUEUED, State.ON, State.DRAWING, State.PAUSED, State.STOPPING}
+)
 #: States a stop request acts on (a stopping charge is already on its way).
 STOPPABLE = ACTIVE - {State.STOPPING}
 #: States in which a current rise can still change the charge: ``on``, and ``requested``
@@ -131,6 +147,23 @@ class StopRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class Paused:
+    """The edge opened the breaker to keep within its budget; the charge goes on."""
+
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The edge closed the breaker of a queued or paused charge: there is room again.
+    ``energy_wh``: the outlet's meter at that moment (a queued charge counts from it)."""
+
+    at: float
+    energy_wh: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerOpened:
     """The edge opened the breaker on its own (its ``end_at`` timer, an over-current trip)."""
 
@@ -160,6 +193,8 @@ Event = (
     | CurrentRose
     | StopRequested
     | BreakerOpened
+    | Paused
+    | Resumed
     | MinuteReading
     | ReadingsOverdue
 )
@@ -168,7 +203,9 @@ Event = (
 # --- outputs --------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Notice:
-    kind: str  # charge.started | charge.current_rise | charge.stopped | charge.failed
+    #: charge.started | charge.current_rise | charge.paused | charge.resumed | charge.stopped |
+    #: charge.failed
+    kind: str
     at: float
     detail: str = ""
 
@@ -244,6 +281,8 @@ def step(charge: Charge, event: Event) -> tuple[Charge, tuple[Notice, ...]]:
         return _report_stop(charge, event.at, " (no reading after the stop)")
     if isinstance(event, Acked):
         return _acked(charge, event)
+    if isinstance(event, Paused | Resumed):
+        return _capacity(charge, event)
     if isinstance(event, StartTimedOut | ControllerOffline) and s is State.REQUESTED:
         reason = "start timed out" if isinstance(event, StartTimedOut) else "controller offline"
         return _fail(charge, reason, event.at)
@@ -251,19 +290,45 @@ def step(charge: Charge, event: Event) -> tuple[Charge, tuple[Notice, ...]]:
         return replace(charge, state=State.DRAWING, rise_at=event.at), (
             Notice("charge.current_rise", event.at, f"{event.current_a:.1f} A"),
         )
-    if isinstance(event, StopRequested) and s in (State.ON, State.DRAWING):
+    if isinstance(event, StopRequested) and s in (State.ON, State.DRAWING, State.PAUSED):
         return replace(
             charge,
             state=State.STOPPING,
             stop_generation=event.generation,
             stop_reason=event.reason,
         ), ()
-    if isinstance(event, StopRequested) and s is State.REQUESTED:
+    if isinstance(event, StopRequested) and s in (State.REQUESTED, State.QUEUED):
         # Stopped before the breaker closed: nothing was delivered.
         return _fail(charge, f"stopped before it started ({event.reason})", event.at)
-    if isinstance(event, BreakerOpened) and s in (State.ON, State.DRAWING, State.STOPPING):
+    if isinstance(event, BreakerOpened) and s is State.QUEUED:  # its end_at came first
+        return _fail(charge, f"{event.reason} before it started", event.at)
+    if isinstance(event, BreakerOpened) and s in (
+        State.ON,
+        State.DRAWING,
+        State.PAUSED,
+        State.STOPPING,
+    ):
         reason = charge.stop_reason or event.reason
         return _stop(replace(charge, stop_reason=reason), event.at, event.energy_wh)
+    return charge, ()
+
+
+def _capacity(charge: Charge, event: Paused | Resumed) -> tuple[Charge, tuple[Notice, ...]]:
+    """The edge paused a charge to keep within its budget, or gave it current again."""
+    s = charge.state
+    if isinstance(event, Paused) and s in (State.ON, State.DRAWING):
+        return replace(charge, state=State.PAUSED), (
+            Notice("charge.paused", event.at, event.reason),
+        )
+    if isinstance(event, Resumed) and s is State.QUEUED:
+        on = replace(charge, state=State.ON, started_at=event.at)
+        ack = Acked(
+            charge.start_generation, CommandOutcome.APPLIED, True, event.at, event.energy_wh
+        )
+        return _switched_on(on, ack), (Notice("charge.started", event.at),)
+    if isinstance(event, Resumed) and s is State.PAUSED:
+        back = State.DRAWING if charge.rise_at is not None else State.ON
+        return replace(charge, state=back), (Notice("charge.resumed", event.at),)
     return charge, ()
 
 
@@ -273,6 +338,10 @@ def _acked(charge: Charge, ack: Acked) -> tuple[Charge, tuple[Notice, ...]]:
         if ack.outcome is CommandOutcome.APPLIED and ack.breaker_on:
             on = replace(charge, state=State.ON, started_at=ack.at)
             return _switched_on(on, ack), (Notice("charge.started", ack.at),)
+        if ack.outcome is CommandOutcome.QUEUED:
+            return replace(charge, state=State.QUEUED), (
+                Notice("charge.paused", ack.at, "waiting for capacity"),
+            )
         return _fail(charge, f"breaker command {ack.outcome.value}", ack.at)
     if ack.generation == charge.stop_generation and s is State.STOPPING:
         if not ack.breaker_on:

@@ -41,9 +41,13 @@ from schemas.errors import InputError
 from schemas.messages import (
     V1_MAX_AMPS,
     V1_MAX_VOLTS,
+    Budget,
     CommandAck,
+    CommandOutcome,
     DesiredState,
     EdgeEvent,
+    EdgeEventKind,
+    LoadReport,
     Message,
     MeterAck,
     MeterBatch,
@@ -72,7 +76,13 @@ MESSAGE_TYPES: Final[dict[TopicKind, type[Any]]] = {
     TopicKind.STATE: ReportedState,
     TopicKind.PRESENCE: Presence,
     TopicKind.REQUEST: StatusRequest,
+    TopicKind.BUDGET: Budget,
+    TopicKind.LOAD: LoadReport,
 }
+
+#: What only version 2 says (load management): these travel as version 2 whatever they hold.
+_V2_ONLY = (Budget, LoadReport)
+_V2_EVENTS = frozenset({EdgeEventKind.PAUSED, EdgeEventKind.RESUMED})
 
 M = TypeVar("M", bound=tuple[Any, ...])
 
@@ -97,8 +107,13 @@ def encode(message: Message) -> bytes:
             )
             return msgpack.packb((1, message.controller_id, message.seq, frames), use_bin_type=True)
         return msgpack.packb((2, *message), use_bin_type=True)
-    if isinstance(message, EdgeEvent) and not (
-        message.current_a <= V1_MAX_AMPS and message.voltage_v <= V1_MAX_VOLTS
+    if isinstance(message, EdgeEvent) and (
+        not (message.current_a <= V1_MAX_AMPS and message.voltage_v <= V1_MAX_VOLTS)
+        or message.kind in _V2_EVENTS
+    ):
+        return msgpack.packb((2, *message), use_bin_type=True)
+    if isinstance(message, _V2_ONLY) or (
+        isinstance(message, CommandAck) and message.outcome is CommandOutcome.QUEUED
     ):
         return msgpack.packb((2, *message), use_bin_type=True)
     return msgpack.packb((1, *message), use_bin_type=True)

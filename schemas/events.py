@@ -21,7 +21,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-ChargeState = Literal["requested", "on", "drawing", "stopping", "stopped", "failed"]
+ChargeState = Literal[
+    "requested", "queued", "on", "drawing", "paused", "stopping", "stopped", "failed"
+]
 
 
 class ChargeEvent(_Strict):
@@ -42,6 +44,25 @@ class ChargeCurrentRise(ChargeEvent):
     """``charge.current_rise``: the outlet's current crossed its threshold."""
 
     current: str = Field(description="the measured current, e.g. '15.9 A'")
+
+
+class ChargePaused(ChargeEvent):
+    """``charge.paused``: the charge waits for room under the site's cap; it is not refused
+    and goes on by itself (``charge.started`` for a queued charge, ``charge.resumed`` for a
+    paused one). ``state`` is ``queued`` (it has not started) or ``paused``."""
+
+    reason: str = Field(
+        description="waiting for capacity, site capacity (rotated out), safe share (the site's"
+        " allocator is unreachable), …"
+    )
+    expected_start_at: float | None = Field(
+        description="when the site's allocator expects it to get current (epoch seconds);"
+        " null when it has no estimate yet"
+    )
+
+
+class ChargeResumed(ChargeEvent):
+    """``charge.resumed``: a paused charge has current again."""
 
 
 class MeterReading(_Strict):
@@ -130,6 +151,8 @@ class OutletAvailability(_Strict):
 EVENTS: dict[str, type[BaseModel]] = {
     "charge.started": ChargeStarted,
     "charge.current_rise": ChargeCurrentRise,
+    "charge.paused": ChargePaused,
+    "charge.resumed": ChargeResumed,
     "charge.stopped": ChargeStopped,
     "charge.failed": ChargeFailed,
     "outlet.status": OutletStatusAnswer,

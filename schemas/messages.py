@@ -115,6 +115,10 @@ class EdgeEventKind(enum.StrEnum):
     CURRENT_CROSSED = "current_crossed"
     #: The answer to a ``StatusRequest``; ``detail`` carries its ``request_id``.
     STATUS = "status"
+    #: Version 2 (load management): the edge opened a charging outlet's breaker to stay
+    #: within its budget (``detail`` says why), or closed it again once there was room.
+    PAUSED = "paused"
+    RESUMED = "resumed"
 
 
 class EdgeEvent(NamedTuple):
@@ -153,6 +157,10 @@ class CommandOutcome(enum.StrEnum):
     EXPIRED = "expired"
     BREAKER_FAILED = "breaker_failed"
     REFUSED_OFFLINE = "refused_offline"
+    #: Version 2 (load management): the ON is taken (the charge is on the edge's books and
+    #: ends at its ``end_at``) but waits for room in the controller's budget; the breaker
+    #: closes, with a ``resumed`` event, when there is room.
+    QUEUED = "queued"
 
 
 class CommandAck(NamedTuple):
@@ -209,6 +217,52 @@ class StatusRequest(NamedTuple):
     outlet: OutletNo
 
 
+class Budget(NamedTuple):
+    """``ctl/{cid}/budget`` (retained, version 2): the current this controller may draw, from
+    the site's allocator (``charging.allocation``), and the order in which its outlets
+    should charge. Versioned and expiring like a desired state (``edge_agent.budget``):
+    a version applies once, an expired or late budget does not apply, and an edge without a
+    valid budget keeps to ``fallback_a``, its static safe share from the registry."""
+
+    controller_id: ControllerId
+    version: Generation
+    amps: Amps
+    #: The outlets in the order they should charge; those first get the room first.
+    order: Annotated[tuple[OutletNo, ...], Field(max_length=MAX_OUTLETS)]
+    #: How many of ``order`` may charge while this budget holds (the rest wait their turn).
+    admit: Annotated[int, Field(ge=0, le=MAX_OUTLETS)]
+    issued_at: Timestamp
+    expires_at: Timestamp
+    #: What the controller may draw when it has no valid budget (the cloud is gone).
+    fallback_a: Amps
+
+
+class OutletLoad(NamedTuple):
+    outlet: OutletNo
+    current_a: Amps
+    #: A charge is on the edge's books (its ON applied, not yet stopped).
+    wants: bool
+    #: The breaker is closed (a station: its transaction is charging).
+    running: bool
+    #: The most it draws when running (its rating, or the car's limit).
+    max_a: Amps
+    charge_id: ChargeId | None
+
+
+class LoadReport(NamedTuple):
+    """``ctl/{cid}/load`` (version 2): what a controller draws now, every few seconds, for
+    the site's allocator. ``main_current_a`` is the site's main meter when this controller
+    carries it (``main_meter`` in the registry)."""
+
+    controller_id: ControllerId
+    at: Timestamp
+    budget_version: Generation
+    #: Its outlets can be turned down rather than only switched (an OCPP station).
+    modulating: bool
+    main_current_a: Amps | None
+    outlets: Annotated[tuple[OutletLoad, ...], Field(max_length=MAX_OUTLETS)]
+
+
 Message = (
     MeterBatch
     | MeterAck
@@ -218,4 +272,6 @@ Message = (
     | ReportedState
     | Presence
     | StatusRequest
+    | Budget
+    | LoadReport
 )

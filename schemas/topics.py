@@ -10,6 +10,8 @@ The tree (DESIGN.md, "MQTT topics"), below a root that defaults to ``cl/v1``::
     {root}/ctl/{cid}/state                  edge → cloud   ReportedState (retained)
     {root}/ctl/{cid}/presence               edge → cloud   Presence (retained, also the will)
     {root}/ctl/{cid}/request                cloud → edge   StatusRequest
+    {root}/ctl/{cid}/budget                 cloud → edge   Budget (retained)
+    {root}/ctl/{cid}/load                   edge → cloud   LoadReport
 
 The root is configurable so that one broker can carry several isolated installations
 (the tests give every test its own root).
@@ -35,6 +37,8 @@ class TopicKind(enum.StrEnum):
     STATE = "state"
     PRESENCE = "presence"
     REQUEST = "request"
+    BUDGET = "budget"
+    LOAD = "load"
 
 
 # Kinds whose topic is {root}/ctl/{cid}/{suffix}; DESIRED carries an outlet number instead.
@@ -97,6 +101,12 @@ class Topics:
 
     def request(self, controller_id: str) -> str:
         return self.of(TopicKind.REQUEST, controller_id)
+
+    def budget(self, controller_id: str) -> str:
+        return self.of(TopicKind.BUDGET, controller_id)
+
+    def load(self, controller_id: str) -> str:
+        return self.of(TopicKind.LOAD, controller_id)
 
     def desired(self, controller_id: str, outlet: int) -> str:
         if not 1 <= outlet <= MAX_OUTLETS:

@@ -20,11 +20,11 @@ _BEGINNING = "1970-01-01T00:00:00+00:00"
 
 _SITE_COLUMNS = (
     "name, location, timezone, contract_current_a, tariff_per_kwh, currency,"
-    " latitude, longitude, address, opening_hours, access_notes"
+    " latitude, longitude, address, opening_hours, access_notes, cap_margin_a, building_peak_a"
 )
 _UPSERT_SITE = f"""
 INSERT INTO sites AS t (site_id, {_SITE_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (site_id) DO UPDATE SET ({_SITE_COLUMNS}, updated_at)
     = ROW({", ".join(f"excluded.{c.strip()}" for c in _SITE_COLUMNS.split(","))}, now())
 WHERE ({", ".join(f"t.{c.strip()}" for c in _SITE_COLUMNS.split(","))})
@@ -46,10 +46,13 @@ _REMOVE_TARIFFS = (
 )
 
 _UPSERT_CONTROLLER = """
-INSERT INTO controllers AS t (controller_id, site_id, has_main_meter) VALUES (%s, %s, %s)
+INSERT INTO controllers AS t (controller_id, site_id, has_main_meter, safe_share_a)
+VALUES (%s, %s, %s, %s)
 ON CONFLICT (controller_id) DO UPDATE SET
-    site_id = excluded.site_id, has_main_meter = excluded.has_main_meter, updated_at = now()
-WHERE (t.site_id, t.has_main_meter) IS DISTINCT FROM (excluded.site_id, excluded.has_main_meter)
+    site_id = excluded.site_id, has_main_meter = excluded.has_main_meter,
+    safe_share_a = excluded.safe_share_a, updated_at = now()
+WHERE (t.site_id, t.has_main_meter, t.safe_share_a)
+    IS DISTINCT FROM (excluded.site_id, excluded.has_main_meter, excluded.safe_share_a)
 RETURNING (xmax = 0) AS inserted
 """
 
@@ -136,12 +139,16 @@ def import_registry(url: str, registry: Registry) -> ImportSummary:
                     s.address,
                     s.opening_hours,
                     s.access_notes,
+                    s.cap_margin_a,
+                    s.building_peak_a,
                 ),
             ).fetchone()
             summary.record("sites", row)
             _import_tariffs(conn, s, summary)
         for c in registry.controllers:
-            row = conn.execute(_UPSERT_CONTROLLER, (c.id, c.site, c.has_main_meter)).fetchone()
+            row = conn.execute(
+                _UPSERT_CONTROLLER, (c.id, c.site, c.has_main_meter, c.safe_share_a)
+            ).fetchone()
             summary.record("controllers", row)
             for o in c.outlets:
                 row = conn.execute(
@@ -179,7 +186,10 @@ def _import_station(
             station=station.id,
         )
     summary.record(
-        "stations", conn.execute(_UPSERT_CONTROLLER, (cid, station.site, False)).fetchone()
+        "stations",
+        conn.execute(
+            _UPSERT_CONTROLLER, (cid, station.site, False, station.safe_share_a)
+        ).fetchone(),
     )
     conn.execute(_UPSERT_STATION, (station.id, cid, station.ocpp_version))
     for c in station.connectors:

@@ -131,6 +131,7 @@ class StationEntry(_Strict):
     controller_id: Annotated[str, Field(pattern=f"^{CONTROLLER_ID_RE.pattern}$")] | None = None
     site: PublicId
     ocpp_version: Literal["1.6", "2.0.1"]
+    safe_share_a: Annotated[float, Field(ge=0, le=10_000)] | None = None
     connectors: Annotated[list[ConnectorEntry], Field(min_length=1, max_length=MAX_OUTLETS)]
 
     @model_validator(mode="after")
@@ -169,6 +170,9 @@ class ControllerEntry(_Strict):
     id: Annotated[str, Field(pattern=f"^{CONTROLLER_ID_RE.pattern}$")]
     site: PublicId
     has_main_meter: bool = True
+    #: What it may draw when the site's allocator is unreachable (default: an equal part of
+    #: what the cap leaves over the building's peak).
+    safe_share_a: Annotated[float, Field(ge=0, le=10_000)] | None = None
     outlets: Annotated[list[OutletEntry], Field(max_length=MAX_OUTLETS)] = []
 
     @field_validator("outlets")
@@ -205,6 +209,10 @@ class SiteEntry(_Strict):
     location: str = ""
     timezone: str = "UTC"
     contract_current_a: Annotated[float, Field(gt=0, le=10_000)]
+    #: Load management: the cap is the contract less this margin (default 10 % of it)…
+    cap_margin_a: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    #: …and the building's own peak sizes each controller's static safe share.
+    building_peak_a: Annotated[float, Field(ge=0, le=10_000)] = 0.0
     tariff_per_kwh: Price
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "JPY"
     latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
