@@ -13,7 +13,7 @@ from kernel import runner, settings
 if TYPE_CHECKING:
     import psycopg
 
-ROLES = ("controller", "station", "ingest", "gateway", "ocpp")
+ROLES = ("controller", "station", "ingest", "gateway", "ocpp", "loads")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

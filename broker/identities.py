@@ -36,6 +36,7 @@ DEFAULT_SERVICE_NAMES = {
     Role.INGEST: "svc_ingest",
     Role.GATEWAY: "svc_gateway",
     Role.OCPP: "svc_ocpp",
+    Role.LOADS: "svc_loads",
 }
 
 #: ~5 ms per check on these machines (see the module docstring for why so light).

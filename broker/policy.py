@@ -5,8 +5,8 @@ with ``Policy.allows``, and the exports (``broker/export.py``) write the same gr
 Mosquitto ACL lines and EMQX rules, so switching brokers changes nothing for anyone.
 
 - A **controller** (identity name = controller id = MQTT client id) writes only its own
-  ``meter``, ``event``, ``ack``, ``state`` and ``presence`` topics and reads only its own
-  ``desired``, ``meter/ack`` and ``request`` topics. Its grants are written with ``%u``, the
+  ``meter``, ``event``, ``ack``, ``state``, ``presence`` and ``load`` topics and reads only
+  its own ``desired``, ``meter/ack``, ``request`` and ``budget`` topics. Its grants are written with ``%u``, the
   connected identity, which is how Mosquitto's ``pattern`` lines say it.
 - **ingest** reads what controllers write and answers ``meter/ack``.
 - **gateway** writes commands (``desired``) and status requests, and reads command acks.
@@ -15,6 +15,8 @@ Mosquitto ACL lines and EMQX rules, so switching brokers changes nothing for any
   on a controller's. It subscribes once with wildcards (a session holds at most
   ``broker_max_subscriptions`` filters, and a bridge serves thousands of stations); the
   embedded broker then delivers it only the stations' messages, retained ones included.
+- **loads** (the sites' allocator, ``chargeline loads``) reads every controller's ``load``
+  reports and writes each one's retained ``budget``.
 - A **station**'s identity is for its OCPP connection; it has no grants at the broker.
 
 Nothing else is granted: no ``$SYS``, no ``#``, no other controller's subtree.
@@ -34,6 +36,7 @@ class Role(enum.StrEnum):
     GATEWAY = "gateway"
     OCPP = "ocpp"
     STATION = "station"
+    LOADS = "loads"
 
 
 class Access(enum.StrEnum):
@@ -56,13 +59,20 @@ _GRANTS: tuple[tuple[Role, Access, str, tuple[TopicKind, ...]], ...] = (
         Role.CONTROLLER,
         Access.WRITE,
         "%u",
-        (TopicKind.METER, TopicKind.EVENT, TopicKind.ACK, TopicKind.STATE, TopicKind.PRESENCE),
+        (
+            TopicKind.METER,
+            TopicKind.EVENT,
+            TopicKind.ACK,
+            TopicKind.STATE,
+            TopicKind.PRESENCE,
+            TopicKind.LOAD,
+        ),
     ),
     (
         Role.CONTROLLER,
         Access.READ,
         "%u",
-        (TopicKind.DESIRED, TopicKind.METER_ACK, TopicKind.REQUEST),
+        (TopicKind.DESIRED, TopicKind.METER_ACK, TopicKind.REQUEST, TopicKind.BUDGET),
     ),
     (
         Role.INGEST,
@@ -78,9 +88,23 @@ _GRANTS: tuple[tuple[Role, Access, str, tuple[TopicKind, ...]], ...] = (
         Role.OCPP,
         Access.WRITE,
         "+",
-        (TopicKind.METER, TopicKind.EVENT, TopicKind.ACK, TopicKind.STATE, TopicKind.PRESENCE),
+        (
+            TopicKind.METER,
+            TopicKind.EVENT,
+            TopicKind.ACK,
+            TopicKind.STATE,
+            TopicKind.PRESENCE,
+            TopicKind.LOAD,
+        ),
     ),
-    (Role.OCPP, Access.READ, "+", (TopicKind.DESIRED, TopicKind.METER_ACK, TopicKind.REQUEST)),
+    (
+        Role.OCPP,
+        Access.READ,
+        "+",
+        (TopicKind.DESIRED, TopicKind.METER_ACK, TopicKind.REQUEST, TopicKind.BUDGET),
+    ),
+    (Role.LOADS, Access.READ, "+", (TopicKind.LOAD,)),
+    (Role.LOADS, Access.WRITE, "+", (TopicKind.BUDGET,)),
 )
 
 #: The topics a role may leave a retained message on: the ones the wire contract retains
@@ -90,6 +114,7 @@ _GRANTS: tuple[tuple[Role, Access, str, tuple[TopicKind, ...]], ...] = (
 _RETAINED: dict[Role, frozenset[TopicKind]] = {
     Role.CONTROLLER: frozenset({TopicKind.STATE, TopicKind.PRESENCE}),
     Role.GATEWAY: frozenset({TopicKind.DESIRED}),
+    Role.LOADS: frozenset({TopicKind.BUDGET}),
     Role.INGEST: frozenset(),
     Role.OCPP: frozenset({TopicKind.STATE, TopicKind.PRESENCE}),
     Role.STATION: frozenset(),

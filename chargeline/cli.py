@@ -16,6 +16,7 @@ from cloud_gateway.settings import GatewaySettings
 from edge_agent.settings import EdgeSettings
 from ingest.settings import IngestSettings
 from kernel import runner, settings
+from load_manager.settings import LoadSettings
 from ocpp_bridge.settings import OcppSettings
 from schemas.errors import ChargelineError
 from store.database import prepare_database
@@ -81,6 +82,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             return print_frames(url, args.station_id, args.since, args.until, args.limit)
         return runner.run(services.run_ocpp(config, url))
+    if args.command == "loads":
+        loads = settings.load(LoadSettings)
+        url = prepare_database(loads)
+        return runner.run(services.run_loads(loads, url))
     if args.command == "db":
         return _db(args)
     simple: dict[str, Callable[[], int]] = {
@@ -90,6 +95,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "keys": lambda: _keys(args),
         "webhooks": _webhooks,
         "charges": lambda: _charges(args),
+        "site": lambda: _site(args),
     }
     if args.command in simple:
         return simple[args.command]()
@@ -250,6 +256,16 @@ def _charges(args: argparse.Namespace) -> int:
             f" OFF sent as command {stopped.generation}; it was {stopped.state_before}"
         )
     return 0
+
+
+def _site(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from chargeline import site_cli
+
+    config = settings.load(IngestSettings)
+    url = prepare_database(config)
+    return asyncio.run(site_cli.cap(url, args, now=config.now()))
 
 
 def _keys(args: argparse.Namespace) -> int:

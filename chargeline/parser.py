@@ -12,6 +12,7 @@ from cloud_gateway.settings import GatewaySettings
 from edge_agent.settings import EdgeSettings
 from ingest.settings import IngestSettings
 from kernel import settings
+from load_manager.settings import LoadSettings
 from ocpp_bridge.settings import OcppSettings
 
 DESCRIPTION = "``chargeline``: one command, a subcommand per process."
@@ -51,6 +52,7 @@ def build() -> argparse.ArgumentParser:
     _operators_parser(sub)
     _keys_parser(sub)
     _charges_parser(sub)
+    _site_parser(sub)
     _demo_parser(sub)
     return parser
 
@@ -91,6 +93,11 @@ def _services(sub: Sub) -> None:
     frames.add_argument("--until", help="up to this time (ISO 8601)")
     frames.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     sub.add_parser(
+        "loads",
+        help="run the sites' allocator: budgets that keep every site under its cap",
+        **_help(LoadSettings, "nothing: it subscribes at CHARGELINE_MQTT_URL"),
+    )
+    sub.add_parser(
         "auth",
         help="run the OAuth2 authorization server",
         **_help(GatewaySettings, "CHARGELINE_AUTH_BIND (default 127.0.0.1:8001)"),
@@ -128,7 +135,7 @@ def _db_parser(sub: Sub) -> None:
     login.add_argument("name", help="the login's name, e.g. cl_gateway")
     login.add_argument(
         "service",
-        choices=["broker", "auth", "gateway", "webhooks", "ingest", "ocpp"],
+        choices=["broker", "auth", "gateway", "webhooks", "ingest", "ocpp", "loads"],
         help="its grants",
     )
 
@@ -156,6 +163,39 @@ def _charges_parser(sub: Sub) -> None:
     )
     stop.add_argument("charge_id", help="the client's id for it (with --client) or the system's")
     stop.add_argument("--client", help="the client whose charge id this is")
+
+
+def _site_parser(sub: Sub) -> None:
+    """``chargeline site cap …``: a site's cap (load management)."""
+    site = sub.add_parser("site", help="a site's load management", **_help(IngestSettings))
+    site_sub = site.add_subparsers(dest="site_command", required=True)
+    cap = site_sub.add_parser(
+        "cap",
+        help="show, set or remove a site's cap (what the building and every outlet may draw)",
+    )
+    cap_sub = cap.add_subparsers(dest="cap_command", required=True)
+    show = cap_sub.add_parser("show", help="the cap in force, the windows and the site's load")
+    show.add_argument("site_id")
+    set_ = cap_sub.add_parser(
+        "set",
+        help="set the cap for a window (a demand-response event, maintenance, a solar surplus)",
+    )
+    set_.add_argument("site_id")
+    set_.add_argument("amps", type=float, help="the cap in amperes")
+    set_.add_argument("--from", dest="starts", help="from this time (ISO 8601; default now)")
+    set_.add_argument("--until", dest="ends", help="until this time (ISO 8601; default: removed)")
+    set_.add_argument(
+        "--reason",
+        default="manual",
+        choices=["demand_response", "maintenance", "solar_surplus", "manual"],
+        help="why (default manual); only solar_surplus may raise the cap above the contract",
+    )
+    set_.add_argument("--note", default="", help="a note kept with the window")
+    set_.add_argument("--by", help="who sets it (default: cli:$USER)")
+    remove = cap_sub.add_parser("remove", help="remove a cap window (the default cap returns)")
+    remove.add_argument("site_id")
+    remove.add_argument("window_id", type=int)
+    remove.add_argument("--by", help="who removes it (default: cli:$USER)")
 
 
 def _demo_parser(sub: Sub) -> None:

@@ -10,6 +10,7 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
 from kernel import logformat, systemd
+from load_manager.settings import LoadSettings
 from ocpp_bridge.settings import OcppSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ async def run_ocpp(settings: OcppSettings, url: str) -> None:
             await bridge.run()
     finally:
         bridge.close()
+
+
+async def run_loads(settings: LoadSettings, url: str) -> None:
+    from kernel import ops
+    from load_manager.probe import probe
+    from load_manager.runner import LoadManager
+
+    manager = LoadManager(settings, url)
+    async with ops.served(settings.ops_bind, probe(manager)), systemd.service():
+        await manager.run()
 
 
 def simulated_agent(settings: EdgeSettings, *, arrivals: bool = True) -> EdgeAgent:

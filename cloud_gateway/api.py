@@ -31,7 +31,7 @@ from cloud_gateway.context import Gateway, State
 from cloud_gateway.openapi import document as openapi_document
 from cloud_gateway.probe import gateway_probe
 from cloud_gateway.request_ids import RequestIds
-from cloud_gateway.resources import charges, outlets, sites, usage
+from cloud_gateway.resources import caps, charges, outlets, sites, usage
 from cloud_gateway.settings import GatewaySettings
 from kernel import ops, systemd
 
@@ -81,6 +81,9 @@ def create_app(
             Route("/v1/outlets/{outlet_id}/usage", outlets.usage, methods=["GET"]),
             Route("/v1/sites", sites.search, methods=["GET"]),
             Route("/v1/sites/{site_id}", sites.detail, methods=["GET"]),
+            Route("/v1/sites/{site_id}/caps", caps.read, methods=["GET"]),
+            Route("/v1/sites/{site_id}/caps", caps.set_window, methods=["POST"]),
+            Route("/v1/sites/{site_id}/caps/{window_id}", caps.remove_window, methods=["DELETE"]),
             Route("/v1/usage", usage.month, methods=["GET"]),
             Route("/openapi.json", spec, methods=["GET"]),
             *ops.health_routes(health),

@@ -31,7 +31,8 @@ SCOPES = {
     "charges:read": "read charges",
     "outlets:read": "read outlet status and request status notifications",
     "usage:read": "read monthly usage",
-    "sites:read": "find sites and read their outlets' availability",
+    "sites:read": "find sites and read their outlets' availability and cap",
+    "sites:write": "operator: set and remove a site's cap windows (load management)",
 }
 
 

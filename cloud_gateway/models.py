@@ -70,6 +70,31 @@ class StartCharge(BaseModel):
     )
 
 
+class SetCap(BaseModel):
+    """``POST /v1/sites/{site_id}/caps``: set the site's cap for a window (load management).
+    Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cap_a: float = Field(
+        ge=0,
+        le=20_000,
+        allow_inf_nan=False,
+        description="what the building and every outlet together may draw (A); at most the"
+        " contract current, unless the reason is solar_surplus (at most twice it)",
+    )
+    starts_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with a UTC offset; absent: now"
+    )
+    ends_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with a UTC offset; absent: until removed"
+    )
+    reason: Literal["demand_response", "maintenance", "solar_surplus", "manual"] = Field(
+        default="manual", description="why the cap changes"
+    )
+    note: str = Field(default="", max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")
+
+
 class _Query(BaseModel):
     """Query parameters: each at most once, unknown ones refused (a misspelt filter
     would otherwise widen the answer without a word)."""
@@ -184,6 +209,43 @@ class Charge(_Answer):
         description="the outlet's meter readings the energy counts from and to: an auditable"
         " record (energy_wh = last − first)"
     )
+    expected_start_at: Utc | None = Field(
+        default=None,
+        description="while the charge is queued or paused (waiting for room under the site's"
+        " cap): when the site's allocator expects it to get current; null otherwise, or when"
+        " it has no estimate yet",
+    )
+
+
+class CapWindow(_Answer):
+    id: int
+    cap_a: float
+    starts_at: Utc
+    ends_at: Utc | None = Field(description="null: until removed")
+    reason: str
+    set_by: str = Field(description="who set it: client:ID (the operator API) or cli:USER")
+    created_at: Utc
+
+
+class SiteLoadNow(_Answer):
+    at: Utc = Field(description="when the site's allocator last measured it")
+    site_a: float = Field(description="the site's current: building and outlets (A)")
+    building_a: float
+    outlets_a: float
+    allocated_a: float = Field(description="what the allocator gave the charges (A)")
+    charging: int
+    waiting: int = Field(description="charges queued or paused for room under the cap")
+
+
+class SiteCap(_Answer):
+    """A site's cap: in force now, the windows in force or scheduled, and its last load."""
+
+    site_id: str
+    cap_a: float = Field(description="the cap in force now (A)")
+    source: str = Field(description="the window's reason, or the default (contract less margin)")
+    window_id: int | None
+    windows: list[CapWindow]
+    load: SiteLoadNow | None = Field(description="null: no allocation in the last 10 minutes")
 
 
 class ChargePage(_Answer):

@@ -41,7 +41,10 @@ _HEADERS_OF_STATUS = {401: ["WWW-Authenticate"], 403: ["WWW-Authenticate"], 429:
 
 
 def _schemas() -> dict[str, Any]:
-    requests: list[tuple[type[BaseModel], Any]] = [(models.StartCharge, "validation")]
+    requests: list[tuple[type[BaseModel], Any]] = [
+        (models.StartCharge, "validation"),
+        (models.SetCap, "validation"),
+    ]
     answers: list[tuple[type[BaseModel], Any]] = [
         (m, "serialization")
         for m in (
@@ -53,6 +56,8 @@ def _schemas() -> dict[str, Any]:
             models.PlacePage,
             models.SiteDetail,
             models.ClientUsage,
+            models.SiteCap,
+            models.CapWindow,
             models.ProblemDocument,
         )
     ]
@@ -255,7 +260,11 @@ def _charge_paths() -> dict[str, Any]:
                 ok={
                     200: (charge, "this request was made before: the charge as it is"),
                     201: (charge, "the breaker closed"),
-                    202: (charge, "sent; the breaker has not answered yet"),
+                    202: (
+                        charge,
+                        "sent; the breaker has not answered yet (requested), or the charge"
+                        " waits for room under the site's cap (queued)",
+                    ),
                 },
                 problem_statuses=(404, 409, 413, 422, 503),
                 body="StartCharge",
@@ -350,6 +359,45 @@ def _site_paths() -> dict[str, Any]:
                 ok={200: ("SiteDetail", "the site")},
                 problem_statuses=(404,),
                 parameters=[site_id],
+            )
+        },
+        "/v1/sites/{site_id}/caps": {
+            "get": _operation(
+                "getSiteCap",
+                "The site's cap in force, its windows, and its load as last measured",
+                "sites:read",
+                ok={200: ("SiteCap", "the cap")},
+                problem_statuses=(404,),
+                parameters=[site_id],
+            ),
+            "post": _operation(
+                "setSiteCap",
+                "Operator: set the site's cap for a window (a demand-response event, a"
+                " maintenance window, a solar surplus); recorded with the client that set it",
+                "sites:write",
+                ok={201: ("CapWindow", "the window, in force from starts_at")},
+                problem_statuses=(404, 413, 422),
+                parameters=[site_id],
+                body="SetCap",
+            ),
+        },
+        "/v1/sites/{site_id}/caps/{window_id}": {
+            "delete": _operation(
+                "removeSiteCap",
+                "Operator: remove a cap window; recorded with the client that removed it",
+                "sites:write",
+                ok={200: ("SiteCap", "the site's cap after the removal")},
+                problem_statuses=(404,),
+                parameters=[
+                    site_id,
+                    {
+                        "name": "window_id",
+                        "in": "path",
+                        "required": True,
+                        "description": "the window's id",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    },
+                ],
             )
         },
     }

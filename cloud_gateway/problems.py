@@ -39,6 +39,9 @@ CATALOGUE: dict[str, ProblemType] = {
     "unknown-charge": ProblemType(404, "Unknown charge", "no such charge for this client"),
     "unknown-outlet": ProblemType(404, "Unknown outlet", "no outlet with this id"),
     "unknown-site": ProblemType(404, "Unknown site", "no site with this id"),
+    "unknown-cap-window": ProblemType(
+        404, "Unknown cap window", "no such cap window at this site (or it was removed)"
+    ),
     "not-found": ProblemType(404, "Not found", "no such path"),
     "method-not-allowed": ProblemType(405, "Method not allowed", "see the Allow header"),
     "charge-id-conflict": ProblemType(

@@ -58,6 +58,7 @@ class ChargeRow:
     first_energy_wh: float | None
     last_minute: dt.datetime | None
     last_energy_wh: float | None
+    expected_start_at: dt.datetime | None
 
     def json(self) -> dict[str, Any]:
         """What the partner sees of a charge (``models.Charge``)."""
@@ -84,6 +85,9 @@ class ChargeRow:
                 first=_reading(self.first_minute, self.first_energy_wh),
                 last=_reading(self.last_minute, self.last_energy_wh),
             ),
+            expected_start_at=self.expected_start_at
+            if self.state in ("queued", "paused")
+            else None,
         )
 
 

@@ -9,6 +9,9 @@ Tasks, over one MQTT connection that is re-established with growing, randomised 
 * **resend** sends again any batch not acknowledged within ``ack_timeout_s`` (the broker may
   drop QoS 1 messages, ingest may have been down); the store's key makes resends harmless.
 
+Load management: the link subscribes to the controller's retained ``budget`` (enforced on
+every sample by the executor) and **load** reports what it draws every ``load_report_s``.
+
 Commands: the link also subscribes to each outlet's retained ``desired`` topic. Every
 decision about a breaker is made by ``edge_agent.reconciler`` (read its theory of
 operation) and carried out by ``edge_agent.executor``, which persists the memory before it
@@ -126,6 +129,7 @@ class EdgeAgent:
                 tasks.create_task(self._resend_forever(), name=f"{self.cid}-resend"),
                 tasks.create_task(self._flush_outbox_forever(), name=f"{self.cid}-outbox"),
                 tasks.create_task(self._state_forever(), name=f"{self.cid}-state"),
+                tasks.create_task(self._report_load_forever(), name=f"{self.cid}-load"),
             ]
             await self._done.wait()
             for task in workers:
@@ -183,6 +187,22 @@ class EdgeAgent:
             else:
                 await asyncio.sleep(0.5)  # the link is reconnecting
 
+    async def _report_load_forever(self) -> None:
+        """Every ``load_report_s``, what this controller draws, for the site's allocator
+        (QoS 0: the next one follows within seconds)."""
+        interval = self.settings.load_report_s
+        if interval <= 0:
+            return
+        topic = self.topics.load(self.cid)
+        while True:
+            await asyncio.sleep(interval)
+            client = self._client
+            if client is None or not self.connected.is_set():
+                continue
+            report = self.executor.load_report(self.meter.read(self.clock.now()))
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(topic, encode(report), qos=0)
+
     async def _state_forever(self) -> None:
         """The retained state follows every change, a moment later: it is for operators,
         and an acknowledgement on its way to a waiting partner should have the CPU first."""
@@ -236,6 +256,7 @@ class EdgeAgent:
                     self._client = client
                     await client.subscribe(self.topics.meter_ack(self.cid), qos=1)
                     await client.subscribe(self.topics.request(self.cid), qos=1)
+                    await client.subscribe(self.topics.budget(self.cid), qos=1)
                     for n in self.executor.outlet_numbers:
                         await client.subscribe(self.topics.desired(self.cid, n), qos=1)
                     await client.publish(
@@ -285,6 +306,7 @@ class EdgeAgent:
         handlers = {
             self.topics.meter_ack(self.cid): self._on_meter_ack,
             self.topics.request(self.cid): self.executor.on_status_request,
+            self.topics.budget(self.cid): self.executor.on_budget,
         }
         async for message in client.messages:
             topic = message.topic.value

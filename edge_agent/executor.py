@@ -4,6 +4,12 @@ reconciler every sample (its timer, the over-current guard, the current-rise rep
 every desired state, status request and cloud time. It never reads the time itself: the
 agent's clock is passed in. Its only output to the cloud is ``send(topic, payload)``, which
 queues while offline.
+
+Load management (``edge_agent.budget``): every breaker the reconciler wants closed must
+also fit the controller's budget. One that does not is *held*: the ON is acknowledged
+``queued`` and the breaker stays open until there is room (``resumed``). On every sample
+the budget is enforced again: charging outlets that no longer fit are opened (``paused``)
+and held ones that fit are closed, in the budget's order.
 """
 
 from __future__ import annotations
@@ -11,14 +17,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from edge_agent import inbox, reconciler
+from edge_agent import budget, inbox, reconciler
 from edge_agent.clock import Clock
 from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
 from edge_agent.memory import CommandMemory
 from edge_agent.reconciler import Acknowledge, CloudClock, Decision, Limits, Report, Switch
 from edge_agent.settings import EdgeSettings
 from schemas.codec import encode
-from schemas.messages import CommandAck, DesiredState, EdgeEvent, EdgeEventKind
+from schemas.messages import (
+    Budget,
+    CommandAck,
+    CommandOutcome,
+    DesiredState,
+    EdgeEvent,
+    EdgeEventKind,
+    LoadReport,
+    OutletLoad,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +73,12 @@ class Executor:
         )
         #: Per outlet, the over-current timer and the levels reported (``watch_current``).
         self._watch = {n: reconciler.CurrentWatch() for n in self.outlet_numbers}
+        # Load management: the budget, the outlets it holds off, when each breaker moved.
+        self.settings = settings
+        self.budget = self.memory_store.load_budget()
+        self._budget_waiting: Budget | None = None
+        self.held: set[int] = set()
+        self._moved_at: dict[int, float] = {}
 
     def open_all(self) -> None:
         """Safety rule 6: after a (re)boot every breaker is OFF until reconciled."""
@@ -91,6 +112,7 @@ class Executor:
                 at = self.cloud_clock.stamp(sample.at)
                 detail = f"rose through {seen.crossed_a:g} A"
                 self._send_event(EdgeEventKind.CURRENT_CROSSED, o, at, detail=detail)
+        self.enforce(sample)
 
     def _send_event(
         self,
@@ -172,6 +194,8 @@ class Executor:
             )
         for outlet, want in list(self._waiting.items()):
             self._decide(outlet, want)
+        if self._budget_waiting is not None:
+            self._judge_budget(self._budget_waiting)
         cloud_now = self.cloud_clock.cloud(self.clock.now())
         for memory in list(self.memory.values()):
             self._execute(reconciler.tick(memory, cloud_now=cloud_now))
@@ -181,7 +205,13 @@ class Executor:
         memory = decision.memory
         self._remember(memory)
         for action in decision.actions:
+            if isinstance(action, Switch) and action.on and not self._fits(action.outlet):
+                self._hold(action)
+                continue
             if isinstance(action, Switch):
+                if not action.on:
+                    self.held.discard(action.outlet)
+                self._moved_at[action.outlet] = self.clock.now()
                 feedback = self.breakers.switch(action.outlet, action.on)
                 log.info(
                     "%s: outlet %d breaker %s (feedback %s)",
@@ -199,38 +229,178 @@ class Executor:
                 self._remember(memory)
                 self._execute(Decision(memory, after.actions))
             elif isinstance(action, Acknowledge):
-                sample = self.meter.read(self.clock.now())
-                ack = CommandAck(
-                    controller_id=self.cid,
-                    outlet=action.outlet,
-                    generation=action.generation,
-                    outcome=action.outcome,
-                    breaker_on=self.breakers.breaker_on(action.outlet),
-                    at=self.cloud_clock.stamp(sample.at),
-                    energy_wh=next(
-                        o.energy_wh for o in sample.outlets if o.outlet == action.outlet
-                    ),
-                )
-                self._send(self.topics.ack(self.cid), encode(ack))
+                self._acknowledge(action)
             elif isinstance(action, Report):
-                sample = self.meter.read(self.clock.now())
-                o = next(o for o in sample.outlets if o.outlet == action.outlet)
-                log.info(
-                    "%s: outlet %d %s: %s",
-                    self.cid,
-                    action.outlet,
-                    action.kind.value,
-                    action.detail,
+                self._report(action)
+
+    def _acknowledge(self, action: Acknowledge) -> None:
+        sample = self.meter.read(self.clock.now())
+        ack = CommandAck(
+            controller_id=self.cid,
+            outlet=action.outlet,
+            generation=action.generation,
+            outcome=action.outcome,
+            breaker_on=self.breakers.breaker_on(action.outlet),
+            at=self.cloud_clock.stamp(sample.at),
+            energy_wh=next(o.energy_wh for o in sample.outlets if o.outlet == action.outlet),
+        )
+        self._send(self.topics.ack(self.cid), encode(ack))
+
+    def _report(self, action: Report) -> None:
+        sample = self.meter.read(self.clock.now())
+        o = next(o for o in sample.outlets if o.outlet == action.outlet)
+        log.info(
+            "%s: outlet %d %s: %s",
+            self.cid,
+            action.outlet,
+            action.kind.value,
+            action.detail,
+        )
+        self._send_event(
+            action.kind,
+            o,
+            self.cloud_clock.stamp(sample.at),
+            detail=action.detail,
+            current_a=action.current_a,
+            breaker_on=self.breakers.breaker_on(action.outlet),
+            generation=action.generation,
+        )
+
+    # --- load management ----------------------------------------------------------------
+    def on_budget(self, payload: bytes) -> None:
+        got = inbox.budget(self.cid, payload)
+        if got is not None:
+            self._judge_budget(got)
+
+    def _judge_budget(self, got: Budget) -> None:
+        cloud_now = self.cloud_clock.cloud(self.clock.now())
+        kept = budget.received(
+            self.budget, got, cloud_now=cloud_now, max_age_s=self.settings.start_max_age_s
+        )
+        if kept is None:  # judged once the cloud's time is known
+            self._budget_waiting = got
+            return
+        self._budget_waiting = None
+        if kept != self.budget:
+            if (kept.version, kept.order, kept.fallback_a) != (
+                self.budget.version,
+                self.budget.order,
+                self.budget.fallback_a,
+            ):
+                self.memory_store.save_budget(kept)
+            self.budget = kept
+            self.enforce(self.meter.read(self.clock.now()))
+
+    def limit(self, local_now: float) -> budget.Limit:
+        return budget.limit(
+            self.budget,
+            cloud_now=self.cloud_clock.cloud(local_now),
+            safe_share_a=self.settings.safe_share_a,
+        )
+
+    def _outlets_now(self, sample: Sample | None) -> list[budget.OutletNow]:
+        currents = {} if sample is None else {o.outlet: o.current_a for o in sample.outlets}
+        return [
+            budget.OutletNow(
+                n,
+                self.memory[n].on,
+                self.breakers.breaker_on(n),
+                n in self.held,
+                currents.get(n, 0.0),
+                self.settings.outlet_max_a,
+                self._moved_at.get(n),
+            )
+            for n in self.outlet_numbers
+        ]
+
+    def _fits(self, outlet: int) -> bool:
+        now = self.clock.now()
+        lim = self.limit(now)
+        return budget.may_close(
+            self._outlets_now(self.meter.read(now)),
+            outlet,
+            limit_a=lim.amps,
+            order=lim.order,
+            admit=lim.admit,
+            now=now,
+            min_off_s=self.settings.min_off_s,
+        )
+
+    def _hold(self, action: Switch) -> None:
+        """The reconciler wants a breaker closed that does not fit the budget: hold it, and
+        acknowledge a new ON as queued (a restored one says nothing until it resumes)."""
+        self.held.add(action.outlet)
+        log.info(
+            "%s: outlet %d waits for room (%s)",
+            self.cid,
+            action.outlet,
+            self.limit(self.clock.now()).why,
+        )
+        if action.ack is not None and action.ack[1] is CommandOutcome.APPLIED:
+            self._acknowledge(Acknowledge(action.outlet, action.ack[0], CommandOutcome.QUEUED))
+
+    def enforce(self, sample: Sample) -> None:
+        """Keep to the budget: pause what no longer fits, resume what does (pauses first)."""
+        now = self.clock.now()
+        lim = self.limit(now)
+        plan = budget.plan(
+            self._outlets_now(sample),
+            limit_a=lim.amps,
+            order=lim.order,
+            admit=lim.admit,
+            now=now,
+            min_off_s=self.settings.min_off_s,
+        )
+        by_outlet = {o.outlet: o for o in sample.outlets}
+        at = self.cloud_clock.stamp(sample.at)
+        for n in plan.pause:
+            self.held.add(n)
+            self._moved_at[n] = now
+            feedback = self.breakers.switch(n, False)
+            log.info("%s: outlet %d paused: %s", self.cid, n, lim.why)
+            reason = "site capacity" if lim.admit is not None else "safe share: no valid budget"
+            self._send_event(
+                EdgeEventKind.PAUSED,
+                by_outlet[n],
+                at,
+                detail=reason,
+                current_a=0.0,
+                breaker_on=feedback,
+            )
+        for n in plan.resume:
+            self._moved_at[n] = now
+            feedback = self.breakers.switch(n, True)
+            if not feedback:  # the breaker did not close: the reconciler's rule 7
+                self.held.discard(n)
+                self._execute(reconciler.switched(self.memory[n], Switch(n, True), feedback=False))
+                continue
+            self.held.discard(n)
+            self._watch[n] = reconciler.breaker_closed(self._watch[n])
+            log.info("%s: outlet %d resumed (%s)", self.cid, n, lim.why)
+            self._send_event(
+                EdgeEventKind.RESUMED, by_outlet[n], at, detail=lim.why, breaker_on=True
+            )
+
+    def load_report(self, sample: Sample) -> LoadReport:
+        """What this controller draws now, for the site's allocator."""
+        return LoadReport(
+            controller_id=self.cid,
+            at=self.cloud_clock.stamp(sample.at),
+            budget_version=self.budget.version,
+            modulating=False,
+            main_current_a=None,
+            outlets=tuple(
+                OutletLoad(
+                    outlet=o.outlet,
+                    current_a=o.current_a,
+                    wants=self.memory[o.outlet].on,
+                    running=o.breaker_on,
+                    max_a=self.settings.outlet_max_a,
+                    charge_id=self.memory[o.outlet].charge_id if self.memory[o.outlet].on else None,
                 )
-                self._send_event(
-                    action.kind,
-                    o,
-                    self.cloud_clock.stamp(sample.at),
-                    detail=action.detail,
-                    current_a=action.current_a,
-                    breaker_on=self.breakers.breaker_on(action.outlet),
-                    generation=action.generation,
-                )
+                for o in sample.outlets
+            ),
+        )
 
     def _remember(self, memory: reconciler.OutletMemory) -> None:
         if self.memory.get(memory.outlet) != memory:

@@ -1,6 +1,6 @@
 """What the cloud sends one controller, decoded and checked: the one place an edge (or the
-OCPP bridge, for a station) turns a payload on its ``meter/ack``, ``desired`` or
-``request`` topic into a message. A payload that does not decode, or that is addressed to
+OCPP bridge, for a station) turns a payload on its ``meter/ack``, ``desired``, ``request``
+or ``budget`` topic into a message. A payload that does not decode, or that is addressed to
 another controller or outlet than its topic's, is logged and dropped (None): it must
 never move a breaker, nor stop the link that carried it.
 """
@@ -11,7 +11,7 @@ import logging
 from collections.abc import Container
 
 from schemas.codec import CodecError, decode
-from schemas.messages import DesiredState, MeterAck, StatusRequest
+from schemas.messages import Budget, DesiredState, MeterAck, StatusRequest
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +60,15 @@ def status_request(cid: str, payload: bytes, outlets: Container[int]) -> StatusR
         )
         return None
     return request
+
+
+def budget(cid: str, payload: bytes) -> Budget | None:
+    try:
+        got = decode(Budget, payload)
+    except CodecError as exc:
+        log.warning("%s: ignoring a bad budget: %s", cid, exc)
+        return None
+    if got.controller_id != cid:
+        log.warning("%s: ignoring a budget for %s", cid, got.controller_id)
+        return None
+    return got

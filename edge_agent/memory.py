@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from edge_agent.budget import BudgetMemory
 from edge_agent.reconciler import OutletMemory
 
 
@@ -24,6 +25,13 @@ class CommandMemory:
             "CREATE TABLE IF NOT EXISTS outlets (outlet INTEGER PRIMARY KEY,"
             " applied_generation INTEGER NOT NULL, on_ INTEGER NOT NULL,"
             " charge_id TEXT, stop_at REAL)"
+        )
+        # The last budget's version, order and safe share (edge_agent.budget): a reboot with
+        # the cloud gone still keeps the controller to its safe share. Its amps are not kept:
+        # a budget does not outlive the boot that judged it (the clock may have jumped).
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS budget (id INTEGER PRIMARY KEY CHECK (id = 1),"
+            " version INTEGER NOT NULL, order_ TEXT NOT NULL, fallback_a REAL)"
         )
 
     def close(self) -> None:
@@ -51,4 +59,19 @@ class CommandMemory:
                 memory.charge_id,
                 memory.stop_at,
             ),
+        )
+
+    def load_budget(self) -> BudgetMemory:
+        row = self.db.execute("SELECT version, order_, fallback_a FROM budget").fetchone()
+        if row is None:
+            return BudgetMemory()
+        order = tuple(int(n) for n in row[1].split(",") if n)
+        return BudgetMemory(version=row[0], order=order, fallback_a=row[2])
+
+    def save_budget(self, memory: BudgetMemory) -> None:
+        self.db.execute(
+            "INSERT INTO budget VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " version = excluded.version, order_ = excluded.order_,"
+            " fallback_a = excluded.fallback_a",
+            (memory.version, ",".join(map(str, memory.order)), memory.fallback_a),
         )

@@ -30,6 +30,21 @@ class EdgeSettings(CommonSettings):
         default=[1.0, 2.0, 4.0, 6.0, 10.0],
         description="report at once when an outlet's current rises through one of these",
     )
+    outlet_max_a: float = Field(
+        default=16.0, gt=0, le=500, description="load management: what a charging outlet draws"
+    )
+    safe_share_a: float | None = Field(
+        default=None,
+        ge=0,
+        description="load management: the most this controller draws before it has heard a"
+        " budget (then the budget's own safe share counts); unset: no limit",
+    )
+    min_off_s: float = Field(
+        default=120.0, ge=0, description="load management: a paused breaker stays open this long"
+    )
+    load_report_s: float = Field(
+        default=5.0, ge=0, description="real seconds between load reports (0: none)"
+    )
     firmware: str = "chargeline-edge/0.1"
     sim_seed: int | None = None
     sim_cars: str = Field(

@@ -15,9 +15,20 @@ from charging import charges, lifecycle
 from charging.charges import OutletKey
 from charging.lifecycle import Event
 from ingest.triage import Pending
-from schemas.messages import EdgeEventKind
+from schemas.messages import EdgeEvent, EdgeEventKind
 
 _BREAKER_OPENED = (EdgeEventKind.BREAKER_SWITCHED, EdgeEventKind.OVERCURRENT_TRIP)
+
+
+def _lifecycle_event(edge: EdgeEvent) -> Event | None:
+    """What an edge event means to the charge on its outlet, if anything."""
+    if edge.kind in _BREAKER_OPENED and not edge.breaker_on:
+        return lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh)
+    if edge.kind is EdgeEventKind.PAUSED:
+        return lifecycle.Paused(edge.detail, edge.at)
+    if edge.kind is EdgeEventKind.RESUMED and edge.breaker_on:
+        return lifecycle.Resumed(edge.at, edge.energy_wh)
+    return None
 
 
 def controllers(pending: Pending) -> list[str]:
@@ -54,8 +65,10 @@ def route(
             continue
         if edge.kind is EdgeEventKind.CURRENT_CROSSED:
             currents[key].append((edge.at, edge.current_a))
-        elif edge.kind in _BREAKER_OPENED and not edge.breaker_on:
-            to_charges(key, edge.at, lifecycle.BreakerOpened(edge.detail, edge.at, edge.energy_wh))
+            continue
+        event = _lifecycle_event(edge)
+        if event is not None:
+            to_charges(key, edge.at, event)
     # Per reading, so written out: a write at an evening peak has one for every outlet.
     # Each open outlet's lists are looked up once, not per reading; the readings of one
     # frame share its minute (one datetime), converted once.

@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from schemas.errors import InputError, Refused
 
-SERVICES = ("broker", "auth", "gateway", "webhooks", "ingest", "ocpp")
+SERVICES = ("broker", "auth", "gateway", "webhooks", "ingest", "ocpp", "loads")
 
 
 class LoginRefused(Refused):

@@ -106,7 +106,7 @@ EXPORT_FOR_DEPLOY = [
 def test_deploy_mosquitto_is_what_the_export_writes(database: str, tmp_path: Path) -> None:
     """deploy/mosquitto/ is the export for deploy/cloud.example.toml with the two services
     (regenerate: see deploy/mosquitto/README.md), so the shipped files never drift."""
-    for name in ("svc_ingest", "svc_gateway"):
+    for name in ("svc_ingest", "svc_gateway", "svc_loads"):
         run_chargeline(database, tmp_path, "broker", "credentials", "issue", name)
     out = tmp_path / "export"
     result = run_chargeline(database, tmp_path, *EXPORT_FOR_DEPLOY, "--out", str(out))

@@ -78,6 +78,7 @@ def test_a_controller_reaches_only_its_own_topics(me: str, other: str, kind: Top
         TopicKind.ACK,
         TopicKind.STATE,
         TopicKind.PRESENCE,
+        TopicKind.LOAD,
     )
     assert allows(me, Role.CONTROLLER, Access.WRITE, topic) is writes
     assert allows(me, Role.CONTROLLER, Access.READ, topic) is (not writes)

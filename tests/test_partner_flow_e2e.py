@@ -269,7 +269,7 @@ def test_the_served_openapi_document_holds_against_the_running_gateway(
     schema = schemathesis.openapi.from_url(f"{partner.api}/openapi.json")
     token = partner.oauth.token["access_token"]
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10
+    assert len(operations) == 13
     for operation in operations:
 
         @settings(

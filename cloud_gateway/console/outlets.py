@@ -20,7 +20,7 @@ SELECT o.outlet_id, o.controller_id, o.outlet_no, o.site_id, o.kind, o.rated_cur
             ORDER BY minute DESC LIMIT 1) r) AS last_minute,
        (SELECT row_to_json(c) FROM (
             SELECT partner_charge_id, state, requested_at, energy_wh FROM charges
-            WHERE outlet_id = o.outlet_id AND state IN ('requested', 'on', 'drawing', 'stopping')
+            WHERE outlet_id = o.outlet_id AND state IN ('requested', 'queued', 'on', 'drawing', 'paused', 'stopping')
             ORDER BY requested_at DESC LIMIT 1) c) AS charge
 FROM outlet_live_status o LEFT JOIN controller_status s USING (controller_id)
 WHERE o.outlet_id = %s

@@ -80,7 +80,8 @@ async def _start(request: Request) -> Response:
         end_at=utc(end_at),
     )
     row = await gateway.send(charge_id, want, new=new)
-    status = 201 if row.state != lifecycle.State.REQUESTED.value else 202
+    waiting = (lifecycle.State.REQUESTED.value, lifecycle.State.QUEUED.value)
+    status = 202 if row.state in waiting else 201
     return JSONResponse(row.json(), status_code=status)
 
 

@@ -80,7 +80,7 @@ BEGIN
 END $$;
 GRANT SELECT ON schema_migrations, sites, controllers, outlets, site_caps, controller_status
     TO chargeline_loads;
-GRANT SELECT (charge_id, controller_id, outlet_no, state, requested_at),
+GRANT SELECT (charge_id, controller_id, outlet_no, state, requested_at, expected_start_at),
       UPDATE (expected_start_at) ON charges TO chargeline_loads;
 GRANT SELECT, INSERT, DELETE ON site_load TO chargeline_loads;
 -- The gateway's operator API sets caps and shows the site's load.

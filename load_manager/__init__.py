@@ -1,0 +1,1 @@
+"""The sites' allocator service (``chargeline loads``): site load management's cloud level."""
