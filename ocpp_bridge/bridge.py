@@ -80,7 +80,8 @@ async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
         "SELECT s.station_id, s.controller_id, s.ocpp_version,"
         "       array_agg(ARRAY[c.outlet_no, c.evse_id, c.connector_id] ORDER BY c.outlet_no),"
         "       array_agg(c.current_type ORDER BY c.outlet_no),"
-        "       array_agg(o.outlet_id ORDER BY c.outlet_no)"
+        "       array_agg(o.outlet_id ORDER BY c.outlet_no),"
+        "       array_agg(o.rated_current_a ORDER BY c.outlet_no)"
         " FROM ocpp_stations s JOIN ocpp_connectors c USING (controller_id)"
         " JOIN outlets o ON o.controller_id = c.controller_id AND o.outlet_no = c.outlet_no"
         " GROUP BY 1, 2, 3"
@@ -91,11 +92,11 @@ async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
             cid,
             version,
             tuple(
-                Connector(o, e, c, kind, public)
-                for (o, e, c), kind, public in zip(plugs, kinds, ids, strict=True)
+                Connector(o, e, c, kind, public, float(rated))
+                for (o, e, c), kind, public, rated in zip(plugs, kinds, ids, ratings, strict=True)
             ),
         )
-        for sid, cid, version, plugs, kinds, ids in await cur.fetchall()
+        for sid, cid, version, plugs, kinds, ids, ratings in await cur.fetchall()
     }
     cur = await conn.execute("SELECT id_tag, client_id FROM rfid_tags WHERE valid")
     tags = dict(await cur.fetchall())
@@ -575,6 +576,7 @@ class Bridge:
             self.topics.all_controllers(TopicKind.DESIRED),
             self.topics.all_controllers(TopicKind.METER_ACK),
             self.topics.all_controllers(TopicKind.REQUEST),
+            self.topics.all_controllers(TopicKind.BUDGET),
         ]
         await client.subscribe([(t, 1) for t in wanted])
         self._subscribed.update(wanted)
@@ -632,6 +634,8 @@ class Bridge:
                 station.on_meter_ack(payload)
             elif parsed.kind is TopicKind.REQUEST:
                 station.on_status_request(payload)
+            elif parsed.kind is TopicKind.BUDGET:
+                station.on_budget(payload)
         except Exception:
             log.exception("%s: handling a message on %s failed", station.cid, topic[:200])
 

@@ -97,6 +97,27 @@ class V16(_Common, ChargePoint16):  # type: ignore[misc]  # the ocpp package has
         answer = await self._call(call16.RemoteStopTransaction(transaction_id=int(transaction_id)))
         return answer is not None and answer.status == "Accepted"
 
+    async def set_limit(self, amps: float, profile_id: int) -> bool:
+        """The station's ChargePointMaxProfile (connector 0): what it draws in all, from now
+        on (an absolute schedule starting at this moment, with one period)."""
+        answer = await self._call(
+            call16.SetChargingProfile(
+                connector_id=0,
+                cs_charging_profiles={
+                    "chargingProfileId": profile_id,
+                    "stackLevel": 0,
+                    "chargingProfilePurpose": "ChargePointMaxProfile",
+                    "chargingProfileKind": "Absolute",
+                    "chargingSchedule": {
+                        "startSchedule": _now_iso(),
+                        "chargingRateUnit": "A",
+                        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": amps}],
+                    },
+                },
+            )
+        )
+        return answer is not None and answer.status == "Accepted"
+
     # --- what the station says --------------------------------------------------------------
     @on(Action16.boot_notification)
     def on_boot_notification(
@@ -224,6 +245,30 @@ class V201(_Common, ChargePoint201):  # type: ignore[misc]
 
     async def remote_stop(self, transaction_id: str) -> bool:
         answer = await self._call(call201.RequestStopTransaction(transaction_id=transaction_id))
+        return answer is not None and answer.status == "Accepted"
+
+    async def set_limit(self, amps: float, profile_id: int) -> bool:
+        """The station's ChargingStationMaxProfile (EVSE 0): what it draws in all, from now
+        on (an absolute schedule starting at this moment, with one period)."""
+        answer = await self._call(
+            call201.SetChargingProfile(
+                evse_id=0,
+                charging_profile={
+                    "id": profile_id,
+                    "stackLevel": 0,
+                    "chargingProfilePurpose": "ChargingStationMaxProfile",
+                    "chargingProfileKind": "Absolute",
+                    "chargingSchedule": [
+                        {
+                            "id": profile_id,
+                            "startSchedule": _now_iso(),
+                            "chargingRateUnit": "A",
+                            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": amps}],
+                        }
+                    ],
+                },
+            )
+        )
         return answer is not None and answer.status == "Accepted"
 
     @on(Action201.boot_notification)

@@ -109,9 +109,27 @@ class SimulatedStation:
     away_until: float = 0.0  # monotonic: no reconnecting before (``drop``)
     #: wss:// (security profiles 2 and 3): the CA to trust, and for 3 the station's certificate.
     tls: ssl.SSLContext | None = None
+    #: The station-wide limit of the last charging profile it accepted (None: none), and
+    #: every limit it was given, in order.
+    limit_a: float | None = None
+    limits: list[float] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _point: Any = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def draw(self, plug: Plug) -> float:
+        """What a plug's car draws: its own current, within an equal part of the station's
+        limit (a charging profile); below 6 A a car does not charge."""
+        wanted = plug.current()
+        if self.limit_a is None or wanted <= 0:
+            return wanted
+        sharing = sum(1 for p in self.plugs if p.current() > 0)
+        share = self.limit_a / max(1, sharing)
+        return min(wanted, share) if share >= 6.0 else 0.0
+
+    def limited(self, amps: float) -> None:
+        self.limit_a = amps
+        self.limits.append(amps)
 
     # --- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -264,7 +282,7 @@ class SimulatedStation:
             now = self.clock()
             for plug in self.plugs:
                 gained = (
-                    plug.current() * (plug.car.voltage_v if plug.car else 0) * (now - last) / 3600
+                    self.draw(plug) * (plug.car.voltage_v if plug.car else 0) * (now - last) / 3600
                 )
                 plug.register_wh += gained
                 plug.drawn_wh += gained
@@ -277,7 +295,7 @@ class SimulatedStation:
         self, plug: Plug, at: float, context: str = "Sample.Periodic"
     ) -> dict[str, Any]:
         car = plug.car or Car(current_a=0.0)
-        current = plug.current()
+        current = self.draw(plug)
         values: list[dict[str, Any]]
         if self.version == "1.6":
             values = [
@@ -481,6 +499,14 @@ class _Station16(_Ignoring, Cp16):  # type: ignore[misc]
             if plug.transaction == str(transaction_id):
                 await self.sim.end(plug, "Remote")
 
+    @on(A16.set_charging_profile)
+    def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any]
+    ) -> Any:
+        periods = cs_charging_profiles["charging_schedule"]["charging_schedule_period"]
+        self.sim.limited(float(periods[0]["limit"]))
+        return r16.SetChargingProfile(status="Accepted")
+
     @on(A16.change_configuration)
     def on_change_configuration(self, key: str, value: str) -> Any:
         if key == "MeterValueSampleInterval":
@@ -518,6 +544,14 @@ class _Station201(_Ignoring, Cp201):  # type: ignore[misc]
         for plug in self.sim.plugs:
             if plug.transaction == transaction_id:
                 await self.sim.end(plug, "Remote")
+
+    @on(A201.set_charging_profile)
+    def on_set_charging_profile(
+        self, evse_id: int, charging_profile: dict[str, Any], **_: Any
+    ) -> Any:
+        periods = charging_profile["charging_schedule"][0]["charging_schedule_period"]
+        self.sim.limited(float(periods[0]["limit"]))
+        return r201.SetChargingProfile(status="Accepted")
 
     @on(A201.set_variables)
     def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> Any:

@@ -30,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from edge_agent import inbox, reconciler
+from edge_agent import budget, inbox, reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import Clock
 from edge_agent.memory import CommandMemory
@@ -46,11 +47,14 @@ from ocpp_bridge.minutes import MinuteFramer
 from ocpp_bridge.readings import Sample
 from schemas.codec import encode
 from schemas.messages import (
+    Budget,
     CommandAck,
     CommandOutcome,
     DesiredState,
     EdgeEvent,
     EdgeEventKind,
+    LoadReport,
+    OutletLoad,
     OutletReading,
     OutletState,
     Presence,
@@ -59,6 +63,10 @@ from schemas.messages import (
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
+
+#: What a station's command queue runs, one at a time: a reconciler decision to carry out,
+#: or a call of its own (a charging profile).
+Work = Callable[[], "Decision | Coroutine[Any, Any, None] | None"]
 
 #: Longest a card's transaction holds back minute frames while its charge is recorded.
 HOLD_FRAMES_S = 30.0
@@ -73,6 +81,8 @@ class Connector:
     connector: int
     current_type: str = "AC"
     outlet_id: str = ""
+    #: What the connector draws at most (the registry's rated current), for load management.
+    max_a: float = 32.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,11 @@ class Link(Protocol):
         """Ask the station to stop a transaction; True when it accepted."""
         ...
 
+    async def set_limit(self, amps: float, profile_id: int) -> bool:
+        """Limit what the whole station draws (a station-wide charging profile); True when
+        it accepted."""
+        ...
+
 
 class CallFailed(Exception):
     """The station did not answer a call in time, or answered with a CALLERROR."""
@@ -135,6 +150,10 @@ class Settings:
     current_levels_a: tuple[float, ...] = (1.0, 2.0, 4.0, 6.0, 10.0)
     buffer_max_frames: int = 7 * 24 * 60
     max_frames_per_message: int = 60
+    #: Load management: seconds between load reports (bridge ticks), and the least current a
+    #: connector charges at (below it the station is limited to 0 A: paused).
+    load_report_s: float = 5.0
+    min_station_a: float = 6.0
 
 
 @dataclass
@@ -208,8 +227,17 @@ class Station:
         self.remote_tags: set[str] = set()
         self._sent_at: dict[int, float] = {}
         self._hold_frames_until = 0.0
-        self._work: asyncio.Queue[Callable[[], Decision | None]] = asyncio.Queue()
+        self._work: asyncio.Queue[Work] = asyncio.Queue()
         self.failures: dict[str, int] = {"rejected": 0, "timed_out": 0, "offline": 0}
+        # Load management: the budget, the limit the station last accepted (None: none since
+        # it connected), the outlets paused by a limit below a connector's minimum.
+        self.budget = self.memory_store.load_budget()
+        self._budget_waiting: Budget | None = None
+        self.sent_limit: float | None = None
+        self._limit_pending = False
+        self._paused: set[int] = set()
+        self._ticks = 0
+        self._profile_ids = itertools.count(1)
 
     def close(self) -> None:
         self.buffer.close()
@@ -218,6 +246,7 @@ class Station:
     # --- the connection --------------------------------------------------------------------
     def connected(self, link: Link) -> None:
         self.link = link
+        self.sent_limit = None  # a station's profile is sent again on every connection
         self._publish(
             self.topics.presence(self.cid),
             encode(Presence(controller_id=self.cid, online=True, since=self.clock.now())),
@@ -344,6 +373,8 @@ class Station:
         if ack.at is not None:
             self.cloud_clock.learn(ack.at, self.clock.now())
             self._queue(self._judge_waiting)
+            if self._budget_waiting is not None:
+                self._judge_budget(self._budget_waiting)
         if ack.seqs:
             self.buffer.ack(ack.seqs)
             for seq in ack.seqs:
@@ -353,6 +384,106 @@ class Station:
         want = inbox.desired(self.cid, outlet, payload, self.memory)
         if want is not None:
             self._queue(partial(self._decide, outlet, want))
+
+    def on_budget(self, payload: bytes) -> None:
+        got = inbox.budget(self.cid, payload)
+        if got is not None:
+            self._judge_budget(got)
+
+    def _judge_budget(self, got: Budget) -> None:
+        kept = budget.received(
+            self.budget,
+            got,
+            cloud_now=self.cloud_clock.cloud(self.clock.now()),
+            max_age_s=self.settings.start_max_age_s,
+        )
+        if kept is None:
+            self._budget_waiting = got
+            return
+        self._budget_waiting = None
+        if (kept.version, kept.order, kept.fallback_a) != (
+            self.budget.version,
+            self.budget.order,
+            self.budget.fallback_a,
+        ):
+            self.memory_store.save_budget(kept)
+        self.budget = kept
+        self._check_limit()
+
+    def limit(self) -> budget.Limit:
+        return budget.limit(
+            self.budget, cloud_now=self.cloud_clock.cloud(self.clock.now()), safe_share_a=None
+        )
+
+    def _check_limit(self) -> None:
+        """Queue a new charging profile when the limit in force changed (a budget, its
+        expiry, a reconnection)."""
+        amps = self.limit().amps
+        if amps is None or self.link is None or self._limit_pending:
+            return
+        amps = self._usable(amps)
+        if self.sent_limit is None or abs(amps - self.sent_limit) >= 0.5:
+            self._limit_pending = True
+            self._queue(self._limit_call)
+
+    def _usable(self, amps: float) -> float:
+        """A limit below the least a charging connector runs at is 0 A (paused)."""
+        return round(amps, 1) if amps >= self.settings.min_station_a else 0.0
+
+    async def _limit_call(self) -> None:
+        try:
+            lim = self.limit()
+            link = self.link
+            if lim.amps is None or link is None:
+                return
+            amps = self._usable(lim.amps)
+            try:
+                accepted = await link.set_limit(amps, next(self._profile_ids))
+            except CallFailed as exc:
+                log.warning("%s: charging profile of %g A not answered: %s", self.cid, amps, exc)
+                return
+            if not accepted:
+                log.warning("%s: the station refused a charging profile of %g A", self.cid, amps)
+                return
+            log.info("%s: limited to %g A (%s)", self.cid, amps, lim.why)
+            self.sent_limit = amps
+            self._paused_by_limit(amps, lim)
+        finally:
+            self._limit_pending = False
+
+    def _paused_by_limit(self, amps: float, lim: budget.Limit) -> None:
+        """A station turned down to 0 A pauses its charges; one given current again resumes
+        them (turned down but above 0, a charge goes on, slower)."""
+        charging = {n for n, m in self.memory.items() if m.on and n in self.facts.active}
+        reason = "site capacity" if lim.admit is not None else "safe share: no valid budget"
+        if amps <= 0:
+            for n in sorted(charging - self._paused):
+                self._event(EdgeEventKind.PAUSED, n, reason)
+            self._paused |= charging
+        else:
+            for n in sorted(self._paused & charging):
+                self._event(EdgeEventKind.RESUMED, n, lim.why)
+            self._paused.clear()
+
+    def load_report(self) -> LoadReport:
+        return LoadReport(
+            controller_id=self.cid,
+            at=self.cloud_clock.stamp(self.clock.now()),
+            budget_version=self.budget.version,
+            modulating=True,
+            main_current_a=None,
+            outlets=tuple(
+                OutletLoad(
+                    outlet=c.outlet,
+                    current_a=self.facts.reading(c.outlet).current_a,
+                    wants=self.memory[c.outlet].on,
+                    running=c.outlet in self.facts.active,
+                    max_a=c.max_a,
+                    charge_id=self.memory[c.outlet].charge_id if self.memory[c.outlet].on else None,
+                )
+                for c in self.info.connectors
+            ),
+        )
 
     def on_status_request(self, payload: bytes) -> None:
         request = inbox.status_request(self.cid, payload, self.memory)
@@ -370,9 +501,14 @@ class Station:
         for outlet, memory in self.memory.items():
             if memory.on:
                 self._queue(partial(self._tick, outlet))
+        self._check_limit()
+        self._ticks += 1
+        every = max(1, round(self.settings.load_report_s))
+        if self.link is not None and self.settings.load_report_s > 0 and self._ticks % every == 0:
+            self._publish(self.topics.load(self.cid), encode(self.load_report()))
 
     # --- commands, one at a time -----------------------------------------------------------
-    def _queue(self, work: Callable[[], Decision | None]) -> None:
+    def _queue(self, work: Work) -> None:
         self._work.put_nowait(work)
 
     async def run_commands(self) -> None:
@@ -380,7 +516,9 @@ class Station:
             work = await self._work.get()
             try:
                 decision = work()
-                if decision is not None:
+                if isinstance(decision, Coroutine):
+                    await decision  # a call of its own (a charging profile)
+                elif decision is not None:
                     await self._execute(decision)
             except Exception:
                 log.exception("%s: a command failed; the next one is read", self.cid)
