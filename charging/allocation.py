@@ -31,7 +31,10 @@ fits has its full rating, so the room is used to the last ampere.
 
 *What each controller gets.* Its budget is the sum of what its running outlets were given
 (a running outlet is given what it draws plus ``margin_a``, or its rating while it ramps
-up); its order lists them first, by priority, then its waiting ones. The budget expires
+up), plus an equal part of the room nobody could use (so that a charge starting between two
+periods may start at once when it fits); its order lists its running outlets first, by
+priority, then its waiting ones, and it admits the running ones (the waiting ones wait for
+their turn; an outlet the allocator has not seen yet may use the spare). The budget expires
 after ``expiry_s`` (two periods by default): if the allocator stops, every controller falls
 back to its safe share within two periods.
 
@@ -43,6 +46,7 @@ moments at which the running on/off outlets end their turn (a slot is handed out
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -142,7 +146,7 @@ def allocate(
     }
     unheard = sum(v.fallback_a for cid, v in controllers.items() if cid not in fresh)
     room = cap_a - building_a - s.headroom_a - unheard
-    kept = _tracks(now, fresh, tracks)
+    kept = _tracks(now, fresh, tracks, max_dt=s.stale_s)
     wanting: list[Item] = sorted(
         (
             ((cid, o.outlet), o, view.modulating)
@@ -154,6 +158,7 @@ def allocate(
     )
     committed, free, given = _commitments(now, wanting, kept, s)
     notes = _fill(now, committed=committed, free=free, given=given, kept=kept, room=room, s=s)
+    spare = room - sum(given.values())
     out_tracks = dict(kept)
     for key, _o, _mod in wanting:
         t = kept[key]
@@ -163,7 +168,7 @@ def allocate(
             t = replace(t, changed_at=now, switches=switches)
         out_tracks[key] = replace(t, given_a=amps)
     return Allocation(
-        _budgets(fresh, wanting, given),
+        _budgets(fresh, wanting, given, spare),
         given,
         out_tracks,
         _estimates(now, wanting, given, out_tracks, s),
@@ -239,23 +244,30 @@ def _fill(
 
 
 def _budgets(
-    fresh: Mapping[str, ControllerView], wanting: list[Item], given: Mapping[Key, float]
+    fresh: Mapping[str, ControllerView],
+    wanting: list[Item],
+    given: Mapping[Key, float],
+    spare_a: float,
 ) -> dict[str, tuple[float, tuple[int, ...], int]]:
+    """Each controller's amps, order and admitted count. The room nobody could use is split
+    equally among the controllers as spare: a charge that starts before the next period
+    (one the allocator has not seen) may use it at once rather than wait a period."""
     budgets: dict[str, tuple[float, tuple[int, ...], int]] = {}
-    for cid, view in fresh.items():
+    spare = max(0.0, spare_a) / len(fresh) if fresh else 0.0
+    for cid in fresh:
         mine = [key[1] for key, _o, _m in wanting if key[0] == cid]
         running = [n for n in mine if given.get((cid, n), 0.0) > 0]
         waiting = [n for n in mine if given.get((cid, n), 0.0) <= 0]
-        rest = sorted(o.outlet for o in view.outlets if o.outlet not in mine)
-        amps = sum(given[(cid, n)] for n in running)
-        budgets[cid] = (round(amps, 1), (*running, *waiting, *rest), len(running))
+        amps = sum(given[(cid, n)] for n in running) + spare
+        budgets[cid] = (math.floor(amps * 10) / 10, (*running, *waiting), len(running))
     return budgets
 
 
 def _tracks(
-    now: float, fresh: Mapping[str, ControllerView], tracks: Mapping[Key, Track]
+    now: float, fresh: Mapping[str, ControllerView], tracks: Mapping[Key, Track], *, max_dt: float
 ) -> dict[Key, Track]:
-    """The tracks of the charges reported now, with what they received since last time."""
+    """The tracks of the charges reported now, with what they received since last time
+    (at the current reported now, over at most ``max_dt``)."""
     kept: dict[Key, Track] = {}
     for cid, view in fresh.items():
         for o in view.outlets:
@@ -266,7 +278,7 @@ def _tracks(
             if t is None or t.charge_id != o.charge_id:
                 kept[key] = Track(o.charge_id, now, seen_at=now)
                 continue
-            dt = 0.0 if t.seen_at is None else max(0.0, min(now - t.seen_at, 60.0))
+            dt = 0.0 if t.seen_at is None else max(0.0, min(now - t.seen_at, max_dt))
             got = t.received_ah + o.current_a * dt / HOUR_S
             first = t.first_at if t.first_at is not None or o.current_a < 1 else now
             kept[key] = replace(t, received_ah=got, seen_at=now, first_at=first)

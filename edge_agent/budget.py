@@ -73,7 +73,7 @@ class Limit:
     amps: float | None  # None: nothing limits this controller
     why: str
     order: tuple[int, ...] = ()
-    #: Only the first ``admit`` outlets of ``order`` may charge (None: any, in that order).
+    #: The outlets of ``order`` past the first ``admit`` wait (None: any may, in that order).
     admit: int | None = None
 
 
@@ -129,18 +129,20 @@ def plan(
     ramp_s: float = 10.0,
 ) -> Plan:
     """Which outlets to pause and which to resume, so that the controller stays within
-    ``limit_a`` and to the first ``admit`` outlets of ``order`` (module docstring). ``now``
-    is edge time, as the outlets' ``since``."""
+    ``limit_a`` (module docstring). With ``admit``, the outlets of ``order`` past the first
+    ``admit`` wait their turn (the allocator chose others); an outlet not in ``order`` (a
+    charge the allocator has not seen yet) may run if it fits. ``now`` is edge time, as the
+    outlets' ``since``."""
     if limit_a is None:
         return Plan(resume=tuple(o.outlet for o in outlets if o.wants and o.held))
-    admitted = None if admit is None else frozenset(order[:admit])
+    waiting = frozenset() if admit is None else frozenset(order[admit:])
     used = 0.0
     pause: list[int] = []
     resume: list[int] = []
     for o in ranked(outlets, order):
         if not o.wants:
             continue
-        if admitted is not None and o.outlet not in admitted:
+        if o.outlet in waiting:
             if o.running:
                 pause.append(o.outlet)
             continue
@@ -195,12 +197,12 @@ def shares(
     wanting = [o for o in ranked(outlets, order) if o.wants]
     if limit_a is None:
         return {o.outlet: o.max_a for o in wanting}
-    admitted = None if admit is None else frozenset(order[:admit])
+    waiting = frozenset() if admit is None else frozenset(order[admit:])
     out: dict[int, float] = {}
     left = limit_a
     for o in wanting:
         first = min(min_a, o.max_a)
-        if admitted is not None and o.outlet not in admitted:
+        if o.outlet in waiting:
             out[o.outlet] = 0.0
         elif first <= left:
             out[o.outlet] = first

@@ -40,9 +40,6 @@ from schemas.topics import TopicKind
 
 log = logging.getLogger(__name__)
 
-#: Every controller has up to 8 outlets: an unheard one may use all within its share.
-ALL_OUTLETS = tuple(range(1, 9))
-
 
 @dataclass
 class Site:
@@ -50,8 +47,8 @@ class Site:
     contract_a: float
     margin_a: float | None
     building_peak_a: float
-    #: controller id → its safe share (the registry's, or an equal part).
-    shares: dict[str, float] = field(default_factory=dict)
+    #: controller id → its safe share as the registry writes it (None: an equal part).
+    written: dict[str, float | None] = field(default_factory=dict)
     windows: list[caps.Window] = field(default_factory=list)
 
 
@@ -163,6 +160,7 @@ class LoadManager:
                     (self.settings.history_hours,),
                 )
                 pruned = began
+            await self._windows(conn)
             for site in self.sites.values():
                 if site.site_id not in self.led and await self._take(conn, site.site_id):
                     log.info("leading site %s", site.site_id)
@@ -183,7 +181,7 @@ class LoadManager:
         return bool(row and row[0])
 
     async def _refresh(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Sites, their controllers' safe shares and their cap windows, from the database."""
+        """Sites and their controllers' safe shares as the registry writes them."""
         cur = await conn.execute(
             "SELECT site_id, contract_current_a, cap_margin_a, building_peak_a FROM sites"
         )
@@ -194,14 +192,17 @@ class LoadManager:
             for row in await cur.fetchall()
         }
         cur = await conn.execute("SELECT controller_id, site_id, safe_share_a FROM controllers")
-        written: dict[str, dict[str, float | None]] = {}
         for cid, site_id, share in await cur.fetchall():
-            written.setdefault(site_id, {})[cid] = None if share is None else float(share)
-        for site_id, site in sites.items():
-            cap = caps.default_cap(site.contract_a, site.margin_a)
-            site.shares = allocation.safe_shares(
-                cap, site.building_peak_a, written.get(site_id, {})
-            )
+            if site_id in sites:
+                sites[site_id].written[cid] = None if share is None else float(share)
+        self.sites = sites
+
+    async def _windows(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Every site's cap windows in force now or later (re-read every period: an
+        operator's change counts from the next period)."""
+        for site in self.sites.values():
+            site.windows = []
+        sites = self.sites
         now = self.settings.now()
         cur = await conn.execute(
             "SELECT site_id, id, cap_a, extract(epoch FROM starts_at)::float8,"
@@ -213,21 +214,20 @@ class LoadManager:
         for site_id, *rest in await cur.fetchall():
             if site_id in sites:
                 sites[site_id].windows.append(caps.Window(*rest))
-        self.sites = sites
 
     async def step(self, conn: psycopg.AsyncConnection[Any], site: Site) -> None:
         """One period at one site: allocate, publish the budgets, record what was decided."""
         now = self.settings.now()
         led = self.led[site.site_id]
-        # A window set or removed since the last refresh counts from the next refresh; the
-        # cap's own schedule (a window starting or ending) counts at once.
         cap = caps.in_force(
             contract_a=site.contract_a, margin_a=site.margin_a, windows=site.windows, now=now
         )
+        # The safe shares follow the cap in force: a lowered cap lowers them too.
+        shares = allocation.safe_shares(cap.amps, site.building_peak_a, site.written)
         views: dict[str, ControllerView] = {}
         main_a: float | None = None
         outlets_a = 0.0
-        for cid, share in site.shares.items():
+        for cid, share in shares.items():
             heard = self.reports.get(cid)
             if heard is None:
                 views[cid] = ControllerView(cid, None, False, share)
@@ -260,19 +260,21 @@ class LoadManager:
         led.allocated_a = sum(got.given.values())
         for note in got.notes:
             log.info("site %s: %s", site.site_id, note)
-        await self._publish(site, got, now)
+        await self._publish(shares, got, now)
         await self._record(
             conn, site, got, now=now, cap_a=cap.amps, building_a=building, outlets_a=outlets_a
         )
 
-    async def _publish(self, site: Site, got: allocation.Allocation, now: float) -> None:
+    async def _publish(
+        self, shares: dict[str, float], got: allocation.Allocation, now: float
+    ) -> None:
         client = self._client
         if client is None:
             return
         self._version = max(self._version + 1, int(now * 1000))
         expires = now + self.settings.allocation().expiry_s
-        for cid, share in site.shares.items():
-            amps, order, admit = got.budgets.get(cid, (share, ALL_OUTLETS, len(ALL_OUTLETS)))
+        for cid, share in shares.items():
+            amps, order, admit = got.budgets.get(cid, (share, (), 0))
             budget = Budget(cid, self._version, amps, order, admit, now, expires, share)
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.publish(self.topics.budget(cid), encode(budget), qos=1, retain=True)
@@ -318,5 +320,5 @@ class LoadManager:
                 "UPDATE charges SET expected_start_at = NULL"
                 " WHERE controller_id = ANY(%s) AND expected_start_at IS NOT NULL"
                 " AND NOT charge_id = ANY(%s)",
-                (list(site.shares), ids),
+                (list(site.written), ids),
             )

@@ -33,6 +33,12 @@ class LoadSettings(CommonSettings):
     switches_per_hour: int = Field(
         default=4, ge=2, description="the most an outlet is switched by the allocator in an hour"
     )
+    report_stale_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="real seconds without a load report after which a controller counts as"
+        " unheard (drawing its safe share)",
+    )
     min_station_a: float = Field(
         default=6.0, ge=0, description="the least a station's connector is given (IEC 61851)"
     )
@@ -62,6 +68,6 @@ class LoadSettings(CommonSettings):
             turn_s=self.turn_s,
             switches_per_hour=self.switches_per_hour,
             min_station_a=self.min_station_a,
-            stale_s=period * 3,
+            stale_s=max(period * 3, self.report_stale_s * scale),
             ramp_s=max(60.0, period * 2),
         )

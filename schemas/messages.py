@@ -227,9 +227,11 @@ class Budget(NamedTuple):
     controller_id: ControllerId
     version: Generation
     amps: Amps
-    #: The outlets in the order they should charge; those first get the room first.
+    #: The outlets with a charge, in the order they should charge; the first get room first.
     order: Annotated[tuple[OutletNo, ...], Field(max_length=MAX_OUTLETS)]
-    #: How many of ``order`` may charge while this budget holds (the rest wait their turn).
+    #: How many of ``order`` may charge while this budget holds: the rest wait their turn.
+    #: An outlet not in ``order`` (a charge the allocator has not seen yet) may start if it
+    #: fits ``amps``.
     admit: Annotated[int, Field(ge=0, le=MAX_OUTLETS)]
     issued_at: Timestamp
     expires_at: Timestamp

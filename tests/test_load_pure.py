@@ -68,10 +68,12 @@ def test_no_allocation_exceeds_the_room_the_cap_leaves(site, cap, building) -> N
     room = cap - building - s.headroom_a
     assert sum(got.given.values()) <= max(0.0, room) + 1e-6
     assert sum(amps for amps, _o, _a in got.budgets.values()) <= max(0.0, room) + 0.1
+    spare = max(0.0, room - sum(got.given.values())) / max(1, len(got.budgets))
     for cid, (amps, order, admit) in got.budgets.items():
-        assert amps == pytest.approx(
-            sum(got.given.get((cid, n), 0.0) for n in order[:admit]), abs=0.1
-        )
+        # What its admitted outlets were given, and an equal part of the room left over.
+        given = sum(got.given.get((cid, n), 0.0) for n in order[:admit])
+        assert amps == pytest.approx(given + spare, abs=0.1)
+        assert all(got.given.get((cid, n), 0.0) == 0 for n in order[admit:])
 
 
 @settings(max_examples=20, deadline=None)
@@ -242,6 +244,10 @@ def test_the_edge_sheds_in_order_and_resumes_what_fits() -> None:
     # A valid budget admits only the outlets chosen (the first ``admit`` of the order).
     p = budget.plan(outlets, limit_a=48.0, order=(3, 2, 1), admit=2, now=T0, min_off_s=120)
     assert p == budget.Plan((1,), (3,))
+    # A charge the allocator has not seen yet (not in the order) starts if it fits the spare.
+    new = [_o(1, running=True), _o(4, running=False, held=True)]
+    assert budget.plan(new, limit_a=34.0, order=(1,), admit=1, now=T0, min_off_s=120).resume == (4,)
+    assert budget.plan(new, limit_a=30.0, order=(1,), admit=1, now=T0, min_off_s=120).resume == ()
     # A failed breaker (wanting, neither running nor held) is left alone.
     failed = [OutletNow(1, True, False, False, 0.0, 16.0, None)]
     assert budget.plan(failed, limit_a=None, order=(), now=T0, min_off_s=0) == budget.Plan()
