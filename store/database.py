@@ -140,13 +140,26 @@ def reap(pgdata: Path, *, every_s: float = 1.0) -> None:
                 return
 
 
+def without_password(url: str) -> str:
+    """A database URL (or conninfo string) as a log line may show it: the password masked."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except Exception:  # not parseable: show nothing of it
+        return "(a database URL that does not parse)"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
 def prepare_database(settings: CommonSettings) -> str:
     """Resolve the database (embedded if unset) and bring its schema up to date."""
     from store import migrations  # psycopg: not for the reaper, which runs this module
 
     url = database_url(settings.database_url, settings.data_dir)
     where = "" if settings.database_url else f" (embedded, in {settings.data_dir}/postgres)"
-    log.info("database: %s%s", url, where)
+    log.info("database: %s%s", without_password(url), where)
     applied = migrations.upgrade(url)
     if applied:
         log.info("database schema upgraded: %s", ", ".join(applied))

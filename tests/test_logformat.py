@@ -112,3 +112,14 @@ def test_a_callers_request_id_is_kept_only_in_the_safe_alphabet(sent: bytes, kep
 
 def test_every_call_without_an_id_gets_a_new_one() -> None:
     assert request_id([]) != request_id([])
+
+
+def test_a_database_url_is_logged_without_its_password() -> None:
+    """Every service logs the database it uses at start: never the login's password."""
+    from store.database import without_password
+
+    shown = without_password("postgresql://svc:s3cret-Pass@db.example:5432/chargeline")
+    assert "s3cret" not in shown and "svc" in shown and "db.example" in shown
+    conninfo = without_password("user=svc password=s3cret host=/tmp/pg dbname=cl")
+    assert "s3cret" not in conninfo and "***" in conninfo
+    assert "s3cret" not in without_password("postgresql://svc:s3cret@[::1")
