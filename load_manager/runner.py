@@ -137,13 +137,12 @@ class LoadManager:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     self.database_ok = True
-                    delays = mqtt.backoff()
                     await self._lead(conn)
             except psycopg.Error as exc:
                 self.database_ok = False
                 self.led.clear()  # the locks went with the connection
                 delay = next(delays)
-                log.warning("database unreachable (%s); retrying in %.1f s", exc, delay)
+                log.warning("database failed (%s); reconnecting in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
 
     async def _lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -156,7 +155,7 @@ class LoadManager:
                 refreshed = began
             if began - pruned >= 3600:
                 await conn.execute(
-                    "DELETE FROM site_load WHERE at < now() - make_interval(hours => %s)",
+                    "DELETE FROM site_load WHERE at < now() - %s * interval '1 hour'",
                     (self.settings.history_hours,),
                 )
                 pruned = began
