@@ -288,8 +288,7 @@ class Replay:
                 continue
             cap = o.limit_a if o.modulating else (o.max_a if o.running else 0.0)
             o.current_a = _draw(car, cap) if (o.running and cap > 0) else 0.0
-            if car.got_wh < car.need_wh:
-                demand += min(car.max_a, o.max_a)
+            demand += _draw(car, o.max_a)  # what it would draw, unconstrained
             if o.current_a > 0.5 and car.first_at is None:
                 car.first_at = now
                 self.run.waits.append(now - car.arrive)

@@ -191,7 +191,7 @@ def _commitments(
         t = kept[item[0]]
         on = t.given_a > 0
         since_change = None if t.changed_at is None else now - t.changed_at
-        worn = len(t.switches) >= s.switches_per_hour
+        worn = sum(1 for x in t.switches if now - x < HOUR_S) >= s.switches_per_hour
         in_turn = since_change is not None and since_change < max(s.min_on_s, s.turn_s)
         if on and (worn or in_turn):
             committed.append(item)
