@@ -21,7 +21,9 @@ breaker opened less than ``min_off_s`` ago may not start again. An outlet that h
 not preferences; only the cap overrides them: when the committed charges alone no longer
 fit (the cap was lowered, the building rose), the ones that received most are paused first.
 
-*Who charges next.* Every other charge wanting current competes for what is left, in order
+*Who charges next.* Every other charge wanting current competes for what is left (a charge
+that would start needs ``start_reserve_a`` to spare as well: the building may rise before
+its minimum on time is over), in order
 of least energy received so far (as amp-hours the allocator integrated from the reports),
 then longest waiting. A charge past its turn therefore yields to one that received less,
 and a new arrival (nothing received) comes first once a turn ends. An on/off outlet needs
@@ -58,6 +60,9 @@ class Settings:
     period_s: float = 5.0
     expiry_s: float = 10.0
     headroom_a: float = 4.0
+    #: A charge starts (or resumes) only with this much room to spare as well, so that the
+    #: building's rise over a minimum on time does not pause it before its turn ends.
+    start_reserve_a: float = 4.0
     margin_a: float = 1.0
     ramp_s: float = 60.0
     min_on_s: float = 300.0
@@ -228,7 +233,8 @@ def _fill(
     used = 0.0
     for item in committed + free:
         amps = need(item)
-        if used + amps <= room:
+        starting = kept[item[0]].given_a <= 0
+        if used + amps <= room - (s.start_reserve_a if starting else 0.0):
             given[item[0]] = amps
             used += amps
         else:

@@ -25,6 +25,12 @@ class LoadSettings(CommonSettings):
     headroom_a: float = Field(
         default=4.0, ge=0, description="kept free under the cap for the building's rises"
     )
+    start_reserve_a: float = Field(
+        default=4.0,
+        ge=0,
+        description="a charge starts only with this much more room: the building's rise must"
+        " not pause it before its minimum on time",
+    )
     min_on_s: float = Field(default=300.0, ge=0, description="a breaker closed stays so this long")
     min_off_s: float = Field(default=120.0, ge=0, description="a breaker opened stays so this long")
     turn_s: float = Field(
@@ -63,6 +69,7 @@ class LoadSettings(CommonSettings):
             period_s=period,
             expiry_s=period * self.expiry_periods,
             headroom_a=self.headroom_a,
+            start_reserve_a=self.start_reserve_a,
             min_on_s=self.min_on_s,
             min_off_s=self.min_off_s,
             turn_s=self.turn_s,

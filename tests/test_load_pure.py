@@ -129,7 +129,7 @@ def test_every_waiting_charge_is_eventually_served_with_minimum_times_kept(n, ro
                 running[key] = on
             if on:
                 first.setdefault(key, now)
-    slots = int(room // 16)
+    slots = int((room - s.start_reserve_a) // 16)  # every start keeps its reserve
     if slots == 0:
         assert not first
         return
@@ -167,11 +167,17 @@ def test_least_received_charges_first_then_longest_waiting() -> None:
         ("c", 3): Track("rich", since=T0 - 900, received_ah=10.0, seen_at=T0),
     }
     got = allocation.allocate(
-        now=T0, cap_a=16 + s.headroom_a, building_a=0, controllers=views, tracks=tracks, settings=s
+        now=T0,
+        cap_a=16 + s.headroom_a + s.start_reserve_a,
+        building_a=0,
+        controllers=views,
+        tracks=tracks,
+        settings=s,
     )
     assert got.given[("c", 1)] == 16.0 and got.given[("c", 2)] == 0 and got.given[("c", 3)] == 0
     amps, order, admit = got.budgets["c"]
-    assert (amps, order[:admit], order) == (16.0, (1,), (1, 2, 3))
+    # 16 A for "old", and the 4 A nobody could use (a start needs its reserve) as spare.
+    assert (amps, order[:admit], order) == (16.0 + s.start_reserve_a, (1,), (1, 2, 3))
     # Estimates: the next turn goes to "new", then "rich".
     assert got.estimates["new"] == T0 + s.turn_s
     assert got.estimates["rich"] == T0 + 2 * s.turn_s
@@ -313,7 +319,9 @@ def test_a_queued_charge_whose_time_ends_fails_and_a_stopped_one_too() -> None:
 def test_the_trace_replay_never_exceeds_the_cap_and_falls_back_within_two_periods() -> None:
     trace = bench.make_trace(2026, quick=True)
     s = Settings()
-    assert bench.peak_ratio(trace) >= 2.0
+    fcfs = bench.replay(trace, "fcfs", s)
+    assert fcfs["peak_demand_over_cap"] >= 2.0  # the evening asks twice the cap
+    assert fcfs["above_cap_s"] > 0  # what the allocator prevents
     ours = bench.replay(trace, "chargeline", s)
     assert ours["above_cap_s"] == 0
     assert ours["utilisation_pct"] >= 90
@@ -324,4 +332,3 @@ def test_the_trace_replay_never_exceeds_the_cap_and_falls_back_within_two_period
     outage = bench.replay(trace, "outage", s)
     assert outage["above_cap_s"] == 0
     assert outage["fallback_s"] is not None and outage["fallback_s"] <= 2 * s.period_s
-    assert bench.replay(trace, "fcfs", s)["above_cap_s"] > 0  # what the allocator prevents
