@@ -282,7 +282,11 @@ def _tracks(
                 continue
             t = tracks.get(key)
             if t is None or t.charge_id != o.charge_id:
-                kept[key] = Track(o.charge_id, now, seen_at=now)
+                # A charge the edge started from its spare is on since now: in its turn.
+                on = o.max_a if o.running else 0.0
+                at = now if o.running else None
+                switches = (now,) if o.running else ()
+                kept[key] = Track(o.charge_id, now, 0.0, None, on, at, switches, now)
                 continue
             dt = 0.0 if t.seen_at is None else max(0.0, min(now - t.seen_at, max_dt))
             got = t.received_ah + o.current_a * dt / HOUR_S

@@ -319,6 +319,8 @@ class Station:
     def on_transaction_started(self, transaction: Transaction) -> None:
         outlet = transaction.outlet
         self.facts.active[outlet] = transaction
+        if self.sent_limit == 0:  # it starts turned down to nothing: paused (said once it is on)
+            self._paused.add(outlet)
         if transaction.meter_start_wh is not None:
             reading = self.facts.reading(outlet)
             self.facts.latest[outlet] = reading._replace(energy_wh=transaction.meter_start_wh)
@@ -665,6 +667,9 @@ class Station:
         self._publish(self.topics.ack(self.cid), encode(ack))
         if action.outcome is not CommandOutcome.STALE:
             self.publish_state()
+        if action.outcome is CommandOutcome.APPLIED and running and action.outlet in self._paused:
+            # It started turned down to 0 A: charging, but paused for the site's cap.
+            self._event(EdgeEventKind.PAUSED, action.outlet, "site capacity")
         self.release_frames()
 
     def release_frames(self) -> None:

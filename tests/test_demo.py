@@ -37,15 +37,19 @@ def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     charges, webhooks = summary["charges"], summary["webhooks"]
     seen = f"{json.dumps(summary, indent=1)}\n{output}"  # the partner's feed says why
-    assert charges["started"] >= 10 and charges["stopped"] == charges["started"], seen
-    assert charges["failed"] == 0 and charges["still_running"] == 0, seen
+    by_type = webhooks["by_type"]
+    # The site is oversubscribed at its busiest (load management): charges wait their turn,
+    # queued or paused, and some residents leave before theirs came; nothing else fails.
+    assert charges["waited"] >= 1 and by_type["charge.paused"] == charges["waited"], seen
+    assert charges["failed"] == charges["left_before_their_turn"], seen
+    assert charges["still_running"] == 0, seen
+    started = by_type["charge.started"]  # at once, or when their turn came
+    assert started >= 10 and charges["stopped"] == started, seen
     assert charges["stopped_without_energy"] == 0 and summary["energy_kwh"] > 0, seen
     # Every webhook was delivered, verified by the partner, and each is a charge's step.
     assert webhooks["written"] == webhooks["delivered"] == webhooks["received_by_partner"], seen
     assert webhooks["bad_signatures"] == 0 and webhooks["gave_up"] == 0, seen
-    by_type = webhooks["by_type"]
-    assert by_type["charge.started"] == by_type["charge.stopped"] == charges["started"], seen
-    assert by_type["charge.current_rise"] >= charges["started"] - 2  # the last ones may not
+    assert by_type["charge.current_rise"] >= started - 2  # the last ones may not
     assert by_type.get("outlet.status", 0) >= 1
     assert summary["latency_ms"]["start_to_breaker"]["count"] == charges["started"]
 

@@ -161,6 +161,10 @@ class Partner:
         self.tally.say(f"{outlet_id}: start refused ({response.status_code} {kind})")
         return f"refused: {kind}"
 
+    async def charge_state(self, charge_id: str) -> str | None:
+        response: httpx2.Response = await self.call("GET", f"/v1/charges/{charge_id}")
+        return str(response.json()["state"]) if response.status_code == 200 else None
+
     async def stop(self, charge_id: str) -> None:
         response: httpx2.Response = await self.call("POST", f"/v1/charges/{charge_id}/stop")
         if response.status_code != 200:
@@ -229,6 +233,14 @@ class Partner:
             tally.say(f"{subject}: {charge} failed ({data.get('reason')})")
         elif kind == "charge.started":
             tally.say(f"{subject}: {charge} started")
+        elif kind == "charge.paused":
+            expected = data.get("expected_start_at")
+            when = (
+                f", expected in {max(0.0, expected - self.now()) / 60:.0f} min" if expected else ""
+            )
+            tally.say(f"{subject}: {charge} {data['state']}: {data['reason']}{when}")
+        elif kind == "charge.resumed":
+            tally.say(f"{subject}: {charge} resumed")
         elif kind == "outlet.status":
             reading = data.get("reading") or {}
             tally.say(

@@ -177,7 +177,14 @@ class World:
                 while await self._until(ended, 5 * MINUTE):
                     status = await partner.status(outlet_id, within=10)
                     reading = (status or {}).get("reading") or {}
-                    if reading.get("breaker_on") and reading.get("current_a", 1.0) < 0.5:
+                    drawing_nothing = reading.get("current_a", 1.0) < 0.5
+                    # Full, unless the site's cap holds it at 0 A (a station turned down
+                    # to nothing): the app asks the charge's state.
+                    if (
+                        reading.get("breaker_on")
+                        and drawing_nothing
+                        and await partner.charge_state(charge_id) not in ("queued", "paused")
+                    ):
                         break  # full: the partner stops it
             else:  # end-time: the edge's own timer stops it
                 await self._until(ended, 24 * 3600)

@@ -43,6 +43,7 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.simulated import SimulatedSite
 from ingest.settings import IngestSettings
 from kernel import runner, settings
+from load_manager.settings import LoadSettings
 from ocpp_bridge.settings import OcppSettings
 from ocpp_bridge.simulated import Car, Plug, SimulatedStation
 from store.database import prepare_database
@@ -159,6 +160,7 @@ async def _run(
         background.append(ingesting)
         plugs, bridging = _start_stations(tasks, url, args, overrides, logins)
         background += bridging
+        background.append(_start_loads(tasks, url, overrides, logins))
         try:
             async with (
                 stack.cloud(url, ingest, stack.login(ingest.mqtt_url, logins, stack.GATEWAY)) as (
@@ -220,12 +222,30 @@ def _start_edges(
             outlets=args.outlets,
             sim_autoplay=False,
             sample_interval_s=max(1.0, args.time_scale / 20),
+            load_report_s=LOAD_PERIOD_S,
         )
         agent = services.simulated_agent(edge, arrivals=False)
         assert isinstance(agent.meter, SimulatedSite)
         sites[cid] = agent.meter
         running.append(tasks.create_task(services.run_agent(agent), name=cid))
     return sites, running
+
+
+#: The allocator's period, and how often the edges report their load (real seconds).
+LOAD_PERIOD_S = 2.0
+
+
+def _start_loads(
+    tasks: asyncio.TaskGroup, url: str, overrides: dict[str, Any], logins: dict[str, str]
+) -> asyncio.Task[None]:
+    """The sites' allocator: the demo's site is oversubscribed at its busiest, and charges
+    wait their turn (queued, paused) rather than trip its main breaker."""
+    loads = settings.load(
+        LoadSettings,
+        **{**overrides, "mqtt_url": stack.login(overrides.get("mqtt_url"), logins, stack.LOADS)},
+        period_s=LOAD_PERIOD_S,
+    )
+    return tasks.create_task(services.run_loads(loads, url), name="loads")
 
 
 def _start_stations(

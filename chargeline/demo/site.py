@@ -53,7 +53,10 @@ def sample_registry(controllers: int, outlets: int) -> Registry:
                 name="Harbor View Apartments",
                 location="Toyama, JP",
                 timezone="Asia/Tokyo",
-                contract_current_a=200,
+                # Load management: a 150 A main breaker for the building (its own peak is
+                # 30 A) and 26 outlets: the evening's cars ask about twice what is left.
+                contract_current_a=150,
+                building_peak_a=30,
                 tariff_per_kwh=31.5,
                 currency="JPY",
                 latitude=36.6959,

@@ -24,16 +24,22 @@ from kernel import runner, settings
 
 INGEST, GATEWAY = DEFAULT_SERVICE_NAMES[Role.INGEST], DEFAULT_SERVICE_NAMES[Role.GATEWAY]
 OCPP = DEFAULT_SERVICE_NAMES[Role.OCPP]
+LOADS = DEFAULT_SERVICE_NAMES[Role.LOADS]
 
 
 def issue_logins(url: str, controllers: int) -> dict[str, str]:
-    """Fresh passwords for the sample site's controllers and the three services.
+    """Fresh passwords for the sample site's controllers and the four services.
 
     The demo's broker checks them like any other: a password is shown once and only its
     hash is kept, so every run issues new ones (rotating the last run's).
     """
     names = [(controller_id_of(c), Role.CONTROLLER) for c in range(1, controllers + 1)]
-    names += [(INGEST, Role.INGEST), (GATEWAY, Role.GATEWAY), (OCPP, Role.OCPP)]
+    names += [
+        (INGEST, Role.INGEST),
+        (GATEWAY, Role.GATEWAY),
+        (OCPP, Role.OCPP),
+        (LOADS, Role.LOADS),
+    ]
     with psycopg.connect(url, autocommit=True) as conn:
         return {name: identities.issue(conn, name, role) for name, role in names}
 

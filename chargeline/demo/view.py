@@ -22,7 +22,7 @@ from rich.table import Table
 
 from chargeline.demo.partner import Tally
 from chargeline.demo.residents import World
-from chargeline.demo.site import outlet_id_of
+from chargeline.demo.site import SITE, outlet_id_of
 from kernel.stats import percentile
 
 _COUNTERS = """
@@ -92,6 +92,7 @@ class View:
             while True:
                 await asyncio.sleep(5)
                 self._plain(await counters(self.conn, self.client_id))
+                print(f"  site: {(await self._site_load()).splitlines()[-1]}", flush=True)
         with Live(console=Console(), refresh_per_second=4, transient=False) as live:
             while True:
                 live.update(await self._render())
@@ -176,9 +177,43 @@ class View:
         feed = "\n".join(self.tally.feed[-12:]) or "waiting for the first car…"
         return Group(
             outlets,
+            Panel(await self._site_load(), title="site load: the cap against what the site draws"),
             Panel(stats, title=f"pipeline · {time.monotonic() - self.started:.0f} s"),
             Panel(feed, title="partner's event feed"),
         )
+
+    async def _site_load(self) -> str:
+        """The allocator's last periods at the site: the cap line, and the site's current
+        as a bar under it (building and outlets), with who charges and who waits."""
+        cur = await self.conn.execute(
+            "SELECT cap_a, building_a + outlets_a, charging, waiting FROM site_load"
+            " WHERE site_id = %s ORDER BY at DESC LIMIT 40",
+            (SITE,),
+        )
+        rows = list(reversed(await cur.fetchall()))
+        if not rows:
+            return "waiting for the site's allocator (chargeline loads)…"
+        return site_load_lines(rows)
+
+
+BARS = " ▁▂▃▄▅▆▇█"
+#: How a charge.failed reason ends for a charge stopped while it waited for its turn.
+BEFORE_STARTED = "before it started"
+
+
+def site_load_lines(rows: list[tuple[float, float, int, int]]) -> str:
+    """The cap as a line, the site's current under it as bars (one per period), and the
+    latest figures."""
+    top = max(max(cap, amps) for cap, amps, _c, _w in rows) or 1.0
+    cap_line = "".join("─" for _ in rows)
+    bars = "".join(BARS[min(8, round(8 * amps / top))] for _cap, amps, _c, _w in rows)
+    cap, amps, charging, waiting = rows[-1]
+    return (
+        f"cap   {cap_line} {cap:.0f} A\n"
+        f"site  {bars} {amps:.0f} A\n"
+        f"{charging} charging, {waiting} waiting for their turn"
+        f" ({'over' if amps > cap else 'under'} the cap by {abs(cap - amps):.0f} A)"
+    )
 
 
 #: The query the summary suggests (kWh per outlet and day, latest first).
@@ -211,6 +246,12 @@ def summary(
             "pending_at_start": tally.pending,
             "stopped": tally.webhooks["charge.stopped"],
             "failed": tally.webhooks["charge.failed"],
+            # Load management: charges that waited for room (queued or paused), and those
+            # whose resident left (or whose end time came) before their turn.
+            "waited": tally.webhooks["charge.paused"],
+            "left_before_their_turn": sum(
+                n for why, n in tally.endings.items() if BEFORE_STARTED in why
+            ),
             "still_running": running,
             "refused": dict(tally.refused),
             "stopped_without_energy": sum(1 for wh in tally.stopped_wh if wh <= 0),
@@ -250,10 +291,12 @@ def print_summary(s: dict[str, Any]) -> None:
     print(
         f"""
 summary after {s["seconds"]:.0f} s
-  charges      {ch["started"]} started, {ch["stopped"]} stopped, {ch["failed"]} failed,\
+  charges      {ch["started"]} started at once, {ch["stopped"]} stopped, {ch["failed"]} failed,\
  {ch["still_running"]} still running; {s["energy_kwh"]:.2f} kWh delivered\
  ({ch["stopped_without_energy"]} stopped charges without energy)
   endings      {_endings(ch["endings"])}
+  waiting      {ch["waited"]} times a charge waited for room under the site's cap (queued or\
+ paused); {ch["left_before_their_turn"]} left before their turn came
   store        {st["outlet_readings_this_run"]:,} outlet readings stored in this run;\
  {st["outlet_readings"]:,} in the database over {st["minutes"]} minutes,\
  {st["meter_batches"]:,} batches, {st["dead_letters"]} dead letters
