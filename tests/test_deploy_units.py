@@ -38,6 +38,7 @@ def test_every_service_is_found() -> None:
         "chargeline-edge@.service",
         "chargeline-gateway.service",
         "chargeline-ingest.service",
+        "chargeline-loads.service",
         "chargeline-ocpp.service",
         "chargeline-webhooks.service",
     }
@@ -60,7 +61,7 @@ def test_each_service_has_its_own_ops_port() -> None:
         for e in settings(unit).get("Environment", [])
         if e.startswith("CHARGELINE_OPS_BIND=")
     ]
-    assert len(ports) == 6 and len(set(ports)) == 6
+    assert len(ports) == 7 and len(set(ports)) == 7
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.stem)

@@ -20,7 +20,7 @@ from schemas.topics import Topics
 from tests.conftest import Broker, Installation
 from tests.ops import lint, ready, scrape
 from tests.partners import Partner
-from tests.procs import free_port, wait_for
+from tests.procs import Proc, free_port, wait_for
 from tests.test_deploy_monitoring import named_metrics
 
 pytestmark = pytest.mark.processes
@@ -32,6 +32,13 @@ def status_of(url: str) -> int | None:
         return httpx2.get(url, timeout=10).status_code
     except httpx2.TransportError:
         return None
+
+
+def start_loads(inst: Installation) -> str:
+    """``chargeline loads`` on the installation; its ops listener's URL."""
+    ops = f"127.0.0.1:{free_port()}"
+    Proc("loads", ["loads"], inst.env(period_s=1, ops_bind=ops), inst.tmp).start()
+    return f"http://{ops}"
 
 
 def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
@@ -180,9 +187,21 @@ def test_the_partner_stack_reports_commands_tokens_and_webhooks(
     for url in partner.ops.values():
         lint(url)
 
+    # The sites' allocator: ready, leading the partner's site, its gauges per site.
+    loads = start_loads(installation)
+    wait_for(lambda: status_of(f"{loads}/readyz") == 200, timeout=30, what="loads ready")
+    assert ready(loads).json()["checks"] == {"mqtt": True, "database": True}
+    site = wait_for(
+        lambda: scrape(loads).get("chargeline_site_cap_amperes", {}).get((("site", "test-site"),)),
+        timeout=30,
+        what="the site's cap served",
+    )
+    assert site == 90.0  # the default: the 100 A contract less 10 %
+    lint(loads)
+
     # Every metric the alarms and the dashboard name (deploy/prometheus, deploy/grafana)
     # is one these processes and a broker serve.
-    served = {name for url in partner.ops.values() for name in scrape(url)}
+    served = {name for url in [*partner.ops.values(), loads] for name in scrape(url)}
     broker_ops = f"127.0.0.1:{free_port()}"
     broker = Broker(tmp_path)
     broker.proc.env["CHARGELINE_OPS_BIND"] = broker_ops
