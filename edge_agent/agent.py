@@ -280,15 +280,7 @@ class EdgeAgent:
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
                 self._client = None
-                delay = next(delays)
-                log.warning(
-                    "%s: MQTT link down (%s%s); retrying in %.1f s",
-                    self.cid,
-                    exc,
-                    mqtt.refusal_hint(exc, url.username),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await mqtt.link_down(exc, url, delays, log, who=self.cid)
 
     async def _say_offline(self, client: aiomqtt.Client, since: float) -> None:
         """A clean stop: say so before disconnecting (a clean DISCONNECT discards the will,

@@ -20,12 +20,11 @@ from collections.abc import Callable
 from edge_agent import budget, inbox, reconciler
 from edge_agent.clock import Clock
 from edge_agent.drivers import BreakerDriver, MeterReader, OutletSample, Sample
-from edge_agent.memory import CommandMemory
+from edge_agent.memory import BudgetKeeper, CommandMemory
 from edge_agent.reconciler import Acknowledge, CloudClock, Decision, Limits, Report, Switch
 from edge_agent.settings import EdgeSettings
 from schemas.codec import encode
 from schemas.messages import (
-    Budget,
     CommandAck,
     CommandOutcome,
     DesiredState,
@@ -75,8 +74,7 @@ class Executor:
         self._watch = {n: reconciler.CurrentWatch() for n in self.outlet_numbers}
         # Load management: the budget, the outlets it holds off, when each breaker moved.
         self.settings = settings
-        self.budget = self.memory_store.load_budget()
-        self._budget_waiting: Budget | None = None
+        self.budget = BudgetKeeper(self.memory_store, max_age_s=settings.start_max_age_s)
         self.held: set[int] = set()
         self._moved_at: dict[int, float] = {}
 
@@ -194,8 +192,8 @@ class Executor:
             )
         for outlet, want in list(self._waiting.items()):
             self._decide(outlet, want)
-        if self._budget_waiting is not None:
-            self._judge_budget(self._budget_waiting)
+        if self.budget.retry(cloud_now=self.cloud_clock.cloud(self.clock.now())):
+            self.enforce(self.meter.read(self.clock.now()))
         cloud_now = self.cloud_clock.cloud(self.clock.now())
         for memory in list(self.memory.values()):
             self._execute(reconciler.tick(memory, cloud_now=cloud_now))
@@ -269,33 +267,13 @@ class Executor:
     # --- load management ----------------------------------------------------------------
     def on_budget(self, payload: bytes) -> None:
         got = inbox.budget(self.cid, payload)
-        if got is not None:
-            self._judge_budget(got)
-
-    def _judge_budget(self, got: Budget) -> None:
-        cloud_now = self.cloud_clock.cloud(self.clock.now())
-        kept = budget.received(
-            self.budget, got, cloud_now=cloud_now, max_age_s=self.settings.start_max_age_s
-        )
-        if kept is None:  # judged once the cloud's time is known
-            self._budget_waiting = got
-            return
-        self._budget_waiting = None
-        if kept != self.budget:
-            if (kept.version, kept.order, kept.fallback_a) != (
-                self.budget.version,
-                self.budget.order,
-                self.budget.fallback_a,
-            ):
-                self.memory_store.save_budget(kept)
-            self.budget = kept
-            self.enforce(self.meter.read(self.clock.now()))
+        now = self.clock.now()
+        if got is not None and self.budget.receive(got, cloud_now=self.cloud_clock.cloud(now)):
+            self.enforce(self.meter.read(now))
 
     def limit(self, local_now: float) -> budget.Limit:
-        return budget.limit(
-            self.budget,
-            cloud_now=self.cloud_clock.cloud(local_now),
-            safe_share_a=self.settings.safe_share_a,
+        return self.budget.limit(
+            cloud_now=self.cloud_clock.cloud(local_now), safe_share_a=self.settings.safe_share_a
         )
 
     def _outlets_now(self, sample: Sample | None) -> list[budget.OutletNow]:
@@ -386,7 +364,7 @@ class Executor:
         return LoadReport(
             controller_id=self.cid,
             at=self.cloud_clock.stamp(sample.at),
-            budget_version=self.budget.version,
+            budget_version=self.budget.memory.version,
             modulating=False,
             main_current_a=None,
             outlets=tuple(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from edge_agent import budget
 from edge_agent.budget import BudgetMemory
 from edge_agent.reconciler import OutletMemory
+from schemas.messages import Budget
 
 
 class CommandMemory:
@@ -75,3 +77,43 @@ class CommandMemory:
             " fallback_a = excluded.fallback_a",
             (memory.version, ",".join(map(str, memory.order)), memory.fallback_a),
         )
+
+
+class BudgetKeeper:
+    """The budget one controller keeps to (an edge's, or a station's in the OCPP bridge):
+    judged by ``edge_agent.budget``'s rules as it arrives, its version, order and safe share
+    kept on disk (``CommandMemory``) so that a reboot with the cloud gone still keeps the
+    controller to its safe share. A budget that arrives before the cloud clock is known
+    waits, and is judged by ``retry`` once it is."""
+
+    def __init__(self, store: CommandMemory, *, max_age_s: float) -> None:
+        self.store = store
+        self.max_age_s = max_age_s
+        self.memory = store.load_budget()
+        self.waiting: Budget | None = None
+
+    def receive(self, got: Budget, *, cloud_now: float | None) -> bool:
+        """Judge a budget; True when what the controller keeps to changed."""
+        kept = budget.received(self.memory, got, cloud_now=cloud_now, max_age_s=self.max_age_s)
+        if kept is None:
+            self.waiting = got
+            return False
+        self.waiting = None
+        if kept == self.memory:
+            return False
+        before = self.memory
+        if (kept.version, kept.order, kept.fallback_a) != (
+            before.version,
+            before.order,
+            before.fallback_a,
+        ):
+            self.store.save_budget(kept)
+        self.memory = kept
+        return True
+
+    def retry(self, *, cloud_now: float | None) -> bool:
+        """The cloud clock is known now: judge the budget that waited for it, if any."""
+        return self.waiting is not None and self.receive(self.waiting, cloud_now=cloud_now)
+
+    def limit(self, *, cloud_now: float | None, safe_share_a: float | None) -> budget.Limit:
+        return budget.limit(self.memory, cloud_now=cloud_now, safe_share_a=safe_share_a)

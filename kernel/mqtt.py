@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import socket
@@ -70,6 +71,27 @@ def refusal_hint(exc: BaseException, username: str | None) -> str:
         " in CHARGELINE_MQTT_URL), or the identity was revoked, or the client id is not"
         " the username"
     )
+
+
+async def link_down(
+    exc: BaseException,
+    url: MqttUrl,
+    delays: Iterator[float],
+    log: logging.Logger,
+    *,
+    who: str = "",
+) -> None:
+    """An MQTT link failed: say why (with a hint when the broker refused the login) and
+    wait the next of ``delays`` before the caller connects again."""
+    delay = next(delays)
+    log.warning(
+        "%sMQTT link down (%s%s); retrying in %.1f s",
+        f"{who}: " if who else "",
+        exc,
+        refusal_hint(exc, url.username),
+        delay,
+    )
+    await asyncio.sleep(delay)
 
 
 def backoff(first: float = 0.2, cap: float = 10.0) -> Iterator[float]:

@@ -103,14 +103,7 @@ class LoadManager:
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.mqtt_connected = False
-                delay = next(delays)
-                log.warning(
-                    "MQTT link down (%s%s); retrying in %.1f s",
-                    exc,
-                    mqtt.refusal_hint(exc, url.username),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await mqtt.link_down(exc, url, delays, log)
 
     def on_report(self, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse(topic)

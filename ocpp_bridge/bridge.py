@@ -613,14 +613,7 @@ class Bridge:
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.mqtt_connected = False
-                delay = next(delays)
-                log.warning(
-                    "MQTT link down (%s%s); retrying in %.1f s",
-                    exc,
-                    mqtt.refusal_hint(exc, url.username),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await mqtt.link_down(exc, url, delays, log)
 
     def _dispatch(self, topic: str, payload: Any) -> None:
         parsed = self.topics.parse(topic)

@@ -41,13 +41,12 @@ from typing import Any, Protocol
 from edge_agent import budget, inbox, reconciler
 from edge_agent.buffer import FrameBuffer
 from edge_agent.clock import Clock
-from edge_agent.memory import CommandMemory
+from edge_agent.memory import BudgetKeeper, CommandMemory
 from edge_agent.reconciler import Acknowledge, Decision, Report, Switch
 from ocpp_bridge.minutes import MinuteFramer
 from ocpp_bridge.readings import Sample
 from schemas.codec import encode
 from schemas.messages import (
-    Budget,
     CommandAck,
     CommandOutcome,
     DesiredState,
@@ -231,8 +230,7 @@ class Station:
         self.failures: dict[str, int] = {"rejected": 0, "timed_out": 0, "offline": 0}
         # Load management: the budget, the limit the station last accepted (None: none since
         # it connected), the outlets paused by a limit below a connector's minimum.
-        self.budget = self.memory_store.load_budget()
-        self._budget_waiting: Budget | None = None
+        self.budget = BudgetKeeper(self.memory_store, max_age_s=settings.start_max_age_s)
         self.sent_limit: float | None = None
         self._limit_pending = False
         self._paused: set[int] = set()
@@ -375,8 +373,8 @@ class Station:
         if ack.at is not None:
             self.cloud_clock.learn(ack.at, self.clock.now())
             self._queue(self._judge_waiting)
-            if self._budget_waiting is not None:
-                self._judge_budget(self._budget_waiting)
+            if self.budget.retry(cloud_now=self.cloud_clock.cloud(self.clock.now())):
+                self._check_limit()
         if ack.seqs:
             self.buffer.ack(ack.seqs)
             for seq in ack.seqs:
@@ -389,32 +387,13 @@ class Station:
 
     def on_budget(self, payload: bytes) -> None:
         got = inbox.budget(self.cid, payload)
-        if got is not None:
-            self._judge_budget(got)
-
-    def _judge_budget(self, got: Budget) -> None:
-        kept = budget.received(
-            self.budget,
-            got,
-            cloud_now=self.cloud_clock.cloud(self.clock.now()),
-            max_age_s=self.settings.start_max_age_s,
-        )
-        if kept is None:
-            self._budget_waiting = got
-            return
-        self._budget_waiting = None
-        if (kept.version, kept.order, kept.fallback_a) != (
-            self.budget.version,
-            self.budget.order,
-            self.budget.fallback_a,
-        ):
-            self.memory_store.save_budget(kept)
-        self.budget = kept
-        self._check_limit()
+        now = self.cloud_clock.cloud(self.clock.now())
+        if got is not None and self.budget.receive(got, cloud_now=now):
+            self._check_limit()
 
     def limit(self) -> budget.Limit:
-        return budget.limit(
-            self.budget, cloud_now=self.cloud_clock.cloud(self.clock.now()), safe_share_a=None
+        return self.budget.limit(
+            cloud_now=self.cloud_clock.cloud(self.clock.now()), safe_share_a=None
         )
 
     def _check_limit(self) -> None:
@@ -471,7 +450,7 @@ class Station:
         return LoadReport(
             controller_id=self.cid,
             at=self.cloud_clock.stamp(self.clock.now()),
-            budget_version=self.budget.version,
+            budget_version=self.budget.memory.version,
             modulating=True,
             main_current_a=None,
             outlets=tuple(
