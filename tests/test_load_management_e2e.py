@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import psycopg
 import pytest
 from authlib.integrations.httpx_client import OAuth2Client
@@ -22,6 +23,7 @@ from store import roles
 from store.registry import import_registry
 from tests.conftest import Broker, Installation, registry_for
 from tests.db import query
+from tests.ops import scrape
 from tests.partners import Partner, chargeline, problem
 from tests.procs import Proc, free_port, wait_for
 from tests.stations import Stations
@@ -53,18 +55,18 @@ def execute(url: str, sql: str, *params: Any) -> None:
         conn.execute(sql, params or None)  # type: ignore[arg-type]
 
 
-def start_loads(inst: Installation) -> Proc:
+def start_loads(inst: Installation, ops: str | None = None) -> Proc:
     """``chargeline loads`` with its own database login (the grants of migration 0030)."""
     login = roles.create_login(inst.database, f"t{uuid.uuid4().hex[:8]}_loads", "loads")
     return Proc(
-        "loads",
+        f"loads-{uuid.uuid4().hex[:4]}",
         ["loads"],
         inst.env(
             database_url=login,
             period_s=PERIOD_S,
             sites_refresh_s=1,
             report_stale_s=4,
-            ops_bind=f"127.0.0.1:{free_port()}",
+            ops_bind=ops or f"127.0.0.1:{free_port()}",
         ),
         inst.tmp,
     ).start()
@@ -370,3 +372,37 @@ def test_with_the_broker_killed_the_controller_keeps_to_its_safe_share(
         timeout=60,
         what="both charging again with the cloud back",
     )
+
+
+def test_one_allocator_leads_a_site_and_a_standby_takes_over(
+    partner: Partner, installation: Installation
+) -> None:
+    inst = installation
+    ops = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    first = start_loads(inst, ops[0])
+    leading(inst, "test-site")
+    standby = start_loads(inst, ops[1])
+
+    def led() -> list[float]:
+        found = []
+        for url in ops:
+            try:
+                found.append(scrape(f"http://{url}")["chargeline_sites_led"][()])
+            except (httpx2.TransportError, AssertionError, KeyError):
+                found.append(-1)
+        return found
+
+    wait_for(lambda: led()[1] == 0.0, timeout=30, what="the standby up, leading nothing")
+    assert led() == [1.0, 0.0]
+    first.kill()  # the leader dies: its lock goes with its connection
+    before = query(inst.database, "SELECT count(*) FROM site_load WHERE site_id = 'test-site'")
+    wait_for(lambda: led()[1] == 1.0, timeout=30, what="the standby leading the site")
+    wait_for(
+        lambda: (
+            query(inst.database, "SELECT count(*) FROM site_load WHERE site_id = 'test-site'")
+            > before
+        ),
+        timeout=30,
+        what="the standby allocating",
+    )
+    assert standby.running()
