@@ -34,7 +34,8 @@ fits has its full rating, so the room is used to the last ampere.
 *What each controller gets.* Its budget is the sum of what its running outlets were given
 (a running outlet is given what it draws plus ``margin_a``, or its rating while it ramps
 up), plus an equal part of the room nobody could use (so that a charge starting between two
-periods may start at once when it fits); its order lists its running outlets first, by
+periods may start at once when it fits; the room the resting charges will want once rested
+is not spare); its order lists its running outlets first, by
 priority, then its waiting ones, and it admits the running ones (the waiting ones wait for
 their turn; an outlet the allocator has not seen yet may use the spare). The budget expires
 after ``expiry_s`` (two periods by default): if the allocator stops, every controller falls
@@ -163,7 +164,14 @@ def allocate(
     )
     committed, free, given = _commitments(now, wanting, kept, s)
     notes = _fill(now, committed=committed, free=free, given=given, kept=kept, room=room, s=s)
-    spare = room - sum(given.values())
+    # What nobody can use now, less what the resting charges will want once rested: a
+    # charge the edge starts from the spare must not take their place.
+    resting = sum(
+        o.max_a if not mod else min(s.min_station_a, o.max_a)
+        for key, o, mod in wanting
+        if key not in {c[0] for c in committed + free} and not _worn(kept[key], now, s)
+    )
+    spare = room - sum(given.values()) - resting
     out_tracks = dict(kept)
     for key, _o, _mod in wanting:
         t = kept[key]
@@ -183,6 +191,11 @@ def allocate(
     )
 
 
+def _worn(t: Track, now: float, s: Settings) -> bool:
+    """The outlet has used its switches for the last hour."""
+    return sum(1 for x in t.switches if now - x < HOUR_S) >= s.switches_per_hour
+
+
 def _commitments(
     now: float, wanting: list[Item], kept: Mapping[Key, Track], s: Settings
 ) -> tuple[list[Item], list[Item], dict[Key, float]]:
@@ -196,7 +209,7 @@ def _commitments(
         t = kept[item[0]]
         on = t.given_a > 0
         since_change = None if t.changed_at is None else now - t.changed_at
-        worn = sum(1 for x in t.switches if now - x < HOUR_S) >= s.switches_per_hour
+        worn = _worn(t, now, s)
         in_turn = since_change is not None and since_change < max(s.min_on_s, s.turn_s)
         if on and (worn or in_turn):
             committed.append(item)

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: How long after acks and events the retained reported state follows.
 STATE_DELAY_S = 0.2
+#: The least time between two load reports.
+LOAD_REPORT_GAP_S = 0.2
 
 
 def frame_from(sample: Sample, minute: int) -> MeterFrame:
@@ -106,6 +108,8 @@ class EdgeAgent:
         self.executor = Executor(
             settings, meter=meter, breakers=breakers, clock=clock, send=self._send
         )
+        self._load_changed = asyncio.Event()
+        self.executor.load_changed = self._load_changed.set
 
     async def __aenter__(self) -> Self:
         self.executor.open_all()  # safety rule 6
@@ -188,14 +192,18 @@ class EdgeAgent:
                 await asyncio.sleep(0.5)  # the link is reconnecting
 
     async def _report_load_forever(self) -> None:
-        """Every ``load_report_s``, what this controller draws, for the site's allocator
-        (QoS 0: the next one follows within seconds)."""
+        """Every ``load_report_s``, and at once (at most every ``LOAD_REPORT_GAP_S``) when a
+        breaker moved or a charge queued, what this controller draws, for the site's
+        allocator (QoS 0: the next one follows within seconds)."""
         interval = self.settings.load_report_s
         if interval <= 0:
             return
         topic = self.topics.load(self.cid)
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._load_changed.wait(), interval)
+            self._load_changed.clear()
+            await asyncio.sleep(LOAD_REPORT_GAP_S)  # a burst of changes: one report
             client = self._client
             if client is None or not self.connected.is_set():
                 continue

@@ -77,6 +77,10 @@ class Executor:
         self.budget = BudgetKeeper(self.memory_store, max_age_s=settings.start_max_age_s)
         self.held: set[int] = set()
         self._moved_at: dict[int, float] = {}
+        #: Called when what the controller draws or wants changed (a breaker moved, a
+        #: charge queued): the agent then reports its load at once, so that the allocator's
+        #: next budget knows of a charge started from the spare room, and keeps room for it.
+        self.load_changed: Callable[[], None] = lambda: None
 
     def open_all(self) -> None:
         """Safety rule 6: after a (re)boot every breaker is OFF until reconciled."""
@@ -222,6 +226,7 @@ class Executor:
                     self._watch[action.outlet] = reconciler.breaker_closed(
                         self._watch[action.outlet]
                     )
+                self.load_changed()
                 after = reconciler.switched(memory, action, feedback=feedback)
                 memory = after.memory
                 self._remember(memory)
@@ -308,6 +313,7 @@ class Executor:
         """The reconciler wants a breaker closed that does not fit the budget: hold it, and
         acknowledge a new ON as queued (a restored one says nothing until it resumes)."""
         self.held.add(action.outlet)
+        self.load_changed()
         log.info(
             "%s: outlet %d waits for room (%s)",
             self.cid,
@@ -331,6 +337,8 @@ class Executor:
         )
         by_outlet = {o.outlet: o for o in sample.outlets}
         at = self.cloud_clock.stamp(sample.at)
+        if plan.pause or plan.resume:
+            self.load_changed()
         for n in plan.pause:
             self.held.add(n)
             self._moved_at[n] = now

@@ -44,6 +44,10 @@ class Tally:
     webhooks: Counter[str] = field(default_factory=Counter)  # verified, by type
     bad_signatures: int = 0
     stopped_wh: list[float] = field(default_factory=list)  # per charge.stopped
+    #: Charges stopped without energy after they waited (paused before the car drew).
+    stopped_waiting_without_energy: int = 0
+    #: Charges that waited for room at some point (a charge.paused).
+    waited: set[str] = field(default_factory=set)
     #: Why charges ended: charge.stopped reasons ("over-current trip", …) and, prefixed
     #: "failed: ", charge.failed reasons.
     endings: Counter[str] = field(default_factory=Counter)
@@ -223,6 +227,8 @@ class Partner:
             tally.say(f"{subject}: {charge} current rise ({data.get('current')})")
         elif kind == "charge.stopped":
             tally.stopped_wh.append(float(data["energy_wh"]))
+            if data["energy_wh"] <= 0 and charge in tally.waited:
+                tally.stopped_waiting_without_energy += 1
             tally.endings[str(data.get("reason"))] += 1
             tally.say(
                 f"{subject}: {charge} stopped, {data['energy_wh'] / 1000:.2f} kWh"
@@ -234,6 +240,7 @@ class Partner:
         elif kind == "charge.started":
             tally.say(f"{subject}: {charge} started")
         elif kind == "charge.paused":
+            tally.waited.add(str(charge))
             expected = data.get("expected_start_at")
             when = (
                 f", expected in {max(0.0, expected - self.now()) / 60:.0f} min" if expected else ""

@@ -254,7 +254,10 @@ def summary(
             ),
             "still_running": running,
             "refused": dict(tally.refused),
-            "stopped_without_energy": sum(1 for wh in tally.stopped_wh if wh <= 0),
+            # A charge paused before its car drew, then stopped, rightly has none.
+            "stopped_without_energy": sum(1 for wh in tally.stopped_wh if wh <= 0)
+            - tally.stopped_waiting_without_energy,
+            "stopped_while_waiting_without_energy": tally.stopped_waiting_without_energy,
             "endings": dict(tally.endings.most_common()),
         },
         "energy_kwh": round(sum(tally.stopped_wh) / 1000, 3),
