@@ -99,10 +99,12 @@ def auth(database: str, tmp_path: Path) -> Iterator[AuthServer]:
         database,
         tmp_path,
         port,
-        token_rate_per_s="5",
+        # The client's limit trips well before the source's, however slow the machine: at
+        # 0.5/s a client exhausts its 10 whenever its requests take under 2 s each.
+        token_rate_per_s="0.5",
         token_burst="10",
-        token_source_rate_per_s="2",
-        token_source_burst="20",
+        token_source_rate_per_s="50",
+        token_source_burst="100",
     )
     proc = Proc("auth", ["auth"], env, tmp_path).start()
     wait_port(port, proc=proc)
