@@ -49,7 +49,9 @@ def test_demo_runs_the_partner_flow_and_stores_what_it_reports(tmp_path: Path) -
     # Every webhook was delivered, verified by the partner, and each is a charge's step.
     assert webhooks["written"] == webhooks["delivered"] == webhooks["received_by_partner"], seen
     assert webhooks["bad_signatures"] == 0 and webhooks["gave_up"] == 0, seen
-    assert by_type["charge.current_rise"] >= started - 2  # the last ones may not
+    # Every charge that started and never waited heard its current rise (but the last ones);
+    # one paused before its car drew may have none.
+    assert charges["no_rise_without_waiting"] <= 2, seen
     assert by_type.get("outlet.status", 0) >= 1
     assert summary["latency_ms"]["start_to_breaker"]["count"] == charges["started"]
 

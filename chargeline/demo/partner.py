@@ -48,6 +48,9 @@ class Tally:
     stopped_waiting_without_energy: int = 0
     #: Charges that waited for room at some point (a charge.paused).
     waited: set[str] = field(default_factory=set)
+    #: Charges that started, and those whose current rose.
+    started_ids: set[str] = field(default_factory=set)
+    rose: set[str] = field(default_factory=set)
     #: Why charges ended: charge.stopped reasons ("over-current trip", …) and, prefixed
     #: "failed: ", charge.failed reasons.
     endings: Counter[str] = field(default_factory=Counter)
@@ -222,6 +225,8 @@ class Partner:
         tally.webhooks[kind] += 1
         subject = data.get("outlet_id") or data.get("controller_id", "")
         charge = data.get("charge_id")
+        if kind == "charge.current_rise":
+            tally.rose.add(str(charge))
         if kind == "charge.current_rise" and charge in self._started_at:
             tally.rise_ms.append((time.monotonic() - self._started_at[charge]) * 1000)
             tally.say(f"{subject}: {charge} current rise ({data.get('current')})")
@@ -238,6 +243,7 @@ class Partner:
             tally.endings[f"failed: {data.get('reason')}"] += 1
             tally.say(f"{subject}: {charge} failed ({data.get('reason')})")
         elif kind == "charge.started":
+            tally.started_ids.add(str(charge))
             tally.say(f"{subject}: {charge} started")
         elif kind == "charge.paused":
             tally.waited.add(str(charge))

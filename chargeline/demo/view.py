@@ -258,6 +258,8 @@ def summary(
             "stopped_without_energy": sum(1 for wh in tally.stopped_wh if wh <= 0)
             - tally.stopped_waiting_without_energy,
             "stopped_while_waiting_without_energy": tally.stopped_waiting_without_energy,
+            # Started, never waited, and no current rise heard (the last ones may not be).
+            "no_rise_without_waiting": len(tally.started_ids - tally.rose - tally.waited),
             "endings": dict(tally.endings.most_common()),
         },
         "energy_kwh": round(sum(tally.stopped_wh) / 1000, 3),
