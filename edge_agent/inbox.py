@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Container
+from typing import TypeVar
 
 from schemas.codec import CodecError, decode
 from schemas.messages import Budget, DesiredState, MeterAck, StatusRequest
@@ -16,16 +17,24 @@ from schemas.messages import Budget, DesiredState, MeterAck, StatusRequest
 log = logging.getLogger(__name__)
 
 
-def meter_ack(cid: str, payload: bytes) -> MeterAck | None:
+M = TypeVar("M", MeterAck, Budget)
+
+
+def _own(cid: str, cls: type[M], payload: bytes, what: str) -> M | None:
+    """A message on one of ``cid``'s own topics that names ``cid`` (a meter ack, a budget)."""
     try:
-        ack = decode(MeterAck, payload)
+        got = decode(cls, payload)
     except CodecError as exc:
-        log.warning("%s: ignoring a bad meter ack: %s", cid, exc)
+        log.warning("%s: ignoring a bad %s: %s", cid, what, exc)
         return None
-    if ack.controller_id != cid:
-        log.warning("%s: ignoring a meter ack for %s", cid, ack.controller_id)
+    if got.controller_id != cid:
+        log.warning("%s: ignoring a %s for %s", cid, what, got.controller_id)
         return None
-    return ack
+    return got
+
+
+def meter_ack(cid: str, payload: bytes) -> MeterAck | None:
+    return _own(cid, MeterAck, payload, "meter ack")
 
 
 def desired(cid: str, outlet: int, payload: bytes, outlets: Container[int]) -> DesiredState | None:
@@ -63,12 +72,4 @@ def status_request(cid: str, payload: bytes, outlets: Container[int]) -> StatusR
 
 
 def budget(cid: str, payload: bytes) -> Budget | None:
-    try:
-        got = decode(Budget, payload)
-    except CodecError as exc:
-        log.warning("%s: ignoring a bad budget: %s", cid, exc)
-        return None
-    if got.controller_id != cid:
-        log.warning("%s: ignoring a budget for %s", cid, got.controller_id)
-        return None
-    return got
+    return _own(cid, Budget, payload, "budget")
